@@ -1,0 +1,111 @@
+"""The contract every FFA backend implements (xformers-style capability tables).
+
+A backend never allocates the result buffers: the caller hands it fp32 accumulators and the
+backend merges (forward) or adds (backward) into them. This one convention serves both the
+single-call API (fresh buffers) and the distributed runtime (buffers carried across stages).
+
+Shape legend: Sq / Sk total query / key tokens, hq / hk query / kv heads, d head dim, N slices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class FFAInputs:
+    """One call's operands, already validated by the public entry point.
+
+    q: [Sq, hq, d]; k, v: [Sk, hk, d] (same dtype and device as q, last dim contiguous).
+    q_ranges, k_ranges: int32 [N, 2] on q's device; attn_type_map: int32 [N] with codes 0..3.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q_ranges: torch.Tensor
+    k_ranges: torch.Tensor
+    attn_type_map: torch.Tensor
+    softmax_scale: float
+    softcap: float = 0.0
+    deterministic: bool = False
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.q_ranges.shape[0])
+
+    def describe(self) -> str:
+        """A one-line summary used in refusal messages."""
+        q, k = self.q, self.k
+        return (
+            f"q {list(q.shape)} {str(q.dtype).removeprefix('torch.')} {q.device}, "
+            f"k/v {list(k.shape)}, {self.num_slices} slices"
+        )
+
+
+class Backend:
+    """Base class: a capability table plus forward/backward that accumulate in place."""
+
+    NAME: str = "base"
+    DEVICES: frozenset[str] = frozenset()
+    DTYPES: frozenset[torch.dtype] = frozenset()
+    HEAD_DIMS: frozenset[int] | None = None  # None: any head dim
+    IS_DETERMINISTIC: bool = True
+
+    def is_available(self) -> bool:
+        """Whether the backend's own dependencies can be imported on this machine."""
+        return True
+
+    def not_supported_reasons(self, inp: FFAInputs) -> list[str]:
+        """Why this backend cannot run `inp` (empty list: it can)."""
+        reasons: list[str] = []
+        if not self.is_available():
+            reasons.append(f"backend {self.NAME!r} is not available on this machine")
+        device = inp.q.device.type
+        if device not in self.DEVICES:
+            reasons.append(f"device={device} (supported: {', '.join(sorted(self.DEVICES))})")
+        if inp.q.dtype not in self.DTYPES:
+            names = ", ".join(sorted(str(t).removeprefix("torch.") for t in self.DTYPES))
+            reasons.append(f"dtype={str(inp.q.dtype).removeprefix('torch.')} (supported: {names})")
+        head_dim = inp.q.shape[-1]
+        if self.HEAD_DIMS is not None and head_dim not in self.HEAD_DIMS:
+            dims = ", ".join(str(d) for d in sorted(self.HEAD_DIMS))
+            reasons.append(f"head_dim={head_dim} (supported: {dims})")
+        return reasons
+
+    def supports(self, inp: FFAInputs) -> bool:
+        return not self.not_supported_reasons(inp)
+
+    def forward(
+        self,
+        inp: FFAInputs,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        max_logits: torch.Tensor | None,
+    ) -> None:
+        """Merge this call's attention into `out` fp32 [Sq,hq,d] and `lse` fp32 [Sq,hq] in place.
+
+        Rows the call does not reach stay untouched. `max_logits` fp32 [hq], when given, is
+        maxed in place with the scaled logits of every visible cell (softcap applied).
+        """
+        raise NotImplementedError
+
+    def backward(
+        self,
+        inp: FFAInputs,
+        dout: torch.Tensor,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        delta: torch.Tensor,
+        dq: torch.Tensor,
+        dk: torch.Tensor,
+        dv: torch.Tensor,
+    ) -> None:
+        """Add this call's gradients into dq [Sq,hq,d], dk, dv [Sk,hk,d] (fp32) in place.
+
+        `out`, `lse` are the final merged forward results and `delta = rowsum(out * dout)` fp32
+        [Sq,hq]; rows with lse = -inf contribute nothing.
+        """
+        raise NotImplementedError
