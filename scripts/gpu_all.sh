@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Everything the project runs on a lent GPU machine, in one call:
+#   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist (default: all)
+# Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out). The machine has torch/triton/cmake/pybind11
+# but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
+# .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+STEPS=${*:-"setup tests bench-ffa bench-grpcoll bench-dist"}
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}
+PY=${PYTHON:-python3}
+status=0
+run() {  # run NAME CMD...: log to $OUT/NAME.log, keep going, remember failures
+  local name=$1; shift
+  echo "=== $name: $*"
+  "$@" 2>&1 | tee "$OUT/$name.log"; local rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc"; [ "$rc" -eq 0 ] || status=1
+}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+
+if has setup; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  for pkg in solver ffa-kernels grpcoll magi-attn extensions; do
+    $PY -m pip install -q --no-build-isolation --no-deps -e "packages/$pkg" || { echo "install of $pkg failed"; status=1; }
+  done
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/card.txt"
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())" | tee -a "$OUT/card.txt"
+else
+  [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
+
+if has tests; then
+  run test-ffa $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests
+  run test-grpcoll $PY -m pytest -q -m gpu -p no:cacheprovider packages/grpcoll/tests
+  run test-magi-attn $PY -m pytest -q -m gpu -p no:cacheprovider packages/magi-attn/tests
+fi
+if has bench-ffa; then
+  run bench-ffa $PY packages/ffa-kernels/benchmarks/bench_ffa.py ${BENCH_FFA_ARGS:-} --out "$OUT/bench_ffa"
+fi
+if has bench-grpcoll && [ "$NGPU" -ge 2 ]; then
+  run bench-grpcoll $PY packages/grpcoll/benchmarks/bench_grpcoll.py ${BENCH_GRPCOLL_ARGS:-} --out "$OUT/bench_grpcoll"
+fi
+if has bench-dist && [ "$NGPU" -ge 2 ]; then
+  run bench-dist $PY -m torch.distributed.run --standalone --nproc-per-node "$NGPU" \
+    packages/magi-attn/benchmarks/bench_dist.py ${BENCH_DIST_ARGS:-} --out "$OUT/bench_dist"
+fi
+exit $status
