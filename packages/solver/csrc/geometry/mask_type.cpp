@@ -48,6 +48,9 @@ int64_t slice_area(const AttnRange& q, const AttnRange& k, MaskType t) {
   const int64_t lq = q.seqlen();
   const int64_t lk = k.seqlen();
   if (lq <= 0 || lk <= 0) return 0;
+  constexpr int64_t kMaxLen = int64_t{1} << 31;  // keeps lq * lk inside int64
+  MAGI_CHECK(lq <= kMaxLen && lk <= kMaxLen, "slice_area(): q_range " << q.repr() << " x k_range "
+                                                 << k.repr() << " is longer than 2^31 tokens.");
   switch (t) {
     case MaskType::kFull:
       return lq * lk;
