@@ -1,0 +1,225 @@
+"""Frozen configuration dataclasses of the distributed runtime (reference §4.6).
+
+Why frozen: configs are part of the hashable DistAttnRuntimeKey, so two equal configs must
+select the same cached runtime on every rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from magi_attention.common.enum import AttnOverlapMode, DispatchAlgType, OverlapAlgType
+from magi_attention.errors import MagiAttentionError
+
+__all__ = [
+    "DistAttnConfig", "DispatchConfig", "DispatchAlg", "LBDispatchAlg", "DPDispatchAlg",
+    "BSDispatchAlg", "MinHeapDispatchAlg", "BTPDispatchAlg", "ToppHeapDispatchAlg",
+    "RandomSelectDispatchAlg", "SequentialDispatchAlg", "BatchToppHeapDispatchAlg",
+    "SortedSequentialSelectAlg", "OverlapConfig", "OverlapAlg", "UniformOverlapAlg",
+    "GreedyOverlapAlg", "GrpCollConfig",
+]
+
+
+@dataclass(frozen=True)
+class DispatchAlg:
+    """Base of the chunk-to-rank dispatch algorithms; ``solver_name`` is the magi_solver alg."""
+
+    type: ClassVar = None
+    solver_name: ClassVar[str | None] = None
+    is_optimal = False
+    is_partitions_returned = False
+    is_equal_num_workloads = False
+    is_affinity_considered = False
+
+    def solver_kwargs(self) -> dict:
+        return {}
+
+
+@dataclass(frozen=True)
+class LBDispatchAlg(DispatchAlg):
+    type = DispatchAlgType.LOWER_BOUND
+
+
+@dataclass(frozen=True)
+class DPDispatchAlg(DispatchAlg):
+    type = DispatchAlgType.DYNAMIC_PROGRAMMING
+    is_optimal = True
+
+
+@dataclass(frozen=True)
+class BSDispatchAlg(DispatchAlg):
+    type = DispatchAlgType.BINARY_SEARCH
+    is_optimal = True
+    is_partitions_returned = True
+
+
+@dataclass(frozen=True)
+class MinHeapDispatchAlg(DispatchAlg):
+    type = DispatchAlgType.MIN_HEAP
+    solver_name = "min_heap"
+    is_partitions_returned = True
+    is_equal_num_workloads = True
+
+
+@dataclass(frozen=True)
+class BTPDispatchAlg(DispatchAlg):
+    type = DispatchAlgType.BACKTRACKING_PRUNING
+    solver_name = "backtracking_pruning"
+    is_optimal = True
+    is_partitions_returned = True
+    is_equal_num_workloads = True
+
+
+@dataclass(frozen=True)
+class ToppHeapDispatchAlg(DispatchAlg):
+    top_p: float = 0.0
+    type = DispatchAlgType.TOPP_HEAP
+    solver_name = "topp_heap"
+    is_partitions_returned = True
+    is_equal_num_workloads = True
+    is_affinity_considered = True
+
+    def solver_kwargs(self) -> dict:
+        return {"top_p": float(self.top_p)}
+
+
+@dataclass(frozen=True)
+class RandomSelectDispatchAlg(DispatchAlg):
+    type = DispatchAlgType.RANDOM_SELECT
+    solver_name = "random_select"
+    is_partitions_returned = True
+    is_equal_num_workloads = True
+
+
+@dataclass(frozen=True)
+class SequentialDispatchAlg(DispatchAlg):
+    type = DispatchAlgType.SEQUENTIAL
+    solver_name = "sequential"
+    is_partitions_returned = True
+    is_equal_num_workloads = True
+
+
+@dataclass(frozen=True)
+class BatchToppHeapDispatchAlg(DispatchAlg):
+    top_p: float = 0.0
+    num_of_select_chunk: int = 1
+    type = DispatchAlgType.BATCH_TOPP_HEAP
+    is_partitions_returned = True
+    is_equal_num_workloads = True
+    is_affinity_considered = True
+
+
+@dataclass(frozen=True)
+class SortedSequentialSelectAlg(DispatchAlg):
+    allocation_ratio: float = 1.0
+    type = DispatchAlgType.SORTED_SEQUENTIAL_SELECT
+    solver_name = "sorted_sequential_select"
+    is_partitions_returned = True
+    is_equal_num_workloads = True
+
+    def solver_kwargs(self) -> dict:
+        return {"allocation_ratio": float(self.allocation_ratio)}
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    alg: DispatchAlg = field(default_factory=MinHeapDispatchAlg)
+
+    def __post_init__(self):
+        if not isinstance(self.alg, DispatchAlg):
+            raise TypeError(f"DispatchConfig(): alg must be a DispatchAlg, got {type(self.alg)}")
+
+
+@dataclass(frozen=True)
+class OverlapAlg:
+    type = None
+
+
+@dataclass(frozen=True)
+class UniformOverlapAlg(OverlapAlg):
+    random_costs: bool = False
+    random_seed: int | None = None
+    type = OverlapAlgType.UNIFORM
+
+
+@dataclass(frozen=True)
+class GreedyOverlapAlg(OverlapAlg):
+    type = OverlapAlgType.GREEDY
+
+
+@dataclass(frozen=True)
+class OverlapConfig:
+    """How remote K/V is split into stages overlapped with computation; ``degree`` = #stages."""
+
+    enable: bool = True
+    mode: AttnOverlapMode = AttnOverlapMode.STATIC
+    degree: int | None = 1
+    dynamic_max_degree: int | None = 8
+    min_chunk_size: int = 512
+    max_num_chunks: int = 64
+    alg: OverlapAlg = field(default_factory=UniformOverlapAlg)
+    calc_cost_factor: float = 1.0
+    comm_cost_factor: float = 1.0
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        if isinstance(self.mode, str):
+            set_(self, "mode", AttnOverlapMode(self.mode))
+        if not self.enable:
+            set_(self, "mode", AttnOverlapMode.STATIC)
+            set_(self, "degree", 1)
+            set_(self, "max_num_chunks", 1)
+        bad = []
+        if self.mode is AttnOverlapMode.STATIC:
+            if self.degree is None or int(self.degree) < 1:
+                bad.append(f"static mode needs degree >= 1, got {self.degree}")
+            elif self.degree > self.max_num_chunks:
+                bad.append(f"degree={self.degree} must be <= max_num_chunks={self.max_num_chunks}")
+        else:
+            if self.degree is not None:
+                bad.append(f"dynamic mode needs degree=None, got {self.degree}")
+            if self.dynamic_max_degree is not None and self.dynamic_max_degree <= 0:
+                bad.append(f"dynamic_max_degree must be None or > 0, got {self.dynamic_max_degree}")
+        if self.min_chunk_size <= 0:
+            bad.append(f"min_chunk_size must be > 0, got {self.min_chunk_size}")
+        if self.max_num_chunks <= 0:
+            bad.append(f"max_num_chunks must be > 0, got {self.max_num_chunks}")
+        if self.calc_cost_factor <= 0 or self.comm_cost_factor <= 0:
+            bad.append("calc_cost_factor and comm_cost_factor must be > 0")
+        if not isinstance(self.alg, OverlapAlg):
+            bad.append(f"alg must be an OverlapAlg, got {type(self.alg).__name__}")
+        if bad:
+            raise MagiAttentionError("OverlapConfig(): " + "; ".join(bad))
+
+
+@dataclass(frozen=True)
+class GrpCollConfig:
+    """Native group-collective buffer settings (used only with MAGI_ATTENTION_NATIVE_GRPCOLL=1)."""
+
+    num_sms: int = 24
+    nvl_chunk_size: int = 8
+    nvl_buffer_size: int = 256
+    rdma_chunk_size: int = 16
+    rdma_buffer_size: int = 128
+    num_nvl_bytes: int = int(2e9)
+    num_rdma_bytes: int = 0
+
+    def to_buffer_args(self) -> dict:
+        return {"num_nvl_bytes": self.num_nvl_bytes, "num_rdma_bytes": self.num_rdma_bytes,
+                "low_latency_mode": False,
+                "num_qps_per_rank": 1 if self.num_rdma_bytes == 0 else self.num_sms,
+                "explicitly_destroy": True}
+
+
+@dataclass(frozen=True)
+class DistAttnConfig:
+    dispatch_config: DispatchConfig = field(default_factory=DispatchConfig)
+    overlap_config: OverlapConfig = field(default_factory=OverlapConfig)
+    grpcoll_config: GrpCollConfig = field(default_factory=GrpCollConfig)
+
+    def __post_init__(self):
+        from magi_attention.env import is_qo_comm_enable
+
+        if is_qo_comm_enable():
+            object.__setattr__(self, "overlap_config", OverlapConfig(enable=False))

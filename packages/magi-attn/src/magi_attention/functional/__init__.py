@@ -1,0 +1,31 @@
+"""magi_attention.functional: kernels and the autograd functions behind the API (§1.3)."""
+
+from magi_attention import _compat
+from magi_attention.functional.dispatch import dispatch_func, undispatch_func
+from magi_attention.runtime.dist_attn import dist_attn_func
+
+
+def _ffa(name: str):
+    obj = getattr(_compat.ffa, name, None)
+    if obj is not None:
+        return obj
+
+    def _unavailable(*args, **kwargs):
+        raise ImportError(f"magi_ffa.{name} is not available in the installed magi_ffa")
+
+    _unavailable.__name__ = name
+    return _unavailable
+
+
+flex_flash_attn_func = _ffa("flex_flash_attn_func")
+correct_attn_lse = _ffa("correct_attn_lse")
+correct_attn_out = _ffa("correct_attn_out")
+correct_attn_out_lse = _ffa("correct_attn_out_lse")
+correct_attn_lse_with_sink = _ffa("correct_attn_lse_with_sink")
+correct_attn_out_with_sink = _ffa("correct_attn_out_with_sink")
+correct_attn_out_lse_with_sink = _ffa("correct_attn_out_lse_with_sink")
+
+__all__ = ["flex_flash_attn_func", "dist_attn_func", "dispatch_func", "undispatch_func",
+           "correct_attn_lse", "correct_attn_out", "correct_attn_out_lse",
+           "correct_attn_lse_with_sink", "correct_attn_out_with_sink",
+           "correct_attn_out_lse_with_sink"]

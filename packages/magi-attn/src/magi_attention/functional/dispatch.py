@@ -1,0 +1,104 @@
+"""dispatch / undispatch along dim 0 as differentiable functions (design §2.5).
+
+dispatch keeps this rank's chunks (no communication; every rank holds the same global tensor)
+and its backward all-gathers; undispatch all-gathers and its backward keeps the local chunks.
+The two are each other's transposes, which the tests check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from magi_attention.errors import MagiAttentionError
+
+__all__ = ["ChunkLayout", "dispatch_func", "undispatch_func"]
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Which chunks each rank holds: ``partitions[r]`` sorted chunk ids, each ``chunk_size`` long."""
+
+    partitions: tuple[tuple[int, ...], ...]
+    chunk_size: int
+    rank: int
+    group: Any
+
+    @property
+    def num_chunks(self) -> int:
+        return sum(len(p) for p in self.partitions)
+
+    @property
+    def total_seqlen(self) -> int:
+        return self.num_chunks * self.chunk_size
+
+    @property
+    def shard_seqlen(self) -> int:
+        return len(self.partitions[self.rank]) * self.chunk_size
+
+    def perm(self) -> list[int]:
+        return [c for p in self.partitions for c in p]
+
+
+def _local(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    chunks = x.reshape(layout.num_chunks, layout.chunk_size, *x.shape[1:])
+    ids = torch.tensor(layout.partitions[layout.rank], dtype=torch.long, device=x.device)
+    return chunks.index_select(0, ids).reshape(layout.shard_seqlen, *x.shape[1:])
+
+
+def _gather(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    x = x.contiguous()
+    world = len(layout.partitions)
+    if world == 1:
+        gathered = x
+    else:
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x, group=layout.group)
+        gathered = torch.cat(parts, 0)
+    chunks = gathered.reshape(layout.num_chunks, layout.chunk_size, *x.shape[1:])
+    out = torch.empty_like(chunks)
+    perm = torch.tensor(layout.perm(), dtype=torch.long, device=x.device)
+    out.index_copy_(0, perm, chunks)
+    return out.reshape(layout.total_seqlen, *x.shape[1:])
+
+
+class _Dispatch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+        ctx.layout = layout
+        return _local(x, layout)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _gather(grad, ctx.layout), None
+
+
+class _Undispatch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+        ctx.layout = layout
+        return _gather(x, layout)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _local(grad, ctx.layout), None
+
+
+def dispatch_func(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    """Padded global ``x`` [T', ...] -> this rank's chunks [T'/cp, ...] (local order)."""
+    if x.dim() == 0 or x.shape[0] != layout.total_seqlen:
+        got = list(x.shape)
+        raise MagiAttentionError(f"dispatch(): x has shape {got}; dim 0 must be the padded total "
+                                 f"seqlen {layout.total_seqlen}")
+    return _Dispatch.apply(x, layout)
+
+
+def undispatch_func(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    """Local shard [T'/cp, ...] -> padded global tensor [T', ...] (all-gather)."""
+    if x.dim() == 0 or x.shape[0] != layout.shard_seqlen:
+        raise MagiAttentionError(f"undispatch(): x has shape {list(x.shape)}; dim 0 must be the "
+                                 f"local shard seqlen {layout.shard_seqlen}")
+    return _Undispatch.apply(x, layout)

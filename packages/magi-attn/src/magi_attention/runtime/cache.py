@@ -1,0 +1,81 @@
+"""Per-cp-group LRU caches of runtime managers.
+
+Why per group: building or evicting a runtime must happen identically on every rank of a group.
+A single process-wide LRU shared by two groups could evict differently on ranks that belong to
+different sets of groups; one LRU per group sees the same access sequence on each member rank.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from magi_attention.env import dist_attn_runtime_dict_size
+from magi_attention.errors import KeyNotFoundError, MagiAttentionError
+from magi_attention.meta.key import group_ranks
+
+__all__ = ["DistAttnRuntimeDict", "DistAttnRuntimeDictManager", "dist_attn_runtime_dict_mgr"]
+
+
+class DistAttnRuntimeDict(OrderedDict):
+    """An OrderedDict LRU: ``get`` refreshes, ``put`` evicts the oldest beyond ``max_size``."""
+
+    def __init__(self, max_size: int):
+        super().__init__()
+        self.max_size = max_size
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            return default
+        self.move_to_end(key)
+        return self[key]
+
+    def put(self, key: Any, value: Any) -> None:
+        if key in self:
+            self.move_to_end(key)
+        self[key] = value
+        while len(self) > self.max_size:
+            self.popitem(last=False)
+
+    def most_recent_key(self) -> Any:
+        if not self:
+            return None
+        return next(reversed(self))
+
+
+class DistAttnRuntimeDictManager:
+    """Holds one DistAttnRuntimeDict per cp group, keyed by the group's sorted global ranks."""
+
+    def __init__(self) -> None:
+        self._dicts: dict[tuple[int, ...], DistAttnRuntimeDict] = {}
+
+    def dict_for(self, group: Any) -> DistAttnRuntimeDict:
+        ranks = group_ranks(group)
+        d = self._dicts.get(ranks)
+        if d is None:
+            d = self._dicts[ranks] = DistAttnRuntimeDict(dist_attn_runtime_dict_size())
+        return d
+
+    def get_mgr(self, key: Any) -> Any:
+        mgr = self.dict_for(key.cp_group).get(key)
+        if mgr is None:
+            raise KeyNotFoundError(
+                "The dist attn runtime key does not exist! (it was never created in this process "
+                "or was evicted from its group's LRU; raise MAGI_ATTENTION_DIST_ATTN_RUNTIME_DICT_SIZE "
+                "or recreate it with magi_attn_flex_key / magi_attn_varlen_key)")
+        return mgr
+
+    def most_recent_key(self, group: Any) -> Any:
+        if group is None:
+            raise MagiAttentionError("get_most_recent_key(): cp_group is None")
+        key = self.dict_for(group).most_recent_key()
+        if key is None:
+            raise MagiAttentionError("get_most_recent_key(): no runtime key has been created for "
+                                     "this cp group yet")
+        return key
+
+    def clear(self) -> None:
+        self._dicts.clear()
+
+
+dist_attn_runtime_dict_mgr = DistAttnRuntimeDictManager()

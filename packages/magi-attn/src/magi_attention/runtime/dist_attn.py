@@ -1,0 +1,285 @@
+"""The distributed attention runtime: a host stage plus ``degree`` remote K/V stages.
+
+Forward (design §5.2): K and V travel *fused* as one ``[2*Sk, hk, d]`` tensor (k rows, then v
+rows) so each stage is a single group_cast with doubled split lists; every stage's cast is issued
+up front, asynchronously (stage by stage when CUDA_DEVICE_MAX_CONNECTIONS=1), so on CUDA the
+NCCL stream overlaps the FFA of the previous stage and on CPU gloo's worker threads do. Partial
+results are merged by ffa_forward's accumulation into one out/lse pair; the sink is applied once
+at the end (equivalent to applying it after the host stage, as the merge is associative);
+max_logits is all-reduced with MAX.
+
+Backward (design §5.4): K/V are fetched again per stage (or the last stage's K/V are kept under
+MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE), dq accumulates in place, and each stage's partial dK/dV is
+group_reduced (sum) back to its owners asynchronously while the next stage computes.
+
+Shape legend: Sq/Sk local tokens, R tokens received in a stage, hq/hk heads, d head dim.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from magi_attention import _compat
+from magi_attention.env import EnvFlags
+
+__all__ = ["DistAttnRuntime", "DistAttnFunc", "dist_attn_func"]
+
+_DSINK_WARNED = False
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 accumulators, fp64 when the inputs are fp64 (reference runs)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted_kwargs(fn: Any) -> frozenset[str] | None:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return frozenset(params)
+
+
+def _optional_kwargs(fn: Any, **opts: Any) -> dict:
+    """Keep only the optional switches the installed kernel accepts (CatGQA, auto-merge, ...)."""
+    accepted = _accepted_kwargs(fn)
+    return {k: v for k, v in opts.items() if accepted is None or k in accepted}
+
+
+class _Calc:
+    """One stage's slices as tensors on the compute device (built once)."""
+
+    def __init__(self, calc: Any, device: torch.device):
+        q, k, t = calc.as_arrays()
+        self.q_ranges = torch.from_numpy(np.ascontiguousarray(q, dtype=np.int32)).to(device)
+        self.k_ranges = torch.from_numpy(np.ascontiguousarray(k, dtype=np.int32)).to(device)
+        self.types = torch.from_numpy(np.ascontiguousarray(t, dtype=np.int32)).to(device)
+        self.area = int(calc.area)
+        self.empty = self.q_ranges.shape[0] == 0 or self.area == 0
+
+
+class DistAttnRuntime:
+    """Runs one rank's part of a DistAttnPlan; holds the comm args and slice tensors."""
+
+    def __init__(self, rank_plan: Any, num_stages: int, cp_group: Any, flags: EnvFlags,
+                 device: torch.device, comm_kwargs: dict | None = None):
+        self.rank_plan = rank_plan
+        self.num_stages = int(num_stages)
+        self.cp_group = cp_group
+        self.flags = flags
+        self.device = device
+        self.comm_kwargs = dict(comm_kwargs or {})
+        self.host_calc = _Calc(rank_plan.host_calc, device)
+        self.stages = list(rank_plan.stages)
+        self.stage_calcs = [_Calc(s.calc, device) for s in self.stages]
+        self.backend = "torch" if flags.sdpa_backend else None
+        self.save_tail = flags.bwd_hide_tail_reduce and self.num_stages > 0
+        self.stage_by_stage = flags.prefetch_stage_by_stage or flags.native_grpcoll
+
+    # ---------------------------------------------------------------- communication
+    def _cast_kv(self, kv: torch.Tensor, s: int):
+        """Issue stage ``s``'s fused K/V group_cast; returns (work, recv buffer [2R, hk, d])."""
+        c = self.stages[s].cast
+        n_recv = int(self.stages[s].num_recv_tokens)
+        buf = kv.new_empty((2 * n_recv, *kv.shape[1:]))
+        work = _compat.grpcoll.group_cast(
+            input=kv, output=buf,
+            input_split_sizes=list(c.input_split_sizes) * 2,
+            output_split_sizes=list(c.output_split_sizes) * 2,
+            dst_indices=[list(d) for d in c.dst_indices] * 2,
+            src_index=list(c.src_index) * 2,
+            group=self.cp_group, async_op=True, **self.comm_kwargs)
+        return work, buf
+
+    def _reduce_dkv(self, dkv: torch.Tensor, out: torch.Tensor, s: int):
+        """Issue stage ``s``'s transpose: sum partial dK/dV [2R] into owners' ``out`` [2Sk]."""
+        c = self.stages[s].cast
+        work = _compat.grpcoll.group_reduce(
+            input=dkv, output=out,
+            input_split_sizes=list(c.output_split_sizes) * 2,
+            output_split_sizes=list(c.input_split_sizes) * 2,
+            dst_index=list(c.src_index) * 2,
+            src_indices=[list(d) for d in c.dst_indices] * 2,
+            group=self.cp_group, async_op=True, reduce_op="sum", **self.comm_kwargs)
+        return work
+
+    # ---------------------------------------------------------------- kernels
+    def _fwd(self, q, k, v, calc: _Calc, out, lse, max_logits, scale, softcap):
+        if calc.empty:
+            return
+        fn = _compat.ffa.ffa_forward
+        extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge)
+        fn(q, k, v, calc.q_ranges, calc.k_ranges, calc.types, softmax_scale=scale,
+           softcap=softcap, out=out, lse=lse, max_logits=max_logits,
+           return_max_logits=max_logits is not None, deterministic=self.flags.deterministic,
+           backend=self.backend, **extra)
+
+    def _bwd(self, dout, q, k, v, out, lse, delta, calc: _Calc, dq, dk, dv, scale, softcap):
+        if calc.empty:
+            return
+        fn = _compat.ffa.ffa_backward
+        extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge,
+                                 cat_gqa=self.flags.cat_gqa)
+        fn(dout, q, k, v, out, lse, calc.q_ranges, calc.k_ranges, calc.types,
+           softmax_scale=scale, softcap=softcap, dq=dq, dk=dk, dv=dv, delta=delta,
+           deterministic=self.flags.deterministic, backend=self.backend, **extra)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool):
+        """Returns (out [Sq,hq,d] q.dtype, lse [Sq,hq] fp32|fp64, max_logits [hq] | None, tail kv)."""
+        D = self.num_stages
+        kv = torch.cat([k, v], 0) if D > 0 else None
+        works: dict[int, Any] = {}
+        for s in range(D if not self.stage_by_stage else min(D, 1)):
+            works[s] = self._cast_kv(kv, s)
+
+        acc = _acc_dtype(q.dtype)
+        sq, hq, d = q.shape
+        out = torch.zeros((sq, hq, v.shape[-1]), dtype=acc, device=q.device)
+        lse = torch.full((sq, hq), float("-inf"), dtype=acc, device=q.device)
+        max_logits = (torch.full((hq,), float("-inf"), dtype=acc, device=q.device)
+                      if return_max_logits else None)
+
+        self._fwd(q, k, v, self.host_calc, out, lse, max_logits, scale, softcap)
+        tail = None
+        for s in range(D):
+            work, buf = works.pop(s)
+            kv_s = work.wait_post_process(buf)
+            if self.stage_by_stage and s + 1 < D:
+                works[s + 1] = self._cast_kv(kv, s + 1)
+            r = kv_s.shape[0] // 2
+            self._fwd(q, kv_s[:r], kv_s[r:], self.stage_calcs[s], out, lse, max_logits,
+                      scale, softcap)
+            if self.save_tail and s == D - 1:
+                tail = kv_s
+        if sink is not None:
+            _compat.ffa.apply_sink(out, lse, sink, "sh")
+        if max_logits is not None and dist.get_world_size(self.cp_group) > 1:
+            dist.all_reduce(max_logits, op=dist.ReduceOp.MAX, group=self.cp_group)
+        return out.to(q.dtype), lse, max_logits, tail
+
+    # ---------------------------------------------------------------- backward
+    def backward(self, dout, q, k, v, out, lse, sink, tail, scale: float, softcap: float,
+                 need_dsink: bool):
+        """Returns (dq, dk, dv, dsink | None), local to this rank."""
+        D = self.num_stages
+        acc = _acc_dtype(q.dtype)
+        dout = dout.contiguous()
+        out_acc = out.to(acc)
+        delta = (out_acc * dout.to(acc)).sum(-1)
+        sk = k.shape[0]
+        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+        dkv_host = torch.zeros((2 * sk, *k.shape[1:]), dtype=acc, device=k.device)
+        hp = self.flags.bwd_high_precision_reduce or acc == torch.float64
+        dkv_red = torch.zeros((2 * sk, *k.shape[1:]), dtype=acc if hp else k.dtype,
+                              device=k.device) if D > 0 else None
+
+        if self.save_tail and tail is not None:
+            order = [D - 1] + list(range(D - 1)) + [None]
+            fetched = list(range(D - 1))
+        else:
+            order = [None] + list(range(D))
+            fetched = list(range(D))
+        kv = torch.cat([k, v], 0) if fetched else None
+        works: dict[int, Any] = {}
+        pending = list(fetched)
+        n_issue = len(pending) if not self.stage_by_stage else min(1, len(pending))
+        for s in pending[:n_issue]:
+            works[s] = self._cast_kv(kv, s)
+        next_issue = n_issue
+
+        reduces = []
+        for s in order:
+            if s is None:
+                self._bwd(dout, q, k, v, out, lse, delta, self.host_calc, dq,
+                          dkv_host[:sk], dkv_host[sk:], scale, softcap)
+                continue
+            if s in works:
+                work, buf = works.pop(s)
+                kv_s = work.wait_post_process(buf)
+                if next_issue < len(pending):
+                    works[pending[next_issue]] = self._cast_kv(kv, pending[next_issue])
+                    next_issue += 1
+            else:
+                kv_s = tail
+            r = kv_s.shape[0] // 2
+            dkv_s = torch.zeros((2 * r, *k.shape[1:]), dtype=acc, device=k.device)
+            self._bwd(dout, q, kv_s[:r], kv_s[r:], out, lse, delta, self.stage_calcs[s], dq,
+                      dkv_s[:r], dkv_s[r:], scale, softcap)
+            payload = dkv_s if hp else dkv_s.to(k.dtype)
+            reduces.append(self._reduce_dkv(payload, dkv_red, s))
+
+        dsink = None
+        if need_dsink and sink is not None:
+            dsink = self._dsink(sink, lse, out_acc, dout)
+        for work in reduces:
+            work.wait_post_process(dkv_red)
+        dkv = dkv_host if dkv_red is None else dkv_host + dkv_red.to(acc)
+        return dq.to(q.dtype), dkv[:sk].to(k.dtype), dkv[sk:].to(v.dtype), dsink
+
+    def _dsink(self, sink, lse, out, dout):
+        global _DSINK_WARNED
+        dsink = _compat.ffa.sink_backward(sink, lse, out, dout.to(out.dtype), "sh")
+        op = self.flags.dsink_all_reduce_op
+        world = dist.get_world_size(self.cp_group)
+        if op == "none":
+            if world > 1 and not _DSINK_WARNED:
+                _DSINK_WARNED = True
+                warnings.warn("calc_attn(): dsink is partial per rank "
+                              "(MAGI_ATTENTION_DSINK_ALL_REDUCE_OP=none); reduce sink.grad over "
+                              "the cp group yourself or set the flag to sum|avg", stacklevel=2)
+            return dsink
+        if world > 1:
+            dsink = dsink.contiguous()
+            dist.all_reduce(dsink, op=dist.ReduceOp.SUM, group=self.cp_group)
+            if op == "avg":
+                dsink = dsink / world
+        return dsink
+
+
+class DistAttnFunc(torch.autograd.Function):
+    """Autograd wrapper: (q, k, v, sink) -> (out, lse, max_logits); lse/max_logits carry no grad."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sink, runtime: DistAttnRuntime, scale, softcap, return_max_logits):
+        out, lse, max_logits, tail = runtime.forward(q, k, v, sink, scale, softcap,
+                                                     return_max_logits)
+        ctx.runtime, ctx.scale, ctx.softcap = runtime, scale, softcap
+        ctx.has_sink = sink is not None
+        ctx.tail = tail
+        ctx.save_for_backward(q, k, v, out, lse, *([sink] if sink is not None else []))
+        ctx.mark_non_differentiable(lse)
+        if max_logits is not None:
+            ctx.mark_non_differentiable(max_logits)
+        return out, lse, max_logits
+
+    @staticmethod
+    def backward(ctx, dout, _dlse, _dml):
+        saved = ctx.saved_tensors
+        q, k, v, out, lse = saved[:5]
+        sink = saved[5] if ctx.has_sink else None
+        dq, dk, dv, dsink = ctx.runtime.backward(
+            dout, q, k, v, out, lse, sink, ctx.tail, ctx.scale, ctx.softcap,
+            need_dsink=ctx.has_sink and ctx.needs_input_grad[3])
+        ctx.tail = None
+        if dsink is not None:
+            dsink = dsink.to(sink.dtype)
+        return dq, dk, dv, dsink, None, None, None, None
+
+
+def dist_attn_func(q, k, v, runtime: DistAttnRuntime, sink=None, softmax_scale=None,
+                   softcap: float = 0.0, return_max_logits: bool = False):
+    """Run the runtime through autograd; returns (out, lse, max_logits | None)."""
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    return DistAttnFunc.apply(q, k, v, sink, runtime, float(scale), float(softcap),
+                              bool(return_max_logits))

@@ -1,0 +1,194 @@
+"""Rank-side bodies of the distributed tests (module level so spawned ranks can import them)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def _setup(use_fake: bool):
+    if use_fake:
+        import _fake_solver
+
+        _fake_solver.install()
+
+
+def _mask(case):
+    from magi_attention.api.functools import cu_seqlens_slices
+
+    kind, T = case["mask"], case["T"]
+    if kind == "full":
+        return [(0, T)], [(0, T)], [0]
+    if kind == "causal":
+        return [(0, T)], [(0, T)], [1]
+    if kind in ("varlen_full", "varlen_causal"):
+        cu = case["cu"]
+        qs, ks, ts, _, _ = cu_seqlens_slices(cu, cu, causal=kind == "varlen_causal")
+        return qs, ks, ts
+    if kind == "sliding_window":
+        qs, ks, ts, _, _ = cu_seqlens_slices(case["cu"], case["cu"], window_size=case["window"])
+        return qs, ks, ts
+    if kind == "block_causal":
+        b = case["block"]
+        return ([(i, min(i + b, T)) for i in range(0, T, b)],
+                [(0, min(i + b, T)) for i in range(0, T, b)], [0] * len(range(0, T, b)))
+    if kind == "shared_question":  # a question followed by answers that each see it
+        q_len = case["q_len"]
+        answers = case["answers"]
+        qs, ks, ts = [(0, q_len)], [(0, q_len)], [1]
+        start = q_len
+        for a in answers:
+            qs += [(start, start + a), (start, start + a)]
+            ks += [(0, q_len), (start, start + a)]
+            ts += [0, 1]
+            start += a
+        return qs, ks, ts
+    if kind == "random":
+        from magi_ffa.testing import random_slices
+
+        res = random_slices(case["seed"], T, T, case.get("n", 6))
+        qr, kr, tm = res[:3]
+        return [tuple(r) for r in qr], [tuple(r) for r in kr], list(tm)
+    raise ValueError(kind)
+
+
+def run_cases(rank, world, cases, use_fake):
+    _setup(use_fake)
+    from magi_ffa.testing import ref_attn_dense
+
+    from magi_attention.api import (
+        DistAttnConfig, OverlapConfig, calc_attn, compute_pad_size, dispatch,
+        magi_attn_flex_key, undispatch,
+    )
+    from magi_attention.common.enum import AttnOverlapMode
+
+    group = dist.group.WORLD
+    report = []
+    for case in cases:
+        for k_, v_ in case.get("env", {}).items():
+            os.environ[k_] = v_
+        T, hq, hk, d, chunk = case["T"], case["hq"], case["hk"], case["d"], case["chunk"]
+        qr, kr, tm = _mask(case)
+        torch.manual_seed(case.get("seed", 0))
+        q = torch.randn(T, hq, d, dtype=torch.float64, requires_grad=True)
+        k = torch.randn(T, hk, d, dtype=torch.float64, requires_grad=True)
+        v = torch.randn(T, hk, d, dtype=torch.float64, requires_grad=True)
+        do = torch.randn(T, hq, d, dtype=torch.float64)
+        sink = (torch.randn(2, hq, dtype=torch.float64, requires_grad=True)
+                if case.get("sink") else None)
+        softcap = case.get("softcap", 0.0)
+        deg = case.get("degree", 1)
+        oc = (OverlapConfig(mode=AttnOverlapMode.DYNAMIC, degree=None) if deg == "dynamic"
+              else OverlapConfig(degree=deg, max_num_chunks=max(64, deg)))
+        pad = compute_pad_size(T, world, chunk)
+        key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, pad, chunk, group,
+                                 DistAttnConfig(overlap_config=oc))
+        lq, lk, lv = dispatch(q, key), dispatch(k, key), dispatch(v, key)
+        lout, meta = calc_attn(lq, lk, lv, key, sink=sink, softcap=softcap,
+                               return_max_logits=True)
+        out = undispatch(lout, key)
+        lse = undispatch(meta.lse, key)
+        (out * do).sum().backward()
+        grads = [q.grad, k.grad, v.grad] + ([sink.grad] if sink is not None else [])
+        q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        s2 = sink.detach().clone().requires_grad_() if sink is not None else None
+        ro, rl, rml = ref_attn_dense(q2, k2, v2, qr, kr, tm, softcap=softcap, sink=s2)
+        (ro * do).sum().backward()
+        refs = [q2.grad, k2.grad, v2.grad] + ([s2.grad] if s2 is not None else [])
+        errs = {"out": (out - ro).abs().max().item()}
+        fin = torch.isfinite(rl)
+        assert torch.equal(fin, torch.isfinite(lse)), f"{case['name']}: lse -inf pattern differs"
+        errs["lse"] = (lse[fin] - rl[fin]).abs().max().item() if fin.any() else 0.0
+        mf = torch.isfinite(rml)
+        assert torch.equal(mf, torch.isfinite(meta.max_logits)), f"{case['name']}: max_logits"
+        errs["max_logits"] = (meta.max_logits[mf] - rml[mf]).abs().max().item() if mf.any() else 0
+        for name, g, r in zip(["dq", "dk", "dv", "dsink"], grads, refs):
+            errs[name] = (g - r).abs().max().item()
+        for name, e in errs.items():
+            assert e < 1e-8, f"{case['name']} rank {rank}: {name} max error {e:.3e} (fp64)"
+        for k_ in case.get("env", {}):
+            del os.environ[k_]
+        report.append((case["name"], errs))
+    return report
+
+
+def run_api_checks(rank, world, use_fake):
+    """Cache behaviour, deprecations and bad input, all inside one job."""
+    import warnings
+
+    import pytest
+
+    _setup(use_fake)
+    from magi_attention.api import (
+        calc_attn, dispatch, get_most_recent_key, get_position_ids, magi_attn_flex_dispatch,
+        magi_attn_flex_key, magi_attn_varlen_key, make_flex_key_for_new_mask_after_dispatch,
+        undispatch,
+    )
+    from magi_attention.errors import MagiAttentionError
+    from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr as mgrs
+
+    g = dist.group.WORLD
+    T, chunk = 64, 8
+    args = ([(0, T)], [(0, T)], "causal", T, T, 2, 1, 8, 0, chunk, g)
+    k1 = magi_attn_flex_key(*args)
+    k2 = magi_attn_flex_key(*args)
+    assert k1 == k2 and mgrs.get_mgr(k1) is mgrs.get_mgr(k2)
+    assert get_most_recent_key(g) == k1
+    os.environ["MAGI_ATTENTION_DETERMINISTIC_MODE"] = "1"
+    k3 = magi_attn_flex_key(*args)
+    del os.environ["MAGI_ATTENTION_DETERMINISTIC_MODE"]
+    assert k3 != k1 and k3.is_deterministic_mode_enable and get_most_recent_key(g) == k3
+    # dispatch round trip, position ids, and transposed gradients
+    torch.manual_seed(0)
+    x = torch.randn(T, 3, dtype=torch.float64, requires_grad=True)
+    lx = dispatch(x, k1)
+    assert torch.equal(undispatch(lx, k1), x)
+    pos = get_position_ids(k1)
+    assert torch.equal(lx.detach(), x.detach()[pos])
+    w = torch.randn(T, 3, dtype=torch.float64)
+    (undispatch(lx, k1) * w).sum().backward()
+    assert torch.allclose(x.grad, w)
+    # per-group LRU of size 2: a second group interleaved does not disturb the first
+    os.environ["MAGI_ATTENTION_DIST_ATTN_RUNTIME_DICT_SIZE"] = "2"
+    mgrs.clear()
+    g2 = [dist.new_group([r]) for r in range(world)][rank]  # other ranks -> other LRU
+    a = magi_attn_flex_key(*args)
+    b = magi_attn_flex_key(*args[:-1], g2)
+    c = magi_attn_varlen_key([0, 32, 64], [0, 32, 64], 2, 1, 8, 0, chunk, g, causal=True)
+    d = magi_attn_varlen_key([0, 16, 64], [0, 16, 64], 2, 1, 8, 0, chunk, g)
+    mgrs.get_mgr(b)  # still there (other group)
+    with pytest.raises(MagiAttentionError, match="does not exist"):
+        dispatch(x, a)  # evicted from g's LRU by c, d
+    del os.environ["MAGI_ATTENTION_DIST_ATTN_RUNTIME_DICT_SIZE"]
+    # a new mask reusing the dispatch of c
+    e = make_flex_key_for_new_mask_after_dispatch([(0, 64)], [(0, 64)], "full", c)
+    assert torch.equal(get_position_ids(e), get_position_ids(c))
+    # deprecations
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        lx2, k4 = magi_attn_flex_dispatch(x.detach(), *args)
+    assert any(issubclass(r.category, DeprecationWarning) for r in rec)
+    # bad input -> clear errors on every rank
+    bad = [
+        (lambda: magi_attn_flex_key([(0, 64)], [(0, 64), (0, 1)], "full", T, T, 2, 1, 8, 0,
+                                    chunk, g), "q_ranges has 1"),
+        (lambda: magi_attn_flex_key([(0, 80)], [(0, 64)], "full", T, T, 2, 1, 8, 0, chunk, g),
+         "beyond total_seqlen"),
+        (lambda: magi_attn_flex_key([(0, 64)], [(0, 64)], "full", T, T, 2, 1, 8, 0, 7, g),
+         "not divisible by chunk_size"),
+        (lambda: magi_attn_flex_key([(0, 64)], [(0, 64)], "full", T, T, 3, 2, 8, 0, chunk, g),
+         "multiple of"),
+        (lambda: magi_attn_flex_key([(0, 64)], [(0, 64)], "wide", T, T, 2, 1, 8, 0, chunk, g),
+         "not a mask type"),
+        (lambda: calc_attn(torch.randn(T // world, 4, 8), torch.randn(T // world, 1, 8),
+                           torch.randn(T // world, 1, 8), k1), "num_heads_q"),
+        (lambda: calc_attn(torch.randn(5, 2, 8), torch.randn(5, 1, 8),
+                           torch.randn(5, 1, 8), k1), "shard holds"),
+        (lambda: dispatch(torch.randn(T + 1, 2), k1), "dim 0"),
+    ]
+    for fn, msg in bad:
+        with pytest.raises(MagiAttentionError, match=msg):
+            fn()
+    return True
