@@ -7,7 +7,8 @@ Sessions (``nox -l`` lists them; plain ``uv run nox`` runs the CI set):
   lint               ruff over the whole tree
   lock-check         uv.lock matches every pyproject.toml
   tests-<package>    one package alone in a fresh venv (only what it declares), then its tests
-  integration        the full stack: cross-package contract tests and the CP demo
+  integration        the full stack: cross-package contract tests, the CP demo, docs examples
+  docs               strict mkdocs build of the user guide and API reference
   wheels             build all five wheels and sdists, install each alone in a clean venv, import it
   contracts          magi-attention's tests against the lowest versions its pins allow
   coverage           combine the test sessions' data, report, fail under the threshold
@@ -34,6 +35,7 @@ nox.options.sessions = [
     "tests-magi-attn",
     "tests-extensions",
     "integration",
+    "docs",
     "wheels",
     "contracts",
     "coverage",
@@ -106,6 +108,13 @@ def integration(session: nox.Session) -> None:
     """The whole stack: cross-package contract tests and the CP demo."""
     _sync(session, "--all-packages", "--group", "dev")
     _pytest(session, "integration", "tests/integration")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Strict mkdocs build of the user guide and API reference."""
+    _sync(session, "--all-packages", "--group", "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site"))
 
 
 def _build_wheels(session: nox.Session, folders: tuple[str, ...]) -> Path:
