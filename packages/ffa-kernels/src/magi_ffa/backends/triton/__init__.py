@@ -17,7 +17,7 @@ import torch
 
 from magi_ffa.backends.base import Backend, FFAInputs
 from magi_ffa.backends.triton import configs
-from magi_ffa.backends.triton.plan import WorkList, build_work_list
+from magi_ffa.backends.triton.plan import WorkList, cached_work_list
 
 __all__ = ["TritonBackend", "triton_importable"]
 
@@ -118,7 +118,7 @@ class TritonBackend(Backend):
         if sq == 0 or inp.num_slices == 0 or k.shape[0] == 0:
             return
         cfg = configs.pick("fwd", d)
-        wl = build_work_list(
+        wl = cached_work_list(
             inp.q_ranges, inp.k_ranges, inp.attn_type_map,
             outer_len=sq, block_outer=cfg.block_m, block_inner=cfg.block_n,
         )
@@ -170,34 +170,36 @@ class TritonBackend(Backend):
         d_pad = configs.padded_head_dim(d)
         group = hq // hk
 
-        cfg = configs.pick("bwd_dq", d)
-        wl = build_work_list(
-            inp.q_ranges, inp.k_ranges, inp.attn_type_map,
-            outer_len=sq, block_outer=cfg.block_m, block_inner=cfg.block_n,
-        )
-        bwd_mod.ffa_bwd_dq_kernel[(wl.num_tiles, hq)](
-            q, k, v, dout, lse, delta, dq,
-            wl.tile_ptr, _padded_pieces(wl), wl.tile_order,
-            q.stride(0), q.stride(1),
-            k.stride(0), k.stride(1),
-            v.stride(0), v.stride(1),
-            dout.stride(0), dout.stride(1),
-            lse.stride(0), lse.stride(1),
-            delta.stride(0), delta.stride(1),
-            dq.stride(0), dq.stride(1),
-            sq, group,
-            inp.softmax_scale, qk_scale, cap_scale,
-            HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SOFTCAP=softcap,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+        fused = configs.fused_bwd(inp.deterministic)
+        if not fused:
+            cfg = configs.pick("bwd_dq", d)
+            wl = cached_work_list(
+                inp.q_ranges, inp.k_ranges, inp.attn_type_map,
+                outer_len=sq, block_outer=cfg.block_m, block_inner=cfg.block_n,
+            )
+            bwd_mod.ffa_bwd_dq_kernel[(wl.num_tiles, hq)](
+                q, k, v, dout, lse, delta, dq,
+                wl.tile_ptr, _padded_pieces(wl), wl.tile_order,
+                q.stride(0), q.stride(1),
+                k.stride(0), k.stride(1),
+                v.stride(0), v.stride(1),
+                dout.stride(0), dout.stride(1),
+                lse.stride(0), lse.stride(1),
+                delta.stride(0), delta.stride(1),
+                dq.stride(0), dq.stride(1),
+                sq, group,
+                inp.softmax_scale, qk_scale, cap_scale,
+                HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SOFTCAP=softcap,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            )
 
         cfg = configs.pick("bwd_dkdv", d)
-        wl = build_work_list(
+        wl = cached_work_list(
             inp.q_ranges, inp.k_ranges, inp.attn_type_map,
             outer_len=sk, block_outer=cfg.block_n, block_inner=cfg.block_m, transpose=True,
         )
         bwd_mod.ffa_bwd_dkdv_kernel[(wl.num_tiles, hk)](
-            q, k, v, dout, lse, delta, dk, dv,
+            q, k, v, dout, lse, delta, dk, dv, dq,
             wl.tile_ptr, _padded_pieces(wl), wl.tile_order,
             q.stride(0), q.stride(1),
             k.stride(0), k.stride(1),
@@ -207,10 +209,10 @@ class TritonBackend(Backend):
             delta.stride(0), delta.stride(1),
             dk.stride(0), dk.stride(1),
             dv.stride(0), dv.stride(1),
+            dq.stride(0), dq.stride(1),
             sk, group,
             inp.softmax_scale, qk_scale, cap_scale,
             HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SOFTCAP=softcap,
+            FUSED_DQ=fused,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-
-

@@ -4,8 +4,10 @@
   adds its dq tile into the caller's fp32 dq.
 * ``ffa_bwd_dkdv_kernel``: one program per (k tile, kv head) walks the transposed work list
   (k columns outer, q rows inner) for every q head of its GQA group, then adds dk and dv.
+  With FUSED_DQ it also atomically adds dq (then the dq kernel is skipped).
 
-Each program owns its output tile, so the result is deterministic and needs no atomics.
+Without FUSED_DQ each program owns its output tile, so the result is deterministic and needs
+no atomics.
 ``delta = rowsum(out * dout)`` is computed by the caller. Logits are recomputed in base 2
 (log2(e) folded into the scale) and probabilities come from the final merged lse.
 """
@@ -48,14 +50,13 @@ def _bwd_dq_inner(
     MASKED: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     """Accumulate dS @ K over k blocks [start, stop) for one q tile."""
-    offs_n0 = tl.arange(0, BLOCK_N)
-    for start_n in range(start, stop, BLOCK_N):
-        offs_n = start_n + offs_n0
+    offs_n = start + tl.arange(0, BLOCK_N)
+    k_ptrs = k_ptr + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :]
+    v_ptrs = v_ptr + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :]
+    for _ in range(start, stop, BLOCK_N):
         n_ok = offs_n < i_hi
-        k = _load_tile(k_ptr + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
-                       n_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
-        v = _load_tile(v_ptr + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                       n_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
+        k = _load_tile(k_ptrs, n_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
+        v = _load_tile(v_ptrs, n_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
         qk = tl.dot(q, tl.trans(k))
         # -- recompute p from the merged lse --
         if SOFTCAP:
@@ -76,6 +77,9 @@ def _bwd_dq_inner(
         if SOFTCAP:
             ds = ds * (1.0 - t * t)
         dq = tl.dot(ds.to(k.dtype), k, dq)
+        offs_n += BLOCK_N
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
     return dq
 
 
@@ -155,22 +159,29 @@ def ffa_bwd_dq_kernel(
 @triton.jit
 def _bwd_dkdv_inner(
     dk, dv, k, v,  #
-    q_ptr, do_ptr, lse_ptr, delta_ptr,  #
-    stride_qm, stride_dom, stride_lm, stride_dm,  #
+    q_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,  #
+    stride_qm, stride_dom, stride_lm, stride_dm, stride_dqm,  #
     offs_n, offs_d, start, stop,  #
     o_lo, o_hi, i_lo, i_hi, d_lo, d_hi,  #
-    qk_scale, softcap_over_scale,  #
+    sm_scale, qk_scale, softcap_over_scale,  #
     BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,  #
-    MASKED: tl.constexpr, SOFTCAP: tl.constexpr,
+    MASKED: tl.constexpr, SOFTCAP: tl.constexpr, FUSED_DQ: tl.constexpr,
 ):
-    """Accumulate P^T dO and dS^T Q over q blocks [start, stop) for one k tile and q head."""
-    offs_m0 = tl.arange(0, BLOCK_M)
-    for start_m in range(start, stop, BLOCK_M):
-        offs_m = start_m + offs_m0
+    """Accumulate P^T dO and dS^T Q over q blocks [start, stop) for one k tile and q head.
+
+    FUSED_DQ: also atomically add dS @ K into the fp32 dq (5 matmuls per block instead of the
+    split passes' 7; the summation order of dq then varies run to run).
+    """
+    offs_m = start + tl.arange(0, BLOCK_M)
+    rows = offs_m[:, None].to(tl.int64)
+    q_ptrs = q_ptr + rows * stride_qm + offs_d[None, :]
+    do_ptrs = do_ptr + rows * stride_dom + offs_d[None, :]
+    if FUSED_DQ:
+        dq_ptrs = dq_ptr + rows * stride_dqm + offs_d[None, :]
+    for _ in range(start, stop, BLOCK_M):
         m_ok = offs_m < i_hi
-        rows = offs_m[:, None].to(tl.int64)
-        q = _load_tile(q_ptr + rows * stride_qm + offs_d[None, :], m_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
-        do = _load_tile(do_ptr + rows * stride_dom + offs_d[None, :], m_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
+        q = _load_tile(q_ptrs, m_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
+        do = _load_tile(do_ptrs, m_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
         lse2 = _lse_base2(_load_rowvec(lse_ptr + offs_m.to(tl.int64) * stride_lm, m_ok, float("inf"), MASKED))
         delta = _load_rowvec(delta_ptr + offs_m.to(tl.int64) * stride_dm, m_ok, 0.0, MASKED)
         qkT = tl.dot(k, tl.trans(q))
@@ -194,13 +205,26 @@ def _bwd_dkdv_inner(
         dsT = pT * (dpT - delta[None, :])
         if SOFTCAP:
             dsT = dsT * (1.0 - t * t)
-        dk = tl.dot(dsT.to(q.dtype), q, dk)
+        dsT_lp = dsT.to(q.dtype)
+        dk = tl.dot(dsT_lp, q, dk)
+        if FUSED_DQ:
+            dq_part = tl.dot(tl.trans(dsT_lp), k) * sm_scale
+            if MASKED:
+                tl.atomic_add(dq_ptrs, dq_part, mask=m_ok[:, None] & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
+            elif EVEN_D:
+                tl.atomic_add(dq_ptrs, dq_part, sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq_part, mask=offs_d[None, :] < HEAD_DIM, sem="relaxed")
+            dq_ptrs += BLOCK_M * stride_dqm
+        offs_m += BLOCK_M
+        q_ptrs += BLOCK_M * stride_qm
+        do_ptrs += BLOCK_M * stride_dom
     return dk, dv
 
 
 @triton.jit
 def ffa_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,  #
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, dq_ptr,  #
     tile_ptr, pieces_ptr, tile_order_ptr,  #
     stride_qm, stride_qh,  #
     stride_kn, stride_kh,  #
@@ -210,11 +234,12 @@ def ffa_bwd_dkdv_kernel(
     stride_dm, stride_dh,  #
     stride_dkn, stride_dkh,  #
     stride_dvn, stride_dvh,  #
+    stride_dqm, stride_dqh,  #
     seqlen_k, group,  #
     sm_scale, qk_scale, softcap_over_scale,  #
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,  #
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    SOFTCAP: tl.constexpr,
+    SOFTCAP: tl.constexpr, FUSED_DQ: tl.constexpr,
 ):
     tl.static_assert(D_PAD >= 16)
     tl.static_assert(D_PAD >= HEAD_DIM)
@@ -245,6 +270,7 @@ def ffa_bwd_dkdv_kernel(
             do_base = do_ptr + h64 * stride_doh
             lse_base = lse_ptr + h64 * stride_lh
             delta_base = delta_ptr + h64 * stride_dh
+            dq_base = dq_ptr + h64 * stride_dqh
             for piece in range(p_begin, p_end):
                 rec = pieces_ptr + piece * 8
                 o_lo = tl.load(rec + 0)
@@ -256,21 +282,21 @@ def ffa_bwd_dkdv_kernel(
                 d_lo = tl.load(rec + 6)
                 d_hi = tl.load(rec + 7)
                 # stage 1: masked prefix / stage 2: whole visible blocks / stage 3: masked suffix
-                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                         stride_qm, stride_dom, stride_lm, stride_dm,
+                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base,
+                                         stride_qm, stride_dom, stride_lm, stride_dm, stride_dqm,
                                          offs_n, offs_d, i_lo, f_lo, o_lo, o_hi, i_lo, i_hi, d_lo, d_hi,
-                                         qk_scale, softcap_over_scale,
-                                         BLOCK_M, HEAD_DIM, EVEN_D, True, SOFTCAP)
-                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                         stride_qm, stride_dom, stride_lm, stride_dm,
+                                         sm_scale, qk_scale, softcap_over_scale,
+                                         BLOCK_M, HEAD_DIM, EVEN_D, True, SOFTCAP, FUSED_DQ)
+                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base,
+                                         stride_qm, stride_dom, stride_lm, stride_dm, stride_dqm,
                                          offs_n, offs_d, f_lo, f_hi, o_lo, o_hi, i_lo, i_hi, d_lo, d_hi,
-                                         qk_scale, softcap_over_scale,
-                                         BLOCK_M, HEAD_DIM, EVEN_D, False, SOFTCAP)
-                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                         stride_qm, stride_dom, stride_lm, stride_dm,
+                                         sm_scale, qk_scale, softcap_over_scale,
+                                         BLOCK_M, HEAD_DIM, EVEN_D, False, SOFTCAP, FUSED_DQ)
+                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base,
+                                         stride_qm, stride_dom, stride_lm, stride_dm, stride_dqm,
                                          offs_n, offs_d, f_hi, i_hi, o_lo, o_hi, i_lo, i_hi, d_lo, d_hi,
-                                         qk_scale, softcap_over_scale,
-                                         BLOCK_M, HEAD_DIM, EVEN_D, True, SOFTCAP)
+                                         sm_scale, qk_scale, softcap_over_scale,
+                                         BLOCK_M, HEAD_DIM, EVEN_D, True, SOFTCAP, FUSED_DQ)
         # -- epilogue: add into the caller's dk / dv --
         st_mask = n_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
         dk_ptrs = dk_ptr + kh64 * stride_dkh + cols * stride_dkn + offs_d[None, :]

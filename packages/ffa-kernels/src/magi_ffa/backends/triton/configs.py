@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import triton
 
-__all__ = ["KernelConfig", "candidates", "keep", "padded_head_dim", "pick"]
+__all__ = ["KernelConfig", "candidates", "fused_bwd", "keep", "padded_head_dim", "pick"]
 
 PASSES = ("fwd", "bwd_dq", "bwd_dkdv")
 
@@ -80,12 +80,37 @@ def candidates(pass_name: str, head_dim: int) -> list[KernelConfig]:
     return kept
 
 
+def _parse_override(value: str) -> dict[str, KernelConfig]:
+    out: dict[str, KernelConfig] = {}
+    for part in filter(None, (p.strip() for p in value.split(";"))):
+        try:
+            name, nums = part.split("=")
+            bm, bn, w, st = (int(x) for x in nums.split(","))
+        except ValueError as exc:
+            raise ValueError(
+                f"configs.pick(): MAGI_FFA_TRITON_CONFIG={value!r}; expected 'pass=M,N,warps,stages;...' "
+                f"with pass in {PASSES}"
+            ) from exc
+        if name not in PASSES or bm % 16 or bn % 16 or min(bm, bn, w, st) <= 0:
+            raise ValueError(f"configs.pick(): MAGI_FFA_TRITON_CONFIG entry {part!r} is invalid "
+                             f"(pass in {PASSES}, M and N positive multiples of 16)")
+        out[name] = KernelConfig(bm, bn, w, st)
+    return out
+
+
 def pick(pass_name: str, head_dim: int) -> KernelConfig:
     """The config a call uses.
 
     ``MAGI_FFA_TRITON_BLOCKS="M,N"`` forces the tile sizes (tests use small tiles under the
     interpreter so that tiny problems still span several tiles and all three stages).
+    ``MAGI_FFA_TRITON_CONFIG="fwd=128,64,8,3;bwd_dkdv=..."`` forces whole configs per pass
+    (the benchmark's tuning sweep).
     """
+    full = os.environ.get("MAGI_FFA_TRITON_CONFIG")
+    if full:
+        cfg = _parse_override(full).get(pass_name)
+        if cfg is not None:
+            return cfg
     forced = os.environ.get("MAGI_FFA_TRITON_BLOCKS")
     if forced:
         try:
@@ -100,3 +125,9 @@ def pick(pass_name: str, head_dim: int) -> KernelConfig:
     if _interpreting():
         return KernelConfig(32, 32, 4, 1)
     return candidates(pass_name, head_dim)[0]
+
+
+def fused_bwd(deterministic: bool) -> bool:
+    """Whether the backward runs as one k-tiled pass with atomic dq (faster, not bitwise
+    reproducible). Off unless MAGI_FFA_TRITON_FUSED_BWD=1, and never for deterministic=True."""
+    return (not deterministic) and os.environ.get("MAGI_FFA_TRITON_FUSED_BWD", "0") == "1"

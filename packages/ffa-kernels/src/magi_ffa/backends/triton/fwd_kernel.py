@@ -62,15 +62,18 @@ def _attn_fwd_inner(
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr,  #
     MASKED: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
-    """Online-softmax over k blocks [start, stop) stepping BLOCK_N; MASKED picks the stage."""
-    offs_n0 = tl.arange(0, BLOCK_N)
-    for start_n in range(start, stop, BLOCK_N):
-        offs_n = start_n + offs_n0
+    """Online-softmax over k blocks [start, stop) stepping BLOCK_N; MASKED picks the stage.
+
+    The unmasked stage (MASKED=False) has no mask arithmetic and no -inf guards: every row
+    of the tile sees every column there, so the running max is finite from the first block.
+    K/V pointers advance by one block per step instead of being recomputed.
+    """
+    offs_n = start + tl.arange(0, BLOCK_N)
+    k_ptrs = k_ptr + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :]
+    v_ptrs = v_ptr + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :]
+    for _ in range(start, stop, BLOCK_N):
         n_ok = offs_n < i_hi
-        k = _load_tile(k_ptr + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
-                       n_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
-        v = _load_tile(v_ptr + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                       n_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
+        k = _load_tile(k_ptrs, n_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
         # -- compute qk (base-2 logits) --
         s = _logits(tl.dot(q, tl.trans(k)), qk_scale, softcap_over_scale, SOFTCAP)
         if MASKED:
@@ -79,16 +82,23 @@ def _attn_fwd_inner(
             vis = vis & (offs_n[None, :] >= i_lo) & n_ok[None, :]
             vis = vis & (diag >= d_lo) & (diag <= d_hi)
             s = tl.where(vis, s, float("-inf"))
-        # -- update m_i and l_i (rows with nothing visible yet keep m = -inf) --
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            # rows with nothing visible yet keep m = -inf
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = m_new
         alpha = tl.math.exp2(m_i - m_safe)
         p = tl.math.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         # -- update output accumulator --
         acc = acc * alpha[:, None]
+        v = _load_tile(v_ptrs, n_ok, offs_d, HEAD_DIM, EVEN_D, MASKED)
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
+        offs_n += BLOCK_N
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
     return acc, l_i, m_i
 
 

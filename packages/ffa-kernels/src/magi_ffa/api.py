@@ -1,0 +1,249 @@
+"""Public entry points: check -> select -> run. Autograd `flex_flash_attn_func` and the
+accumulation interface (`ffa_forward`, `ffa_backward`) that the distributed runtime drives.
+
+Shape legend: Sq / Sk query / key tokens, hq / hk query / kv heads (hq % hk == 0), d head dim,
+N slices, s sink tokens. Layout thd: q [Sq, hq, d], k, v [Sk, hk, d]; q head h reads kv head
+h // (hq // hk).
+
+Mask: slice n covers q rows q_ranges[n] x k columns k_ranges[n] with type attn_type_map[n]
+(0 full, 1 causal bottom-right, 2 inv-causal top-left, 3 bi-causal). Slices may come in any
+order and overlap in rows or in columns, but are assumed cell-disjoint: a cell listed twice is
+counted twice in the softmax (not checked, it would need a dense mask).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from magi_ffa import checks
+from magi_ffa.backends.base import FFAInputs
+from magi_ffa.errors import FFAInputError, FFATypeError
+from magi_ffa.ops import acc_dtype, ffa_fwd_op, run_backward, run_forward
+from magi_ffa.select import select_backend
+from magi_ffa.types import AttnForwardMeta
+
+__all__ = ["ffa_backward", "ffa_forward", "flex_flash_attn_func"]
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _prepare(fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap):
+    checks.check_qkv(fn, q, k, v)
+    qr = checks.normalize_ranges(fn, "q_ranges", q_ranges, q.device)
+    kr = checks.normalize_ranges(fn, "k_ranges", k_ranges, q.device)
+    checks.check_range_counts(fn, qr, kr)
+    tm = checks.normalize_type_map(fn, attn_type_map, qr.shape[0], q.device)
+    checks.check_range_values(fn, qr, kr, tm, q.shape[0], k.shape[0])
+    scale, cap = checks.check_scalars(fn, q.shape[-1], softmax_scale, softcap)
+    return _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), qr, kr, tm, scale, cap
+
+
+def flex_flash_attn_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_ranges,
+    k_ranges,
+    attn_type_map=None,
+    *,
+    sink: torch.Tensor | None = None,
+    sink_layout: str = "sh",
+    softmax_scale: float | None = None,
+    softcap: float = 0.0,
+    deterministic: bool = False,
+    sm_margin: int = 0,
+    disable_fwd_atomic_reduction: bool = False,
+    disable_bwd_dkv_atomic_reduction: bool = False,
+    ref_block_size: tuple[int, int] | None = None,
+    max_seqlen_q: int | None = None,
+    auto_range_merge: bool = False,
+    swap_ab: bool = False,
+    pack_gqa: bool = False,
+    cat_gqa: bool = False,
+    sparse_load: bool = False,
+    swap_bwd_qk_loop: bool = False,
+    return_max_logits: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, AttnForwardMeta]:
+    """Flex-Flash-Attention over a list of (q_range, k_range, mask type) slices, with autograd.
+
+    Args:
+        q: [Sq, hq, d] fp16|bf16 (triton) or any float dtype (torch backend).
+        k, v: [Sk, hk, d], same dtype and device as q.
+        q_ranges, k_ranges: int32 [N, 2] tensors or lists of (start, end) pairs.
+        attn_type_map: int32 [N] codes 0..3, or None for all full.
+        sink: fp32 sink logits, [s, hq] (sink_layout "sh") or [Sq, s, hq] ("ssh"); unscaled,
+            denominator only; receives a gradient.
+        softmax_scale: defaults to d ** -0.5. softcap: > 0 maps scores to softcap * tanh(x / softcap).
+        deterministic: bitwise-identical results run to run.
+        return_max_logits: also return the per-head max scaled logit over visible cells.
+        backend: "triton", "torch" or "auto" (default: env MAGI_ATTENTION_KERNEL_BACKEND, else auto).
+        sm_margin, disable_fwd_atomic_reduction, disable_bwd_dkv_atomic_reduction, ref_block_size,
+            max_seqlen_q, auto_range_merge, swap_ab, pack_gqa, cat_gqa, sparse_load,
+            swap_bwd_qk_loop: the anchor's CUDA tuning knobs. They are validated (types, the
+            anchor's mutual exclusions) and otherwise ignored: no backend here changes its result
+            or schedule for them, and results are identical to the defaults.
+
+    Returns:
+        (out [Sq, hq, d] in q's dtype, AttnForwardMeta(lse fp32 [Sq, hq], max_logits fp32 [hq] | None)).
+        A row with no visible key gets out 0 and lse -inf (with a sink: lse = logsumexp(sink)).
+        For fp64 inputs (torch backend) lse and max_logits are fp64.
+
+    Example:
+        >>> out, meta = flex_flash_attn_func(q, k, v, [[0, 128]], [[0, 128]], [1])  # causal
+    """
+    fn = "flex_flash_attn_func"
+    q, k, v, qr, kr, tm, scale, cap = _prepare(
+        fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap
+    )
+    checks.check_sink(fn, sink, sink_layout, q)
+    checks.check_anchor_options(
+        fn,
+        qr,
+        kr,
+        deterministic=deterministic,
+        return_max_logits=return_max_logits,
+        sm_margin=sm_margin,
+        disable_fwd_atomic_reduction=disable_fwd_atomic_reduction,
+        disable_bwd_dkv_atomic_reduction=disable_bwd_dkv_atomic_reduction,
+        ref_block_size=ref_block_size,
+        max_seqlen_q=max_seqlen_q,
+        auto_range_merge=auto_range_merge,
+        swap_ab=swap_ab,
+        pack_gqa=pack_gqa,
+        cat_gqa=cat_gqa,
+        sparse_load=sparse_load,
+        swap_bwd_qk_loop=swap_bwd_qk_loop,
+    )
+    if backend is not None and not isinstance(backend, str):
+        raise FFATypeError(f"{fn}(): backend must be a str or None, got {type(backend).__name__}.")
+    out, lse, max_logits = ffa_fwd_op(
+        q, k, v, qr, kr, tm, sink, sink_layout, scale, cap, deterministic, return_max_logits, backend
+    )
+    return out, AttnForwardMeta(lse=lse, max_logits=max_logits if return_max_logits else None)
+
+
+def _check_buffer(fn: str, name: str, buf, shape, device, allow_f64: bool) -> None:
+    if buf is None:
+        return
+    if not isinstance(buf, torch.Tensor):
+        raise FFATypeError(f"{fn}(): {name} must be a torch.Tensor or None, got {type(buf).__name__}.")
+    ok_dtypes = (torch.float32, torch.float64) if allow_f64 else (torch.float32,)
+    if buf.dtype not in ok_dtypes:
+        raise FFATypeError(f"{fn}(): {name} must be a float32 accumulator, got {buf.dtype}.")
+    if list(buf.shape) != list(shape):
+        raise FFAInputError(f"{fn}(): {name} must have shape {list(shape)}, got {list(buf.shape)}.")
+    if buf.device != device:
+        raise FFAInputError(f"{fn}(): {name} is on {buf.device} but q is on {device}.")
+
+
+def ffa_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_ranges,
+    k_ranges,
+    attn_type_map,
+    *,
+    softmax_scale: float,
+    softcap: float = 0.0,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    max_logits: torch.Tensor | None = None,
+    return_max_logits: bool = False,
+    deterministic: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Accumulating forward (no autograd, no sink): lse-merge this call into `out`/`lse`.
+
+    Args:
+        out: fp32 [Sq, hq, d] and lse: fp32 [Sq, hq], merged in place when given (rows this call
+            does not reach stay as they were); fresh buffers start at out 0, lse -inf. Pass
+            both or neither.
+        max_logits: fp32 [hq], maxed in place when given (implies it is returned).
+
+    Returns:
+        (out, lse, max_logits or None): the buffers, fp32 (fp64 for fp64 inputs when fresh).
+    """
+    fn = "ffa_forward"
+    q, k, v, qr, kr, tm, scale, cap = _prepare(
+        fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap
+    )
+    if (out is None) != (lse is None):
+        raise FFAInputError(f"{fn}(): pass both out and lse to accumulate into, or neither.")
+    sq, hq, d = q.shape
+    f64 = q.dtype == torch.float64
+    _check_buffer(fn, "out", out, (sq, hq, d), q.device, f64)
+    _check_buffer(fn, "lse", lse, (sq, hq), q.device, f64)
+    _check_buffer(fn, "max_logits", max_logits, (hq,), q.device, f64)
+    adt = acc_dtype(q.dtype)
+    if out is None:
+        out = torch.zeros(sq, hq, d, dtype=adt, device=q.device)
+        lse = torch.full((sq, hq), float("-inf"), dtype=adt, device=q.device)
+    if max_logits is None and return_max_logits:
+        max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
+    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
+    run_forward(select_backend(inp, backend), inp, out, lse, max_logits)
+    return out, lse, max_logits
+
+
+def ffa_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    q_ranges,
+    k_ranges,
+    attn_type_map,
+    *,
+    softmax_scale: float,
+    softcap: float = 0.0,
+    dq: torch.Tensor | None = None,
+    dk: torch.Tensor | None = None,
+    dv: torch.Tensor | None = None,
+    delta: torch.Tensor | None = None,
+    deterministic: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Accumulating backward (no autograd): add this call's dq, dk, dv into the given buffers.
+
+    Args:
+        dout: [Sq, hq, d] gradient of the final output.
+        out, lse: the *final* merged forward results (sink included), [Sq, hq, d] and fp32 [Sq, hq].
+        dq: fp32 [Sq, hq, d]; dk, dv: fp32 [Sk, hk, d]; added into in place, fresh zeros if None.
+        delta: fp32 [Sq, hq] = rowsum(out * dout); computed when None (pass it to reuse it
+            across calls).
+
+    Returns:
+        (dq, dk, dv) fp32 (fp64 for fp64 inputs when fresh).
+    """
+    fn = "ffa_backward"
+    q, k, v, qr, kr, tm, scale, cap = _prepare(
+        fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap
+    )
+    sq, hq, d = q.shape
+    f64 = q.dtype == torch.float64
+    for name, t, shape in (("dout", dout, q.shape), ("out", out, q.shape)):
+        if not isinstance(t, torch.Tensor) or list(t.shape) != list(shape):
+            got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise FFAInputError(f"{fn}(): {name} must be a tensor of shape {list(shape)}, got {got}.")
+    _check_buffer(fn, "lse", lse, (sq, hq), q.device, True)
+    if lse is None:
+        raise FFAInputError(f"{fn}(): lse is required (the final forward lse).")
+    _check_buffer(fn, "dq", dq, q.shape, q.device, f64)
+    _check_buffer(fn, "dk", dk, k.shape, q.device, f64)
+    _check_buffer(fn, "dv", dv, v.shape, q.device, f64)
+    _check_buffer(fn, "delta", delta, (sq, hq), q.device, True)
+    adt = acc_dtype(q.dtype)
+    dq = torch.zeros(q.shape, dtype=adt, device=q.device) if dq is None else dq
+    dk = torch.zeros(k.shape, dtype=adt, device=q.device) if dk is None else dk
+    dv = torch.zeros(v.shape, dtype=adt, device=q.device) if dv is None else dv
+    if delta is None:
+        delta = (out.to(adt) * dout.to(adt)).sum(-1)
+    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
+    run_backward(select_backend(inp, backend), inp, dout, out, lse, delta, dq, dk, dv)
+    return dq, dk, dv

@@ -1,0 +1,214 @@
+"""torch.library custom ops for the forward and backward, with fake kernels and autograd.
+
+The ops are opaque to torch.compile (fake kernels give the output shapes), so a module calling
+flex_flash_attn_func compiles with fullgraph=True. Backend selection and the kernels' host work
+(reading ranges) happen inside the op, at run time, never while tracing.
+
+  magi_ffa::ffa_fwd(q, k, v, q_ranges, k_ranges, attn_type_map, sink, ...) -> (out, lse, max_logits)
+  magi_ffa::ffa_bwd(dout, q, k, v, out, lse, ..., sink, ...) -> (dq, dk, dv, dsink)
+
+out has q's dtype; lse and max_logits are fp32 (fp64 for fp64 inputs); max_logits is all -inf
+unless requested; dsink is empty [0] without a sink.
+"""
+
+# ruff: noqa: UP045 -- custom_op infers the schema from annotations; Optional[...] works on every torch >= 2.4
+from typing import Optional
+
+import torch
+
+from magi_ffa.backends.base import Backend, FFAInputs
+from magi_ffa.select import select_backend
+from magi_ffa.sink import apply_sink, sink_backward
+
+__all__ = ["acc_dtype", "ffa_bwd_op", "ffa_fwd_op", "run_backward", "run_forward"]
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulator dtype: fp32, or fp64 for fp64 inputs (the oracle keeps full precision)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def run_forward(
+    backend: Backend,
+    inp: FFAInputs,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    max_logits: Optional[torch.Tensor],
+) -> None:
+    """Run `backend.forward` under no_grad (buffers are merged in place)."""
+    with torch.no_grad():
+        backend.forward(inp, out, lse, max_logits)
+
+
+def run_backward(backend: Backend, inp: FFAInputs, dout, out, lse, delta, dq, dk, dv) -> None:
+    with torch.no_grad():
+        backend.backward(inp, dout, out, lse, delta, dq, dk, dv)
+
+
+def _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic) -> FFAInputs:
+    return FFAInputs(
+        q=q,
+        k=k,
+        v=v,
+        q_ranges=q_ranges,
+        k_ranges=k_ranges,
+        attn_type_map=attn_type_map,
+        softmax_scale=softmax_scale,
+        softcap=softcap,
+        deterministic=deterministic,
+    )
+
+
+@torch.library.custom_op("magi_ffa::ffa_fwd", mutates_args=())
+def ffa_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_ranges: torch.Tensor,
+    k_ranges: torch.Tensor,
+    attn_type_map: torch.Tensor,
+    sink: Optional[torch.Tensor],
+    sink_layout: str,
+    softmax_scale: float,
+    softcap: float,
+    deterministic: bool,
+    return_max_logits: bool,
+    backend: Optional[str],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic)
+    impl = select_backend(inp, backend)
+    sq, hq, d = q.shape
+    adt = acc_dtype(q.dtype)
+    out = torch.zeros(sq, hq, d, dtype=adt, device=q.device)
+    lse = torch.full((sq, hq), float("-inf"), dtype=adt, device=q.device)
+    max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
+    run_forward(impl, inp, out, lse, max_logits if return_max_logits else None)
+    if sink is not None:
+        apply_sink(out, lse, sink.detach(), sink_layout)
+    return out.to(q.dtype), lse, max_logits
+
+
+@ffa_fwd_op.register_fake
+def _(
+    q,
+    k,
+    v,
+    q_ranges,
+    k_ranges,
+    attn_type_map,
+    sink,
+    sink_layout,
+    softmax_scale,
+    softcap,
+    deterministic,
+    return_max_logits,
+    backend,
+):
+    sq, hq, _ = q.shape
+    adt = acc_dtype(q.dtype)
+    return torch.empty_like(q), q.new_empty((sq, hq), dtype=adt), q.new_empty((hq,), dtype=adt)
+
+
+@torch.library.custom_op("magi_ffa::ffa_bwd", mutates_args=())
+def ffa_bwd_op(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    q_ranges: torch.Tensor,
+    k_ranges: torch.Tensor,
+    attn_type_map: torch.Tensor,
+    sink: Optional[torch.Tensor],
+    sink_layout: str,
+    softmax_scale: float,
+    softcap: float,
+    deterministic: bool,
+    backend: Optional[str],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic)
+    impl = select_backend(inp, backend)
+    adt = acc_dtype(q.dtype)
+    dq = torch.zeros(q.shape, dtype=adt, device=q.device)
+    dk = torch.zeros(k.shape, dtype=adt, device=q.device)
+    dv = torch.zeros(v.shape, dtype=adt, device=q.device)
+    delta = (out.to(adt) * dout.to(adt)).sum(-1)
+    run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv)
+    if sink is not None:
+        dsink = sink_backward(sink, lse, out, dout, sink_layout)
+    else:
+        dsink = q.new_empty((0,), dtype=torch.float32)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsink
+
+
+@ffa_bwd_op.register_fake
+def _(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    q_ranges,
+    k_ranges,
+    attn_type_map,
+    sink,
+    sink_layout,
+    softmax_scale,
+    softcap,
+    deterministic,
+    backend,
+):
+    dsink = torch.empty_like(sink) if sink is not None else q.new_empty((0,), dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsink
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, scale, softcap, det, _, backend = inputs
+    out, lse, _ = output
+    ctx.save_for_backward(q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink)
+    ctx.params = (sink_layout, scale, softcap, det, backend)
+
+
+def _backward(ctx, dout, dlse, dmax):
+    # gradients flowing into lse / max_logits are ignored, as in the anchor
+    q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink = ctx.saved_tensors
+    sink_layout, scale, softcap, det, backend = ctx.params
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dsink = ffa_bwd_op(
+        dout.contiguous(),
+        q,
+        k,
+        v,
+        out,
+        lse,
+        q_ranges,
+        k_ranges,
+        attn_type_map,
+        sink,
+        sink_layout,
+        scale,
+        softcap,
+        det,
+        backend,
+    )
+    return (
+        dq,
+        dk,
+        dv,
+        None,
+        None,
+        None,
+        (dsink if sink is not None else None),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+ffa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
