@@ -1,5 +1,5 @@
 // One registration function per area; module.cpp calls them in order (geometry first, since the
-// dispatch and plan bindings refer to its types).
+// dispatch, plan and dynamic-solver bindings refer to its types).
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -8,4 +8,5 @@ namespace magi::bindings {
 void bind_geometry(pybind11::module_& m);
 void bind_dispatch(pybind11::module_& m);
 void bind_plan(pybind11::module_& m);
+void bind_dynamic(pybind11::module_& m);
 }  // namespace magi::bindings

@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   magi::bindings::bind_geometry(m);
   magi::bindings::bind_dispatch(m);
   magi::bindings::bind_plan(m);
+  magi::bindings::bind_dynamic(m);
 }
