@@ -35,6 +35,18 @@ from magi_solver._core import (
 
 # ---- end of dispatch and plan (S2) ----
 
+# dynamic solver
+# isort: split
+from magi_solver._core import (
+    DynamicPlan,
+    DynamicRankPlan,
+    DynCastArgs,
+    DynReduceArgs,
+    make_dynamic_plan,
+)
+
+# ---- end of dynamic solver ----
+
 __all__ = [
     "INTERFACE_VERSION",
     "__version__",
@@ -58,4 +70,10 @@ __all__ = [
     "make_dispatch_meta",
     "make_dist_attn_plan",
     "solve_dispatch",
+    # dynamic solver
+    "DynCastArgs",
+    "DynReduceArgs",
+    "DynamicPlan",
+    "DynamicRankPlan",
+    "make_dynamic_plan",
 ]

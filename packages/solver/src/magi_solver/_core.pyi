@@ -347,7 +347,8 @@ class OverlapParams:
     """Multi-stage overlap settings (read-only, picklable).
 
     mode "static" uses degree remote stages; "dynamic" picks per rank the degree in
-    1..dynamic_max_degree minimising the pipeline cost, and every rank gets the largest.
+    1..dynamic_max_degree (0: no limit but max_num_chunks) minimising the pipeline cost, and every
+    rank gets the largest.
     alg "uniform" cuts the remote chunks into equal-count contiguous groups; "greedy" balances
     each stage's comm against the previous stage's compute (never worse than uniform).
     enable=False: one remote stage holding all remote KV.
@@ -493,3 +494,177 @@ def make_dist_attn_plan(
     ranks: Sequence[int] | None = None,
 ) -> DistAttnPlan:
     """Static distributed attention plan of the listed ranks (all when None); pure, no collectives."""
+
+# ---- dynamic solver ----
+# QO comm (design §4): every cell of the mask goes to some rank, not necessarily the owner of its
+# q; each rank's bucket splits into a host part (q and k held locally) and a remote part computed
+# on two receive buffers (remote Q, remote KV), filled by one group_cast each. One remote stage.
+# With flatten_head_groups every range lives in the expanded space [0, G*T), G = num_heads_kv:
+# position g*T + t is token t of head group g, and a rank's local buffer is group-major.
+
+class DynReduceArgs:
+    """group_reduce arguments of one rank: the transpose of a DynCastArgs.
+
+    Every row received by the cast goes back to its source: the out/lse ("lse") reduce and the
+    dq reduce use DynamicRankPlan.q_reduce, the dk/dv reduce uses kv_reduce.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Not constructible from Python (built by the solver); raises TypeError."""
+
+    @property
+    def input_split_sizes(self) -> list[int]:
+        """Splits of the remote buffer (the cast's output splits)."""
+    @property
+    def dst_index(self) -> list[int]:
+        """Destination rank of each input split (the cast's src_index)."""
+    @property
+    def output_split_sizes(self) -> list[int]:
+        """Splits of the local buffer (the cast's input splits)."""
+    @property
+    def src_indices(self) -> list[list[int]]:
+        """Contributing ranks of each output split (the cast's dst_indices)."""
+
+class DynCastArgs:
+    """group_cast arguments of one rank, in tokens of its local buffer (api §8.2 semantics).
+
+    dst_indices / src_index may contain the rank itself: locally held rows that a remote slice
+    needs are copied into the remote buffer as well (the anchor's calc_local_range), so the remote
+    calc runs in one coordinate system and their partial outputs return through the reduce.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Not constructible from Python (built by the solver); raises TypeError."""
+
+    @property
+    def input_split_sizes(self) -> list[int]:
+        """Splits of the local buffer; sum to its length (num_head_groups * shard_seqlen)."""
+    @property
+    def dst_indices(self) -> list[list[int]]:
+        """Destination ranks of each input split: sorted, unique, self allowed, may be empty."""
+    @property
+    def output_split_sizes(self) -> list[int]:
+        """Splits of the receive buffer, ascending global order; sum to its length."""
+    @property
+    def src_index(self) -> list[int]:
+        """Source rank of each output split (self allowed)."""
+    def transpose(self) -> DynReduceArgs:
+        """The group_reduce arguments returning every received row to its source."""
+
+class DynamicRankPlan:
+    """One rank's host calc, remote calc and the Q / KV casts filling its remote buffers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Not constructible from Python (built by the solver); raises TypeError."""
+
+    @property
+    def rank(self) -> int: ...
+    @property
+    def host_ranges(self) -> list[tuple[int, int]]:
+        """Global (expanded) merged ranges of the local buffer, back to back."""
+    @property
+    def host_calc(self) -> CalcArgs:
+        """Cells whose q and k this rank holds; q and k local to the host buffer."""
+    @property
+    def remote_calc(self) -> CalcArgs:
+        """All other cells of the bucket; q local to the remote-Q buffer, k to the remote-KV buffer."""
+    @property
+    def remote_q_ranges(self) -> list[tuple[int, int]]:
+        """Global, merged: the remote-Q buffer's contents back to back ascending (own rows included)."""
+    @property
+    def remote_kv_ranges(self) -> list[tuple[int, int]]:
+        """Global, merged: the remote-KV buffer's contents back to back ascending (own rows included)."""
+    @property
+    def num_remote_q_tokens(self) -> int: ...
+    @property
+    def num_remote_kv_tokens(self) -> int: ...
+    @property
+    def q_cast(self) -> DynCastArgs:
+        """Fills the remote-Q buffer (forward: q; backward: q, o, do and lse)."""
+    @property
+    def kv_cast(self) -> DynCastArgs:
+        """Fills the remote-KV buffer."""
+    @property
+    def q_reduce(self) -> DynReduceArgs:
+        """q_cast.transpose(): out/lse ("lse" reduce) and dq back to their owners."""
+    @property
+    def kv_reduce(self) -> DynReduceArgs:
+        """kv_cast.transpose(): dk/dv back to their owners."""
+
+class DynamicPlan:
+    """Cell assignment of every rank plus the requested ranks' plans (pure, deterministic)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Not constructible from Python (built by the solver); raises TypeError."""
+
+    @property
+    def cp_size(self) -> int: ...
+    @property
+    def alg(self) -> str:
+        """"binary_greedy", "ncq" or "grg"."""
+    @property
+    def feasible(self) -> bool:
+        """max(per_rank_area) <= 1.10 * average area."""
+    @property
+    def cost(self) -> float:
+        """calc_cost_factor * max area + comm_cost_factor * (max weighted comm + sum / (10 * cp))."""
+    @property
+    def num_head_groups(self) -> int:
+        """num_heads_kv when head groups are flattened, else 1."""
+    @property
+    def total_seqlen(self) -> int:
+        """num_head_groups * dispatch total_seqlen (the coordinate space of every range)."""
+    @property
+    def num_heads_q(self) -> int: ...
+    @property
+    def num_heads_kv(self) -> int: ...
+    @property
+    def flatten_head_groups(self) -> bool: ...
+    @property
+    def per_rank_area(self) -> list[int]:
+        """Mask cells computed by each rank (host + remote)."""
+    @property
+    def per_rank_comm(self) -> list[int]:
+        """Tokens each rank receives from other ranks: per_rank_comm_q + per_rank_comm_kv."""
+    @property
+    def per_rank_comm_q(self) -> list[int]:
+        """Q tokens received from other ranks (self copies not counted)."""
+    @property
+    def per_rank_comm_kv(self) -> list[int]:
+        """KV tokens (K and V count once) received from other ranks."""
+    @property
+    def built_ranks(self) -> list[int]: ...
+    def rank_plan(self, rank: int) -> DynamicRankPlan:
+        """RangeError when this rank was not built."""
+    def buckets(self, rank: int) -> list[tuple[tuple[int, int], tuple[int, int], int]]:
+        """Exact cells of ``rank`` as (q_range, k_range, mask type int) in global coordinates."""
+
+def make_dynamic_plan(
+    q_ranges: Sequence[tuple[int, int]],
+    k_ranges: Sequence[tuple[int, int]],
+    mask_types: Sequence[int],
+    dispatch_meta: DispatchMeta,
+    *,
+    alg: str = "binary_greedy",
+    num_heads_q: int = 1,
+    num_heads_kv: int = 1,
+    flatten_head_groups: bool = False,
+    calc_cost_factor: float = 1.0,
+    comm_cost_factor: float = 1.0,
+    seed: int = 42,
+    ranks: Sequence[int] | None = None,
+) -> DynamicPlan:
+    """Dynamic attention plan (QO comm) of the listed ranks (all when None); pure, no collectives.
+
+    The mask is cut at dispatch-chunk boundaries in q and k into a grid; ``alg`` assigns every
+    grid cell to a rank: "ncq" keeps it on its q owner (KV-only behaviour), "grg" is a seeded
+    greedy over random orders, "binary_greedy" binary-searches a per-rank communication budget
+    (OpenMP, parallel k-ary search) and never scores worse than NCQ. A received q token weighs
+    num_heads_q / num_heads_kv, a kv token 2 (K and V). ``flatten_head_groups`` lets the GQA
+    groups of one block land on different ranks (ranges then live in the expanded space).
+
+    Example:
+        >>> meta = make_dispatch_meta([(0, 64)], [(0, 64)], [1], 64, 8, 4)
+        >>> plan = make_dynamic_plan([(0, 64)], [(0, 64)], [1], meta)
+        >>> rp = plan.rank_plan(0)  # rp.q_cast / rp.kv_cast feed group_cast; rp.q_reduce the lse reduce
+    """
