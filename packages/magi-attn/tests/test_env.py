@@ -43,12 +43,6 @@ def test_conflicts(monkeypatch, pair):
     assert all(n in str(ei.value) for n in pair)
 
 
-def test_qo_comm_not_implemented(monkeypatch):
-    monkeypatch.setenv("MAGI_ATTENTION_QO_COMM", "1")
-    with pytest.raises(NotImplementedError, match="QO_COMM"):
-        env.check_flag_comb()
-
-
 def test_dsink_op(monkeypatch):
     for op in ("none", "sum", "avg"):
         monkeypatch.setenv("MAGI_ATTENTION_DSINK_ALL_REDUCE_OP", op)

@@ -12,7 +12,7 @@ import importlib
 from types import ModuleType
 
 __all__ = ["REQUIRED", "DIST_PINS", "check_interface", "parse_spec", "version_satisfies",
-           "ffa", "grpcoll", "solver"]
+           "ffa", "grpcoll", "solver", "make_dynamic_plan", "DynamicPlan"]
 
 # Interface-version ranges this magi_attention release is written against (contracts.md).
 REQUIRED: dict[str, str] = {
@@ -101,3 +101,17 @@ def _load(name: str) -> ModuleType:
 ffa: ModuleType = _load("magi_ffa")
 grpcoll: ModuleType = _load("magi_grpcoll")
 solver: ModuleType = _load("magi_solver")
+
+
+def make_dynamic_plan(*args, **kwargs):
+    """magi_solver.make_dynamic_plan (QO comm) of the loaded solver; a clear error if it lacks it."""
+    fn = getattr(solver, "make_dynamic_plan", None)
+    if fn is None:
+        raise ImportError(
+            "MAGI_ATTENTION_QO_COMM=1 needs magi_solver.make_dynamic_plan, which the installed "
+            f"magi_solver ({getattr(solver, '__file__', '?')}) lacks. Fix: uv pip install -U "
+            f"'magi-solver{DIST_PINS['magi-solver']}'")
+    return fn(*args, **kwargs)
+
+
+DynamicPlan = getattr(solver, "DynamicPlan", None)

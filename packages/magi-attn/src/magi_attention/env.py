@@ -77,7 +77,7 @@ def is_sanity_check_enable() -> bool:
 
 
 def is_flatten_head_groups_enable() -> bool:
-    """MAGI_ATTENTION_FLATTEN_HEAD_GROUPS: flatten GQA groups (dynamic solver only)."""
+    """MAGI_ATTENTION_FLATTEN_HEAD_GROUPS: flatten GQA groups (effective with QO comm only)."""
     return _toggle("MAGI_ATTENTION_FLATTEN_HEAD_GROUPS")
 
 
@@ -137,7 +137,7 @@ def is_hierarchical_comm_enable() -> bool:
 
 
 def is_qo_comm_enable() -> bool:
-    """MAGI_ATTENTION_QO_COMM: also communicate q/o (not implemented yet)."""
+    """MAGI_ATTENTION_QO_COMM: dynamic solver, q/o/lse travel too (runtime.qo_comm)."""
     return _toggle("MAGI_ATTENTION_QO_COMM")
 
 
@@ -253,10 +253,6 @@ def check_flag_comb(flags: EnvFlags | None = None) -> EnvFlags:
     if conflicts:
         raise EnvFlagError("check_flag_comb(): conflicting environment flags: "
                            + "; ".join(conflicts) + ". Unset one flag of each pair.")
-    if f.qo_comm:
-        raise NotImplementedError(
-            "NYI: MAGI_ATTENTION_QO_COMM=1 (q/o communication with the dynamic solver) is not "
-            "implemented yet; unset it to use the static KV-communication runtime.")
     if f.fa4_backend and not f.sdpa_backend:
         raise NotImplementedError(
             "NYI: MAGI_ATTENTION_FA4_BACKEND=1 is not implemented; supported kernel backends are "

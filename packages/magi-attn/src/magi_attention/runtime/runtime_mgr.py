@@ -21,6 +21,7 @@ from magi_attention.functional.dispatch import ChunkLayout, dispatch_func, undis
 from magi_attention.meta.key import DistAttnRuntimeKey, resolve_cp_group
 from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
 from magi_attention.runtime.dist_attn import DistAttnRuntime, dist_attn_func
+from magi_attention.runtime.qo_comm import QOCommRuntime, qo_comm_attn_func
 
 __all__ = ["DistAttnRuntimeMgr", "init_dist_attn_runtime_key", "init_dist_attn_runtime_mgr",
            "get_or_create_mgr", "check_flag_comb"]
@@ -146,13 +147,17 @@ class DistAttnRuntimeMgr:
         if key.flags.hierarchical_comm and key.cp_mesh is not None:
             comm_kwargs = {"inter_group": key.cp_mesh.get_group(0),
                            "intra_group": key.cp_mesh.get_group(1)}
-        self.runtime = DistAttnRuntime(plan.rank_plan(self.rank), plan.num_stages,
-                                       key.cp_group, key.flags, self.device, comm_kwargs)
+        if key.flags.qo_comm:  # a magi_solver DynamicPlan: one remote stage, q/o travel too
+            self.runtime = QOCommRuntime(plan, self.rank, key.cp_group, key.flags, self.device,
+                                         comm_kwargs)
+        else:
+            self.runtime = DistAttnRuntime(plan.rank_plan(self.rank), plan.num_stages,
+                                           key.cp_group, key.flags, self.device, comm_kwargs)
         self._position_ids: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         return (f"DistAttnRuntimeMgr(rank={self.rank}/{self.cp_size}, "
-                f"stages={self.plan.num_stages}, shard_seqlen={self.dispatch_meta.shard_seqlen})")
+                f"stages={self.runtime.num_stages}, shard_seqlen={self.dispatch_meta.shard_seqlen})")
 
     def dispatch_qo(self, x: torch.Tensor) -> torch.Tensor:
         return dispatch_func(x, self.layout)
@@ -173,6 +178,15 @@ class DistAttnRuntimeMgr:
     def calc_attn(self, q, k, v, sink=None, softmax_scale=None, softcap=0.0,
                   return_max_logits=False):
         _check_calc_inputs(self, q, k, v, sink)
+        if self.key.flags.qo_comm:
+            if self.key.flags.flatten_head_groups and (sink is not None or return_max_logits):
+                raise MagiAttentionError(
+                    "calc_attn(): MAGI_ATTENTION_FLATTEN_HEAD_GROUPS=1 is incompatible with "
+                    f"{'sink' if sink is not None else 'return_max_logits=True'}; unset the flag "
+                    "or drop the sink / max_logits")
+            return qo_comm_attn_func(q, k, v, self.runtime, sink=sink,
+                                     softmax_scale=softmax_scale, softcap=softcap,
+                                     return_max_logits=return_max_logits)
         return dist_attn_func(q, k, v, self.runtime, sink=sink, softmax_scale=softmax_scale,
                               softcap=softcap, return_max_logits=return_max_logits)
 
@@ -220,9 +234,15 @@ def init_dist_attn_runtime_mgr(key: DistAttnRuntimeKey,
             qr, kr, types, key.total_seqlen_q, chunk, cp_size, alg.solver_name, **kw)
     else:
         dispatch_meta = ref_dispatch_meta
-    plan = _compat.solver.make_dist_attn_plan(
-        qr, kr, types, dispatch_meta, _overlap_params(key.dist_attn_config),
-        ranks=[dist.get_rank(key.cp_group)])
+    rank = dist.get_rank(key.cp_group)
+    if key.flags.qo_comm:  # deterministic on every rank: no broadcast of the solution
+        plan = _compat.make_dynamic_plan(
+            qr, kr, types, dispatch_meta, alg="binary_greedy", num_heads_q=key.num_heads_q,
+            num_heads_kv=key.num_heads_kv, flatten_head_groups=key.flags.flatten_head_groups,
+            ranks=[rank])
+    else:
+        plan = _compat.solver.make_dist_attn_plan(
+            qr, kr, types, dispatch_meta, _overlap_params(key.dist_attn_config), ranks=[rank])
     return DistAttnRuntimeMgr(key, dispatch_meta, plan)
 
 
