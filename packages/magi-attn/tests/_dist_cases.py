@@ -8,13 +8,6 @@ import torch
 import torch.distributed as dist
 
 
-def _setup(use_fake: bool):
-    if use_fake:
-        import _fake_solver
-
-        _fake_solver.install()
-
-
 def _mask(case):
     from magi_attention.api.functools import cu_seqlens_slices
 
@@ -54,17 +47,22 @@ def _mask(case):
     raise ValueError(kind)
 
 
-def run_cases(rank, world, cases, use_fake):
-    _setup(use_fake)
-    from magi_ffa.testing import ref_attn_dense
-
+def run_cases(cases, group=None, rank_label=""):
+    """Run each case on ``group`` (default WORLD); a failing case raises AssertionError."""
     from magi_attention.api import (
-        DistAttnConfig, OverlapConfig, calc_attn, compute_pad_size, dispatch,
-        magi_attn_flex_key, undispatch,
+        DistAttnConfig,
+        OverlapConfig,
+        calc_attn,
+        compute_pad_size,
+        dispatch,
+        magi_attn_flex_key,
+        undispatch,
     )
     from magi_attention.common.enum import AttnOverlapMode
+    from magi_ffa.testing import ref_attn_dense
 
-    group = dist.group.WORLD
+    group = dist.group.WORLD if group is None else group
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
     report = []
     for case in cases:
         for k_, v_ in case.get("env", {}).items():
@@ -107,23 +105,27 @@ def run_cases(rank, world, cases, use_fake):
         for name, g, r in zip(["dq", "dk", "dv", "dsink"], grads, refs):
             errs[name] = (g - r).abs().max().item()
         for name, e in errs.items():
-            assert e < 1e-8, f"{case['name']} rank {rank}: {name} max error {e:.3e} (fp64)"
+            assert e < 1e-8, f"{case['name']} world {world} rank {rank}: {name} max error {e:.3e} (fp64)"
         for k_ in case.get("env", {}):
             del os.environ[k_]
         report.append((case["name"], errs))
     return report
 
 
-def run_api_checks(rank, world, use_fake):
+def run_api_checks(rank, world, _args=None):
     """Cache behaviour, deprecations and bad input, all inside one job."""
     import warnings
 
     import pytest
-
-    _setup(use_fake)
     from magi_attention.api import (
-        calc_attn, dispatch, get_most_recent_key, get_position_ids, magi_attn_flex_dispatch,
-        magi_attn_flex_key, magi_attn_varlen_key, make_flex_key_for_new_mask_after_dispatch,
+        calc_attn,
+        dispatch,
+        get_most_recent_key,
+        get_position_ids,
+        magi_attn_flex_dispatch,
+        magi_attn_flex_key,
+        magi_attn_varlen_key,
+        make_flex_key_for_new_mask_after_dispatch,
         undispatch,
     )
     from magi_attention.errors import MagiAttentionError
@@ -157,7 +159,7 @@ def run_api_checks(rank, world, use_fake):
     a = magi_attn_flex_key(*args)
     b = magi_attn_flex_key(*args[:-1], g2)
     c = magi_attn_varlen_key([0, 32, 64], [0, 32, 64], 2, 1, 8, 0, chunk, g, causal=True)
-    d = magi_attn_varlen_key([0, 16, 64], [0, 16, 64], 2, 1, 8, 0, chunk, g)
+    _d = magi_attn_varlen_key([0, 16, 64], [0, 16, 64], 2, 1, 8, 0, chunk, g)
     mgrs.get_mgr(b)  # still there (other group)
     with pytest.raises(MagiAttentionError, match="does not exist"):
         dispatch(x, a)  # evicted from g's LRU by c, d
@@ -192,3 +194,40 @@ def run_api_checks(rank, world, use_fake):
         with pytest.raises(MagiAttentionError, match=msg):
             fn()
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# One spawn for the whole suite: spawning and importing cost far more than the fp64 cases.
+# Four ranks run the API checks and the world-4 cases on WORLD, then the world-2 cases on two
+# disjoint pairs at once ({0,1} and {2,3}), then world-3 on {0,1,2} while rank 3 runs world-1.
+# Subgroups also exercise group-rank (not global-rank) addressing in the runtime and grpcoll.
+SUITE_WORLD = 4
+
+
+def _outcome(fn, *args):
+    import traceback
+
+    try:
+        return ("ok", fn(*args))
+    except BaseException:  # noqa: BLE001 - reported to the parent test, which fails on it
+        return ("error", traceback.format_exc())
+
+
+def run_suite(rank, world, cases_by_world):
+    """Returns {"api": outcome, world_size: outcome, ...} for this rank's participations."""
+    assert world == SUITE_WORLD, world
+    # every rank creates every group in the same order (a collective requirement)
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    trio = dist.new_group([0, 1, 2])
+    solo = [dist.new_group([r]) for r in range(world)]
+    res = {"api": _outcome(run_api_checks, rank, world)}
+    dist.barrier()
+    res[4] = _outcome(run_cases, cases_by_world[4], None)
+    dist.barrier()
+    res[2] = _outcome(run_cases, cases_by_world[2], pairs[rank // 2])
+    dist.barrier()
+    if rank < 3:
+        res[3] = _outcome(run_cases, cases_by_world[3], trio)
+    else:
+        res[1] = _outcome(run_cases, cases_by_world[1], solo[rank])
+    return res

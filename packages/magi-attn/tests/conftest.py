@@ -1,4 +1,9 @@
-"""Shared fixtures: whether the real C++ plan is installed (else tests use the Python fake)."""
+"""Shared fixtures: the one spawned gloo job that runs every distributed CPU case.
+
+Spawning ranks and importing torch cost far more on a small CPU machine than the float64 cases,
+so all world sizes (1-4) and the API checks share one 4-rank job (see _dist_cases.run_suite);
+the tests only read its per-rank outcomes.
+"""
 
 import sys
 from pathlib import Path
@@ -7,14 +12,52 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Float64 on the torch kernel backend; dsink summed over the cp group so it matches the reference.
+DIST_ENV = {"MAGI_ATTENTION_SDPA_BACKEND": "1", "MAGI_ATTENTION_DSINK_ALL_REDUCE_OP": "sum"}
 
-def real_plan_available() -> bool:
-    import magi_solver
 
-    return all(hasattr(magi_solver, n) for n in ("make_dispatch_meta", "make_dist_attn_plan",
-                                                  "OverlapParams"))
+def dist_cases(world: int) -> list[dict]:
+    """The end-to-end cases run at a given world size (world 1 and 3 take every other one)."""
+    base = dict(hq=4, hk=2, d=8, T=96, chunk=8)
+    cases = [
+        dict(base, name="full", mask="full", degree=1),
+        dict(base, name="causal-deg2", mask="causal", degree=2),
+        dict(base, name="varlen-full", mask="varlen_full", cu=[0, 20, 57, 96], degree=1),
+        dict(base, name="varlen-causal-deg3", mask="varlen_causal", cu=[0, 33, 40, 96],
+             degree=3),
+        dict(base, name="sliding-window", mask="sliding_window", cu=[0, 50, 96],
+             window=(7, 3), degree=2),
+        dict(base, name="block-causal-dyn", mask="block_causal", block=24, degree="dynamic"),
+        dict(base, name="shared-question", mask="shared_question", q_len=30,
+             answers=[20, 25, 21], degree=4),
+        dict(base, name="random-sink-softcap", mask="random", seed=3, sink=True, softcap=5.0,
+             degree=2, T=90),
+        dict(base, name="mha-odd-pad", mask="causal", hq=2, hk=2, T=83, degree=1, sink=True),
+        dict(base, name="hide-tail", mask="varlen_causal", cu=[0, 40, 96], degree=3,
+             env={"MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
+    ]
+    return cases[::2] if world in (1, 3) else cases
 
 
 @pytest.fixture(scope="session")
-def use_fake_solver() -> bool:
-    return not real_plan_available()
+def dist_suite() -> list[dict]:
+    """Per-rank outcomes {"api" | world: ("ok", result) | ("error", traceback)} of the job."""
+    import _dist_cases
+    from magi_attention.testing import run_distributed
+
+    cases = {w: dist_cases(w) for w in (1, 2, 3, 4)}
+    return run_distributed(_dist_cases.run_suite, _dist_cases.SUITE_WORLD, cases, env=DIST_ENV,
+                           timeout=420)
+
+
+def suite_outcomes(suite: list[dict], key) -> list[tuple[int, object]]:
+    """(rank, result) for every rank that ran ``key``; fails with the first rank's traceback."""
+    got = []
+    for rank, res in enumerate(suite):
+        if key not in res:
+            continue
+        status, payload = res[key]
+        if status != "ok":
+            pytest.fail(f"{key!r} failed on rank {rank}:\n{payload}", pytrace=False)
+        got.append((rank, payload))
+    return got

@@ -1,46 +1,25 @@
 """End-to-end CPU/gloo tests: dispatch -> calc_attn -> undispatch fwd+bwd vs a float64 reference.
 
-All cases of one world size run inside one spawned job (spawning costs seconds on 2 cores).
-The whole distributed path runs in float64 on the torch kernel backend, so errors must be ~1e-12.
+Every world size runs inside the one 4-rank job of conftest.dist_suite (world 2 on two disjoint
+pairs at once, world 3 beside world 1), so the spawn is paid once. The whole distributed path
+runs in float64 on the torch kernel backend, so errors must be ~1e-12 (checked on each rank).
 """
 
 import pytest
+from conftest import dist_cases, suite_outcomes
 
-from magi_attention.testing import run_distributed
-
-import _dist_cases
-
-ENV = {"MAGI_ATTENTION_SDPA_BACKEND": "1", "MAGI_ATTENTION_DSINK_ALL_REDUCE_OP": "sum"}
-
-
-def _cases(world):
-    base = dict(hq=4, hk=2, d=8, T=96, chunk=8)
-    cases = [
-        dict(base, name="full", mask="full", degree=1),
-        dict(base, name="causal-deg2", mask="causal", degree=2),
-        dict(base, name="varlen-full", mask="varlen_full", cu=[0, 20, 57, 96], degree=1),
-        dict(base, name="varlen-causal-deg3", mask="varlen_causal", cu=[0, 33, 40, 96],
-             degree=3),
-        dict(base, name="sliding-window", mask="sliding_window", cu=[0, 50, 96],
-             window=(7, 3), degree=2),
-        dict(base, name="block-causal-dyn", mask="block_causal", block=24, degree="dynamic"),
-        dict(base, name="shared-question", mask="shared_question", q_len=30,
-             answers=[20, 25, 21], degree=4),
-        dict(base, name="random-sink-softcap", mask="random", seed=3, sink=True, softcap=5.0,
-             degree=2, T=90),
-        dict(base, name="mha-odd-pad", mask="causal", hq=2, hk=2, T=83, degree=1, sink=True),
-        dict(base, name="hide-tail", mask="varlen_causal", cu=[0, 40, 96], degree=3,
-             env={"MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
-    ]
-    return cases
+# ranks that run each world size in the shared job
+_PARTICIPANTS = {1: [3], 2: [0, 1, 2, 3], 3: [0, 1, 2], 4: [0, 1, 2, 3]}
 
 
 @pytest.mark.dist
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_dist_end_to_end(world, use_fake_solver):
-    cases = _cases(world)
-    if world in (1, 3):
-        cases = cases[::2]
-    reports = run_distributed(_dist_cases.run_cases, world, cases, use_fake_solver, env=ENV,
-                              timeout=300)
-    assert len(reports) == world and all(len(r) == len(cases) for r in reports)
+def test_dist_end_to_end(world, dist_suite):
+    reports = suite_outcomes(dist_suite, world)
+    cases = dist_cases(world)
+    assert [r for r, _ in reports] == _PARTICIPANTS[world]
+    names = [c["name"] for c in cases]
+    for rank, report in reports:
+        assert [name for name, _ in report] == names, f"rank {rank} ran {report}"
+        for name, errs in report:
+            assert errs and all(e < 1e-8 for e in errs.values()), (rank, name, errs)

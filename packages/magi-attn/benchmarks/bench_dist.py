@@ -1,0 +1,520 @@
+"""Distributed attention throughput: magi_attention vs single-GPU FFA, torch ring attention, Ulysses.
+
+Launch (any world size; NCCL on GPUs, gloo with ``--device cpu`` for a smoke test):
+
+    python -m torch.distributed.run --standalone --nproc-per-node N \
+        packages/magi-attn/benchmarks/bench_dist.py [--quick] [--device cpu] --out DIR
+
+For each mask (full, causal, varlen causal with long-tailed documents, sliding window) and total
+length T it times forward and backward of
+
+- ``magi``: key -> dispatch (untimed) -> calc_attn (timed) on the cp group;
+- ``ffa_single``: single-device flex_flash_attn_func on a sequence of length T/cp with the
+  analogous mask (same mask kind; varlen: same document-length law; sliding window: same
+  absolute window), run on every rank at once (each on its own device);
+- ``ring``: torch's ``context_parallel`` ring attention over SDPA (full and causal only, CUDA only);
+- ``ulysses``: all-to-all of heads, single-device FFA over the whole sequence with the global mask
+  on the local heads, all-to-all back (needs hq and hk divisible by the world size).
+
+FLOPs come from the exact mask area: forward 4 * area * d * hq, backward 2.5x that.
+TFLOP/s per GPU = FLOPs / world_size / time, where time is the slowest rank's median.
+Scaling efficiency = magi TFLOP/s per GPU / ffa_single TFLOP/s.
+Results: CSV, a markdown table (card, date, git commit, command, world size) and, when matplotlib
+imports, one PNG per mask, all under --out (written by rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+MASKS = ("full", "causal", "varlen_causal", "sliding_window")
+METHODS = ("magi", "ffa_single", "ring", "ulysses")
+BWD_FACTOR = 2.5
+
+
+# ------------------------------------------------------------------------------------ masks
+def doc_lengths(total: int, seed: int, base: int, cap: int) -> list[int]:
+    """Long-tailed document lengths summing to ``total``: many near ``base``, a few up to ``cap``."""
+    rng = np.random.default_rng(seed)
+    out, s = [], 0
+    while s < total:
+        n = int(min(cap, base * (1.0 + rng.pareto(1.1))))
+        n = max(1, min(n, total - s))
+        out.append(n)
+        s += n
+    return out
+
+
+def build_mask(kind: str, T: int, *, window: int, doc_base: int, doc_cap: int, seed: int = 0):
+    """(q_ranges, k_ranges, type codes) of a named mask over T tokens."""
+    from magi_attention.api.functools import cu_seqlens_slices
+
+    if kind == "full":
+        return [(0, T)], [(0, T)], [0]
+    if kind == "causal":
+        return [(0, T)], [(0, T)], [1]
+    if kind == "varlen_causal":
+        cu = np.concatenate([[0], np.cumsum(doc_lengths(T, seed, doc_base, doc_cap))]).tolist()
+        qs, ks, ts, _, _ = cu_seqlens_slices(cu, cu, causal=True)
+        return qs, ks, ts
+    if kind == "sliding_window":
+        qs, ks, ts, _, _ = cu_seqlens_slices([0, T], [0, T], window_size=(min(window, T), 0))
+        return qs, ks, ts
+    raise ValueError(f"build_mask(): unknown mask {kind!r}; expected one of {MASKS}")
+
+
+def mask_area(qr, kr, tm) -> int:
+    """Exact number of visible cells (slices are cell-disjoint)."""
+    from magi_solver import slice_area
+
+    return sum(int(slice_area(q[0], q[1], k[0], k[1], int(t))) for q, k, t in zip(qr, kr, tm))
+
+
+def fwd_flops(area: int, d: int, hq: int) -> float:
+    return 4.0 * area * d * hq
+
+
+# ------------------------------------------------------------------------------------ timing
+class Timer:
+    """Times forward and backward of a callable; median over repeats, max over ranks."""
+
+    def __init__(self, device: torch.device, warmup: int, repeats: int):
+        self.device, self.warmup, self.repeats = device, warmup, repeats
+        self.cuda = device.type == "cuda"
+
+    def _sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        dist.barrier()
+
+    def measure(self, fwd, leaves, dout) -> tuple[float, float]:
+        """(fwd seconds, bwd seconds): slowest rank's median of ``repeats`` runs."""
+        tf, tb = [], []
+        for i in range(self.warmup + self.repeats):
+            for t in leaves:
+                t.grad = None
+            self._sync()
+            if self.cuda:
+                ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+                ev[0].record()
+                out = fwd()
+                ev[1].record()
+                out.backward(dout)
+                ev[2].record()
+                torch.cuda.synchronize()
+                f, b = ev[0].elapsed_time(ev[1]) / 1e3, ev[1].elapsed_time(ev[2]) / 1e3
+            else:
+                t0 = time.perf_counter()
+                out = fwd()
+                t1 = time.perf_counter()
+                out.backward(dout)
+                f, b = t1 - t0, time.perf_counter() - t1
+            del out
+            if i >= self.warmup:
+                tf.append(f)
+                tb.append(b)
+        med = torch.tensor([statistics.median(tf), statistics.median(tb)], dtype=torch.float64,
+                           device=self.device)
+        dist.all_reduce(med, op=dist.ReduceOp.MAX)
+        return float(med[0]), float(med[1])
+
+
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().clone().requires_grad_(True)
+
+
+# ------------------------------------------------------------------------------------ methods
+def run_magi(cfg, mask, q, k, v, do, timer):
+    from magi_attention.api import (
+        DistAttnConfig,
+        OverlapConfig,
+        calc_attn,
+        compute_pad_size,
+        dispatch,
+        magi_attn_flex_key,
+    )
+
+    T, world = q.shape[0], dist.get_world_size()
+    qr, kr, tm = mask
+    pad = compute_pad_size(T, world, cfg.chunk_size)
+    dcfg = (DistAttnConfig(overlap_config=OverlapConfig(degree=cfg.degree)) if cfg.degree
+            else DistAttnConfig())
+    key = magi_attn_flex_key(qr, kr, tm, T, T, q.shape[1], k.shape[1], q.shape[2], pad,
+                             cfg.chunk_size, dist.group.WORLD, dcfg)
+    lq, lk, lv = (_leaf(dispatch(x, key)) for x in (q, k, v))
+    ldo = dispatch(do, key)
+    return timer.measure(lambda: calc_attn(lq, lk, lv, key)[0], [lq, lk, lv], ldo)
+
+
+def _ranges(mask, device):
+    """(q_ranges int32 [N,2], k_ranges int32 [N,2], types int32 [N]) on ``device``."""
+    qr, kr, tm = mask
+    as_t = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+    return as_t(qr).reshape(-1, 2), as_t(kr).reshape(-1, 2), as_t(tm).reshape(-1)
+
+
+def run_ffa_single(mask, q, k, v, do, timer):
+    from magi_attention.api import flex_flash_attn_func
+
+    qr, kr, tm = _ranges(mask, q.device)
+    lq, lk, lv = _leaf(q), _leaf(k), _leaf(v)
+    return timer.measure(lambda: flex_flash_attn_func(lq, lk, lv, qr, kr, tm)[0],
+                         [lq, lk, lv], do)
+
+
+class _AllToAll(torch.autograd.Function):
+    """Equal-split all_to_all_single over dim 0; its gradient is the same exchange."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = torch.empty_like(x)
+        dist.all_to_all_single(out, x.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out = torch.empty_like(g)
+        dist.all_to_all_single(out, g.contiguous())
+        return out
+
+
+def _seq_to_heads(x: torch.Tensor, world: int) -> torch.Tensor:
+    """[S, h, d] sequence shard -> [world*S, h/world, d] whole sequence, local heads."""
+    s, h, d = x.shape
+    y = x.reshape(s, world, h // world, d).transpose(0, 1)
+    return _AllToAll.apply(y.contiguous()).reshape(world * s, h // world, d)
+
+
+def _heads_to_seq(x: torch.Tensor, world: int) -> torch.Tensor:
+    """Inverse of _seq_to_heads: [world*S, h/world, d] -> [S, h, d]."""
+    t, hl, d = x.shape
+    y = _AllToAll.apply(x.reshape(world, t // world, hl, d).contiguous())
+    return y.transpose(0, 1).reshape(t // world, world * hl, d)
+
+
+def run_ulysses(mask, q, k, v, do, timer):
+    from magi_attention.api import flex_flash_attn_func
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    T = q.shape[0]
+    qr, kr, tm = _ranges(mask, q.device)
+    s = T // world
+    lq, lk, lv = (_leaf(x[rank * s:(rank + 1) * s]) for x in (q, k, v))
+    ldo = do[rank * s:(rank + 1) * s].contiguous()
+
+    def fwd():
+        gq, gk, gv = (_seq_to_heads(x, world) for x in (lq, lk, lv))
+        out = flex_flash_attn_func(gq, gk, gv, qr, kr, tm)[0]
+        return _heads_to_seq(out, world)
+
+    return timer.measure(fwd, [lq, lk, lv], ldo)
+
+
+def run_ring(kind, q, k, v, do, timer):
+    import torch.nn.functional as F
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.experimental import context_parallel
+
+    world = dist.get_world_size()
+    mesh = init_device_mesh(q.device.type, (world,))
+    bq, bk, bv, bdo = (x.transpose(0, 1).unsqueeze(0).contiguous() for x in (q, k, v, do))
+    # the buffers are sharded in place (head-tail load balanced) for the context's duration
+    with context_parallel(mesh, buffers=[bq, bk, bv, bdo], buffer_seq_dims=[2, 2, 2, 2]):
+        lq, lk, lv = _leaf(bq), _leaf(bk), _leaf(bv)
+        causal = kind == "causal"
+        return timer.measure(
+            lambda: F.scaled_dot_product_attention(lq, lk, lv, is_causal=causal),
+            [lq, lk, lv], bdo)
+
+
+def ring_unavailable(kind: str, device: torch.device, hq: int, hk: int, T: int, world: int):
+    """Why the torch ring baseline cannot run here, or None."""
+    if kind not in ("full", "causal"):
+        return "ring attention covers full and causal masks only"
+    if device.type != "cuda":
+        return "torch context_parallel ring attention needs CUDA SDPA kernels"
+    if hq != hk:
+        return f"ring attention over SDPA needs hq == hk (got {hq}/{hk})"
+    if T % (2 * world):
+        return f"ring attention load balancing needs T % (2*world) == 0 (T={T})"
+    try:
+        from torch.distributed.tensor.experimental import context_parallel  # noqa: F401
+    except ImportError as e:
+        return f"torch {torch.__version__} has no context_parallel ({e})"
+    return None
+
+
+def ulysses_unavailable(hq: int, hk: int, T: int, world: int):
+    if hq % world or hk % world:
+        return f"Ulysses needs hq and hk divisible by world size {world} (got {hq}/{hk})"
+    if T % world:
+        return f"Ulysses needs T divisible by world size {world} (got {T})"
+    return None
+
+
+# ------------------------------------------------------------------------------------ report
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                             capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, text=True,
+                               capture_output=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def card_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+FIELDS = ["mask", "total_seqlen", "world_size", "method", "direction", "time_ms",
+          "tflops_per_gpu", "efficiency", "area", "note"]
+
+
+def write_outputs(out_dir: Path, rows: list[dict], skipped: list[str], header: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "bench_dist.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["# bench_dist: distributed attention TFLOP/s per GPU", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["- TFLOP/s per GPU = mask-area FLOPs (fwd 4*area*d*hq, bwd 2.5x) / world size / "
+              "slowest rank's median time",
+              "- ffa_single: one device, sequence T/world, analogous mask (same kind; varlen: same "
+              "document-length law; sliding window: same absolute window)",
+              "- efficiency = magi TFLOP/s per GPU / ffa_single TFLOP/s", ""]
+    for kind in MASKS:
+        mrows = [r for r in rows if r["mask"] == kind]
+        if not mrows:
+            continue
+        lines += [f"## {kind}", "",
+                  "| T | direction | " + " | ".join(METHODS) + " | efficiency |",
+                  "|---|---|" + "---|" * (len(METHODS) + 1)]
+        for T in sorted({r["total_seqlen"] for r in mrows}):
+            for direction in ("fwd", "bwd"):
+                cells = []
+                eff = ""
+                for m in METHODS:
+                    r = next((x for x in mrows if x["total_seqlen"] == T and x["method"] == m
+                              and x["direction"] == direction), None)
+                    cells.append(f"{r['tflops_per_gpu']:.4g}" if r else "-")
+                    if r and m == "magi" and r["efficiency"] != "":
+                        eff = f"{r['efficiency']:.3f}"
+                lines.append(f"| {T} | {direction} | " + " | ".join(cells) + f" | {eff} |")
+        lines.append("")
+    if skipped:
+        lines += ["## skipped and notes", ""] + [f"- {s}" for s in skipped] + [""]
+    (out_dir / "bench_dist.md").write_text("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # noqa: BLE001 - plots are optional
+        print(f"[bench_dist] no plots: matplotlib unavailable ({type(e).__name__}: {e})")
+        return
+    for kind in MASKS:
+        mrows = [r for r in rows if r["mask"] == kind]
+        if not mrows:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in METHODS:
+            for direction, style in (("fwd", "-o"), ("bwd", "--s")):
+                pts = sorted((r["total_seqlen"], r["tflops_per_gpu"]) for r in mrows
+                             if r["method"] == m and r["direction"] == direction)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
+                            label=f"{m} {direction}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("total sequence length")
+        ax.set_ylabel("TFLOP/s per GPU")
+        ax.set_title(f"{kind}, world {header['world size']}, {header['card']}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"bench_dist_{kind}.png", dpi=110)
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder (CSV, markdown, PNG)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="default: cuda when available")
+    p.add_argument("--quick", action="store_true", help="one length, fewer repeats")
+    p.add_argument("--seqlens", type=int, nargs="+", default=None)
+    p.add_argument("--masks", nargs="+", choices=MASKS, default=list(MASKS))
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--heads", type=int, default=None, help="hq (default 16 GPU, 4 CPU)")
+    p.add_argument("--kv-heads", type=int, default=None, help="hk (default = hq; GQA e.g. 32/8)")
+    p.add_argument("--head-dim", type=int, default=None, help="d (default 128 GPU, 32 CPU)")
+    p.add_argument("--chunk-size", type=int, default=None, help="dispatch chunk (512 GPU, 32 CPU)")
+    p.add_argument("--degree", type=int, default=None, help="overlap degree (default: library)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def _defaults(a, cuda: bool, world: int):
+    if cuda:
+        a.seqlens = a.seqlens or ([32768] if a.quick else [32768, 65536, 131072])
+        a.heads, a.head_dim = a.heads or 16, a.head_dim or 128
+        a.chunk_size = a.chunk_size or 512
+        # the first call compiles/autotunes the Triton kernels and sets up NCCL; one warm-up
+        # per (mask, length) suffices, and five repeats keep the default run near 3 minutes
+        a.warmup = 1 if a.warmup is None else a.warmup
+        a.repeats = a.repeats or (3 if a.quick else 5)
+    else:
+        a.heads, a.head_dim = a.heads or 4, a.head_dim or 32
+        a.chunk_size = a.chunk_size or 32
+        unit = a.chunk_size * world
+        a.seqlens = a.seqlens or [unit * max(2, 256 // unit)]
+        a.warmup = 1 if a.warmup is None else a.warmup
+        a.repeats = a.repeats or (2 if a.quick else 3)
+    a.kv_heads = a.kv_heads or a.heads
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    cuda = (a.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench_dist: --device cuda but no CUDA device is visible")
+    if not cuda:
+        os.environ.setdefault("MAGI_ATTENTION_SDPA_BACKEND", "1")
+        torch.set_num_threads(1)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    a = _defaults(a, cuda, world)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    hq, hk, d = a.heads, a.kv_heads, a.head_dim
+    timer = Timer(device, a.warmup, a.repeats)
+
+    def log(msg):
+        if rank == 0:
+            print(f"[bench_dist] {msg}", flush=True)
+
+    log(f"world={world} device={device.type} dtype={dtype} hq/hk={hq}/{hk} d={d} "
+        f"seqlens={a.seqlens} masks={a.masks} warmup={a.warmup} repeats={a.repeats}")
+    rows, skipped = [], []
+    t_start = time.perf_counter()
+    for T in a.seqlens:
+        unit = a.chunk_size * world
+        if T % unit:  # any world size: round down so every method splits T evenly
+            msg = f"T={T} rounded down to {T - T % unit}, a multiple of chunk_size*world={unit}"
+            skipped.append(msg)
+            log(msg)
+            T -= T % unit
+        if T <= 0:
+            continue
+        Tl = T // world
+        window = max(1, T // 8)
+        doc_base = max(8, min(256, T // 128))
+        gen = torch.Generator(device=device).manual_seed(1234 + T)
+
+        def rnd(n, h, gen=gen):
+            return torch.randn(n, h, d, device=device, dtype=dtype, generator=gen)
+
+        q, k, v, do = rnd(T, hq), rnd(T, hk), rnd(T, hk), rnd(T, hq)
+        for kind in a.masks:
+            mask = build_mask(kind, T, window=window, doc_base=doc_base, doc_cap=T // 4)
+            area = mask_area(*mask)
+            flops = fwd_flops(area, d, hq)
+            local_mask = build_mask(kind, Tl, window=window, doc_base=doc_base,
+                                    doc_cap=min(T // 4, Tl))
+            local_flops = fwd_flops(mask_area(*local_mask), d, hq)
+            res = {}
+            for m in a.methods:
+                reason = None
+                if m == "ring":
+                    reason = ring_unavailable(kind, device, hq, hk, T, world)
+                elif m == "ulysses":
+                    reason = ulysses_unavailable(hq, hk, T, world)
+                if reason:
+                    msg = f"{m} {kind} T={T}: {reason}"
+                    if msg not in skipped:
+                        skipped.append(msg)
+                        log(f"skip {msg}")
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    if m == "magi":
+                        tf, tb = run_magi(a, mask, q, k, v, do, timer)
+                    elif m == "ffa_single":
+                        tf, tb = run_ffa_single(local_mask, q[:Tl], k[:Tl], v[:Tl], do[:Tl],
+                                                timer)
+                    elif m == "ulysses":
+                        tf, tb = run_ulysses(mask, q, k, v, do, timer)
+                    else:
+                        tf, tb = run_ring(kind, q, k, v, do, timer)
+                except Exception as e:  # noqa: BLE001 - a failing baseline is reported, not fatal
+                    msg = f"{m} {kind} T={T}: failed with {type(e).__name__}: {e}"
+                    skipped.append(msg)
+                    log(msg)
+                    continue
+                fl = local_flops if m == "ffa_single" else flops / world
+                res[m] = (fl / tf / 1e12, BWD_FACTOR * fl / tb / 1e12, tf, tb)
+                log(f"{kind:14s} T={T:7d} {m:10s} fwd {tf * 1e3:9.2f} ms {res[m][0]:8.2f} "
+                    f"TFLOP/s/GPU | bwd {tb * 1e3:9.2f} ms {res[m][1]:8.2f} TFLOP/s/GPU "
+                    f"({time.perf_counter() - t0:.1f}s)")
+                if cuda:
+                    torch.cuda.empty_cache()
+            for m, (f_tf, b_tf, tf, tb) in res.items():
+                for direction, tfl, t in (("fwd", f_tf, tf), ("bwd", b_tf, tb)):
+                    eff = ""
+                    if m == "magi" and "ffa_single" in res:
+                        base = res["ffa_single"][0 if direction == "fwd" else 1]
+                        eff = tfl / base if base > 0 else math.nan
+                    rows.append({"mask": kind, "total_seqlen": T, "world_size": world,
+                                 "method": m, "direction": direction, "time_ms": t * 1e3,
+                                 "tflops_per_gpu": tfl, "efficiency": eff,
+                                 "area": area if m != "ffa_single" else mask_area(*local_mask),
+                                 "note": "" if m != "ffa_single" else f"single device, T={Tl}"})
+        del q, k, v, do
+        if cuda:
+            torch.cuda.empty_cache()
+    if rank == 0:
+        header = {"card": card_name(device), "date": datetime.datetime.now().isoformat(
+                      timespec="seconds"), "git commit": git_commit(),
+                  "command": " ".join([os.path.basename(sys.executable), "-m",
+                                       "torch.distributed.run", f"--nproc-per-node {world}"]
+                                      + sys.argv),
+                  "world size": world, "dtype": str(dtype).replace("torch.", ""),
+                  "heads (hq/hk)": f"{hq}/{hk}", "head dim": d, "chunk size": a.chunk_size,
+                  "overlap degree": a.degree or "library default",
+                  "warmup/repeats": f"{a.warmup}/{a.repeats}", "torch": torch.__version__,
+                  "wall time": f"{time.perf_counter() - t_start:.0f} s"}
+        write_outputs(Path(a.out), rows, skipped, header)
+        log(f"wrote {a.out}/bench_dist.csv and bench_dist.md ({len(rows)} rows, "
+            f"{len(skipped)} skipped) in {time.perf_counter() - t_start:.0f}s")
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Rank-side body of the 2-GPU NCCL tests (module level so spawned ranks can import it).
+
+Each rank builds the same global bf16 tensors, runs key -> dispatch -> calc_attn -> undispatch
+forward and backward on the Triton kernel backend, then checks out, lse, dq, dk, dv with the FFA
+criterion max|x - ref64| <= 2 * max|x_lowp_ref - ref64| + 1e-6 (magi_ffa.testing), where ref64 is
+the single-device torch backend in float64 on the global tensors and x_lowp_ref the dense
+reference computed in bf16 itself. (The torch backend upcasts bf16 to fp32 internally, so its
+bf16 run is no low-precision yardstick; the dense one is, and it is run one KV-head group at a
+time so that its [g, S, S] scores fit.)
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import torch
+import torch.distributed as dist
+
+NAMES = ("out", "lse", "dq", "dk", "dv")
+
+
+def doc_lengths(total: int, seed: int) -> list[int]:
+    """Long-tailed document lengths summing to ``total`` (many short, a few long)."""
+    import random
+
+    rng = random.Random(seed)
+    out, left = [], total
+    while left > 0:
+        n = min(left, max(16, int(rng.paretovariate(1.2) * 300)))
+        out.append(n)
+        left -= n
+    return out
+
+
+def build_mask(case: dict):
+    from magi_attention.api.functools import cu_seqlens_slices
+
+    kind, T = case["mask"], case["T"]
+    if kind == "causal":
+        return [(0, T)], [(0, T)], [1]
+    if kind == "varlen_causal":
+        cu = [0]
+        for n in doc_lengths(T, case.get("seed", 0)):
+            cu.append(cu[-1] + n)
+        qs, ks, ts, _, _ = cu_seqlens_slices(cu, cu, causal=True)
+        return qs, ks, ts
+    if kind == "sliding_window":
+        qs, ks, ts, _, _ = cu_seqlens_slices([0, T], [0, T], window_size=(case["window"], 0))
+        return qs, ks, ts
+    if kind == "block_causal":
+        b = case["block"]
+        starts = range(0, T, b)
+        return ([(s, min(s + b, T)) for s in starts], [(0, min(s + b, T)) for s in starts],
+                [0] * len(starts))
+    raise ValueError(kind)
+
+
+def native_grpcoll_unsupported(device: torch.device) -> str | None:
+    """Why magi_grpcoll's native implementation cannot run here, or None."""
+    try:
+        from magi_grpcoll.impl import get_impl
+
+        impl = get_impl("native")
+    except (ImportError, ValueError) as e:
+        return f"magi_grpcoll exposes no native implementation ({e})"
+    reasons = impl.not_supported_reasons(input=torch.empty(8, device=device),
+                                         group=dist.group.WORLD)
+    return "; ".join(reasons) or None
+
+
+def _ref64(q, k, v, do, qr, kr, tm):
+    from magi_ffa import ffa_backward, ffa_forward
+
+    q, k, v, do = (x.double() for x in (q, k, v, do))
+    scale = q.shape[-1] ** -0.5
+    out, lse, _ = ffa_forward(q, k, v, qr, kr, tm, softmax_scale=scale, backend="torch")
+    dq, dk, dv = ffa_backward(do, q, k, v, out, lse, qr, kr, tm, softmax_scale=scale,
+                              backend="torch")
+    return dict(zip(NAMES, (out, lse, dq, dk, dv)))
+
+
+def _dense_lowp(q, k, v, do, qr, kr, tm):
+    """The dense reference in q's dtype, one KV head (and its g query heads) at a time."""
+    from magi_ffa.testing import ref_attn_dense
+
+    hq, hk = q.shape[1], k.shape[1]
+    g = hq // hk
+    res = {n: [] for n in NAMES}
+    for h in range(hk):
+        qs = slice(h * g, (h + 1) * g)
+        leaves = [q[:, qs].detach().clone().requires_grad_(),
+                  k[:, h:h + 1].detach().clone().requires_grad_(),
+                  v[:, h:h + 1].detach().clone().requires_grad_()]
+        out, lse, _ = ref_attn_dense(*leaves, qr, kr, tm, compute_dtype=q.dtype)
+        out.backward(do[:, qs])
+        for n, x in zip(NAMES, (out, lse, *(t.grad for t in leaves))):
+            res[n].append(x.detach())
+        del out, lse, leaves
+        torch.cuda.empty_cache()
+    return {n: torch.cat(xs, dim=1) for n, xs in res.items()}
+
+
+def _run_one(case: dict, device: torch.device) -> dict:
+    from magi_attention.api import (
+        DistAttnConfig,
+        OverlapConfig,
+        calc_attn,
+        compute_pad_size,
+        dispatch,
+        magi_attn_flex_key,
+        undispatch,
+    )
+    from magi_attention.common.enum import AttnOverlapMode
+    from magi_ffa.testing import assert_close_to_ref
+
+    T, hq, hk, d, chunk = case["T"], case["hq"], case["hk"], case["d"], case["chunk"]
+    world = dist.get_world_size()
+    qr, kr, tm = build_mask(case)
+    gen = torch.Generator(device=device).manual_seed(case.get("seed", 0) + 17)
+    q, k, v, do = (torch.randn(T, h, d, device=device, generator=gen).to(torch.bfloat16)
+                   for h in (hq, hk, hk, hq))
+    deg = case["degree"]
+    oc = (OverlapConfig(mode=AttnOverlapMode.DYNAMIC, degree=None) if deg == "dynamic"
+          else OverlapConfig(degree=deg))
+    key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, compute_pad_size(T, world, chunk),
+                             chunk, dist.group.WORLD, DistAttnConfig(overlap_config=oc))
+    gq, gk, gv = (x.clone().requires_grad_() for x in (q, k, v))
+    lout, meta = calc_attn(dispatch(gq, key), dispatch(gk, key), dispatch(gv, key), key)
+    out = undispatch(lout, key)
+    lse = undispatch(meta.lse, key)
+    out.backward(do)
+    torch.cuda.synchronize()
+    x = dict(zip(NAMES, (out.detach(), lse, gq.grad, gk.grad, gv.grad)))
+    assert all(t.dtype == torch.bfloat16 for n, t in x.items() if n != "lse"), \
+        {n: t.dtype for n, t in x.items()}
+    as_t = lambda a: torch.tensor(a, dtype=torch.int32, device=device)  # noqa: E731
+    qr_t, kr_t, tm_t = as_t(qr).reshape(-1, 2), as_t(kr).reshape(-1, 2), as_t(tm).reshape(-1)
+    ref = _ref64(q, k, v, do, qr_t, kr_t, tm_t)
+    lowp = _dense_lowp(q, k, v, do, qr_t, kr_t, tm_t)
+    errs = {}
+    for n in NAMES:
+        assert_close_to_ref(f"{case['name']} rank {dist.get_rank()}: {n}", x[n], lowp[n], ref[n])
+        fin = torch.isfinite(ref[n])
+        errs[n] = ((x[n].double() - ref[n])[fin].abs().max().item(),
+                   (lowp[n].double() - ref[n])[fin].abs().max().item())
+    return errs
+
+
+def run_gpu_cases(rank: int, world: int, cases: list[dict]) -> dict:
+    """{case name: ("ok", {tensor: (err, lowp err)}) | ("skip", reason) | ("error", tb)}."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    results = {}
+    for case in cases:
+        env = dict(case.get("env", {}))
+        if env.get("MAGI_ATTENTION_NATIVE_GRPCOLL") == "1":
+            reason = native_grpcoll_unsupported(device)
+            if reason:
+                results[case["name"]] = ("skip", f"native grpcoll unsupported: {reason}")
+                continue
+        os.environ.update(env)
+        try:
+            results[case["name"]] = ("ok", _run_one(case, device))
+        except Exception:  # noqa: BLE001 - reported to the parent test
+            results[case["name"]] = ("error", traceback.format_exc())
+        finally:
+            for name in env:
+                os.environ.pop(name, None)
+            torch.cuda.empty_cache()
+        dist.barrier()
+    return results
