@@ -107,7 +107,7 @@ def lock_check(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """The whole stack: cross-package contract tests and the CP demo."""
     _sync(session, "--all-packages", "--group", "dev")
-    _pytest(session, "integration", "tests/integration")
+    _pytest(session, "integration", "tests/integration", "tests/docs")
 
 
 @nox.session

@@ -158,9 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: magi-attn demo [--world-size N] [--seqlen T] [--mask ...] [--heads H] "
               "[--head-dim D] [--degree K]")
+        print("       magi-attn show-mask [--mask ... | --slices QS:QE/KS:KE/TYPE,...] [--seqlen T] "
+              "[--world-size N] [-o mask.png]")
         return 0
+    if argv[0] == "show-mask":
+        from magi_attention.visualize import main as show_mask_main
+
+        return show_mask_main(argv[1:])
     if argv[0] != "demo":
-        print(f"magi-attn: unknown command {argv[0]!r}; available: demo", file=sys.stderr)
+        print(f"magi-attn: unknown command {argv[0]!r}; available: demo, show-mask",
+              file=sys.stderr)
         return 2
     return _demo(argv[1:])
 
