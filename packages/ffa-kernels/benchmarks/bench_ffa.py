@@ -7,8 +7,12 @@ TFLOP/s come from the exact mask area: fwd 4 * area * d * hq, bwd 2.5x that.
 SDPA runs only where its own masks express the family (full, causal).
 
     python benchmarks/bench_ffa.py --out results/ffa_h100 [--quick]
+    python benchmarks/bench_ffa.py --sweep results/sweep   # tile configs of the Triton kernels
+    python benchmarks/bench_ffa.py --probe                  # where a call's host time goes
 
 writes <out>.csv and <out>.md (card, date, commit, command, then one row per case).
+--sweep times each candidate config of each pass on the backend directly (16k, full and
+causal) and writes the best as a MAGI_FFA_TRITON_CONFIG string to <sweep>.env.
 """
 
 from __future__ import annotations
@@ -171,9 +175,162 @@ def _commit() -> str:
         return "unknown"
 
 
+# ---------------------------------------------------------------------------------------------
+# tuning sweep and host-overhead probe (issue #7)
+# ---------------------------------------------------------------------------------------------
+SWEEP = {  # first entry of each list = the table default (configs.py); measured losers dropped
+    "fwd": ["128,128,8,3", "128,64,8,3", "128,64,8,4", "64,64,4,3"],
+    "bwd_dq": ["128,64,8,3", "64,64,4,2", "128,64,8,2", "64,64,4,3"],
+    "bwd_dkdv": ["64,128,8,3", "64,64,4,2", "64,128,8,2", "32,64,4,3"],
+    "fused": ["64,128,8,3", "64,128,8,2"],
+}
+
+
+def _direct(total, hq, hk, mask, dtype=torch.bfloat16):
+    """Backend-level callables (no checks, no autograd): the kernels plus the cached plan."""
+    from magi_ffa.backends.base import FFAInputs
+    from magi_ffa.backends.triton import TritonBackend
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v, dout = (torch.randn(total, h, D, device="cuda", dtype=dtype, generator=gen) for h in (hq, hk, hk, hq))
+    qr, kr, tm, _ = build_mask(mask, total, q.device)
+    t = lambda x: torch.tensor(x, dtype=torch.int32, device="cuda")  # noqa: E731
+    inp = FFAInputs(q, k, v, t(qr).reshape(-1, 2), t(kr).reshape(-1, 2), t(tm), D**-0.5)
+    be = TritonBackend()
+    out = torch.zeros(total, hq, D, device="cuda")
+    lse = torch.full((total, hq), float("-inf"), device="cuda")
+    be.forward(inp, out, lse, None)
+    delta = (out * dout.float()).sum(-1)
+    dq, dk, dv = torch.zeros_like(out), torch.zeros(total, hk, D, device="cuda"), torch.zeros(total, hk, D, device="cuda")
+    o2, l2 = torch.zeros_like(out), torch.full_like(lse, float("-inf"))
+    fwd = lambda: be.forward(inp, o2, l2, None)  # noqa: E731
+    bwd = lambda: be.backward(inp, dout, out, lse, delta, dq, dk, dv)  # noqa: E731
+    return fwd, bwd, 4 * mask_area(qr, kr, tm) * D * hq
+
+
+def sweep(prefix: str, total: int = 16384, masks=("full", "causal"), passes=tuple(SWEEP)) -> None:
+    import os
+
+    import triton
+
+    os.environ.pop("MAGI_FFA_TRITON_CONFIG", None)
+    base = {p: SWEEP[p][0] for p in ("fwd", "bwd_dq", "bwd_dkdv")}
+    res: dict = {}
+    lines = []
+    for pname, cands in SWEEP.items():
+        if pname not in passes:
+            continue
+        for c in cands:
+            cfg = dict(base)
+            cfg["bwd_dkdv" if pname == "fused" else pname] = c
+            os.environ["MAGI_FFA_TRITON_CONFIG"] = ";".join(f"{a}={b}" for a, b in cfg.items())
+            os.environ["MAGI_FFA_TRITON_FUSED_BWD"] = "1" if pname == "fused" else "0"
+            tot, txt = 0.0, []
+            try:
+                for m in masks:
+                    fwd, bwd, fl = _direct(total, 16, 16, m)
+                    fn = fwd if pname == "fwd" else bwd
+                    fn()
+                    ms = triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+                    tf = (fl if pname == "fwd" else 2.5 * fl) / ms / 1e9
+                    tot += ms
+                    txt.append(f"{m} {ms:.3f} ms {tf:.0f} TF/s")
+                    del fwd, bwd
+                res.setdefault(pname, []).append((tot, c))
+            except Exception as exc:  # noqa: BLE001 - out of resources etc.: skip the config
+                txt.append(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}")
+            line = f"sweep {pname:8s} {c:12s} " + "; ".join(txt)
+            print(line, flush=True)
+            lines.append(line)
+            torch.cuda.empty_cache()
+    os.environ.pop("MAGI_FFA_TRITON_CONFIG", None)
+    os.environ.pop("MAGI_FFA_TRITON_FUSED_BWD", None)
+    best = {p: min(v)[1] for p, v in res.items() if v}
+    # split bwd with the best dq and the best dkdv: each list's first entry is the base pair
+    split = 1e9
+    if res.get("bwd_dq") and res.get("bwd_dkdv") and res["bwd_dq"][0][1] == base["bwd_dq"]:
+        split = min(res["bwd_dq"])[0] + min(res["bwd_dkdv"])[0] - res["bwd_dq"][0][0]
+    fused_t = min(res["fused"])[0] if "fused" in res else 1e9
+    env = {"fwd": best.get("fwd", base["fwd"]), "bwd_dq": best.get("bwd_dq", base["bwd_dq"]),
+           "bwd_dkdv": best.get("bwd_dkdv", base["bwd_dkdv"])}
+    use_fused = fused_t < split
+    if use_fused:
+        env["bwd_dkdv"] = best["fused"]
+    env_s = ";".join(f"{a}={b}" for a, b in env.items())
+    lines.append(f"best: {env_s}; fused={int(use_fused)} (fused {fused_t:.3f} ms vs split {split:.3f} ms, sum over masks)")
+    print(lines[-1], flush=True)
+    with open(prefix + ".env", "w") as f:
+        f.write(f"export MAGI_FFA_TRITON_CONFIG='{env_s}'\nexport MAGI_FFA_TRITON_FUSED_BWD={int(use_fused)}\n")
+    with open(prefix + ".txt", "w") as f:
+        f.write(f"card: {torch.cuda.get_device_name()}; date: {datetime.date.today()}; total {total}, h16/16, d{D}, bf16\n")
+        f.write("\n".join(lines) + "\n")
+
+
+def probe(total: int = 8192) -> None:
+    """Split one flex_flash_attn_func call into host phases (synchronised wall clock)."""
+    for mask in ("full", "causal", "varlen_causal", "swa_1k"):
+        _probe_one(mask, total)
+
+
+def _probe_one(mask: str, total: int) -> None:
+    import cProfile
+    import io
+    import pstats
+    import time
+
+    import triton
+    from magi_ffa import api, ffa_forward
+    from magi_ffa import flex_flash_attn_func as ffa
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, dout = (torch.randn(total, 16, D, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    qr, kr, tm, _ = build_mask(mask, total, q.device)
+    t = lambda x: torch.tensor(x, dtype=torch.int32, device="cuda")  # noqa: E731
+    qr_t, kr_t, tm_t = t(qr).reshape(-1, 2), t(kr).reshape(-1, 2), t(tm)
+
+    def host(fn, n=20):
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / n * 1e3
+
+    prep = host(lambda: api._prepare("x", q, k, v, qr_t, kr_t, tm_t, None, 0.0))
+    f_api = lambda: ffa(q, k, v, qr_t, kr_t, tm_t, backend="triton")  # noqa: E731
+    t_api = host(f_api)
+    t_acc = host(lambda: ffa_forward(q, k, v, qr_t, kr_t, tm_t, softmax_scale=D**-0.5, backend="triton"))
+    fwd, bwd, fl = _direct(total, 16, 16, mask)
+    t_dir = triton.testing.do_bench(fwd, return_mode="median")
+    t_dirb = triton.testing.do_bench(bwd, return_mode="median")
+    t_apib = triton.testing.do_bench(f_api, return_mode="median")
+    print(f"probe {total} {mask:14s} N={len(qr)}: checks(_prepare) {prep:.3f} ms; func fwd wall {t_api:.3f} ms "
+          f"(do_bench {t_apib:.3f}); ffa_forward wall {t_acc:.3f} ms; backend fwd {t_dir:.3f} ms "
+          f"({fl / t_dir / 1e9:.0f} TF/s), backend bwd {t_dirb:.3f} ms ({2.5 * fl / t_dirb / 1e9:.0f} TF/s)", flush=True)
+    if mask == "varlen_causal":
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(10):
+            out = f_api()[0]
+            torch.autograd.grad(out, (q, k, v), dout)
+        torch.cuda.synchronize()
+        pr.disable()
+        buf = io.StringIO()
+        pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(14)
+        print(buf.getvalue()[-3500:], flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="output path prefix (.csv and .md are appended)")
+    ap.add_argument("--out", help="output path prefix (.csv and .md are appended)")
+    ap.add_argument("--sweep", help="tune: output path prefix (.txt and .env are appended)")
+    ap.add_argument("--sweep-total", type=int, default=16384)
+    ap.add_argument("--sweep-masks", default="full,causal")
+    ap.add_argument("--sweep-passes", default=",".join(SWEEP))
+    ap.add_argument("--probe", action="store_true", help="host-overhead breakdown of one call")
+    ap.add_argument("--heads", default="16/16,64/8", help="hq/hk pairs, comma separated")
     ap.add_argument("--quick", action="store_true", help="8k only, MHA only, four masks")
     ap.add_argument("--masks", default=",".join(MASKS))
     ap.add_argument("--totals", default="8192,16384,32768,65536")
@@ -184,9 +341,17 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("bench_ffa: needs a CUDA device", file=sys.stderr)
         return 2
+    if args.sweep:
+        sweep(args.sweep, args.sweep_total, tuple(args.sweep_masks.split(",")), tuple(args.sweep_passes.split(",")))
+        return 0
+    if args.probe:
+        probe()
+        return 0
+    if not args.out:
+        ap.error("--out is required")
     totals = [int(x) for x in args.totals.split(",")]
     masks = args.masks.split(",")
-    heads = [(16, 16), (64, 8)]
+    heads = [tuple(int(x) for x in hh.split("/")) for hh in args.heads.split(",")]
     if args.quick:
         totals, masks, heads = [8192], ["full", "causal", "varlen_causal", "swa_1k"], [(16, 16)]
     impls = args.impls.split(",")

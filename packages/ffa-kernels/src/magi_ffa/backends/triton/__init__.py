@@ -52,6 +52,11 @@ def _scales(softmax_scale: float, softcap: float) -> tuple[float, float]:
     return softmax_scale * _LOG2E, 0.0
 
 
+def _rows_per_slice(inp: FFAInputs) -> float:
+    """Mean query rows per slice, from shapes only (no device read): the tile-size hint."""
+    return inp.q.shape[0] / max(1, inp.num_slices)
+
+
 def _padded_pieces(wl: WorkList) -> torch.Tensor:
     # A zero-sized tensor may have a null data pointer; the kernels never read past tile_ptr.
     if wl.num_pieces:
@@ -117,7 +122,7 @@ class TritonBackend(Backend):
         hk = k.shape[1]
         if sq == 0 or inp.num_slices == 0 or k.shape[0] == 0:
             return
-        cfg = configs.pick("fwd", d)
+        cfg = configs.pick("fwd", d, _rows_per_slice(inp))
         wl = cached_work_list(
             inp.q_ranges, inp.k_ranges, inp.attn_type_map,
             outer_len=sq, block_outer=cfg.block_m, block_inner=cfg.block_n,
@@ -172,7 +177,7 @@ class TritonBackend(Backend):
 
         fused = configs.fused_bwd(inp.deterministic)
         if not fused:
-            cfg = configs.pick("bwd_dq", d)
+            cfg = configs.pick("bwd_dq", d, _rows_per_slice(inp))
             wl = cached_work_list(
                 inp.q_ranges, inp.k_ranges, inp.attn_type_map,
                 outer_len=sq, block_outer=cfg.block_m, block_inner=cfg.block_n,
@@ -193,7 +198,7 @@ class TritonBackend(Backend):
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
 
-        cfg = configs.pick("bwd_dkdv", d)
+        cfg = configs.pick("bwd_dkdv", d, _rows_per_slice(inp))
         wl = cached_work_list(
             inp.q_ranges, inp.k_ranges, inp.attn_type_map,
             outer_len=sk, block_outer=cfg.block_n, block_inner=cfg.block_m, transpose=True,
