@@ -1,12 +1,11 @@
 """The interface gate: version checks of the lower wheels and pins agreeing with pyproject."""
 
 import re
-import tomllib
 import types
 from pathlib import Path
 
 import pytest
-
+import tomllib
 from magi_attention import _compat
 
 

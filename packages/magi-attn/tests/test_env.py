@@ -1,7 +1,6 @@
 """Env flags: defaults, strict parsing, combination checks and the key snapshot."""
 
 import pytest
-
 from magi_attention import env
 from magi_attention.errors import EnvFlagError
 

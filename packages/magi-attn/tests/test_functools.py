@@ -4,10 +4,9 @@ import itertools
 
 import pytest
 import torch
-from magi_ffa.testing import make_dense_mask
-
 from magi_attention.api import functools as F
 from magi_attention.errors import MagiAttentionError
+from magi_ffa.testing import make_dense_mask
 
 
 def _dense_window(lq, lk, left, right):

@@ -14,7 +14,6 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-
 from magi_attention import env
 from magi_attention.errors import EnvFlagError
 
@@ -92,15 +91,19 @@ def _check_stats(rt, rank, world, group, mask_area, case):
 
 def run_qo_cases(cases, group=None):
     """Run each case on ``group``; returns [(name, errs, plan_stats)] or raises AssertionError."""
-    from magi_ffa.testing import ref_attn_dense
-
     from magi_attention.api import (
-        DispatchConfig, DistAttnConfig, calc_attn, compute_pad_size, dispatch,
-        magi_attn_flex_key, undispatch,
+        DispatchConfig,
+        DistAttnConfig,
+        calc_attn,
+        compute_pad_size,
+        dispatch,
+        magi_attn_flex_key,
+        undispatch,
     )
     from magi_attention.config import SequentialDispatchAlg
     from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
     from magi_attention.runtime.qo_comm import QOCommRuntime
+    from magi_ffa.testing import ref_attn_dense
 
     group = dist.group.WORLD if group is None else group
     world, rank = dist.get_world_size(group), dist.get_rank(group)

@@ -18,7 +18,6 @@ import sys
 import time
 
 import numpy as np
-
 from magi_solver import OverlapParams, make_dispatch_meta, make_dist_attn_plan
 
 TOTAL = 1 << 20
@@ -78,11 +77,11 @@ def shared_question(rng, answers: int = 3):
     return qr, kr, ts
 
 
-def best_of(repeat: int, fn) -> float:
+def best_of(repeat: int, fn, *args) -> float:
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        fn()
+        fn(*args)
         best = min(best, time.perf_counter() - t0)
     return best * 1e3
 
@@ -113,10 +112,10 @@ def main() -> None:
     for name, (qr, kr, ts) in masks.items():
         for cp in args.cp:
             meta = make_dispatch_meta(qr, kr, ts, TOTAL, CHUNK, cp)
-            t_disp = best_of(args.repeat, lambda: make_dispatch_meta(qr, kr, ts, TOTAL, CHUNK, cp))
-            t_one = best_of(args.repeat, lambda: make_dist_attn_plan(qr, kr, ts, meta, ov, [0]))
+            t_disp = best_of(args.repeat, make_dispatch_meta, qr, kr, ts, TOTAL, CHUNK, cp)
+            t_one = best_of(args.repeat, make_dist_attn_plan, qr, kr, ts, meta, ov, [0])
             plan = make_dist_attn_plan(qr, kr, ts, meta, ov)
-            t_all = best_of(args.repeat, lambda: make_dist_attn_plan(qr, kr, ts, meta, ov))
+            t_all = best_of(args.repeat, make_dist_attn_plan, qr, kr, ts, meta, ov)
             remote = np.mean([sum(e - s for s, e in plan.rank_plan(r).remote_k_ranges) for r in range(cp)])
             print(f"| {name} | {len(qr)} | {cp} | {t_disp:.1f} | {t_one:.1f} | {t_disp + t_one:.1f} "
                   f"| {t_all:.1f} | {t_all / cp:.2f} | {remote:.0f} |")

@@ -11,10 +11,9 @@ import itertools
 import pickle
 import random
 
+import magi_solver
 import numpy as np
 import pytest
-
-import magi_solver
 from magi_solver import DispatchMeta, RangeError, make_dispatch_meta, solve_dispatch
 
 ALGS = [

@@ -10,7 +10,6 @@ import random
 
 import numpy as np
 import pytest
-
 from magi_solver import (
     DistAttnPlan,
     OverlapParams,

@@ -51,10 +51,15 @@ def build_mask(kind: str, T: int):
 
 
 def demo_rank(rank: int, world: int, cfg: dict) -> dict:
-    from magi_attention import _compat
     from magi_attention.api import (
-        DistAttnConfig, OverlapConfig, calc_attn, compute_pad_size, dispatch,
-        flex_flash_attn_func, magi_attn_flex_key, undispatch,
+        DistAttnConfig,
+        OverlapConfig,
+        calc_attn,
+        compute_pad_size,
+        dispatch,
+        flex_flash_attn_func,
+        magi_attn_flex_key,
+        undispatch,
     )
 
     cuda = cfg["backend"] == "nccl"
@@ -102,11 +107,14 @@ def demo_rank(rank: int, world: int, cfg: dict) -> dict:
     errs = {name: (a.float() - b.float()).abs().max().item() for name, a, b in
             (("out", out, ref), ("dq", q.grad, q2.grad), ("dk", k.grad, k2.grad),
              ("dv", v.grad, v2.grad))}
-    mgr = _compat  # noqa: F841 - keep the gateway imported for the report below
     from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
 
     rt = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
-    recv = sum(int(s.num_recv_tokens) for s in rt.stages)
+    stats = getattr(rt, "plan_stats", None)
+    if stats is not None:  # QO comm: q and kv tokens this rank receives from others
+        recv = int(stats["per_rank_comm"][dist.get_rank()])
+    else:  # KV-only: every remote stage's receive buffer
+        recv = sum(int(s.num_recv_tokens) for s in rt.stages)
     return {"errs": errs, "times": times, "recv_tokens": recv, "stages": rt.num_stages,
             "shard": lq.shape[0]}
 

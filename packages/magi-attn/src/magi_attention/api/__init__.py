@@ -1,21 +1,40 @@
 """magi_attention.api: the main user surface (reference §1.2)."""
 
 from magi_attention.api.functools import (
-    apply_padding, compute_pad_size, infer_attn_mask_from_cu_seqlens,
-    infer_attn_mask_from_sliding_window, infer_varlen_mask_from_batch, pad_at_dim,
-    squash_batch_dim, unpad_at_dim,
+    apply_padding,
+    compute_pad_size,
+    infer_attn_mask_from_cu_seqlens,
+    infer_attn_mask_from_sliding_window,
+    infer_varlen_mask_from_batch,
+    pad_at_dim,
+    squash_batch_dim,
+    unpad_at_dim,
 )
 from magi_attention.api.interface import (
-    calc_attn, dispatch, get_most_recent_key, get_position_ids, magi_attn_flex_dispatch,
-    magi_attn_flex_key, magi_attn_varlen_dispatch, magi_attn_varlen_key,
-    make_flex_key_for_new_mask_after_dispatch, make_varlen_key_for_new_mask_after_dispatch,
+    calc_attn,
+    dispatch,
+    get_most_recent_key,
+    get_position_ids,
+    magi_attn_flex_dispatch,
+    magi_attn_flex_key,
+    magi_attn_varlen_dispatch,
+    magi_attn_varlen_key,
+    make_flex_key_for_new_mask_after_dispatch,
+    make_varlen_key_for_new_mask_after_dispatch,
     undispatch,
 )
 from magi_attention.common.enum import AttnOverlapMode
 from magi_attention.common.ranges import AttnMaskType, AttnRanges
 from magi_attention.config import (
-    DispatchConfig, DistAttnConfig, GrpCollConfig, MinHeapDispatchAlg, OverlapConfig,
-    SequentialDispatchAlg, SortedSequentialSelectAlg, ToppHeapDispatchAlg, UniformOverlapAlg,
+    DispatchConfig,
+    DistAttnConfig,
+    GrpCollConfig,
+    MinHeapDispatchAlg,
+    OverlapConfig,
+    SequentialDispatchAlg,
+    SortedSequentialSelectAlg,
+    ToppHeapDispatchAlg,
+    UniformOverlapAlg,
 )
 from magi_attention.functional import flex_flash_attn_func
 

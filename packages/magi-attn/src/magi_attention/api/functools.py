@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from magi_attention.common.ranges import (
-    make_attn_ranges, make_mask_types, mask_type_codes, naive_ranges,
+    make_attn_ranges,
+    make_mask_types,
+    mask_type_codes,
+    naive_ranges,
 )
 from magi_attention.errors import MagiAttentionError
 

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from magi_attention.common import enum
 from magi_attention.common.ranges import (
-    AttnForwardMeta, AttnMask, AttnMaskType, AttnRange, AttnRanges, AttnRectangle,
-    AttnRectangles, RangeError, mask_type_code, mask_type_codes, naive_ranges, ranges_to_tensor,
+    AttnForwardMeta,
+    AttnMask,
+    AttnMaskType,
+    AttnRange,
+    AttnRanges,
+    AttnRectangle,
+    AttnRectangles,
+    RangeError,
+    mask_type_code,
+    mask_type_codes,
+    naive_ranges,
+    ranges_to_tensor,
 )
 
 USE_CPP_BACKEND = True

@@ -39,7 +39,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accepted_kwargs(fn: Any) -> frozenset[str] | None:
     try:
         params = inspect.signature(fn).parameters
