@@ -1,0 +1,123 @@
+"""Bandwidth of group_cast / group_reduce on KV-shaped traffic vs raw NCCL all_to_all_single.
+
+Each rank holds T tokens of K and V (8 heads x 128, bf16; the two groups travel as one [T, 2, 8, 128]
+tensor) cut into 1k-token splits, each sent to a random non-empty set of ranks (self included),
+as context-parallel attention does. The baseline moves the same bytes with one all_to_all_single
+(no pre/post pass). Bandwidth = bytes received per rank / time (mean of timed iterations, after
+warm-up; CUDA events).
+
+    python packages/grpcoll/benchmarks/bench_grpcoll.py            # spawns one process per GPU (2)
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+TOKENS = [16384, 65536, 131072]
+SPLIT = 1024
+ROW = (2, 8, 128)  # K/V groups x heads x head_dim
+
+
+def _meta(world, tokens, seed):
+    rng = random.Random(seed)
+    in_sizes = [[SPLIT] * (tokens // SPLIT) for _ in range(world)]
+    dsts = [[sorted(rng.sample(range(world), rng.randint(1, world))) for _ in s] for s in in_sizes]
+    out_sizes, src_index = [], []
+    for d in range(world):
+        order = [r for r in range(world) for i in range(len(in_sizes[r])) if d in dsts[r][i]]
+        src_index.append(order)
+        out_sizes.append([SPLIT] * len(order))
+    return in_sizes, out_sizes, dsts, src_index
+
+
+def _time(fn, iters=20, warmup=5):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    dist.barrier()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters / 1e3
+
+
+def _bench_one(tokens, rank, world, dev):
+    from magi_grpcoll import GroupCastPlan
+
+    in_sizes, out_sizes, dsts, srcs = _meta(world, tokens, tokens)
+    plan = GroupCastPlan.build(in_sizes[rank], out_sizes[rank], dsts[rank], srcs[rank], rank=rank,
+                               world_size=world, device=dev)
+    rplan = plan.transpose()
+    x = torch.randn((tokens, *ROW), device=dev, dtype=torch.bfloat16)
+    out = torch.empty((plan.output_len, *ROW), device=dev, dtype=torch.bfloat16)
+    red = torch.zeros_like(x)
+    send = torch.empty((sum(plan.send_counts), *ROW), device=dev, dtype=torch.bfloat16)
+    recv = torch.empty((sum(plan.recv_counts), *ROW), device=dev, dtype=torch.bfloat16)
+    nbytes = recv.numel() * recv.element_size()
+    t_cast = _time(lambda: plan.cast(x, out, async_op=True).wait_post_process())
+    t_red = _time(lambda: rplan.reduce(out, red, async_op=True).wait_post_process())
+    try:
+        t_ncast = _time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process())
+        t_nred = _time(lambda: rplan.reduce(out, red, async_op=True, impl="native").wait_post_process())
+    except Exception as e:  # noqa: BLE001 - report, keep the other columns
+        print(f"rank {rank}: native failed: {type(e).__name__}: {e}", file=sys.stderr)
+        t_ncast = t_nred = float("nan")
+    t_raw = _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
+                                                 list(plan.send_counts)))
+    return (tokens, nbytes, t_cast, t_red, t_ncast, t_nred, t_raw)
+
+
+def _worker(rank, world, port, q):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device("cuda", rank))
+    dev = torch.device("cuda", rank)
+    rows = [_bench_one(tokens, rank, world, dev) for tokens in TOKENS]
+    if rank == 0:
+        q.put(rows)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main() -> int:
+    world = min(torch.cuda.device_count(), 2) if torch.cuda.is_available() else 0
+    if world < 2:
+        print("bench_grpcoll: needs 2 CUDA devices; found", world)
+        return 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    rows = q.get(timeout=600)
+    for p in procs:
+        p.join()
+    gbs = lambda b, t: f"{b / t / 1e9:.1f}"  # noqa: E731
+    print(f"card: {torch.cuda.get_device_name(0)} x{world}; date: {datetime.date.today()}; "
+          f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}; torch {torch.__version__}")
+    print()
+    print("| tokens/rank | MB recv/rank | cast a2av GB/s | reduce a2av GB/s | native cast GB/s | native reduce GB/s "
+          "| raw all_to_all_single GB/s |")
+    print("|---|---|---|---|---|---|---|")
+    for tokens, nbytes, tc, tr, tnc, tnr, traw in rows:
+        print(f"| {tokens} | {nbytes / 1e6:.1f} | {gbs(nbytes, tc)} | {gbs(nbytes, tr)} | {gbs(nbytes, tnc)} "
+              f"| {gbs(nbytes, tnr)} | {gbs(nbytes, traw)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

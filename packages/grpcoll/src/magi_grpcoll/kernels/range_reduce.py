@@ -1,0 +1,183 @@
+"""Row reduce: fold received rows into output rows by sum, avg or lse-weighted merge.
+
+The contributions of one output row are applied in a fixed order (layer 0, 1, ...) in float32, so
+results are deterministic. The lse merge of ``(o, L)`` with ``(x, L_in)`` is
+
+    L' = max + log1p(exp(min - max)),  o' = exp(L - L')·o + exp(L_in - L')·x
+
+with terms of weight 0 (an lse of -inf) skipped, so rows whose lse stays -inf end as o = 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from magi_grpcoll.kernels._select import triton_available, use_triton
+
+__all__ = ["REDUCE_OPS", "reduce_rows", "lse_merge_"]
+
+REDUCE_OPS = ("sum", "avg", "lse")
+
+
+def lse_merge_(o: torch.Tensor, lse: torch.Tensor, x: torch.Tensor, lse_in: torch.Tensor) -> None:
+    """Merge (x, lse_in) into (o, lse) in place; o, x float32 [T, H, ...], lse, lse_in [T, H]."""
+    lmax = torch.maximum(lse, lse_in)
+    lmin = torch.minimum(lse, lse_in)
+    neg = lmax == float("-inf")
+    new = torch.where(neg, lmax, lmax + torch.log1p(torch.exp(lmin - torch.where(neg, 0.0, lmax))))
+    dead = new == float("-inf")
+    w_o = torch.where(dead, 0.0, torch.exp(lse - torch.where(dead, 0.0, new)))
+    w_i = torch.where(dead, 0.0, torch.exp(lse_in - torch.where(dead, 0.0, new)))
+    shape = (*w_o.shape, *([1] * (o.dim() - 2)))
+    w_o, w_i = w_o.view(shape), w_i.view(shape)
+    term_o = torch.where(w_o == 0, 0.0, w_o * o)  # never multiply memory behind an lse of -inf
+    term_i = torch.where(w_i == 0, 0.0, w_i * x)
+    o.copy_(term_o + term_i)
+    lse.copy_(new)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _reduce_torch(output, recv, rmap, op, acc_reduce, output_lse, recv_lse):
+    touched = rmap.touched
+    acc_dtype = _acc_dtype(output.dtype)
+    if acc_reduce:
+        acc = output.index_select(0, touched).to(acc_dtype)
+    else:
+        acc = torch.zeros((touched.numel(), *output.shape[1:]), dtype=acc_dtype, device=output.device)
+    if op == "lse":
+        if acc_reduce:
+            acc_lse = output_lse.index_select(0, touched)
+        else:
+            acc_lse = torch.full((touched.numel(), *output_lse.shape[1:]), float("-inf"),
+                                 dtype=torch.float32, device=output.device)
+        for pos, rows in rmap.layers:
+            o, lo = acc.index_select(0, pos), acc_lse.index_select(0, pos)
+            lse_merge_(o, lo, recv.index_select(0, rows).to(acc_dtype), recv_lse.index_select(0, rows))
+            acc.index_copy_(0, pos, o)
+            acc_lse.index_copy_(0, pos, lo)
+        output_lse.index_copy_(0, touched, acc_lse)
+    else:
+        for pos, rows in rmap.layers:  # positions are unique inside a layer: no accumulation races
+            acc.index_add_(0, pos, recv.index_select(0, rows).to(acc_dtype))
+        if op == "avg":
+            denom = rmap.count + (1.0 if acc_reduce else 0.0)
+            acc /= denom.view(-1, *([1] * (acc.dim() - 1)))
+    output.index_copy_(0, touched, acc.to(output.dtype))
+
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _reduce_sum_kernel(out_ptr, recv_ptr, touched_ptr, contrib_ptr, count_ptr, row_elems, n_contrib,
+                           IS_AVG: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+        # one program per (touched output row, column block); contributions in fixed order, fp32
+        t = tl.program_id(0).to(tl.int64)
+        cb = tl.program_id(1)
+        orow = tl.load(touched_ptr + t).to(tl.int64)
+        offs = cb * BLOCK + tl.arange(0, BLOCK)
+        m = offs < row_elems
+        if ACC:
+            acc = tl.load(out_ptr + orow * row_elems + offs, mask=m, other=0.0).to(tl.float32)
+        else:
+            acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for c in range(n_contrib):
+            r = tl.load(contrib_ptr + t * n_contrib + c).to(tl.int64)
+            # padding slots (-1) read row 0 (it exists: a touched row has a contributor) and add 0
+            x = tl.load(recv_ptr + tl.maximum(r, 0) * row_elems + offs, mask=m, other=0.0)
+            acc += tl.where(r >= 0, x.to(tl.float32), 0.0)
+        if IS_AVG:
+            cnt = tl.load(count_ptr + t)
+            if ACC:
+                cnt = cnt + 1.0
+            acc = acc / cnt
+        tl.store(out_ptr + orow * row_elems + offs, acc.to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _reduce_lse_kernel(out_ptr, out_lse_ptr, recv_ptr, recv_lse_ptr, touched_ptr, contrib_ptr,
+                           n_heads, head_elems, n_contrib, ACC: tl.constexpr, BLOCK: tl.constexpr):
+        # one program per (touched output row, head); the whole head row fits one block
+        t = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1).to(tl.int64)
+        orow = tl.load(touched_ptr + t).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        m = offs < head_elems
+        out_base = (orow * n_heads + h) * head_elems
+        if ACC:
+            o = tl.load(out_ptr + out_base + offs, mask=m, other=0.0).to(tl.float32)
+            lo = tl.load(out_lse_ptr + orow * n_heads + h)
+        else:
+            o = tl.zeros([BLOCK], dtype=tl.float32)
+            lo = -float("inf")
+        for c in range(n_contrib):
+            r = tl.load(contrib_ptr + t * n_contrib + c).to(tl.int64)
+            valid = r >= 0
+            rr = tl.maximum(r, 0)
+            li = tl.load(recv_lse_ptr + rr * n_heads + h)
+            li = tl.where(valid, li, -float("inf"))
+            x = tl.load(recv_ptr + (rr * n_heads + h) * head_elems + offs, mask=m, other=0.0)
+            x = x.to(tl.float32)  # an invalid slot has weight 0 below, so x never counts
+            # stage 1: new lse, -inf safe
+            lmax = tl.maximum(lo, li)
+            lmin = tl.minimum(lo, li)
+            neg = lmax == -float("inf")
+            lsafe = tl.where(neg, 0.0, lmax)
+            new = tl.where(neg, lmax, lmax + tl.log(1.0 + tl.exp(lmin - lsafe)))
+            # stage 2: rescale both terms; weight-0 terms are skipped, never multiplied
+            dead = new == -float("inf")
+            nsafe = tl.where(dead, 0.0, new)
+            w_o = tl.where(dead, 0.0, tl.exp(lo - nsafe))
+            w_i = tl.where(dead, 0.0, tl.exp(li - nsafe))
+            o = tl.where(w_o == 0.0, 0.0, w_o * o) + tl.where(w_i == 0.0, 0.0, w_i * x)
+            lo = new
+        tl.store(out_ptr + out_base + offs, o.to(out_ptr.dtype.element_ty), mask=m)
+        tl.store(out_lse_ptr + orow * n_heads + h, lo)
+
+
+def _reduce_triton(output, recv, rmap, op, acc_reduce, output_lse, recv_lse):
+    n_t = int(rmap.touched.numel())
+    if n_t == 0:
+        return
+    n_contrib = int(rmap.contrib.shape[1])
+    if op == "lse":
+        n_heads = output.shape[1]
+        head_elems = output[0, 0].numel()
+        block = triton.next_power_of_2(max(head_elems, 1))
+        _reduce_lse_kernel[(n_t, n_heads)](output, output_lse, recv, recv_lse, rmap.touched, rmap.contrib,
+                                            n_heads, head_elems, n_contrib, ACC=acc_reduce, BLOCK=block)
+        return
+    row_elems = output[0].numel()
+    if row_elems == 0:
+        return
+    block = min(1024, triton.next_power_of_2(row_elems))
+    grid = (n_t, triton.cdiv(row_elems, block))
+    _reduce_sum_kernel[grid](output, recv, rmap.touched, rmap.contrib, rmap.count, row_elems, n_contrib,
+                             IS_AVG=(op == "avg"), ACC=acc_reduce, BLOCK=block)
+
+
+def reduce_rows(output: torch.Tensor, recv: torch.Tensor, rmap, op: str = "sum", *, acc_reduce: bool = True,
+                output_lse: torch.Tensor | None = None, recv_lse: torch.Tensor | None = None,
+                backend: str | None = None) -> torch.Tensor:
+    """Fold ``recv`` rows into ``output`` in place following ``rmap`` (a :class:`~magi_grpcoll.plan.ReduceMap`).
+
+    Args:
+        output: [S_out, ...] the reduce target (rows not in ``rmap.touched`` are left unchanged).
+        recv: [R, ...] received rows, same dtype as output.
+        op: "sum", "avg" (old output counts as one term when ``acc_reduce``) or "lse".
+        output_lse / recv_lse: float32 [S_out, H] / [R, H], required for "lse" (data [S, H, ...]).
+    Returns:
+        ``output``.
+    """
+    if op not in REDUCE_OPS:
+        raise ValueError(f"reduce_rows(): op={op!r} is unknown; supported: {REDUCE_OPS}.")
+    if rmap.touched.numel() == 0:
+        return output
+    if use_triton(output, backend) and output.dtype != torch.float64:  # fp64 stays exact in torch
+        _reduce_triton(output, recv, rmap, op, acc_reduce, output_lse, recv_lse)
+    else:
+        _reduce_torch(output, recv, rmap, op, acc_reduce, output_lse, recv_lse)
+    return output

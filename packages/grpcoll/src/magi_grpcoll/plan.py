@@ -1,0 +1,343 @@
+"""Plans: every index tensor and all-to-all size of one group collective, built once from split lists.
+
+A plan is a pure function of one rank's split lists (no communication), so it can be built ahead of
+time, cached and executed many times. The a2a-v implementation executes it as
+
+    cast:   send = input[send_rows]  ->  all_to_all_single  ->  output = recv[recv_rows]
+    reduce: send = input[send_rows]  ->  all_to_all_single  ->  output[touched] (+)= recv[layers...]
+
+``send_rows`` / ``recv_rows`` are ``None`` when they would be the identity (then the pre- or
+post-pass is skipped and the all-to-all reads or writes the user tensors directly).
+
+Shape legend: S_in / S_out rows of input / output (dim 0), W world size, T output rows touched by
+a reduce, C the most contributors of one reduced row (<= W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from magi_grpcoll.checks import check_rank, check_rank_list, check_rank_sets, check_split_sizes
+
+__all__ = ["GroupCastPlan", "GroupReducePlan", "ReduceMap"]
+
+_HASH_MOD = 2_147_483_647
+
+
+def _cumsum0(sizes) -> list[int]:
+    out = [0]
+    for s in sizes:
+        out.append(out[-1] + s)
+    return out
+
+
+def ranges_to_rows(starts: list[int], lengths: list[int], device) -> torch.Tensor:
+    """Row indices of the concatenated ranges [starts[k], starts[k]+lengths[k]) as int64 [sum(lengths)]."""
+    total = sum(lengths)
+    if total == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    st = torch.tensor(starts, dtype=torch.int64)
+    ln = torch.tensor(lengths, dtype=torch.int64)
+    cu = torch.cumsum(ln, 0) - ln  # where each range begins in the concatenation
+    rows = torch.arange(total, dtype=torch.int64) + torch.repeat_interleave(st - cu, ln)
+    return rows.to(device)
+
+
+def _is_identity(starts: list[int], lengths: list[int], n: int) -> bool:
+    pos = 0
+    for s, ln in zip(starts, lengths):
+        if ln == 0:
+            continue
+        if s != pos:
+            return False
+        pos += ln
+    return pos == n
+
+
+def _signature(sizes: list[int]) -> int:
+    """Order-sensitive checksum of the split sizes exchanged with one peer (for the sanity check)."""
+    h = 0
+    for s in sizes:
+        h = (h * 1_000_003 + s + 1) % _HASH_MOD
+    return h
+
+
+def _resolve_device(device) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+@dataclass(frozen=True, eq=False)
+class ReduceMap:
+    """How received rows fold into output rows (shared by the a2a-v and hierarchical reduce).
+
+    Attributes:
+        touched: [T] int64, output rows that receive at least one contribution (ascending).
+        layers: C pairs (pos [n_c], rows [n_c]); layer c holds the c-th contribution of each row, so
+            ``pos`` has no repeats inside a layer (deterministic, race-free accumulation).
+        count: [T] float32, the number of original contributors of each touched row (for "avg").
+        contrib: [T, C] int64, row c of each touched row's contributors in layer order, -1 padded
+            (the form the Triton range-reduce kernel reads).
+    """
+
+    touched: torch.Tensor
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    count: torch.Tensor
+    contrib: torch.Tensor
+
+    @staticmethod
+    def from_pieces(pieces: list[tuple[int, int, int, int]], counts_per_out: dict[int, int] | None,
+                    out_split_starts: list[int], device) -> ReduceMap:
+        """Build from pieces (out_split k, out_start, recv_start, length) listed in contribution order.
+
+        ``counts_per_out`` maps split k to its number of original contributors (defaults to the
+        number of pieces for k).
+        """
+        by_split: dict[int, list[tuple[int, int]]] = {}
+        for k, out_start, recv_start, ln in pieces:
+            by_split.setdefault(k, []).append((out_start, recv_start, ln))
+        ks = sorted(by_split)
+        t_starts, t_lens, cnt = [], [], []
+        layer_pos: list[tuple[list[int], list[int]]] = []
+        layer_src: list[tuple[list[int], list[int]]] = []
+        pos_off = 0
+        for k in ks:
+            entries = by_split[k]
+            ln = entries[0][2]
+            t_starts.append(entries[0][0])
+            t_lens.append(ln)
+            n = counts_per_out[k] if counts_per_out is not None else len(entries)
+            cnt.append(float(n))  # one per split, expanded per row below
+            for c, (_, recv_start, _) in enumerate(entries):
+                while len(layer_pos) <= c:
+                    layer_pos.append(([], []))
+                    layer_src.append(([], []))
+                layer_pos[c][0].append(pos_off)
+                layer_pos[c][1].append(ln)
+                layer_src[c][0].append(recv_start)
+                layer_src[c][1].append(ln)
+            pos_off += ln
+        touched = ranges_to_rows(t_starts, t_lens, "cpu")
+        count = torch.repeat_interleave(torch.tensor(cnt, dtype=torch.float32),
+                                        torch.tensor(t_lens, dtype=torch.int64)) if ks else \
+            torch.empty(0, dtype=torch.float32)
+        n_t = int(touched.numel())
+        contrib = torch.full((n_t, max(len(layer_pos), 1)), -1, dtype=torch.int64)
+        layers = []
+        for c in range(len(layer_pos)):
+            pos = ranges_to_rows(*layer_pos[c], "cpu")
+            rows = ranges_to_rows(*layer_src[c], "cpu")
+            contrib[pos, c] = rows
+            layers.append((pos.to(device), rows.to(device)))
+        return ReduceMap(touched.to(device), tuple(layers), count.to(device), contrib.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class GroupCastPlan:
+    """One rank's precomputed group_cast: split i of the input goes to every rank in dst_indices[i];
+    output split j is the next unconsumed split that rank src_index[j] sends here (stable order).
+
+    Build with :meth:`build`, run with :meth:`cast`; :meth:`transpose` gives the matching reduce.
+
+    Attributes ([GENERATED] ones come from the lists):
+        send_counts / recv_counts: [W] rows sent to / received from each rank. [GENERATED]
+        send_rows: [sum(send_counts)] int64 input rows in send order, or None for the identity. [GENERATED]
+        recv_rows: [S_out] int64, output row j takes receive-buffer row recv_rows[j], or None. [GENERATED]
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+    input_split_sizes: tuple[int, ...]
+    output_split_sizes: tuple[int, ...]
+    dst_indices: tuple[tuple[int, ...], ...]
+    src_index: tuple[int, ...]
+    send_counts: tuple[int, ...]
+    recv_counts: tuple[int, ...]
+    send_rows: torch.Tensor | None
+    recv_rows: torch.Tensor | None
+    send_sigs: tuple[int, ...] = field(repr=False, default=())
+    recv_sigs: tuple[int, ...] = field(repr=False, default=())
+
+    @property
+    def input_len(self) -> int:
+        return sum(self.input_split_sizes)
+
+    @property
+    def output_len(self) -> int:
+        return sum(self.output_split_sizes)
+
+    @staticmethod
+    def build(input_split_sizes, output_split_sizes, dst_indices, src_index, *, rank: int,
+              world_size: int, device=None) -> GroupCastPlan:
+        """Build the plan of rank ``rank`` (pure, no communication; loops over splits happen here only)."""
+        fn = "GroupCastPlan.build"
+        if not isinstance(world_size, int) or world_size < 1:
+            from magi_grpcoll.errors import GrpCollError
+
+            raise GrpCollError(f"{fn}(): world_size must be a positive int; got {world_size!r}.")
+        rank = check_rank(fn, "rank", rank, world_size)
+        ins = check_split_sizes(fn, "input_split_sizes", input_split_sizes, None)
+        outs = check_split_sizes(fn, "output_split_sizes", output_split_sizes, None)
+        dsts = check_rank_sets(fn, "dst_indices", dst_indices, len(ins), world_size)
+        srcs = check_rank_list(fn, "src_index", src_index, len(outs), world_size)
+        device = _resolve_device(device)
+        in_off = _cumsum0(ins)
+        out_off = _cumsum0(outs)
+
+        # send side: grouped by destination rank, each group in split order
+        send_starts, send_lens = [], []
+        send_counts, send_sigs = [], []
+        for r in range(world_size):
+            sz = [ins[i] for i in range(len(ins)) if r in dsts[i]]
+            send_starts += [in_off[i] for i in range(len(ins)) if r in dsts[i]]
+            send_lens += sz
+            send_counts.append(sum(sz))
+            send_sigs.append(_signature(sz))
+        send_rows = None if _is_identity(send_starts, send_lens, in_off[-1]) else \
+            ranges_to_rows(send_starts, send_lens, device)
+
+        # receive side: the buffer is grouped by source rank, each group in that source's split order,
+        # which (stable order) is the order of the output splits naming that source
+        recv_counts, recv_sigs = [], []
+        for r in range(world_size):
+            sz = [outs[j] for j in range(len(outs)) if srcs[j] == r]
+            recv_counts.append(sum(sz))
+            recv_sigs.append(_signature(sz))
+        recv_base = _cumsum0(recv_counts)
+        cursor = list(recv_base[:-1])
+        recv_starts = []
+        for j in range(len(outs)):
+            recv_starts.append(cursor[srcs[j]])
+            cursor[srcs[j]] += outs[j]
+        recv_rows = None if _is_identity(recv_starts, list(outs), out_off[-1]) else \
+            ranges_to_rows(recv_starts, list(outs), device)
+        return GroupCastPlan(rank, world_size, device, tuple(ins), tuple(outs), dsts, srcs,
+                             tuple(send_counts), tuple(recv_counts), send_rows, recv_rows,
+                             tuple(send_sigs), tuple(recv_sigs))
+
+    def transpose(self) -> GroupReducePlan:
+        """The reduce that sends every output split back to where it came from (backward of this cast)."""
+        return GroupReducePlan.build(self.output_split_sizes, self.input_split_sizes, self.src_index,
+                                     self.dst_indices, rank=self.rank, world_size=self.world_size,
+                                     device=self.device)
+
+    def cast(self, input, output, group=None, *, async_op: bool = False, input_lse=None, output_lse=None,
+             impl=None, **kwargs):
+        """Run this plan; returns a :class:`~magi_grpcoll.work.GrpCollWork` (see ``group_cast``)."""
+        from magi_grpcoll.api import _run_cast
+
+        return _run_cast(self, input, output, group, async_op=async_op, input_lse=input_lse,
+                         output_lse=output_lse, impl=impl, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"GroupCastPlan(rank={self.rank}/{self.world_size}, in={self.input_len} rows/"
+                f"{len(self.input_split_sizes)} splits, out={self.output_len} rows/"
+                f"{len(self.output_split_sizes)} splits, send={list(self.send_counts)}, "
+                f"recv={list(self.recv_counts)}, pre_pass={self.send_rows is not None}, "
+                f"post_pass={self.recv_rows is not None}, device={self.device})")
+
+
+@dataclass(frozen=True, eq=False)
+class GroupReducePlan:
+    """One rank's precomputed group_reduce, the transpose of a cast: input split i goes to the single
+    rank dst_index[i]; output split k folds in, per rank r in src_indices[k], the next unconsumed split
+    that r sends here.
+
+    Attributes:
+        send_counts / recv_counts / send_rows: as in :class:`GroupCastPlan`. [GENERATED]
+        rmap: :class:`ReduceMap` from receive-buffer rows to output rows. [GENERATED]
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+    input_split_sizes: tuple[int, ...]
+    output_split_sizes: tuple[int, ...]
+    dst_index: tuple[int, ...]
+    src_indices: tuple[tuple[int, ...], ...]
+    send_counts: tuple[int, ...]
+    recv_counts: tuple[int, ...]
+    send_rows: torch.Tensor | None
+    rmap: ReduceMap
+    send_sigs: tuple[int, ...] = field(repr=False, default=())
+    recv_sigs: tuple[int, ...] = field(repr=False, default=())
+
+    @property
+    def input_len(self) -> int:
+        return sum(self.input_split_sizes)
+
+    @property
+    def output_len(self) -> int:
+        return sum(self.output_split_sizes)
+
+    @staticmethod
+    def build(input_split_sizes, output_split_sizes, dst_index, src_indices, *, rank: int,
+              world_size: int, device=None) -> GroupReducePlan:
+        """Build the plan of rank ``rank`` (pure, no communication)."""
+        fn = "GroupReducePlan.build"
+        if not isinstance(world_size, int) or world_size < 1:
+            from magi_grpcoll.errors import GrpCollError
+
+            raise GrpCollError(f"{fn}(): world_size must be a positive int; got {world_size!r}.")
+        rank = check_rank(fn, "rank", rank, world_size)
+        ins = check_split_sizes(fn, "input_split_sizes", input_split_sizes, None)
+        outs = check_split_sizes(fn, "output_split_sizes", output_split_sizes, None)
+        dst = check_rank_list(fn, "dst_index", dst_index, len(ins), world_size)
+        srcs = check_rank_sets(fn, "src_indices", src_indices, len(outs), world_size)
+        device = _resolve_device(device)
+        in_off = _cumsum0(ins)
+        out_off = _cumsum0(outs)
+
+        send_starts, send_lens, send_counts, send_sigs = [], [], [], []
+        for r in range(world_size):
+            idx = [i for i in range(len(ins)) if dst[i] == r]
+            send_starts += [in_off[i] for i in idx]
+            send_lens += [ins[i] for i in idx]
+            send_counts.append(sum(ins[i] for i in idx))
+            send_sigs.append(_signature([ins[i] for i in idx]))
+        send_rows = None if _is_identity(send_starts, send_lens, in_off[-1]) else \
+            ranges_to_rows(send_starts, send_lens, device)
+
+        recv_counts, recv_sigs = [], []
+        for r in range(world_size):
+            sz = [outs[k] for k in range(len(outs)) if r in srcs[k]]
+            recv_counts.append(sum(sz))
+            recv_sigs.append(_signature(sz))
+        recv_base = _cumsum0(recv_counts)
+        cursor = list(recv_base[:-1])
+        recv_start_of: dict[tuple[int, int], int] = {}
+        for k in range(len(outs)):
+            for r in srcs[k]:
+                recv_start_of[(k, r)] = cursor[r]
+                cursor[r] += outs[k]
+        pieces = [(k, out_off[k], recv_start_of[(k, r)], outs[k])
+                  for k in range(len(outs)) if outs[k] > 0 for r in srcs[k]]
+        rmap = ReduceMap.from_pieces(pieces, None, out_off, device)
+        return GroupReducePlan(rank, world_size, device, tuple(ins), tuple(outs), dst, srcs,
+                               tuple(send_counts), tuple(recv_counts), send_rows, rmap,
+                               tuple(send_sigs), tuple(recv_sigs))
+
+    def transpose(self) -> GroupCastPlan:
+        """The cast whose transpose this reduce is."""
+        return GroupCastPlan.build(self.output_split_sizes, self.input_split_sizes, self.src_indices,
+                                   self.dst_index, rank=self.rank, world_size=self.world_size,
+                                   device=self.device)
+
+    def reduce(self, input, output, group=None, *, async_op: bool = False, reduce_op: str = "sum",
+               acc_reduce: bool = True, comm_dtype=None, input_lse=None, output_lse=None, impl=None,
+               **kwargs):
+        """Run this plan; returns a :class:`~magi_grpcoll.work.GrpCollWork` (see ``group_reduce``)."""
+        from magi_grpcoll.api import _run_reduce
+
+        return _run_reduce(self, input, output, group, async_op=async_op, reduce_op=reduce_op,
+                           acc_reduce=acc_reduce, comm_dtype=comm_dtype, input_lse=input_lse,
+                           output_lse=output_lse, impl=impl, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"GroupReducePlan(rank={self.rank}/{self.world_size}, in={self.input_len} rows/"
+                f"{len(self.input_split_sizes)} splits, out={self.output_len} rows/"
+                f"{len(self.output_split_sizes)} splits, send={list(self.send_counts)}, "
+                f"recv={list(self.recv_counts)}, touched={int(self.rmap.touched.numel())}, "
+                f"layers={len(self.rmap.layers)}, device={self.device})")
