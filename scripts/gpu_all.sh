@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Everything the project runs on a lent GPU machine, in one call:
-#   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist (default: all)
+#   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist bench-qo (default: all)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
-STEPS=${*:-"setup tests bench-ffa bench-grpcoll bench-dist"}
+STEPS=${*:-"setup tests bench-ffa bench-grpcoll bench-dist bench-qo"}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}
 PY=${PYTHON:-python3}
 status=0
@@ -28,6 +28,7 @@ if has setup; then
     $PY -m pip install -q --no-build-isolation --no-deps -e "packages/$pkg" || { echo "install of $pkg failed"; status=1; }
   done
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/card.txt"
+  echo "commit ${GIT_COMMIT:-unknown} date $(date -u +%F)" | tee -a "$OUT/card.txt"
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())" | tee -a "$OUT/card.txt"
 else
   [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -48,5 +49,9 @@ fi
 if has bench-dist && [ "$NGPU" -ge 2 ]; then
   run bench-dist $PY -m torch.distributed.run --standalone --nproc-per-node "$NGPU" \
     packages/magi-attn/benchmarks/bench_dist.py ${BENCH_DIST_ARGS:-} --out "$OUT/bench_dist"
+fi
+if has bench-qo && [ "$NGPU" -ge 2 ]; then
+  run bench-qo $PY -m torch.distributed.run --standalone --nproc-per-node 2 \
+    packages/magi-attn/benchmarks/bench_qo_comm.py ${BENCH_QO_ARGS:-} --out "$OUT/bench_qo"
 fi
 exit $status
