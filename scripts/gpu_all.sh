@@ -24,15 +24,17 @@ if has setup; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  for pkg in solver ffa-kernels grpcoll magi-attn extensions; do
-    $PY -m pip install -q --no-build-isolation --no-deps -e "packages/$pkg" || { echo "install of $pkg failed"; status=1; }
-  done
+  # The C++ solver is built here (scikit-build-core and pybind11 are on the machine); the pure-Python
+  # packages are used from their source folders (their build backend, hatchling, is not on the machine).
+  $PY -m pip install -q --no-build-isolation --no-deps "packages/solver" || { echo "build of magi-solver failed"; status=1; }
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/card.txt"
   echo "commit ${GIT_COMMIT:-unknown} date $(date -u +%F)" | tee -a "$OUT/card.txt"
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())" | tee -a "$OUT/card.txt"
 else
   [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+SRC_PATHS=$PWD/packages/ffa-kernels/src:$PWD/packages/grpcoll/src:$PWD/packages/magi-attn/src:$PWD/packages/extensions/src
+export PYTHONPATH=$SRC_PATHS${PYTHONPATH:+:$PYTHONPATH}
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
 
 if has tests; then
