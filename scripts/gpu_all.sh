@@ -33,7 +33,8 @@ if has setup; then
 else
   [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-SRC_PATHS=$PWD/packages/ffa-kernels/src:$PWD/packages/grpcoll/src:$PWD/packages/magi-attn/src:$PWD/packages/extensions/src
+# FFA_SRC lets a run use another copy of the kernels (e.g. a committed snapshot while the tree is being edited).
+SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:$PWD/packages/grpcoll/src:$PWD/packages/magi-attn/src:$PWD/packages/extensions/src
 export PYTHONPATH=$SRC_PATHS${PYTHONPATH:+:$PYTHONPATH}
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
 

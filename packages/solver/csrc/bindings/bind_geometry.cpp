@@ -357,8 +357,10 @@ void bind_geometry(py::module_& m) {
   py::class_<AttnRectangle>(m, "AttnRectangle",
                             "Cells q in q_range, k in k_range with d_lo <= k - q <= d_hi, bounds "
                             "kept tightest. Every slice and every cut of one is such a set.")
+      // The default is the string form: pybind11 reprs defaults while the module initialises, and
+      // the repr of the enum member crashed there under torch 2.11 (Python 3.12).
       .def(py::init<AttnRange, AttnRange, MaskType>(), "q_range"_a, "k_range"_a,
-           "mask_type"_a = MaskType::kFull)
+           "mask_type"_a = "full")
       .def_static("from_band", &AttnRectangle::from_band, "q_range"_a, "k_range"_a, "d_lo"_a, "d_hi"_a)
       .def_property_readonly("q_range", [](const AttnRectangle& r) { return r.q; })
       .def_property_readonly("k_range", [](const AttnRectangle& r) { return r.k; })
