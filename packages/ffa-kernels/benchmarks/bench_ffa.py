@@ -186,8 +186,11 @@ SWEEP = {  # first entry of each list = the table default (configs.py); measured
 }
 
 
-def _direct(total, hq, hk, mask, dtype=torch.bfloat16):
-    """Backend-level callables (no checks, no autograd): the kernels plus the cached plan."""
+def _direct(total, hq, hk, mask, dtype=torch.bfloat16, fresh=False):
+    """Backend-level callables (no checks, no autograd): the kernels plus the cached plan.
+
+    fresh: the single-call path (empty buffers in the input dtype written whole, as the API's
+    custom ops use them) instead of merging into fp32 accumulators."""
     from magi_ffa.backends.base import FFAInputs
     from magi_ffa.backends.triton import TritonBackend
 
@@ -205,6 +208,11 @@ def _direct(total, hq, hk, mask, dtype=torch.bfloat16):
     o2, l2 = torch.zeros_like(out), torch.full_like(lse, float("-inf"))
     fwd = lambda: be.forward(inp, o2, l2, None)  # noqa: E731
     bwd = lambda: be.backward(inp, dout, out, lse, delta, dq, dk, dv)  # noqa: E731
+    if fresh:
+        o3 = torch.empty_like(q)
+        g3 = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        fwd = lambda: be.forward(inp, o3, l2, None, fresh=True)  # noqa: E731
+        bwd = lambda: be.backward(inp, dout, out, lse, delta, *g3, fresh=True)  # noqa: E731
     return fwd, bwd, 4 * mask_area(qr, kr, tm) * D * hq
 
 
@@ -306,9 +314,13 @@ def _probe_one(mask: str, total: int) -> None:
     t_dir = triton.testing.do_bench(fwd, return_mode="median")
     t_dirb = triton.testing.do_bench(bwd, return_mode="median")
     t_apib = triton.testing.do_bench(f_api, return_mode="median")
+    fwd_f, bwd_f, _ = _direct(total, 16, 16, mask, fresh=True)
+    t_dirf = triton.testing.do_bench(fwd_f, return_mode="median")
+    t_dirbf = triton.testing.do_bench(bwd_f, return_mode="median")
     print(f"probe {total} {mask:14s} N={len(qr)}: checks(_prepare) {prep:.3f} ms; func fwd wall {t_api:.3f} ms "
           f"(do_bench {t_apib:.3f}); ffa_forward wall {t_acc:.3f} ms; backend fwd {t_dir:.3f} ms "
-          f"({fl / t_dir / 1e9:.0f} TF/s), backend bwd {t_dirb:.3f} ms ({2.5 * fl / t_dirb / 1e9:.0f} TF/s)", flush=True)
+          f"({fl / t_dir / 1e9:.0f} TF/s), backend bwd {t_dirb:.3f} ms ({2.5 * fl / t_dirb / 1e9:.0f} TF/s); "
+          f"fresh backend fwd {t_dirf:.3f} ms, bwd {t_dirbf:.3f} ms", flush=True)
     if mask == "varlen_causal":
         pr = cProfile.Profile()
         pr.enable()

@@ -174,3 +174,25 @@ def test_accumulation_interface_checks():
         )
     with pytest.raises(FFAInputError, match=r"ffa_backward\(\): dout must be a tensor of shape \[16, 4, 8\]"):
         ffa_backward(k, q, k, v, out, lse, QR, KR, TM, softmax_scale=0.3, backend="torch")
+
+
+def test_range_checks_follow_the_cached_host_copy():
+    """Value checks read the shared host copy: still right after an in-place change of a range
+    tensor that passed before, and against each call's own sequence lengths."""
+    q, k, v = _qkv()
+    qr = torch.tensor(QR, dtype=torch.int32)
+    kr = torch.tensor(KR, dtype=torch.int32)
+    tm = torch.tensor(TM, dtype=torch.int32)
+    flex_flash_attn_func(q, k, v, qr, kr, tm, backend="torch")
+    with pytest.raises(FFAInputError, match=r"q_ranges\[1\]=\(8, 16\) is out of bounds; .*\[0, 12\]"):
+        flex_flash_attn_func(q[:12], k, v, qr, kr, tm, backend="torch")
+    kr[0, 0] = 9  # in place: (9, 8) is now inverted
+    with pytest.raises(FFAInputError, match=r"k_ranges\[0\]=\(9, 8\) is inverted"):
+        flex_flash_attn_func(q, k, v, qr, kr, tm, backend="torch")
+    kr[0, 0] = 0
+    tm[1] = 7
+    with pytest.raises(FFAInputError, match=r"attn_type_map\[1\]=7 is not a mask type code"):
+        flex_flash_attn_func(q, k, v, qr, kr, tm, backend="torch")
+    tm[1] = 0
+    out, _ = flex_flash_attn_func(q, k, v, qr, kr, tm, backend="torch")
+    assert out.shape == q.shape

@@ -27,9 +27,11 @@ INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if INTERP:
     os.environ.setdefault("MAGI_FFA_TRITON_BLOCKS", "32,16")
 
+from magi_ffa import ffa_backward, ffa_forward, flex_flash_attn_func, range_cache  # noqa: E402
 from magi_ffa.backends.base import FFAInputs  # noqa: E402
-from magi_ffa.backends.triton import TritonBackend, triton_importable  # noqa: E402
-from magi_ffa.backends.triton.plan import build_work_list  # noqa: E402
+from magi_ffa.backends.triton import TritonBackend, plan, triton_importable  # noqa: E402
+from magi_ffa.backends.triton.plan import build_work_list, cached_work_list  # noqa: E402
+from magi_ffa.testing import make_dense_mask, random_slices, ref_attn_dense  # noqa: E402
 
 pytestmark = [
     pytest.mark.interp,
@@ -44,6 +46,7 @@ kernel_test = pytest.mark.skipif(
 def test_interpreter_suite():
     """Run the kernel tests of this file in a fresh process with TRITON_INTERPRET=1."""
     env = dict(os.environ, TRITON_INTERPRET="1", MAGI_FFA_TRITON_BLOCKS="32,16")
+    env.pop("MAGI_FFA_TRITON_FUSED_BWD", None)
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-m", "interp"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     report = (res.stdout + res.stderr)[-6000:]
@@ -52,58 +55,41 @@ def test_interpreter_suite():
 
 
 # ---------------------------------------------------------------------------------------------
-# references (float64, dense; small shapes only)
+# inputs and checks (the float64 reference is magi_ffa.testing.ref_attn_dense)
 # ---------------------------------------------------------------------------------------------
-def dense_mask(q_ranges, k_ranges, types, sq, sk) -> torch.Tensor:
-    """bool [Sq, Sk]: the union of the slice masks (§2.4 rules)."""
-    mask = torch.zeros(sq, sk, dtype=torch.bool)
-    for (qs, qe), (ks, ke), t in zip(q_ranges.tolist(), k_ranges.tolist(), types.tolist()):
-        lq, lk = qe - qs, ke - ks
-        i = torch.arange(lq)[:, None]
-        j = torch.arange(lk)[None, :]
-        m = torch.ones(lq, lk, dtype=torch.bool)
-        if t in (1, 3):
-            m &= j <= i + lk - lq
-        if t in (2, 3):
-            m &= j >= i
-        mask[qs:qe, ks:ke] |= m
-    return mask
+def slices(seed, sq, sk, n=8):
+    """Cell-disjoint random slices (magi_ffa.testing.random_slices) as int32 tensors."""
+    qr, kr, tm = random_slices(seed, sq, sk, n)
+    t = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    return t(qr).reshape(-1, 2), t(kr).reshape(-1, 2), t(tm).reshape(-1)
 
 
-def ref_attn(q, k, v, mask, scale, softcap=0.0, dtype=torch.float64):
-    """(out [Sq,hq,d], lse [Sq,hq], logits [hq,Sq,Sk]) in `dtype`; empty rows: out 0, lse -inf."""
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    g = q.shape[1] // k.shape[1]
-    kk, vv = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = torch.einsum("qhd,khd->hqk", q, kk) * scale
-    if softcap > 0:
-        s = softcap * torch.tanh(s / softcap)
-    s = s.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(s.to(torch.float64), -1).to(dtype)
-    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
-    out = torch.einsum("hqk,khd->qhd", p.to(dtype), vv)
-    return out, lse.T.contiguous(), s
+def ref(q, k, v, qr, kr, tm, softcap=0.0, dtype=torch.float64):
+    """(out, lse, max_logits) of the dense reference in `dtype`."""
+    return ref_attn_dense(q, k, v, qr, kr, tm, softmax_scale=q.shape[-1] ** -0.5, softcap=softcap,
+                          compute_dtype=dtype)
 
 
-def random_slices(gen, sq, sk, *, extra_empty=True):
-    """Cell-disjoint random slices: a random grid of q/k segments, a random subset of cells,
-    random types, shuffled; some q rows get nothing; includes Lq > Lk cases and empty slices."""
+def grid_slices(gen, sq, sk):
+    """Cell-disjoint slices on a random grid of q/k segments (random subset of cells, random
+    types, shuffled; one q segment stays empty; plus an empty slice). Unlike random_slices'
+    rectangles of at most half the length, grid cells often span whole 32-row tiles, so the
+    kernels' unmasked stage and masked suffix run (a kernel without them must fail here)."""
     nq = int(torch.randint(2, 5, (1,), generator=gen))
     nk = int(torch.randint(2, 5, (1,), generator=gen))
     qc = sorted(set(torch.randint(1, sq, (nq - 1,), generator=gen).tolist()) | {0, sq})
     kc = sorted(set(torch.randint(1, sk, (nk - 1,), generator=gen).tolist()) | {0, sk})
     qr, kr, tm = [], [], []
-    skip = int(torch.randint(0, len(qc) - 1, (1,), generator=gen))  # one q segment stays empty
+    skip = int(torch.randint(0, len(qc) - 1, (1,), generator=gen))
     for n, (a, b) in enumerate(zip(qc[:-1], qc[1:])):
         for c, d in zip(kc[:-1], kc[1:]):
             if n != skip and float(torch.rand((), generator=gen)) < 0.7:
                 qr.append((a, b))
                 kr.append((c, d))
                 tm.append(int(torch.randint(0, 4, (1,), generator=gen)))
-    if extra_empty:
-        qr.append((0, sq // 3))
-        kr.append((sk // 2, sk // 2))
-        tm.append(0)
+    qr.append((0, sq // 3))
+    kr.append((sk // 2, sk // 2))
+    tm.append(0)
     perm = torch.randperm(len(qr), generator=gen).tolist()
     as_t = lambda xs: torch.tensor([xs[i] for i in perm], dtype=torch.int32)  # noqa: E731
     return as_t(qr).reshape(-1, 2), as_t(kr).reshape(-1, 2), as_t(tm).reshape(-1)
@@ -114,7 +100,7 @@ def make_inputs(seed, sq, sk, hq, hk, d, dtype):
     q = torch.randn(sq, hq, d, generator=gen).to(dtype)
     k = torch.randn(sk, hk, d, generator=gen).to(dtype)
     v = torch.randn(sk, hk, d, generator=gen).to(dtype)
-    qr, kr, tm = random_slices(gen, sq, sk)
+    qr, kr, tm = grid_slices(gen, sq, sk)
     return gen, q, k, v, qr, kr, tm
 
 
@@ -161,10 +147,9 @@ def check(name, x, x_lowp, ref64, fp32_atol=2e-5):
 @pytest.mark.parametrize("seed", range(6))
 def test_plan_pieces_cover_mask_exactly(seed, transpose):
     """Pieces reproduce the dense mask cell by cell; [f_lo, f_hi) blocks are fully visible."""
-    gen = torch.Generator().manual_seed(100 + seed)
     sq, sk = 37 + 9 * seed, 53 + 5 * seed
-    qr, kr, tm = random_slices(gen, sq, sk)
-    mask = dense_mask(qr, kr, tm, sq, sk)
+    qr, kr, tm = slices(100 + seed, sq, sk)
+    mask = make_dense_mask(qr, kr, tm, sq, sk)
     if transpose:
         mask = mask.T
     bo, bi = 16, 16
@@ -207,17 +192,17 @@ FWD_CASES = [
 def test_forward_matches_dense_reference(case):
     seed, sq, sk, hq, hk, d, dtype, cap = case
     _, q, k, v, qr, kr, tm = make_inputs(seed, sq, sk, hq, hk, d, dtype)
-    mask = dense_mask(qr, kr, tm, sq, sk)
+    mask = make_dense_mask(qr, kr, tm, sq, sk)
     assert (~mask.any(1)).any(), "the case should hold empty rows"
     ml = torch.full((hq,), float("-inf"))
     _, out, lse = run_forward(q, k, v, qr, kr, tm, softcap=cap, max_logits=ml)
-    o64, l64, s64 = ref_attn(q, k, v, mask, d**-0.5, cap)
+    o64, l64, ml64 = ref(q, k, v, qr, kr, tm, cap)
     lowp = dtype != torch.float32
-    o_lp, l_lp, _ = ref_attn(q, k, v, mask, d**-0.5, cap, dtype=dtype) if lowp else (None, None, None)
+    o_lp, l_lp, _ = ref(q, k, v, qr, kr, tm, cap, dtype=dtype) if lowp else (None, None, None)
     check("out", out, o_lp, o64)
     check("lse", lse, l_lp, l64)
     assert torch.equal(out[~mask.any(1)], torch.zeros_like(out[~mask.any(1)])), "empty rows were touched"
-    torch.testing.assert_close(ml.double(), s64.amax((1, 2)), atol=1e-5 if not lowp else 1e-3, rtol=0)
+    torch.testing.assert_close(ml.double(), ml64, atol=1e-5 if not lowp else 1e-3, rtol=0)
 
 
 @kernel_test
@@ -231,9 +216,9 @@ def test_forward_causal_lq_gt_lk_and_bicausal_empty():
     kr = torch.tensor([[0, 20], [20, 60]], dtype=torch.int32)
     tm = torch.tensor([1, 3], dtype=torch.int32)
     _, out, lse = run_forward(q, k, v, qr, kr, tm)
-    mask = dense_mask(qr, kr, tm, 100, 60)
+    mask = make_dense_mask(qr, kr, tm, 100, 60)
     assert not mask[:30].any() and mask[30:50].any() and not mask[50:].any()
-    o64, l64, _ = ref_attn(q, k, v, mask, 32**-0.5)
+    o64, l64, _ = ref(q, k, v, qr, kr, tm)
     check("out", out, None, o64)
     check("lse", lse, None, l64)
 
@@ -249,8 +234,7 @@ def test_forward_merges_into_existing_buffers():
     out, lse = fresh_buffers(sq, hq, d)
     TritonBackend().forward(inp_a, out, lse, None)
     TritonBackend().forward(inp_b, out, lse, None)
-    mask = dense_mask(qr, kr, tm, sq, 80)
-    o64, l64, _ = ref_attn(q, k, v, mask, d**-0.5)
+    o64, l64, _ = ref(q, k, v, qr, kr, tm)
     check("out", out, None, o64)
     check("lse", lse, None, l64)
 
@@ -260,8 +244,8 @@ def test_forward_merges_into_existing_buffers():
     lse0 = torch.randn(sq, hq, generator=gen)
     out, lse = out0.clone(), lse0.clone()
     TritonBackend().forward(inp_a, out, lse, None)
-    ma = dense_mask(qr[:half], kr[:half], tm[:half], sq, 80)
-    oa, la, _ = ref_attn(q, k, v, ma, d**-0.5)
+    ma = make_dense_mask(qr[:half], kr[:half], tm[:half], sq, 80)
+    oa, la, _ = ref(q, k, v, qr[:half], kr[:half], tm[:half])
     lse_m = torch.logaddexp(lse0.double(), la)
     exp_out = out0.double() * torch.exp(lse0.double() - lse_m)[..., None] + oa * torch.exp(la - lse_m)[..., None]
     check("merged out", out, None, exp_out)
@@ -276,8 +260,8 @@ def test_max_logits_is_maxed_into_given_buffer():
     _, q, k, v, qr, kr, tm = make_inputs(13, 64, 64, 4, 2, 16, torch.float32)
     ml = torch.tensor([100.0, float("-inf"), -100.0, 0.0])
     run_forward(q, k, v, qr, kr, tm, softcap=2.0, max_logits=ml)
-    _, _, s64 = ref_attn(q, k, v, dense_mask(qr, kr, tm, 64, 64), 16**-0.5, 2.0)
-    expect = torch.maximum(torch.tensor([100.0, float("-inf"), -100.0, 0.0]).double(), s64.amax((1, 2)))
+    _, _, ml64 = ref(q, k, v, qr, kr, tm, 2.0)
+    expect = torch.maximum(torch.tensor([100.0, float("-inf"), -100.0, 0.0]).double(), ml64)
     torch.testing.assert_close(ml.double(), expect, atol=1e-5, rtol=0)
     assert ml[0] == 100.0 and ml[2] > -100.0 and ml[2] <= 2.0
 
@@ -300,14 +284,13 @@ BWD_CASES = [
 def test_backward_matches_dense_reference(case):
     seed, sq, sk, hq, hk, d, dtype, cap = case
     gen, q, k, v, qr, kr, tm = make_inputs(seed, sq, sk, hq, hk, d, dtype)
-    mask = dense_mask(qr, kr, tm, sq, sk)
     dout = torch.randn(sq, hq, d, generator=gen).to(dtype)
     inp, out, lse = run_forward(q, k, v, qr, kr, tm, softcap=cap)
     dq, dk, dv = run_backward(inp, dout, out, lse)
 
     def grads(prec):
         leaves = [x.detach().to(prec).requires_grad_() for x in (q, k, v)]
-        o, _, _ = ref_attn(*leaves, mask, d**-0.5, cap, dtype=prec)
+        o, _, _ = ref(*leaves, qr, kr, tm, cap, dtype=prec)
         o.backward(dout.to(prec))
         return [x.grad for x in leaves]
 
@@ -333,7 +316,7 @@ def test_backward_adds_into_existing_gradients():
 
 @kernel_test
 def test_deterministic_bitwise():
-    gen, q, k, v, qr, kr, tm = make_inputs(40, 100, 100, 4, 2, 32, torch.float16)
+    gen, q, k, v, qr, kr, tm = make_inputs(40, 72, 64, 2, 1, 32, torch.float16)
     dout = torch.randn(q.shape, generator=gen).half()
     results = []
     for _ in range(2):
@@ -369,3 +352,251 @@ def test_not_supported_reasons():
     finally:
         os.environ["TRITON_INTERPRET"] = "1"
     assert any("device=cpu" in s for s in reasons) and any("dtype=float32" in s for s in reasons)
+
+
+# ---------------------------------------------------------------------------------------------
+# work-list cache and the shared host copy of the ranges (plain torch: runs in this process)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Count device->host reads of ranges (range_cache._read_to_host), from a clean cache."""
+    plan.clear_cache()
+    calls = []
+    real = range_cache._read_to_host
+
+    def counting(flat):
+        calls.append(flat.shape[0])
+        return real(flat)
+
+    monkeypatch.setattr(range_cache, "_read_to_host", counting)
+    yield calls
+    plan.clear_cache()
+
+
+def _wl(qr, kr, tm, sq=96):
+    return cached_work_list(qr, kr, tm, outer_len=sq, block_outer=32, block_inner=16)
+
+
+def _same_list(a, b) -> bool:
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("tile_ptr", "pieces", "tile_order"))
+
+
+def test_worklist_cache_hit_and_invalidation(host_reads):
+    """Same tensors: the stored list, no read. In-place change: re-read and a new, correct list."""
+    qr, kr, tm = slices(1, 96, 80)
+    a = _wl(qr, kr, tm)
+    assert len(host_reads) == 1
+    assert _same_list(a, build_work_list(qr, kr, tm, outer_len=96, block_outer=32, block_inner=16))
+    assert _wl(qr, kr, tm) is a and len(host_reads) == 1
+    # another tile config of the same tensors reuses the host copy
+    cached_work_list(qr, kr, tm, outer_len=80, block_outer=16, block_inner=32, transpose=True)
+    assert len(host_reads) == 1
+    tm[0] = (int(tm[0]) + 1) % 4  # in place: bumps the version counter
+    b = _wl(qr, kr, tm)
+    assert len(host_reads) == 2 and b is not a
+    assert _same_list(b, build_work_list(qr, kr, tm, outer_len=96, block_outer=32, block_inner=16))
+
+
+def test_worklist_cache_content_hit_across_tensors(host_reads):
+    qr, kr, tm = slices(2, 96, 80)
+    a = _wl(qr, kr, tm)
+    b = _wl(qr.clone(), kr.clone(), tm.clone())  # equal values, new objects: one read, same list
+    assert b is a and len(host_reads) == 2
+
+
+def test_worklist_cache_lru_bound(host_reads, monkeypatch):
+    monkeypatch.setattr(plan, "_MAX_ENTRIES", 3)
+    monkeypatch.setattr(range_cache, "_MAX_ENTRIES", 3)
+    triples = [slices(10 + i, 96, 80) for i in range(5)]
+    first = _wl(*triples[0])
+    for t in triples[1:]:
+        _wl(*t)
+    assert len(plan._by_content) == 3 and len(range_cache._by_identity) == 3
+    assert len(host_reads) == 5
+    again = _wl(*triples[0])  # evicted from both levels: read and built again
+    assert len(host_reads) == 6 and again is not first and _same_list(again, first)
+    _wl(*triples[4])  # still cached
+    assert len(host_reads) == 6
+
+
+def test_worklist_identity_cache_off(host_reads, monkeypatch):
+    monkeypatch.setenv("MAGI_FFA_WORKLIST_IDENTITY_CACHE", "0")
+    qr, kr, tm = slices(3, 96, 80)
+    a = _wl(qr, kr, tm)
+    assert _wl(qr, kr, tm) is a  # the content level still hits
+    assert len(host_reads) == 2 and len(range_cache._by_identity) == 0
+
+
+def test_inference_tensors_are_read_every_call(host_reads):
+    with torch.inference_mode():
+        qr, kr, tm = slices(4, 96, 80)
+        a = _wl(qr, kr, tm)
+        assert _wl(qr, kr, tm) is a
+    assert len(host_reads) == 2
+
+
+def test_validated_ranges_need_no_device_read(host_reads, monkeypatch):
+    """After a first call, checks and planning read nothing: no tolist/cpu/item/numpy at all."""
+    from magi_ffa import api
+
+    q, k = torch.randn(96, 2, 16), torch.randn(80, 2, 16)
+    qr, kr, tm = slices(5, 96, 80)
+    api._prepare("f", q, k, k, qr, kr, tm, None, 0.0)
+    _wl(qr, kr, tm)
+    assert len(host_reads) == 1
+
+    def banned(*a, **kw):
+        raise AssertionError("device read on a repeated call")
+
+    for name in ("tolist", "cpu", "item", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, banned)
+    api._prepare("f", q, k, k, qr, kr, tm, None, 0.0)
+    _wl(qr, kr, tm)
+    monkeypatch.undo()
+    assert len(host_reads) == 1
+
+
+def test_list_ranges_need_no_device_read(host_reads):
+    """Nested lists are copied from the host once: neither checks nor the plan read them back."""
+    from magi_ffa import api
+
+    q, k = torch.randn(96, 2, 16), torch.randn(80, 2, 16)
+    qr, kr, tm = random_slices(6, 96, 80, 6)
+    for _ in range(2):
+        _, _, _, qt, kt, tt, _, _ = api._prepare("f", q, k, k, qr, kr, tm, None, 0.0)
+        _wl(qt, kt, tt)
+    assert host_reads == []
+
+
+# ---------------------------------------------------------------------------------------------
+# fresh mode (the single-call path): equals the accumulate path, writes every element
+# ---------------------------------------------------------------------------------------------
+def _nan_like(shape, dtype):
+    return torch.full(shape, float("nan"), dtype=dtype)
+
+
+def _fresh_fwd(inp, dtype, max_logits=None):
+    sq, hq, d = inp.q.shape
+    out, lse = _nan_like((sq, hq, d), dtype), _nan_like((sq, hq), torch.float32)
+    TritonBackend().forward(inp, out, lse, max_logits, fresh=True)
+    return out, lse
+
+
+def _fresh_bwd(inp, dout, out, lse, dtype):
+    q, k = inp.q, inp.k
+    grads = [_nan_like(q.shape, dtype), _nan_like(k.shape, dtype), _nan_like(k.shape, dtype)]
+    delta = (out.float() * dout.float()).sum(-1)
+    TritonBackend().backward(inp, dout, out, lse, delta, *grads, fresh=True)
+    return grads
+
+
+FRESH_CASES = [
+    # seed, sq, sk, hq, hk, d, dtype, softcap; the last q tiles and k tiles get no slice at all
+    (50, 88, 80, 4, 2, 16, torch.float16, 0.0),
+    (51, 90, 70, 2, 1, 32, torch.float32, 3.0),
+]
+
+
+@kernel_test
+@pytest.mark.parametrize("case", FRESH_CASES, ids=lambda c: f"s{c[0]}-{str(c[6])[6:]}")
+def test_fresh_equals_accumulate_bitwise(case):
+    """Fresh (NaN-filled buffers, input dtype) == accumulate (zeros, fp32, then .to()) bit for bit;
+    rows with no key come out 0 / -inf, and whole tiles no slice reaches are written too."""
+    seed, sq, sk, hq, hk, d, dtype, cap = case
+    gen, q, k, v, _, _, _ = make_inputs(seed, sq, sk, hq, hk, d, dtype)
+    qr, kr, tm = slices(seed, sq - 40, sk - 40)  # the last 40 rows and columns stay empty
+    mask = make_dense_mask(qr, kr, tm, sq, sk)
+    inp = FFAInputs(q, k, v, qr, kr, tm, d**-0.5, cap)
+    ml_a, ml_f = torch.full((hq,), float("-inf")), torch.full((hq,), float("-inf"))
+    out_a, lse_a = fresh_buffers(sq, hq, d)
+    TritonBackend().forward(inp, out_a, lse_a, ml_a)
+    out_f, lse_f = _fresh_fwd(inp, dtype, ml_f)
+    assert torch.equal(out_f, out_a.to(dtype)) and torch.equal(lse_f, lse_a) and torch.equal(ml_f, ml_a)
+    empty = ~mask.any(1)
+    assert empty[-32:].all() and not empty.all()
+    assert (out_f[empty] == 0).all() and (lse_f[empty] == float("-inf")).all()
+    o64, l64, _ = ref(q, k, v, qr, kr, tm, cap)
+    o_lp, l_lp, _ = ref(q, k, v, qr, kr, tm, cap, dtype=dtype) if dtype != torch.float32 else (None, None, None)
+    check("fresh out", out_f, o_lp, o64)
+    check("fresh lse", lse_f, l_lp, l64)
+
+    dout = torch.randn(q.shape, generator=gen).to(dtype)
+    acc = run_backward(inp, dout, out_a, lse_a)
+    fresh = _fresh_bwd(inp, dout, out_a, lse_a, dtype)
+    no_col = ~mask.any(0)
+    assert no_col[-32:].all()
+    for name, a, f in zip(("dq", "dk", "dv"), acc, fresh):
+        assert f.dtype == dtype and torch.equal(f, a.to(dtype)), name
+    assert (fresh[0][empty] == 0).all() and (fresh[1][no_col] == 0).all() and (fresh[2][no_col] == 0).all()
+
+
+@kernel_test
+def test_fresh_without_slices_writes_empty_result():
+    q = torch.randn(40, 2, 16)
+    r = torch.zeros(0, 2, dtype=torch.int32)
+    inp = FFAInputs(q, q, q, r, r, torch.zeros(0, dtype=torch.int32), 0.25)
+    out, lse = _fresh_fwd(inp, torch.float32)
+    assert (out == 0).all() and (lse == float("-inf")).all()
+    grads = _fresh_bwd(inp, torch.randn(q.shape), out, lse, torch.float32)
+    assert all((g == 0).all() for g in grads)
+
+
+@kernel_test
+def test_fused_backward_matches_split(monkeypatch):
+    """The opt-in fused backward (atomic dq) gives the split backward's gradients, both when
+    adding into fp32 buffers and when writing fresh ones (dq then goes through a scratch)."""
+    gen, q, k, v, qr, kr, tm = make_inputs(60, 80, 72, 4, 2, 16, torch.float32)
+    dout = torch.randn(q.shape, generator=gen)
+    inp, out, lse = run_forward(q, k, v, qr, kr, tm, softcap=2.0)
+    split = run_backward(inp, dout, out, lse)
+    assert split[0].abs().max() > 0.1
+    monkeypatch.setenv("MAGI_FFA_TRITON_FUSED_BWD", "1")
+    for fused in (run_backward(inp, dout, out, lse), _fresh_bwd(inp, dout, out, lse, torch.float32)):
+        for name, a, b in zip(("dq", "dk", "dv"), split, fused):
+            torch.testing.assert_close(b, a, atol=2e-6, rtol=1e-5, msg=name)
+
+
+@kernel_test
+def test_api_triton_fresh_path_matches_reference_and_reads_once(host_reads):
+    """flex_flash_attn_func on the Triton backend (fresh buffers): values and grads vs float64,
+    one host read of the ranges on the first call (shared by checks and plans), none after."""
+    gen, q, k, v, qr, kr, tm = make_inputs(70, 64, 56, 2, 1, 16, torch.float16)
+    dout = torch.randn(q.shape, generator=gen).half()
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    out, meta = flex_flash_attn_func(*leaves, qr, kr, tm, backend="triton", return_max_logits=True)
+    assert out.dtype == torch.float16 and meta.lse.dtype == torch.float32
+    grads = torch.autograd.grad(out, leaves, dout)
+    assert len(host_reads) == 1
+    out2, _ = flex_flash_attn_func(*leaves, qr, kr, tm, backend="triton")
+    torch.autograd.grad(out2, leaves, dout)
+    assert len(host_reads) == 1, "a repeated call read the ranges again"
+    assert torch.equal(out2, out)
+
+    def reference(prec):
+        ls = [x.detach().to(prec).requires_grad_() for x in (q, k, v)]
+        o, lse, ml = ref(*ls, qr, kr, tm, dtype=prec)
+        return (o, lse, ml, *torch.autograd.grad(o, ls, dout.to(prec)))
+
+    r64, rlp = reference(torch.float64), reference(torch.float16)
+    for name, x, a, b in zip(("out", "lse", "max_logits", "dq", "dk", "dv"),
+                             (out, meta.lse, meta.max_logits, *grads), rlp, r64):
+        check(name, x, a, b)
+
+    # with a sink the fresh forward writes fp32 (the sink merges in before the cast)
+    sink = torch.randn(2, 2, generator=gen)
+    out_s, meta_s = flex_flash_attn_func(q, k, v, qr, kr, tm, sink=sink, backend="triton")
+    o64s, l64s, _ = ref_attn_dense(q, k, v, qr, kr, tm, sink=sink)
+    o_lps, l_lps, _ = ref_attn_dense(q, k, v, qr, kr, tm, sink=sink, compute_dtype=torch.float16)
+    check("out (sink)", out_s, o_lps, o64s)
+    check("lse (sink)", meta_s.lse, l_lps, l64s)
+
+    # the accumulation interface without buffers takes the fresh path too (fp32 results)
+    scale = 16**-0.5
+    o32, l32, _ = ffa_forward(q, k, v, qr, kr, tm, softmax_scale=scale, backend="triton")
+    assert o32.dtype == torch.float32 and torch.equal(o32.to(torch.float16), out) and torch.equal(l32, meta.lse)
+    o_acc, l_acc = fresh_buffers(*q.shape)
+    ffa_forward(q, k, v, qr, kr, tm, softmax_scale=scale, out=o_acc, lse=l_acc, backend="triton")
+    assert torch.equal(o_acc, o32) and torch.equal(l_acc, l32)
+    g32 = ffa_backward(dout, q, k, v, out, meta.lse, qr, kr, tm, softmax_scale=scale, backend="triton")
+    for x, y in zip(g32, grads):
+        assert x.dtype == torch.float32 and torch.equal(x.to(torch.float16), y)

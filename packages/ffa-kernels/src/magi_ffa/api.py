@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from magi_ffa import checks
+from magi_ffa import checks, range_cache
 from magi_ffa.backends.base import FFAInputs
 from magi_ffa.errors import FFAInputError, FFATypeError
 from magi_ffa.ops import acc_dtype, ffa_fwd_op, run_backward, run_forward
@@ -31,10 +31,31 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 def _prepare(fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap):
     checks.check_qkv(fn, q, k, v)
-    qr = checks.normalize_ranges(fn, "q_ranges", q_ranges, q.device)
-    kr = checks.normalize_ranges(fn, "k_ranges", k_ranges, q.device)
+    # Ranges given on the host (nested lists, type map a list or None; CPU tensors for device
+    # q) are normalised there, and that copy becomes the range_cache entry of the device
+    # tensors: they are never read back from the device.
+    raw = (q_ranges, k_ranges, attn_type_map)
+    from_host = all(
+        not isinstance(x, torch.Tensor) or (x.device.type == "cpu" and q.device.type != "cpu") for x in raw
+    )
+    dev = torch.device("cpu") if from_host else q.device
+    qr = checks.normalize_ranges(fn, "q_ranges", q_ranges, dev)
+    kr = checks.normalize_ranges(fn, "k_ranges", k_ranges, dev)
     checks.check_range_counts(fn, qr, kr)
-    tm = checks.normalize_type_map(fn, attn_type_map, qr.shape[0], q.device)
+    tm = checks.normalize_type_map(fn, attn_type_map, qr.shape[0], dev)
+    if from_host:
+        # a private copy: the caller may change its own CPU tensor after this call
+        host = tuple(h.clone() if h is x else h for h, x in zip((qr, kr, tm), raw))
+        if q.device.type == "cuda" and not checks.is_compiling():
+            # one pinned, non-blocking upload: a pageable copy would make the host wait
+            n = qr.shape[0]
+            flat = torch.cat([qr.reshape(-1), kr.reshape(-1), tm]).pin_memory()
+            flat = flat.to(q.device, non_blocking=True)
+            qr, kr, tm = flat[: 2 * n].view(n, 2), flat[2 * n : 4 * n].view(n, 2), flat[4 * n :]
+        else:
+            qr, kr, tm = (x.to(q.device) for x in host)
+        if not checks.is_compiling():
+            range_cache.remember(qr, kr, tm, host)
     checks.check_range_values(fn, qr, kr, tm, q.shape[0], k.shape[0])
     scale, cap = checks.check_scalars(fn, q.shape[-1], softmax_scale, softcap)
     return _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), qr, kr, tm, scale, cap
@@ -179,13 +200,18 @@ def ffa_forward(
     _check_buffer(fn, "lse", lse, (sq, hq), q.device, f64)
     _check_buffer(fn, "max_logits", max_logits, (hq,), q.device, f64)
     adt = acc_dtype(q.dtype)
-    if out is None:
+    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
+    impl = select_backend(inp, backend)
+    fresh = out is None and impl.SUPPORTS_FRESH  # fresh buffers written whole: no zero-fill
+    if fresh:
+        out = torch.empty(sq, hq, d, dtype=adt, device=q.device)
+        lse = torch.empty((sq, hq), dtype=adt, device=q.device)
+    elif out is None:
         out = torch.zeros(sq, hq, d, dtype=adt, device=q.device)
         lse = torch.full((sq, hq), float("-inf"), dtype=adt, device=q.device)
     if max_logits is None and return_max_logits:
         max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
-    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
-    run_forward(select_backend(inp, backend), inp, out, lse, max_logits)
+    run_forward(impl, inp, out, lse, max_logits, fresh=fresh)
     return out, lse, max_logits
 
 
@@ -239,11 +265,15 @@ def ffa_backward(
     _check_buffer(fn, "dv", dv, v.shape, q.device, f64)
     _check_buffer(fn, "delta", delta, (sq, hq), q.device, True)
     adt = acc_dtype(q.dtype)
-    dq = torch.zeros(q.shape, dtype=adt, device=q.device) if dq is None else dq
-    dk = torch.zeros(k.shape, dtype=adt, device=q.device) if dk is None else dk
-    dv = torch.zeros(v.shape, dtype=adt, device=q.device) if dv is None else dv
+    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
+    impl = select_backend(inp, backend)
+    # no buffer given: fresh fp32 buffers written whole by a SUPPORTS_FRESH backend (no zero-fill)
+    fresh = dq is None and dk is None and dv is None and impl.SUPPORTS_FRESH
+    alloc = torch.empty if fresh else torch.zeros
+    dq = alloc(q.shape, dtype=adt, device=q.device) if dq is None else dq
+    dk = alloc(k.shape, dtype=adt, device=q.device) if dk is None else dk
+    dv = alloc(v.shape, dtype=adt, device=q.device) if dv is None else dv
     if delta is None:
         delta = (out.to(adt) * dout.to(adt)).sum(-1)
-    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
-    run_backward(select_backend(inp, backend), inp, dout, out, lse, delta, dq, dk, dv)
+    run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
     return dq, dk, dv

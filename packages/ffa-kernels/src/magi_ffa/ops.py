@@ -9,6 +9,10 @@ flex_flash_attn_func compiles with fullgraph=True. Backend selection and the ker
 
 out has q's dtype; lse and max_logits are fp32 (fp64 for fp64 inputs); max_logits is all -inf
 unless requested; dsink is empty [0] without a sink.
+
+Each op is the only contributor to its buffers, so a backend with SUPPORTS_FRESH gets empty
+buffers in the output dtype and writes them whole (``fresh=True``): no zero-fill, no read-merge,
+no conversion pass. Other backends get initialised fp32 accumulators and a final ``.to()``.
 """
 
 # ruff: noqa: UP045 -- custom_op infers the schema from annotations; Optional[...] works on every torch >= 2.4
@@ -34,15 +38,17 @@ def run_forward(
     out: torch.Tensor,
     lse: torch.Tensor,
     max_logits: Optional[torch.Tensor],
+    *,
+    fresh: bool = False,
 ) -> None:
-    """Run `backend.forward` under no_grad (buffers are merged in place)."""
+    """Run `backend.forward` under no_grad (buffers merged in place, or written when fresh)."""
     with torch.no_grad():
-        backend.forward(inp, out, lse, max_logits)
+        backend.forward(inp, out, lse, max_logits, fresh=fresh)
 
 
-def run_backward(backend: Backend, inp: FFAInputs, dout, out, lse, delta, dq, dk, dv) -> None:
+def run_backward(backend: Backend, inp: FFAInputs, dout, out, lse, delta, dq, dk, dv, *, fresh: bool = False) -> None:
     with torch.no_grad():
-        backend.backward(inp, dout, out, lse, delta, dq, dk, dv)
+        backend.backward(inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
 
 
 def _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic) -> FFAInputs:
@@ -79,10 +85,15 @@ def ffa_fwd_op(
     impl = select_backend(inp, backend)
     sq, hq, d = q.shape
     adt = acc_dtype(q.dtype)
-    out = torch.zeros(sq, hq, d, dtype=adt, device=q.device)
-    lse = torch.full((sq, hq), float("-inf"), dtype=adt, device=q.device)
+    fresh = impl.SUPPORTS_FRESH
+    if fresh:  # written whole by the kernel; in q's dtype unless the sink still has to merge in
+        out = torch.empty(sq, hq, d, dtype=q.dtype if sink is None else adt, device=q.device)
+        lse = torch.empty((sq, hq), dtype=adt, device=q.device)
+    else:
+        out = torch.zeros(sq, hq, d, dtype=adt, device=q.device)
+        lse = torch.full((sq, hq), float("-inf"), dtype=adt, device=q.device)
     max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
-    run_forward(impl, inp, out, lse, max_logits if return_max_logits else None)
+    run_forward(impl, inp, out, lse, max_logits if return_max_logits else None, fresh=fresh)
     if sink is not None:
         apply_sink(out, lse, sink.detach(), sink_layout)
     return out.to(q.dtype), lse, max_logits
@@ -130,11 +141,14 @@ def ffa_bwd_op(
     inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic)
     impl = select_backend(inp, backend)
     adt = acc_dtype(q.dtype)
-    dq = torch.zeros(q.shape, dtype=adt, device=q.device)
-    dk = torch.zeros(k.shape, dtype=adt, device=q.device)
-    dv = torch.zeros(v.shape, dtype=adt, device=q.device)
+    fresh = impl.SUPPORTS_FRESH
+    gdt = q.dtype if fresh else adt  # fresh: written whole, directly in the input dtype
+    alloc = torch.empty if fresh else torch.zeros
+    dq = alloc(q.shape, dtype=gdt, device=q.device)
+    dk = alloc(k.shape, dtype=gdt, device=q.device)
+    dv = alloc(v.shape, dtype=gdt, device=q.device)
     delta = (out.to(adt) * dout.to(adt)).sum(-1)
-    run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv)
+    run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
     if sink is not None:
         dsink = sink_backward(sink, lse, out, dout, sink_layout)
     else:

@@ -4,6 +4,12 @@ A backend never allocates the result buffers: the caller hands it fp32 accumulat
 backend merges (forward) or adds (backward) into them. This one convention serves both the
 single-call API (fresh buffers) and the distributed runtime (buffers carried across stages).
 
+``fresh=True`` says the call is the buffers' only contributor. A backend with
+``SUPPORTS_FRESH`` then ignores their contents and writes every element (so the caller may pass
+``torch.empty`` buffers, and out / dq / dk / dv in the input dtype): no zero-fill, no read-merge
+and no dtype conversion pass (issue #7). Other backends ignore the flag; their callers pass
+initialised fp32 buffers (out 0, lse -inf, gradients 0) as for accumulation.
+
 Shape legend: Sq / Sk total query / key tokens, hq / hk query / kv heads, d head dim, N slices.
 """
 
@@ -53,6 +59,7 @@ class Backend:
     DTYPES: frozenset[torch.dtype] = frozenset()
     HEAD_DIMS: frozenset[int] | None = None  # None: any head dim
     IS_DETERMINISTIC: bool = True
+    SUPPORTS_FRESH: bool = False  # honours fresh=True (see the module docstring)
 
     def is_available(self) -> bool:
         """Whether the backend's own dependencies can be imported on this machine."""
@@ -84,11 +91,15 @@ class Backend:
         out: torch.Tensor,
         lse: torch.Tensor,
         max_logits: torch.Tensor | None,
+        *,
+        fresh: bool = False,
     ) -> None:
         """Merge this call's attention into `out` fp32 [Sq,hq,d] and `lse` fp32 [Sq,hq] in place.
 
         Rows the call does not reach stay untouched. `max_logits` fp32 [hq], when given, is
         maxed in place with the scaled logits of every visible cell (softcap applied).
+        fresh (SUPPORTS_FRESH backends): write every row instead, unreached rows as out 0 and
+        lse -inf, whatever the buffers held; `out` may then have q's dtype.
         """
         raise NotImplementedError
 
@@ -102,10 +113,14 @@ class Backend:
         dq: torch.Tensor,
         dk: torch.Tensor,
         dv: torch.Tensor,
+        *,
+        fresh: bool = False,
     ) -> None:
         """Add this call's gradients into dq [Sq,hq,d], dk, dv [Sk,hk,d] (fp32) in place.
 
         `out`, `lse` are the final merged forward results and `delta = rowsum(out * dout)` fp32
         [Sq,hq]; rows with lse = -inf contribute nothing.
+        fresh (SUPPORTS_FRESH backends): write every element instead (0 where nothing reaches),
+        whatever the buffers held; dq / dk / dv may then have the input dtype.
         """
         raise NotImplementedError

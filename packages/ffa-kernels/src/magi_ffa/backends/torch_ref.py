@@ -106,7 +106,8 @@ class TorchBackend(Backend):
         return inp.softmax_scale / inp.softcap if inp.softcap > 0 else inp.softmax_scale
 
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, inp, out, lse, max_logits):
+    def forward(self, inp, out, lse, max_logits, *, fresh=False):
+        # fresh is a hint only here (SUPPORTS_FRESH is False): the buffers arrive initialised.
         q, k, v = inp.q, inp.k, inp.v
         hk = k.shape[1]
         g = q.shape[1] // hk
@@ -169,7 +170,7 @@ class TorchBackend(Backend):
         s.copy_(merged)
 
     # -- backward -------------------------------------------------------------------------------
-    def backward(self, inp, dout, out, lse, delta, dq, dk, dv):
+    def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False):
         q, k, v = inp.q, inp.k, inp.v
         hk = k.shape[1]
         g = q.shape[1] // hk

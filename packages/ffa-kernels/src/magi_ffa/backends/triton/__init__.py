@@ -76,6 +76,7 @@ class TritonBackend(Backend):
     DTYPES = frozenset({torch.float16, torch.bfloat16})
     HEAD_DIMS = frozenset(range(8, 257, 8))
     IS_DETERMINISTIC = True
+    SUPPORTS_FRESH = True
 
     def is_available(self) -> bool:
         if not triton_importable():
@@ -115,12 +116,17 @@ class TritonBackend(Backend):
         out: torch.Tensor,
         lse: torch.Tensor,
         max_logits: torch.Tensor | None,
+        *,
+        fresh: bool = False,
     ) -> None:
         fwd_mod, _ = _kernels()
         q, k, v = inp.q, inp.k, inp.v
         sq, hq, d = q.shape
         hk = k.shape[1]
         if sq == 0 or inp.num_slices == 0 or k.shape[0] == 0:
+            if fresh:
+                out.zero_()
+                lse.fill_(float("-inf"))
             return
         cfg = configs.pick("fwd", d, _rows_per_slice(inp))
         wl = cached_work_list(
@@ -144,7 +150,7 @@ class TritonBackend(Backend):
             qk_scale, cap_scale,
             HEAD_DIM=d, D_PAD=configs.padded_head_dim(d),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            SOFTCAP=inp.softcap > 0.0, MAX_LOGITS=want_max,
+            SOFTCAP=inp.softcap > 0.0, MAX_LOGITS=want_max, FRESH=bool(fresh),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         if want_max:
@@ -161,12 +167,17 @@ class TritonBackend(Backend):
         dq: torch.Tensor,
         dk: torch.Tensor,
         dv: torch.Tensor,
+        *,
+        fresh: bool = False,
     ) -> None:
         _, bwd_mod = _kernels()
         q, k, v = inp.q, inp.k, inp.v
         sq, hq, d = q.shape
         sk, hk = k.shape[0], k.shape[1]
         if sq == 0 or sk == 0 or inp.num_slices == 0:
+            if fresh:
+                for g in (dq, dk, dv):
+                    g.zero_()
             return
         if dout.dtype != q.dtype or dout.stride(-1) != 1:
             dout = dout.to(q.dtype).contiguous()
@@ -176,6 +187,10 @@ class TritonBackend(Backend):
         group = hq // hk
 
         fused = configs.fused_bwd(inp.deterministic)
+        dq_out = dq
+        if fused and fresh:
+            # atomic dq needs a zeroed fp32 accumulator; converted into the caller's dq at the end
+            dq = torch.zeros(dq.shape, dtype=torch.float32, device=dq.device)
         if not fused:
             cfg = configs.pick("bwd_dq", d, _rows_per_slice(inp))
             wl = cached_work_list(
@@ -195,6 +210,7 @@ class TritonBackend(Backend):
                 sq, group,
                 inp.softmax_scale, qk_scale, cap_scale,
                 HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SOFTCAP=softcap,
+                FRESH=bool(fresh),
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
 
@@ -218,6 +234,8 @@ class TritonBackend(Backend):
             sk, group,
             inp.softmax_scale, qk_scale, cap_scale,
             HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SOFTCAP=softcap,
-            FUSED_DQ=fused,
+            FUSED_DQ=fused, FRESH=bool(fresh),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
+        if dq is not dq_out:
+            dq_out.copy_(dq)

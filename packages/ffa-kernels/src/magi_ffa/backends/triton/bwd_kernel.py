@@ -7,7 +7,9 @@
   With FUSED_DQ it also atomically adds dq (then the dq kernel is skipped).
 
 Without FUSED_DQ each program owns its output tile, so the result is deterministic and needs
-no atomics.
+no atomics. With FRESH (the call is the only contributor) the epilogues write their tile
+instead of adding to it, in the buffer's dtype, and tiles without any piece write zeros: the
+caller needs no zero-filled fp32 buffers and no conversion pass.
 ``delta = rowsum(out * dout)`` is computed by the caller. Logits are recomputed in base 2
 (log2(e) folded into the scale) and probabilities come from the final merged lse.
 """
@@ -31,6 +33,17 @@ def _load_rowvec(ptrs, ok, other, CHECK_ROWS: tl.constexpr):
     else:
         x = tl.load(ptrs)
     return x
+
+
+@triton.jit
+def _store_zero_tile(ptr, tile, head, seqlen, stride_row, stride_head,
+                     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """Zero rows [tile*BLOCK, tile*BLOCK+BLOCK) of one head (FRESH tiles no slice reaches)."""
+    offs = tile * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, D_PAD)
+    ptrs = ptr + head.to(tl.int64) * stride_head + offs[:, None].to(tl.int64) * stride_row + offs_d[None, :]
+    zero = tl.zeros([BLOCK, D_PAD], dtype=ptr.dtype.element_ty)
+    tl.store(ptrs, zero, mask=(offs[:, None] < seqlen) & (offs_d[None, :] < HEAD_DIM))
 
 
 @triton.jit
@@ -98,7 +111,7 @@ def ffa_bwd_dq_kernel(
     sm_scale, qk_scale, softcap_over_scale,  #
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,  #
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    SOFTCAP: tl.constexpr,
+    SOFTCAP: tl.constexpr, FRESH: tl.constexpr,
 ):
     tl.static_assert(D_PAD >= 16)
     tl.static_assert(D_PAD >= HEAD_DIM)
@@ -149,11 +162,16 @@ def ffa_bwd_dq_kernel(
             dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn,
                                offs_m, offs_d, f_hi, i_hi, o_lo, o_hi, i_lo, i_hi, d_lo, d_hi,
                                qk_scale, softcap_over_scale, BLOCK_N, HEAD_DIM, EVEN_D, True, SOFTCAP)
-        # -- epilogue: add into the caller's dq --
+        # -- epilogue: write (FRESH) or add into the caller's dq --
         dq_ptrs = dq_ptr + h64 * stride_dqh + rows * stride_dqm + offs_d[None, :]
         st_mask = m_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-        dq_old = tl.load(dq_ptrs, mask=st_mask, other=0.0)
-        tl.store(dq_ptrs, dq_old + dq * sm_scale, mask=st_mask)
+        if FRESH:
+            tl.store(dq_ptrs, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=st_mask)
+        else:
+            dq_old = tl.load(dq_ptrs, mask=st_mask, other=0.0)
+            tl.store(dq_ptrs, dq_old + dq * sm_scale, mask=st_mask)
+    elif FRESH:
+        _store_zero_tile(dq_ptr, tile, head, seqlen_q, stride_dqm, stride_dqh, HEAD_DIM, D_PAD, BLOCK_M)
 
 
 @triton.jit
@@ -239,7 +257,7 @@ def ffa_bwd_dkdv_kernel(
     sm_scale, qk_scale, softcap_over_scale,  #
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,  #
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    SOFTCAP: tl.constexpr, FUSED_DQ: tl.constexpr,
+    SOFTCAP: tl.constexpr, FUSED_DQ: tl.constexpr, FRESH: tl.constexpr,
 ):
     tl.static_assert(D_PAD >= 16)
     tl.static_assert(D_PAD >= HEAD_DIM)
@@ -297,11 +315,18 @@ def ffa_bwd_dkdv_kernel(
                                          offs_n, offs_d, f_hi, i_hi, o_lo, o_hi, i_lo, i_hi, d_lo, d_hi,
                                          sm_scale, qk_scale, softcap_over_scale,
                                          BLOCK_M, HEAD_DIM, EVEN_D, True, SOFTCAP, FUSED_DQ)
-        # -- epilogue: add into the caller's dk / dv --
+        # -- epilogue: write (FRESH) or add into the caller's dk / dv --
         st_mask = n_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
         dk_ptrs = dk_ptr + kh64 * stride_dkh + cols * stride_dkn + offs_d[None, :]
         dv_ptrs = dv_ptr + kh64 * stride_dvh + cols * stride_dvn + offs_d[None, :]
-        dk_old = tl.load(dk_ptrs, mask=st_mask, other=0.0)
-        tl.store(dk_ptrs, dk_old + dk * sm_scale, mask=st_mask)
-        dv_old = tl.load(dv_ptrs, mask=st_mask, other=0.0)
-        tl.store(dv_ptrs, dv_old + dv, mask=st_mask)
+        if FRESH:
+            tl.store(dk_ptrs, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=st_mask)
+            tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=st_mask)
+        else:
+            dk_old = tl.load(dk_ptrs, mask=st_mask, other=0.0)
+            tl.store(dk_ptrs, dk_old + dk * sm_scale, mask=st_mask)
+            dv_old = tl.load(dv_ptrs, mask=st_mask, other=0.0)
+            tl.store(dv_ptrs, dv_old + dv, mask=st_mask)
+    elif FRESH:
+        _store_zero_tile(dk_ptr, tile, kv_head, seqlen_k, stride_dkn, stride_dkh, HEAD_DIM, D_PAD, BLOCK_N)
+        _store_zero_tile(dv_ptr, tile, kv_head, seqlen_k, stride_dvn, stride_dvh, HEAD_DIM, D_PAD, BLOCK_N)

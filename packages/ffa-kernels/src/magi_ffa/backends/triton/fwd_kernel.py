@@ -5,6 +5,10 @@ One program owns one (q tile, q head): it walks every piece (slice ∩ tile) of 
 Each piece is processed in three stages along the k axis: a masked prefix, whole unmasked
 blocks (no mask arithmetic) and a masked suffix. The epilogue lse-merges the tile's partial
 result into the caller's fp32 ``out``/``lse`` (rows the call does not reach stay untouched).
+With FRESH (the call is the only contributor) it writes the result instead, for every row of
+the tile (out 0 and lse -inf where no key is visible), in ``out``'s dtype: no read of the old
+buffers and no conversion pass. This is exact because the program has already walked every
+piece of its tile, so it holds the final value.
 
 Algorithm: Dao, "FlashAttention-2" (2023); layout after Triton's fused-attention tutorial.
 Logits live in base 2: log2(e) is folded into the scale, and converted back for lse.
@@ -116,7 +120,7 @@ def ffa_fwd_kernel(
     qk_scale, softcap_over_scale,  #
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,  #
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    SOFTCAP: tl.constexpr, MAX_LOGITS: tl.constexpr,
+    SOFTCAP: tl.constexpr, MAX_LOGITS: tl.constexpr, FRESH: tl.constexpr,
 ):
     tl.static_assert(D_PAD >= 16)
     tl.static_assert(D_PAD >= HEAD_DIM)
@@ -169,7 +173,7 @@ def ffa_fwd_kernel(
                                         qk_scale, softcap_over_scale,
                                         BLOCK_N, HEAD_DIM, EVEN_D, True, SOFTCAP)
 
-    # -- epilogue: lse-merge into out / lse, rows this call reached only --
+    # -- epilogue: write (FRESH) or lse-merge into out / lse --
     if MAX_LOGITS:
         tl.store(tile_max_ptr + tile * num_heads + head, tl.max(m_i, 0) * LN2)
     reached = m_ok & (l_i > 0.0)
@@ -177,16 +181,21 @@ def ffa_fwd_kernel(
     lse_new = tl.where(reached, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
     o_new = acc / l_safe[:, None]
     lse_ptrs = lse_ptr + offs_m.to(tl.int64) * stride_lm + head * stride_lh
-    lse_old = tl.load(lse_ptrs, mask=reached, other=float("-inf"))
-    lse_max = tl.maximum(lse_old, lse_new)
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    w_old = tl.exp(lse_old - lse_max)
-    w_new = tl.exp(lse_new - lse_max)
-    w_sum = tl.where(reached, w_old + w_new, 1.0)
     o_ptrs = (out_ptr + offs_m[:, None].to(tl.int64) * stride_om + head.to(tl.int64) * stride_oh
               + offs_d[None, :])
-    st_mask = reached[:, None] & (offs_d[None, :] < HEAD_DIM)
-    o_old = tl.load(o_ptrs, mask=st_mask, other=0.0)
-    o_mrg = (o_old * w_old[:, None] + o_new * w_new[:, None]) / w_sum[:, None]
-    tl.store(o_ptrs, o_mrg, mask=st_mask)
-    tl.store(lse_ptrs, lse_max + tl.log(w_sum), mask=reached)
+    if FRESH:
+        # every row of the tile: unreached rows have acc = 0, l = 0 -> out 0, lse -inf
+        tl.store(o_ptrs, o_new.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+        tl.store(lse_ptrs, lse_new, mask=m_ok)
+    else:
+        lse_old = tl.load(lse_ptrs, mask=reached, other=float("-inf"))
+        lse_max = tl.maximum(lse_old, lse_new)
+        lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+        w_old = tl.exp(lse_old - lse_max)
+        w_new = tl.exp(lse_new - lse_max)
+        w_sum = tl.where(reached, w_old + w_new, 1.0)
+        st_mask = reached[:, None] & (offs_d[None, :] < HEAD_DIM)
+        o_old = tl.load(o_ptrs, mask=st_mask, other=0.0)
+        o_mrg = (o_old * w_old[:, None] + o_new * w_new[:, None]) / w_sum[:, None]
+        tl.store(o_ptrs, o_mrg, mask=st_mask)
+        tl.store(lse_ptrs, lse_max + tl.log(w_sum), mask=reached)

@@ -25,11 +25,12 @@ where every cell of the tile is visible (no mask needed), and the two diagonal b
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+
+from magi_ffa import range_cache
 
 __all__ = ["BIG", "PIECE_FIELDS", "WorkList", "build_work_list", "cached_work_list", "clear_cache", "slice_bounds"]
 
@@ -166,33 +167,22 @@ def build_work_list(
 # ranges again and again (every training step, the forward and the backward of one call), so
 # the list is built once from a host copy and reused.
 #
-# Two levels. (1) Identity: the same range tensor objects, unchanged (autograd version counter
-# and data pointer equal) -> the cached list with no host sync at all. (2) Content: a host copy
-# of the ranges (one device->host copy) keyed by its bytes -> the cached list, or a fresh build.
-# Writes to a range tensor that bypass its version counter (``.data``, raw kernels, NCCL)
-# are not seen by level 1: set MAGI_FFA_WORKLIST_IDENTITY_CACHE=0 when ranges are mutated so.
+# The host copy comes from ``magi_ffa.range_cache`` (shared with the value checks): the same
+# unchanged range tensors give the stored copy with no device access; otherwise one
+# device->host copy. The list is then found by the copy's bytes and the tile config (LRU), or
+# built and uploaded. MAGI_FFA_WORKLIST_IDENTITY_CACHE=0 turns the identity level off (see
+# range_cache: needed when range tensors are written behind their version counter).
 
 _MAX_ENTRIES = 64
 _lock = threading.Lock()
-_by_content: OrderedDict = OrderedDict()  # content key -> WorkList (device-resident)
-_by_identity: OrderedDict = OrderedDict()  # (ids, cfg) -> (weakrefs, versions, ptrs, content key)
+_by_content: OrderedDict = OrderedDict()  # (ranges bytes, cfg) -> WorkList (device-resident)
 
 
 def clear_cache() -> None:
-    """Forget every cached work list (tests; or after mutating range tensors behind autograd)."""
+    """Forget every cached work list and host copy of ranges (tests; after hidden mutations)."""
     with _lock:
         _by_content.clear()
-        _by_identity.clear()
-
-
-def _identity_enabled() -> bool:
-    import os
-
-    return os.environ.get("MAGI_FFA_WORKLIST_IDENTITY_CACHE", "1") != "0"
-
-
-def _stamp(t: torch.Tensor) -> tuple[int, int]:
-    return int(t._version), int(t.data_ptr())
+    range_cache.clear()
 
 
 def _lru_put(d: OrderedDict, key, value) -> None:
@@ -235,44 +225,15 @@ def cached_work_list(
     """`build_work_list` on `q_ranges.device`, memoised (see the comment above this function)."""
     device = q_ranges.device
     cfg = (int(outer_len), int(block_outer), int(block_inner), bool(transpose), str(device))
-    srcs = (q_ranges, k_ranges, attn_type_map)
-    use_id = _identity_enabled()
-    id_key = (tuple(id(t) for t in srcs), cfg)
-    if use_id:
-        with _lock:
-            ent = _by_identity.get(id_key)
-            if ent is not None:
-                refs, stamps, ckey = ent
-                if all(r() is t for r, t in zip(refs, srcs)) and stamps == tuple(_stamp(t) for t in srcs):
-                    wl = _by_content.get(ckey)
-                    if wl is not None:
-                        _by_identity.move_to_end(id_key)
-                        _by_content.move_to_end(ckey)
-                        return wl
-    stamps = tuple(_stamp(t) for t in srcs)
-    # one device->host copy for all three (a single sync)
-    n = q_ranges.shape[0]
-    flat = torch.cat([q_ranges.reshape(-1).to(torch.int32), k_ranges.reshape(-1).to(torch.int32),
-                      attn_type_map.reshape(-1).to(torch.int32)])
-    host = flat.cpu()
-    ckey = (host.numpy().tobytes(), n, cfg)
+    hr = range_cache.host_ranges(q_ranges, k_ranges, attn_type_map)
+    ckey = (hr.key, hr.num_slices, cfg)
     with _lock:
         wl = _by_content.get(ckey)
         if wl is not None:
             _by_content.move_to_end(ckey)
-    if wl is None:
-        hq = host[: 2 * n].view(n, 2)
-        hk = host[2 * n : 4 * n].view(n, 2)
-        ht = host[4 * n :]
-        wl = _upload(build_work_list(hq, hk, ht, outer_len=outer_len, block_outer=block_outer,
-                                     block_inner=block_inner, transpose=transpose), device)
-        with _lock:
-            _lru_put(_by_content, ckey, wl)
-    if use_id:
-        try:
-            refs = tuple(weakref.ref(t) for t in srcs)
-        except TypeError:
             return wl
-        with _lock:
-            _lru_put(_by_identity, id_key, (refs, stamps, ckey))
+    wl = _upload(build_work_list(hr.q, hr.k, hr.types, outer_len=outer_len, block_outer=block_outer,
+                                 block_inner=block_inner, transpose=transpose), device)
+    with _lock:
+        _lru_put(_by_content, ckey, wl)
     return wl
