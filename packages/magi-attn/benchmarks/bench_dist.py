@@ -180,15 +180,19 @@ class _AllToAll(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        out = torch.empty_like(x)
-        dist.all_to_all_single(out, x.contiguous())
-        return out
+        return _exchange(x)
 
     @staticmethod
     def backward(ctx, g):
-        out = torch.empty_like(g)
-        dist.all_to_all_single(out, g.contiguous())
-        return out
+        return _exchange(g)
+
+
+def _exchange(x: torch.Tensor) -> torch.Tensor:
+    """NCCL needs both buffers contiguous; empty_like keeps a strided input's layout, so copy first."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    dist.all_to_all_single(out, x)
+    return out
 
 
 def _seq_to_heads(x: torch.Tensor, world: int) -> torch.Tensor:
