@@ -235,13 +235,31 @@ def run_ring(kind, q, k, v, do, timer):
     world = dist.get_world_size()
     mesh = init_device_mesh(q.device.type, (world,))
     bq, bk, bv, bdo = (x.transpose(0, 1).unsqueeze(0).contiguous() for x in (q, k, v, do))
-    # the buffers are sharded in place (head-tail load balanced) for the context's duration
-    with context_parallel(mesh, buffers=[bq, bk, bv, bdo], buffer_seq_dims=[2, 2, 2, 2]):
-        lq, lk, lv = _leaf(bq), _leaf(bk), _leaf(bv)
-        causal = kind == "causal"
-        return timer.measure(
-            lambda: F.scaled_dot_product_attention(lq, lk, lv, is_causal=causal),
-            [lq, lk, lv], bdo)
+    causal = kind == "causal"
+    # torch balances the ring only for causal masks (head-tail sharding); a full mask needs it off.
+    options = _ring_options()
+    saved = getattr(options, "enable_load_balance", None)
+    if options is not None:
+        options.enable_load_balance = causal
+    try:
+        # the buffers are sharded in place for the context's duration
+        with context_parallel(mesh, buffers=[bq, bk, bv, bdo], buffer_seq_dims=[2, 2, 2, 2]):
+            lq, lk, lv = _leaf(bq), _leaf(bk), _leaf(bv)
+            return timer.measure(
+                lambda: F.scaled_dot_product_attention(lq, lk, lv, is_causal=causal),
+                [lq, lk, lv], bdo)
+    finally:
+        if options is not None:
+            options.enable_load_balance = saved
+
+
+def _ring_options():
+    """torch's private context-parallel options object, where this torch has one."""
+    try:
+        from torch.distributed.tensor.experimental import _attention
+    except ImportError:
+        return None
+    return getattr(_attention, "_cp_options", None)
 
 
 def ring_unavailable(kind: str, device: torch.device, hq: int, hk: int, T: int, world: int):
