@@ -30,7 +30,6 @@ import csv
 import datetime
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from _common import doc_lengths, measure
 
 MASKS = ("full", "causal", "varlen_causal", "sliding_window")
 METHODS = ("magi", "ffa_single", "ring", "ulysses")
@@ -46,18 +46,6 @@ BWD_FACTOR = 2.5
 
 
 # ------------------------------------------------------------------------------------ masks
-def doc_lengths(total: int, seed: int, base: int, cap: int) -> list[int]:
-    """Long-tailed document lengths summing to ``total``: many near ``base``, a few up to ``cap``."""
-    rng = np.random.default_rng(seed)
-    out, s = [], 0
-    while s < total:
-        n = int(min(cap, base * (1.0 + rng.pareto(1.1))))
-        n = max(1, min(n, total - s))
-        out.append(n)
-        s += n
-    return out
-
-
 def build_mask(kind: str, T: int, *, window: int, doc_base: int, doc_cap: int, seed: int = 0):
     """(q_ranges, k_ranges, type codes) of a named mask over T tokens."""
     from magi_attention.api.functools import cu_seqlens_slices
@@ -95,41 +83,9 @@ class Timer:
         self.device, self.warmup, self.repeats = device, warmup, repeats
         self.cuda = device.type == "cuda"
 
-    def _sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-        dist.barrier()
-
     def measure(self, fwd, leaves, dout) -> tuple[float, float]:
         """(fwd seconds, bwd seconds): slowest rank's median of ``repeats`` runs."""
-        tf, tb = [], []
-        for i in range(self.warmup + self.repeats):
-            for t in leaves:
-                t.grad = None
-            self._sync()
-            if self.cuda:
-                ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-                ev[0].record()
-                out = fwd()
-                ev[1].record()
-                out.backward(dout)
-                ev[2].record()
-                torch.cuda.synchronize()
-                f, b = ev[0].elapsed_time(ev[1]) / 1e3, ev[1].elapsed_time(ev[2]) / 1e3
-            else:
-                t0 = time.perf_counter()
-                out = fwd()
-                t1 = time.perf_counter()
-                out.backward(dout)
-                f, b = t1 - t0, time.perf_counter() - t1
-            del out
-            if i >= self.warmup:
-                tf.append(f)
-                tb.append(b)
-        med = torch.tensor([statistics.median(tf), statistics.median(tb)], dtype=torch.float64,
-                           device=self.device)
-        dist.all_reduce(med, op=dist.ReduceOp.MAX)
-        return float(med[0]), float(med[1])
+        return measure(fwd, leaves, dout, self.device, self.warmup, self.repeats)
 
 
 def _leaf(x: torch.Tensor) -> torch.Tensor:

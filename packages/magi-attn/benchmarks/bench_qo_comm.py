@@ -19,7 +19,6 @@ import argparse
 import csv
 import datetime
 import os
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -27,20 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from _common import doc_lengths, measure
 
 MASKS = ("block_causal", "shared_question", "varlen_causal")
 MODES = ("kv", "qo")
-
-
-def _long_tail(total: int, seed: int, base: int, cap: int) -> list[int]:
-    """Lengths summing to ``total``: many near ``base``, a few up to ``cap``."""
-    rng = np.random.default_rng(seed)
-    out, s = [], 0
-    while s < total:
-        n = max(1, min(int(min(cap, base * (1.0 + rng.pareto(1.1)))), total - s))
-        out.append(n)
-        s += n
-    return out
 
 
 def build_mask(kind: str, T: int, seed: int = 0):
@@ -53,52 +42,17 @@ def build_mask(kind: str, T: int, seed: int = 0):
     if kind == "shared_question":  # a causal prompt, answers that see it and themselves
         ql = T // 8
         qr, kr, ts, start = [(0, ql)], [(0, ql)], [1], ql
-        for a in _long_tail(T - ql, seed, max(1, T // 64), T // 4):
+        for a in doc_lengths(T - ql, seed, max(1, T // 64), T // 4):
             qr += [(start, start + a), (start, start + a)]
             kr += [(0, ql), (start, start + a)]
             ts += [0, 1]
             start += a
         return qr, kr, ts
     if kind == "varlen_causal":
-        cu = np.concatenate([[0], np.cumsum(_long_tail(T, seed, max(1, T // 64), T // 2))])
+        cu = np.concatenate([[0], np.cumsum(doc_lengths(T, seed, max(1, T // 64), T // 2))])
         rs = [(int(cu[i]), int(cu[i + 1])) for i in range(len(cu) - 1)]
         return rs, list(rs), [1] * len(rs)
     raise ValueError(f"build_mask(): unknown mask {kind!r}; expected one of {MASKS}")
-
-
-def measure(fwd, leaves, dout, device, warmup: int, repeats: int) -> tuple[float, float]:
-    """(fwd s, bwd s): slowest rank's median of ``repeats`` runs after ``warmup``."""
-    cuda = device.type == "cuda"
-    tf, tb = [], []
-    for i in range(warmup + repeats):
-        for t in leaves:
-            t.grad = None
-        if cuda:
-            torch.cuda.synchronize()
-        dist.barrier()
-        if cuda:
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-            ev[0].record()
-            out = fwd()
-            ev[1].record()
-            out.backward(dout)
-            ev[2].record()
-            torch.cuda.synchronize()
-            f, b = ev[0].elapsed_time(ev[1]) / 1e3, ev[1].elapsed_time(ev[2]) / 1e3
-        else:
-            t0 = time.perf_counter()
-            out = fwd()
-            t1 = time.perf_counter()
-            out.backward(dout)
-            f, b = t1 - t0, time.perf_counter() - t1
-        del out
-        if i >= warmup:
-            tf.append(f)
-            tb.append(b)
-    med = torch.tensor([statistics.median(tf), statistics.median(tb)], dtype=torch.float64,
-                       device=device)
-    dist.all_reduce(med, op=dist.ReduceOp.MAX)
-    return float(med[0]), float(med[1])
 
 
 def plan_numbers(runtime, world: int, device: torch.device) -> tuple[int, int]:

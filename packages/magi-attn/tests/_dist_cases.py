@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 
 
-def _mask(case):
+def case_mask(case):
+    """(q_ranges, k_ranges, type codes) of a test case's named mask (shared with test_qo_comm)."""
     from magi_attention.api.functools import cu_seqlens_slices
 
     kind, T = case["mask"], case["T"]
@@ -68,7 +69,7 @@ def run_cases(cases, group=None, rank_label=""):
         for k_, v_ in case.get("env", {}).items():
             os.environ[k_] = v_
         T, hq, hk, d, chunk = case["T"], case["hq"], case["hk"], case["d"], case["chunk"]
-        qr, kr, tm = _mask(case)
+        qr, kr, tm = case_mask(case)
         torch.manual_seed(case.get("seed", 0))
         q = torch.randn(T, hq, d, dtype=torch.float64, requires_grad=True)
         k = torch.randn(T, hk, d, dtype=torch.float64, requires_grad=True)
@@ -204,7 +205,8 @@ def run_api_checks(rank, world, _args=None):
 SUITE_WORLD = 4
 
 
-def _outcome(fn, *args):
+def outcome(fn, *args):
+    """("ok", result) or ("error", traceback): a rank's failure is reported, not raised."""
     import traceback
 
     try:
@@ -213,21 +215,28 @@ def _outcome(fn, *args):
         return ("error", traceback.format_exc())
 
 
-def run_suite(rank, world, cases_by_world):
-    """Returns {"api": outcome, world_size: outcome, ...} for this rank's participations."""
+def run_world_suite(rank, world, checks, run, cases_by_world):
+    """The shared 4-rank layout: ``checks = (key, fn)`` first, then ``run(cases, group)`` on
+    WORLD, on two disjoint pairs, on {0,1,2} beside world 1 on rank 3."""
     assert world == SUITE_WORLD, world
     # every rank creates every group in the same order (a collective requirement)
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
     trio = dist.new_group([0, 1, 2])
     solo = [dist.new_group([r]) for r in range(world)]
-    res = {"api": _outcome(run_api_checks, rank, world)}
+    key, fn = checks
+    res = {key: outcome(fn, rank, world)}
     dist.barrier()
-    res[4] = _outcome(run_cases, cases_by_world[4], None)
+    res[4] = outcome(run, cases_by_world[4], None)
     dist.barrier()
-    res[2] = _outcome(run_cases, cases_by_world[2], pairs[rank // 2])
+    res[2] = outcome(run, cases_by_world[2], pairs[rank // 2])
     dist.barrier()
     if rank < 3:
-        res[3] = _outcome(run_cases, cases_by_world[3], trio)
+        res[3] = outcome(run, cases_by_world[3], trio)
     else:
-        res[1] = _outcome(run_cases, cases_by_world[1], solo[rank])
+        res[1] = outcome(run, cases_by_world[1], solo[rank])
     return res
+
+
+def run_suite(rank, world, cases_by_world):
+    """Returns {"api": outcome, world_size: outcome, ...} for this rank's participations."""
+    return run_world_suite(rank, world, ("api", run_api_checks), run_cases, cases_by_world)

@@ -14,41 +14,12 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
+from _dist_cases import case_mask, run_world_suite
 from magi_attention import env
 from magi_attention.errors import EnvFlagError
 
 QO = {"MAGI_ATTENTION_QO_COMM": "1"}
 SPAWN_ENV = {"MAGI_ATTENTION_SDPA_BACKEND": "1", "MAGI_ATTENTION_DSINK_ALL_REDUCE_OP": "sum"}
-
-
-def _mask(case):
-    kind, T = case["mask"], case["T"]
-    if kind == "causal":
-        return [(0, T)], [(0, T)], [1]
-    if kind == "varlen_causal":
-        cu = case["cu"]
-        rs = [(cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
-        return rs, list(rs), [1] * len(rs)
-    if kind == "block_causal":
-        b = case["block"]
-        starts = range(0, T, b)
-        return ([(i, min(i + b, T)) for i in starts], [(0, min(i + b, T)) for i in starts],
-                [0] * len(starts))
-    if kind == "shared_question":  # a causal question, answers that see it and themselves
-        ql = case["q_len"]
-        qs, ks, ts, start = [(0, ql)], [(0, ql)], [1], ql
-        for a in case["answers"]:
-            qs += [(start, start + a), (start, start + a)]
-            ks += [(0, ql), (start, start + a)]
-            ts += [0, 1]
-            start += a
-        return qs, ks, ts
-    if kind == "random":  # cell-disjoint slices of all four types, overlaps and empty rows
-        from magi_ffa.testing import random_slices
-
-        qr, kr, tm = random_slices(case["seed"], T, T, case.get("n", 6))[:3]
-        return [tuple(r) for r in qr], [tuple(r) for r in kr], list(tm)
-    raise ValueError(kind)
 
 
 def _mask_area(qr, kr, tm) -> int:
@@ -114,7 +85,7 @@ def run_qo_cases(cases, group=None):
         try:
             T, hq, hk, d, chunk = case["T"], case["hq"], case["hk"], case["d"], case["chunk"]
             dtype = case.get("dtype", torch.float64)
-            qr, kr, tm = _mask(case)
+            qr, kr, tm = case_mask(case)
             torch.manual_seed(case.get("seed", 0))
             q = torch.randn(T, hq, d, dtype=torch.float64)
             k = torch.randn(T, hk, d, dtype=torch.float64)
@@ -194,31 +165,8 @@ def run_flag_errors(rank, world):
     return True
 
 
-def _outcome(fn, *args):
-    import traceback
-
-    try:
-        return ("ok", fn(*args))
-    except BaseException:  # noqa: BLE001 - reported to the parent test
-        return ("error", traceback.format_exc())
-
-
 def run_suite(rank, world, cases_by_world):
-    assert world == 4
-    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
-    trio = dist.new_group([0, 1, 2])
-    solo = [dist.new_group([r]) for r in range(world)]
-    res = {"flags": _outcome(run_flag_errors, rank, world)}
-    dist.barrier()
-    res[4] = _outcome(run_qo_cases, cases_by_world[4], None)
-    dist.barrier()
-    res[2] = _outcome(run_qo_cases, cases_by_world[2], pairs[rank // 2])
-    dist.barrier()
-    if rank < 3:
-        res[3] = _outcome(run_qo_cases, cases_by_world[3], trio)
-    else:
-        res[1] = _outcome(run_qo_cases, cases_by_world[1], solo[rank])
-    return res
+    return run_world_suite(rank, world, ("flags", run_flag_errors), run_qo_cases, cases_by_world)
 
 
 def qo_cases(world: int) -> list[dict]:

@@ -93,6 +93,18 @@ def check_cu_seqlens(fn: str, name: str, cu, total: int) -> list[int]:
     return cu
 
 
+def check_cu_seqlens_pair(fn: str, cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int):
+    """Both cu_seqlens checked against their totals and listing as many sequences; returns lists."""
+    cu_q = check_cu_seqlens(fn, "cu_seqlens_q", cu_seqlens_q, total_q)
+    cu_k = check_cu_seqlens(fn, "cu_seqlens_k", cu_seqlens_k, total_k)
+    if len(cu_q) != len(cu_k):
+        raise ExtensionsInputError(
+            f"{fn}(): cu_seqlens_q and cu_seqlens_k must list as many sequences, got {len(cu_q) - 1} "
+            f"and {len(cu_k) - 1}."
+        )
+    return cu_q, cu_k
+
+
 def check_scale(fn: str, softmax_scale, head_dim: int) -> float:
     if softmax_scale is None:
         return head_dim ** -0.5

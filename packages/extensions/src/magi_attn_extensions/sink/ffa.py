@@ -28,6 +28,17 @@ def _run_ffa(fn, q, k, v, slices, sink, sink_layout, softmax_scale, softcap, det
     )
 
 
+def _results(out, lse_fa_layout, meta, return_attn_probs: bool, return_max_logits: bool):
+    """out alone, or a tuple with lse (FlashAttention layout, from ``lse_fa_layout()``) and/or
+    max_logits appended in that order."""
+    res = [out]
+    if return_attn_probs:
+        res.append(lse_fa_layout())
+    if return_max_logits:
+        res.append(meta.max_logits)
+    return res[0] if len(res) == 1 else tuple(res)
+
+
 def ffa_func_with_sink(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -60,12 +71,8 @@ def ffa_func_with_sink(
         varlen_slices(cu_q, cu_k, causal, window), sink_rows, sink_layout, softmax_scale, softcap,
         deterministic, return_max_logits,
     )
-    res = [out.reshape(b, sq, hq, -1)]
-    if return_attn_probs:
-        res.append(meta.lse.reshape(b, sq, hq).transpose(1, 2))
-    if return_max_logits:
-        res.append(meta.max_logits)
-    return res[0] if len(res) == 1 else tuple(res)
+    return _results(out.reshape(b, sq, hq, -1), lambda: meta.lse.reshape(b, sq, hq).transpose(1, 2),
+                    meta, return_attn_probs, return_max_logits)
 
 
 def ffa_varlen_func_with_sink(
@@ -93,22 +100,11 @@ def ffa_varlen_func_with_sink(
     """
     fn = "ffa_varlen_func_with_sink"
     hq, _ = _checks.check_qkv(fn, q, k, v, varlen=True)
-    cu_q = _checks.check_cu_seqlens(fn, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
-    cu_k = _checks.check_cu_seqlens(fn, "cu_seqlens_k", cu_seqlens_k, k.shape[0])
-    if len(cu_q) != len(cu_k):
-        raise _checks.ExtensionsInputError(
-            f"{fn}(): cu_seqlens_q and cu_seqlens_k must list as many sequences, got {len(cu_q) - 1} "
-            f"and {len(cu_k) - 1}."
-        )
+    cu_q, cu_k = _checks.check_cu_seqlens_pair(fn, cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0])
     _checks.check_sink(fn, sink, sink_layout, (q.shape[0],), hq)
     window = _checks.check_window(fn, window_size)
     out, meta = _run_ffa(
         fn, q, k, v, varlen_slices(cu_q, cu_k, causal, window), sink, sink_layout, softmax_scale,
         softcap, deterministic, return_max_logits,
     )
-    res = [out]
-    if return_attn_probs:
-        res.append(meta.lse.transpose(0, 1))
-    if return_max_logits:
-        res.append(meta.max_logits)
-    return res[0] if len(res) == 1 else tuple(res)
+    return _results(out, lambda: meta.lse.transpose(0, 1), meta, return_attn_probs, return_max_logits)

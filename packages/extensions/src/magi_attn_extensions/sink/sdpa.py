@@ -89,13 +89,7 @@ def sdpa_varlen_func_with_sink(
     """
     fn = "sdpa_varlen_func_with_sink"
     hq, _ = _checks.check_qkv(fn, q, k, v, varlen=True)
-    cu_q = _checks.check_cu_seqlens(fn, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
-    cu_k = _checks.check_cu_seqlens(fn, "cu_seqlens_k", cu_seqlens_k, k.shape[0])
-    if len(cu_q) != len(cu_k):
-        raise _checks.ExtensionsInputError(
-            f"{fn}(): cu_seqlens_q and cu_seqlens_k must list as many sequences, got {len(cu_q) - 1} "
-            f"and {len(cu_k) - 1}."
-        )
+    cu_q, cu_k = _checks.check_cu_seqlens_pair(fn, cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0])
     _checks.check_sink(fn, sink, sink_layout, (q.shape[0],), hq)
     window = _checks.check_window(fn, window_size)
     scale = _checks.check_scale(fn, softmax_scale, q.shape[-1])

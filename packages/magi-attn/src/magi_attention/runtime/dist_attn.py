@@ -17,58 +17,25 @@ Shape legend: Sq/Sk local tokens, R tokens received in a stage, hq/hk heads, d h
 
 from __future__ import annotations
 
-import functools
-import inspect
-import warnings
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
 from magi_attention import _compat
 from magi_attention.env import EnvFlags
+from magi_attention.runtime._common import (
+    _acc_dtype,
+    _Calc,
+    _default_scale,
+    _FFARuntimeMixin,
+    _save_for_backward,
+    _saved_inputs,
+)
 
 __all__ = ["DistAttnRuntime", "DistAttnFunc", "dist_attn_func"]
 
-_DSINK_WARNED = False
 
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 accumulators, fp64 when the inputs are fp64 (reference runs)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@functools.cache
-def _accepted_kwargs(fn: Any) -> frozenset[str] | None:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return frozenset(params)
-
-
-def _optional_kwargs(fn: Any, **opts: Any) -> dict:
-    """Keep only the optional switches the installed kernel accepts (CatGQA, auto-merge, ...)."""
-    accepted = _accepted_kwargs(fn)
-    return {k: v for k, v in opts.items() if accepted is None or k in accepted}
-
-
-class _Calc:
-    """One stage's slices as tensors on the compute device (built once)."""
-
-    def __init__(self, calc: Any, device: torch.device):
-        q, k, t = calc.as_arrays()
-        self.q_ranges = torch.from_numpy(np.ascontiguousarray(q, dtype=np.int32)).to(device)
-        self.k_ranges = torch.from_numpy(np.ascontiguousarray(k, dtype=np.int32)).to(device)
-        self.types = torch.from_numpy(np.ascontiguousarray(t, dtype=np.int32)).to(device)
-        self.area = int(calc.area)
-        self.empty = self.q_ranges.shape[0] == 0 or self.area == 0
-
-
-class DistAttnRuntime:
+class DistAttnRuntime(_FFARuntimeMixin):
     """Runs one rank's part of a DistAttnPlan; holds the comm args and slice tensors."""
 
     def __init__(self, rank_plan: Any, num_stages: int, cp_group: Any, flags: EnvFlags,
@@ -113,27 +80,6 @@ class DistAttnRuntime:
             group=self.cp_group, async_op=True, reduce_op="sum", **self.comm_kwargs)
         return work
 
-    # ---------------------------------------------------------------- kernels
-    def _fwd(self, q, k, v, calc: _Calc, out, lse, max_logits, scale, softcap):
-        if calc.empty:
-            return
-        fn = _compat.ffa.ffa_forward
-        extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge)
-        fn(q, k, v, calc.q_ranges, calc.k_ranges, calc.types, softmax_scale=scale,
-           softcap=softcap, out=out, lse=lse, max_logits=max_logits,
-           return_max_logits=max_logits is not None, deterministic=self.flags.deterministic,
-           backend=self.backend, **extra)
-
-    def _bwd(self, dout, q, k, v, out, lse, delta, calc: _Calc, dq, dk, dv, scale, softcap):
-        if calc.empty:
-            return
-        fn = _compat.ffa.ffa_backward
-        extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge,
-                                 cat_gqa=self.flags.cat_gqa)
-        fn(dout, q, k, v, out, lse, calc.q_ranges, calc.k_ranges, calc.types,
-           softmax_scale=scale, softcap=softcap, dq=dq, dk=dk, dv=dv, delta=delta,
-           deterministic=self.flags.deterministic, backend=self.backend, **extra)
-
     # ---------------------------------------------------------------- forward
     def forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool):
         """Returns (out [Sq,hq,d] q.dtype, lse [Sq,hq] fp32|fp64, max_logits [hq] | None, tail kv)."""
@@ -162,10 +108,7 @@ class DistAttnRuntime:
                       scale, softcap)
             if self.save_tail and s == D - 1:
                 tail = kv_s
-        if sink is not None:
-            _compat.ffa.apply_sink(out, lse, sink, "sh")
-        if max_logits is not None and dist.get_world_size(self.cp_group) > 1:
-            dist.all_reduce(max_logits, op=dist.ReduceOp.MAX, group=self.cp_group)
+        self._finish_forward(out, lse, sink, max_logits)
         return out.to(q.dtype), lse, max_logits, tail
 
     # ---------------------------------------------------------------- backward
@@ -227,25 +170,6 @@ class DistAttnRuntime:
         dkv = dkv_host if dkv_red is None else dkv_host + dkv_red.to(acc)
         return dq.to(q.dtype), dkv[:sk].to(k.dtype), dkv[sk:].to(v.dtype), dsink
 
-    def _dsink(self, sink, lse, out, dout):
-        global _DSINK_WARNED
-        dsink = _compat.ffa.sink_backward(sink, lse, out, dout.to(out.dtype), "sh")
-        op = self.flags.dsink_all_reduce_op
-        world = dist.get_world_size(self.cp_group)
-        if op == "none":
-            if world > 1 and not _DSINK_WARNED:
-                _DSINK_WARNED = True
-                warnings.warn("calc_attn(): dsink is partial per rank "
-                              "(MAGI_ATTENTION_DSINK_ALL_REDUCE_OP=none); reduce sink.grad over "
-                              "the cp group yourself or set the flag to sum|avg", stacklevel=2)
-            return dsink
-        if world > 1:
-            dsink = dsink.contiguous()
-            dist.all_reduce(dsink, op=dist.ReduceOp.SUM, group=self.cp_group)
-            if op == "avg":
-                dsink = dsink / world
-        return dsink
-
 
 class DistAttnFunc(torch.autograd.Function):
     """Autograd wrapper: (q, k, v, sink) -> (out, lse, max_logits); lse/max_logits carry no grad."""
@@ -254,23 +178,16 @@ class DistAttnFunc(torch.autograd.Function):
     def forward(ctx, q, k, v, sink, runtime: DistAttnRuntime, scale, softcap, return_max_logits):
         out, lse, max_logits, tail = runtime.forward(q, k, v, sink, scale, softcap,
                                                      return_max_logits)
-        ctx.runtime, ctx.scale, ctx.softcap = runtime, scale, softcap
-        ctx.has_sink = sink is not None
+        _save_for_backward(ctx, q, k, v, sink, out, lse, max_logits, runtime, scale, softcap)
         ctx.tail = tail
-        ctx.save_for_backward(q, k, v, out, lse, *([sink] if sink is not None else []))
-        ctx.mark_non_differentiable(lse)
-        if max_logits is not None:
-            ctx.mark_non_differentiable(max_logits)
         return out, lse, max_logits
 
     @staticmethod
     def backward(ctx, dout, _dlse, _dml):
-        saved = ctx.saved_tensors
-        q, k, v, out, lse = saved[:5]
-        sink = saved[5] if ctx.has_sink else None
+        q, k, v, out, lse, sink, need_dsink = _saved_inputs(ctx)
         dq, dk, dv, dsink = ctx.runtime.backward(
             dout, q, k, v, out, lse, sink, ctx.tail, ctx.scale, ctx.softcap,
-            need_dsink=ctx.has_sink and ctx.needs_input_grad[3])
+            need_dsink=need_dsink)
         ctx.tail = None
         if dsink is not None:
             dsink = dsink.to(sink.dtype)
@@ -280,6 +197,5 @@ class DistAttnFunc(torch.autograd.Function):
 def dist_attn_func(q, k, v, runtime: DistAttnRuntime, sink=None, softmax_scale=None,
                    softcap: float = 0.0, return_max_logits: bool = False):
     """Run the runtime through autograd; returns (out, lse, max_logits | None)."""
-    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-    return DistAttnFunc.apply(q, k, v, sink, runtime, float(scale), float(softcap),
-                              bool(return_max_logits))
+    return DistAttnFunc.apply(q, k, v, sink, runtime, _default_scale(q, softmax_scale),
+                              float(softcap), bool(return_max_logits))

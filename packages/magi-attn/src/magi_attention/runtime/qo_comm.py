@@ -23,20 +23,23 @@ Shape legend: S local tokens, Rq / Rk rows of the remote-Q / remote-KV buffers, 
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from magi_attention import _compat
 from magi_attention.env import EnvFlags
 from magi_attention.errors import MagiAttentionError
-from magi_attention.runtime.dist_attn import _acc_dtype, _Calc, _optional_kwargs
+from magi_attention.runtime._common import (
+    _acc_dtype,
+    _Calc,
+    _default_scale,
+    _FFARuntimeMixin,
+    _save_for_backward,
+    _saved_inputs,
+)
 
 __all__ = ["QOCommRuntime", "QOCommFunc", "qo_comm_attn_func", "plan_stats"]
-
-_DSINK_WARNED = False
 
 
 def plan_stats(plan: Any, rank: int) -> dict:
@@ -93,7 +96,7 @@ def _lse_merge_rows(out: torch.Tensor, lse: torch.Tensor, rows: torch.Tensor,
     lse.copy_(torch.where(wsum > 0, m + torch.log(safe), torch.full_like(m, float("-inf"))))
 
 
-class QOCommRuntime:
+class QOCommRuntime(_FFARuntimeMixin):
     """Runs one rank's part of a magi_solver DynamicPlan (one remote stage).
 
     ``plan_stats`` (dict) reports every rank's area and received tokens and this rank's remote
@@ -194,27 +197,6 @@ class QOCommRuntime:
                                 ).to(device)
         return self._merge_rows
 
-    # ---------------------------------------------------------------- kernels
-    def _fwd(self, q, k, v, calc: _Calc, out, lse, max_logits, scale, softcap):
-        if calc.empty:
-            return
-        fn = _compat.ffa.ffa_forward
-        extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge)
-        fn(q, k, v, calc.q_ranges, calc.k_ranges, calc.types, softmax_scale=scale,
-           softcap=softcap, out=out, lse=lse, max_logits=max_logits,
-           return_max_logits=max_logits is not None, deterministic=self.flags.deterministic,
-           backend=self.backend, **extra)
-
-    def _bwd(self, dout, q, k, v, out, lse, delta, calc: _Calc, dq, dk, dv, scale, softcap):
-        if calc.empty:
-            return
-        fn = _compat.ffa.ffa_backward
-        extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge,
-                                 cat_gqa=self.flags.cat_gqa)
-        fn(dout, q, k, v, out, lse, calc.q_ranges, calc.k_ranges, calc.types,
-           softmax_scale=scale, softcap=softcap, dq=dq, dk=dk, dv=dv, delta=delta,
-           deterministic=self.flags.deterministic, backend=self.backend, **extra)
-
     # ---------------------------------------------------------------- forward
     def forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool):
         """Returns (out [S,hq,dv] q.dtype, lse [S,hq] fp32|fp64, max_logits [hq] | None)."""
@@ -247,10 +229,7 @@ class QOCommRuntime:
         self._reduce_lse(r_out, r_lse, out, lse, None if hp else q.dtype)
 
         out, lse = _from_groups(out, g), _from_groups(lse, g)
-        if sink is not None:
-            _compat.ffa.apply_sink(out, lse, sink, "sh")
-        if max_logits is not None and dist.get_world_size(self.cp_group) > 1:
-            dist.all_reduce(max_logits, op=dist.ReduceOp.MAX, group=self.cp_group)
+        self._finish_forward(out, lse, sink, max_logits)
         return out.to(q.dtype), lse, max_logits
 
     # ---------------------------------------------------------------- backward
@@ -303,25 +282,6 @@ class QOCommRuntime:
         dk, dv = _from_groups(dkv[:sk], g), _from_groups(dkv[sk:], g)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsink
 
-    def _dsink(self, sink, lse, out, dout):
-        global _DSINK_WARNED
-        dsink = _compat.ffa.sink_backward(sink, lse, out, dout.to(out.dtype), "sh")
-        op = self.flags.dsink_all_reduce_op
-        world = dist.get_world_size(self.cp_group)
-        if op == "none":
-            if world > 1 and not _DSINK_WARNED:
-                _DSINK_WARNED = True
-                warnings.warn("calc_attn(): dsink is partial per rank "
-                              "(MAGI_ATTENTION_DSINK_ALL_REDUCE_OP=none); reduce sink.grad over "
-                              "the cp group yourself or set the flag to sum|avg", stacklevel=2)
-            return dsink
-        if world > 1:
-            dsink = dsink.contiguous()
-            dist.all_reduce(dsink, op=dist.ReduceOp.SUM, group=self.cp_group)
-            if op == "avg":
-                dsink = dsink / world
-        return dsink
-
 
 class QOCommFunc(torch.autograd.Function):
     """Autograd wrapper: (q, k, v, sink) -> (out, lse, max_logits); lse/max_logits carry no grad."""
@@ -329,22 +289,14 @@ class QOCommFunc(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, sink, runtime: QOCommRuntime, scale, softcap, return_max_logits):
         out, lse, max_logits = runtime.forward(q, k, v, sink, scale, softcap, return_max_logits)
-        ctx.runtime, ctx.scale, ctx.softcap = runtime, scale, softcap
-        ctx.has_sink = sink is not None
-        ctx.save_for_backward(q, k, v, out, lse, *([sink] if sink is not None else []))
-        ctx.mark_non_differentiable(lse)
-        if max_logits is not None:
-            ctx.mark_non_differentiable(max_logits)
+        _save_for_backward(ctx, q, k, v, sink, out, lse, max_logits, runtime, scale, softcap)
         return out, lse, max_logits
 
     @staticmethod
     def backward(ctx, dout, _dlse, _dml):
-        saved = ctx.saved_tensors
-        q, k, v, out, lse = saved[:5]
-        sink = saved[5] if ctx.has_sink else None
+        q, k, v, out, lse, sink, need_dsink = _saved_inputs(ctx)
         dq, dk, dv, dsink = ctx.runtime.backward(
-            dout, q, k, v, out, lse, sink, ctx.scale, ctx.softcap,
-            need_dsink=ctx.has_sink and ctx.needs_input_grad[3])
+            dout, q, k, v, out, lse, sink, ctx.scale, ctx.softcap, need_dsink=need_dsink)
         if dsink is not None:
             dsink = dsink.to(sink.dtype)
         return dq, dk, dv, dsink, None, None, None, None
@@ -353,6 +305,5 @@ class QOCommFunc(torch.autograd.Function):
 def qo_comm_attn_func(q, k, v, runtime: QOCommRuntime, sink=None, softmax_scale=None,
                       softcap: float = 0.0, return_max_logits: bool = False):
     """Run the QO-comm runtime through autograd; returns (out, lse, max_logits | None)."""
-    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-    return QOCommFunc.apply(q, k, v, sink, runtime, float(scale), float(softcap),
-                            bool(return_max_logits))
+    return QOCommFunc.apply(q, k, v, sink, runtime, _default_scale(q, softmax_scale),
+                            float(softcap), bool(return_max_logits))

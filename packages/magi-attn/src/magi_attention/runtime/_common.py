@@ -1,0 +1,137 @@
+"""Pieces shared by the stage runtime (dist_attn) and the QO-comm runtime (qo_comm).
+
+Why one module: both runtimes call the same FFA kernels on the same per-stage slice tensors,
+finish the forward the same way (sink once on the owner, max_logits all-reduced with MAX) and
+reduce dsink over the cp group by the same flag; only their communication differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from magi_attention import _compat
+
+__all__ = ["_acc_dtype", "_optional_kwargs", "_Calc", "_FFARuntimeMixin", "_save_for_backward",
+           "_saved_inputs", "_default_scale"]
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 accumulators, fp64 when the inputs are fp64 (reference runs)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@functools.cache
+def _accepted_kwargs(fn: Any) -> frozenset[str] | None:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return frozenset(params)
+
+
+def _optional_kwargs(fn: Any, **opts: Any) -> dict:
+    """Keep only the optional switches the installed kernel accepts (CatGQA, auto-merge, ...)."""
+    accepted = _accepted_kwargs(fn)
+    return {k: v for k, v in opts.items() if accepted is None or k in accepted}
+
+
+class _Calc:
+    """One stage's slices as tensors on the compute device (built once)."""
+
+    def __init__(self, calc: Any, device: torch.device):
+        q, k, t = calc.as_arrays()
+        self.q_ranges = torch.from_numpy(np.ascontiguousarray(q, dtype=np.int32)).to(device)
+        self.k_ranges = torch.from_numpy(np.ascontiguousarray(k, dtype=np.int32)).to(device)
+        self.types = torch.from_numpy(np.ascontiguousarray(t, dtype=np.int32)).to(device)
+        self.area = int(calc.area)
+        self.empty = self.q_ranges.shape[0] == 0 or self.area == 0
+
+
+class _FFARuntimeMixin:
+    """Kernel calls and forward/backward tails of a runtime.
+
+    Needs ``self.flags`` (EnvFlags), ``self.backend`` and ``self.cp_group``. The dsink warning is
+    given once per runtime class (``_dsink_warned`` is set on the class that warned).
+    """
+
+    flags: Any
+    backend: str | None
+    cp_group: Any
+    _dsink_warned = False
+
+    def _fwd(self, q, k, v, calc: _Calc, out, lse, max_logits, scale, softcap):
+        if calc.empty:
+            return
+        fn = _compat.ffa.ffa_forward
+        extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge)
+        fn(q, k, v, calc.q_ranges, calc.k_ranges, calc.types, softmax_scale=scale,
+           softcap=softcap, out=out, lse=lse, max_logits=max_logits,
+           return_max_logits=max_logits is not None, deterministic=self.flags.deterministic,
+           backend=self.backend, **extra)
+
+    def _bwd(self, dout, q, k, v, out, lse, delta, calc: _Calc, dq, dk, dv, scale, softcap):
+        if calc.empty:
+            return
+        fn = _compat.ffa.ffa_backward
+        extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge,
+                                 cat_gqa=self.flags.cat_gqa)
+        fn(dout, q, k, v, out, lse, calc.q_ranges, calc.k_ranges, calc.types,
+           softmax_scale=scale, softcap=softcap, dq=dq, dk=dk, dv=dv, delta=delta,
+           deterministic=self.flags.deterministic, backend=self.backend, **extra)
+
+    def _finish_forward(self, out, lse, sink, max_logits) -> None:
+        """In place: apply the sink to the merged out/lse; all-reduce max_logits with MAX."""
+        if sink is not None:
+            _compat.ffa.apply_sink(out, lse, sink, "sh")
+        if max_logits is not None and dist.get_world_size(self.cp_group) > 1:
+            dist.all_reduce(max_logits, op=dist.ReduceOp.MAX, group=self.cp_group)
+
+    def _dsink(self, sink, lse, out, dout):
+        dsink = _compat.ffa.sink_backward(sink, lse, out, dout.to(out.dtype), "sh")
+        op = self.flags.dsink_all_reduce_op
+        world = dist.get_world_size(self.cp_group)
+        if op == "none":
+            if world > 1 and not type(self)._dsink_warned:
+                type(self)._dsink_warned = True
+                warnings.warn("calc_attn(): dsink is partial per rank "
+                              "(MAGI_ATTENTION_DSINK_ALL_REDUCE_OP=none); reduce sink.grad over "
+                              "the cp group yourself or set the flag to sum|avg", stacklevel=2)
+            return dsink
+        if world > 1:
+            dsink = dsink.contiguous()
+            dist.all_reduce(dsink, op=dist.ReduceOp.SUM, group=self.cp_group)
+            if op == "avg":
+                dsink = dsink / world
+        return dsink
+
+
+def _save_for_backward(ctx, q, k, v, sink, out, lse, max_logits, runtime, scale, softcap):
+    """Autograd forward bookkeeping shared by both runtimes' Functions."""
+    ctx.runtime, ctx.scale, ctx.softcap = runtime, scale, softcap
+    ctx.has_sink = sink is not None
+    ctx.save_for_backward(q, k, v, out, lse, *([sink] if sink is not None else []))
+    ctx.mark_non_differentiable(lse)
+    if max_logits is not None:
+        ctx.mark_non_differentiable(max_logits)
+
+
+def _saved_inputs(ctx):
+    """(q, k, v, out, lse, sink | None, need_dsink) from a ctx filled by _save_for_backward."""
+    saved = ctx.saved_tensors
+    q, k, v, out, lse = saved[:5]
+    sink = saved[5] if ctx.has_sink else None
+    return q, k, v, out, lse, sink, ctx.has_sink and ctx.needs_input_grad[3]
+
+
+def _default_scale(q: torch.Tensor, softmax_scale: float | None) -> float:
+    """The softmax scale: the given one, else 1/sqrt(head dim)."""
+    return float(softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5)
