@@ -176,6 +176,11 @@ def test_plan_pieces_cover_mask_exactly(seed, transpose):
 # ---------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------
+def _case_id(c):
+    """Readable test id of a FWD_CASES / BWD_CASES row."""
+    return f"s{c[0]}-{c[1]}x{c[2]}-h{c[3]}/{c[4]}-d{c[5]}-{str(c[6])[6:]}-cap{c[7]}"
+
+
 FWD_CASES = [
     # seed, sq, sk, hq, hk, d, dtype, softcap
     (0, 70, 90, 2, 2, 32, torch.float32, 0.0),
@@ -188,7 +193,7 @@ FWD_CASES = [
 
 
 @kernel_test
-@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: f"s{c[0]}-{c[1]}x{c[2]}-h{c[3]}/{c[4]}-d{c[5]}-{str(c[6])[6:]}-cap{c[7]}")
+@pytest.mark.parametrize("case", FWD_CASES, ids=_case_id)
 def test_forward_matches_dense_reference(case):
     seed, sq, sk, hq, hk, d, dtype, cap = case
     _, q, k, v, qr, kr, tm = make_inputs(seed, sq, sk, hq, hk, d, dtype)
@@ -280,7 +285,7 @@ BWD_CASES = [
 
 
 @kernel_test
-@pytest.mark.parametrize("case", BWD_CASES, ids=lambda c: f"s{c[0]}-{c[1]}x{c[2]}-h{c[3]}/{c[4]}-d{c[5]}-{str(c[6])[6:]}-cap{c[7]}")
+@pytest.mark.parametrize("case", BWD_CASES, ids=_case_id)
 def test_backward_matches_dense_reference(case):
     seed, sq, sk, hq, hk, d, dtype, cap = case
     gen, q, k, v, qr, kr, tm = make_inputs(seed, sq, sk, hq, hk, d, dtype)

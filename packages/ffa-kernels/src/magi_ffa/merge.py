@@ -47,14 +47,18 @@ def _weight(lse_part: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return torch.exp(lse_part - lse_safe)
 
 
+def _into(dst: torch.Tensor, res: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """`res`, or `dst` after copying `res` into it when `inplace` (the merge functions' contract)."""
+    if inplace:
+        dst.copy_(res)
+        return dst
+    return res
+
+
 def correct_attn_lse(lse1: torch.Tensor, lse2: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """log(exp(lse1) + exp(lse2)) computed stably; written into lse1 when `inplace`."""
     dt = _acc_dtype(lse1, lse2)
-    res = _logaddexp(lse1.to(dt), lse2.to(dt))
-    if inplace:
-        lse1.copy_(res)
-        return lse1
-    return res
+    return _into(lse1, _logaddexp(lse1.to(dt), lse2.to(dt)), inplace)
 
 
 def correct_attn_out(
@@ -69,11 +73,7 @@ def correct_attn_out(
     dt = _acc_dtype(out1, out2, lse)
     w1 = _weight(lse1.to(dt), lse.to(dt)).unsqueeze(-1)
     w2 = _weight(lse2.to(dt), lse.to(dt)).unsqueeze(-1)
-    res = w1 * out1.to(dt) + w2 * out2.to(dt)
-    if inplace:
-        out1.copy_(res)
-        return out1
-    return res
+    return _into(out1, w1 * out1.to(dt) + w2 * out2.to(dt), inplace)
 
 
 def correct_attn_out_lse(
@@ -85,11 +85,8 @@ def correct_attn_out_lse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge two partial results; returns (out, lse), written into (out1, lse1) when `inplace`."""
     lse = correct_attn_lse(lse1, lse2)
-    out = correct_attn_out(out1, lse1, out2, lse2, lse, inplace=inplace)
-    if inplace:
-        lse1.copy_(lse)
-        return out1, lse1
-    return out, lse
+    out = correct_attn_out(out1, lse1, out2, lse2, lse, inplace=inplace)  # out1 itself when inplace
+    return out, _into(lse1, lse, inplace)
 
 
 def calc_lse_sink(sink: torch.Tensor, sink_layout: str = "sh") -> torch.Tensor:
@@ -121,11 +118,7 @@ def correct_attn_out_with_sink(
     dt = _acc_dtype(out, lse, sink)
     lse_sink = calc_lse_sink(sink, sink_layout).to(dt).expand_as(lse)
     lse_new = _logaddexp(lse.to(dt), lse_sink)
-    res = out.to(dt) * _weight(lse.to(dt), lse_new).unsqueeze(-1)
-    if inplace:
-        out.copy_(res)
-        return out
-    return res
+    return _into(out, out.to(dt) * _weight(lse.to(dt), lse_new).unsqueeze(-1), inplace)
 
 
 def correct_attn_out_lse_with_sink(
@@ -138,8 +131,4 @@ def correct_attn_out_lse_with_sink(
     """Both corrections at once; returns (out', lse'), written into (out, lse) when `inplace`."""
     new_out = correct_attn_out_with_sink(out, lse, sink, sink_layout)
     new_lse = correct_attn_lse_with_sink(lse, sink, sink_layout)
-    if inplace:
-        out.copy_(new_out)
-        lse.copy_(new_lse)
-        return out, lse
-    return new_out, new_lse
+    return _into(out, new_out, inplace), _into(lse, new_lse, inplace)

@@ -57,6 +57,11 @@ def _rows_per_slice(inp: FFAInputs) -> float:
     return inp.q.shape[0] / max(1, inp.num_slices)
 
 
+def _row_head_strides(*ts: torch.Tensor) -> tuple[int, ...]:
+    """(stride(0), stride(1)) of each tensor in turn: the row/head strides every kernel takes."""
+    return tuple(st for t in ts for st in (t.stride(0), t.stride(1)))
+
+
 def _padded_pieces(wl: WorkList) -> torch.Tensor:
     # A zero-sized tensor may have a null data pointer; the kernels never read past tile_ptr.
     if wl.num_pieces:
@@ -141,11 +146,7 @@ class TritonBackend(Backend):
             q, k, v,
             out, lse, tile_max,
             wl.tile_ptr, _padded_pieces(wl), wl.tile_order,
-            q.stride(0), q.stride(1),
-            k.stride(0), k.stride(1),
-            v.stride(0), v.stride(1),
-            out.stride(0), out.stride(1),
-            lse.stride(0), lse.stride(1),
+            *_row_head_strides(q, k, v, out, lse),
             sq, hq, hq // hk,
             qk_scale, cap_scale,
             HEAD_DIM=d, D_PAD=configs.padded_head_dim(d),
@@ -200,13 +201,7 @@ class TritonBackend(Backend):
             bwd_mod.ffa_bwd_dq_kernel[(wl.num_tiles, hq)](
                 q, k, v, dout, lse, delta, dq,
                 wl.tile_ptr, _padded_pieces(wl), wl.tile_order,
-                q.stride(0), q.stride(1),
-                k.stride(0), k.stride(1),
-                v.stride(0), v.stride(1),
-                dout.stride(0), dout.stride(1),
-                lse.stride(0), lse.stride(1),
-                delta.stride(0), delta.stride(1),
-                dq.stride(0), dq.stride(1),
+                *_row_head_strides(q, k, v, dout, lse, delta, dq),
                 sq, group,
                 inp.softmax_scale, qk_scale, cap_scale,
                 HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SOFTCAP=softcap,
@@ -222,15 +217,7 @@ class TritonBackend(Backend):
         bwd_mod.ffa_bwd_dkdv_kernel[(wl.num_tiles, hk)](
             q, k, v, dout, lse, delta, dk, dv, dq,
             wl.tile_ptr, _padded_pieces(wl), wl.tile_order,
-            q.stride(0), q.stride(1),
-            k.stride(0), k.stride(1),
-            v.stride(0), v.stride(1),
-            dout.stride(0), dout.stride(1),
-            lse.stride(0), lse.stride(1),
-            delta.stride(0), delta.stride(1),
-            dk.stride(0), dk.stride(1),
-            dv.stride(0), dv.stride(1),
-            dq.stride(0), dq.stride(1),
+            *_row_head_strides(q, k, v, dout, lse, delta, dk, dv, dq),
             sk, group,
             inp.softmax_scale, qk_scale, cap_scale,
             HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SOFTCAP=softcap,
