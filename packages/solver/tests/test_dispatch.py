@@ -1,8 +1,8 @@
 """Dispatch: chunk areas against brute-force cell counts, partition validity, the algorithms
 against the exact optimum, position ids, permutations and input checks.
 
-Also hosts the dense-mask helpers that test_plan.py reuses (random cell-disjoint masks of all
-four types and a brute-force cell matrix).
+Also hosts the random mask generators that test_plan.py reuses (random cell-disjoint masks of all
+four types); the brute-force cell matrix lives in _masks.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import random
 import magi_solver
 import numpy as np
 import pytest
+from _masks import dense_mask
 from magi_solver import DispatchMeta, RangeError, make_dispatch_meta, solve_dispatch
 
 ALGS = [
@@ -27,24 +28,6 @@ ALGS = [
 
 
 # ---------------------------------------------------------------- dense reference helpers
-
-
-def slice_cells(lq: int, lk: int, t: int) -> np.ndarray:
-    """bool [lq, lk]: visible cells of one slice (contract predicate, by brute force)."""
-    i = np.arange(lq)[:, None]
-    j = np.arange(lk)[None, :]
-    causal = j <= i + lk - lq
-    inv = j >= i
-    return {0: np.ones((lq, lk), bool), 1: causal, 2: inv, 3: causal & inv}[t]
-
-
-def dense_mask(qr, kr, ts, total: int) -> np.ndarray:
-    """int [T, T]: how many slices list each cell (the slices of a valid mask give 0/1)."""
-    m = np.zeros((total, total), np.int64)
-    for (qs, qe), (ks, ke), t in zip(qr, kr, ts):
-        if qe > qs and ke > ks:
-            m[qs:qe, ks:ke] += slice_cells(qe - qs, ke - ks, t)
-    return m
 
 
 def random_mask(rng: random.Random, total: int, pad: int = 0):

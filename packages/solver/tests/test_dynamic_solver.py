@@ -11,6 +11,7 @@ from collections import defaultdict, deque
 
 import numpy as np
 import pytest
+from _masks import dense_mask, slice_cells
 from magi_solver import (
     DynamicPlan,
     RangeError,
@@ -23,23 +24,6 @@ ALGS = ["ncq", "grg", "binary_greedy"]
 
 
 # ---- brute-force references (contract predicate, no solver code) ----
-
-
-def slice_cells(lq: int, lk: int, t: int) -> np.ndarray:
-    """bool [lq, lk]: visible cells of one slice."""
-    i = np.arange(lq)[:, None]
-    j = np.arange(lk)[None, :]
-    causal, inv = j <= i + lk - lq, j >= i
-    return {0: np.ones((lq, lk), bool), 1: causal, 2: inv, 3: causal & inv}[t]
-
-
-def dense(qr, kr, ts, total: int) -> np.ndarray:
-    """int [T, T]: how many slices list each cell."""
-    m = np.zeros((total, total), np.int64)
-    for (qs, qe), (ks, ke), t in zip(qr, kr, ts):
-        if qe > qs and ke > ks:
-            m[qs:qe, ks:ke] += slice_cells(qe - qs, ke - ks, t)
-    return m
 
 
 def expand(m: np.ndarray, groups: int) -> np.ndarray:
@@ -178,7 +162,7 @@ def test_coverage_exact_and_args_consistent(alg: str, seed: int) -> None:
     qr, kr, ts, total, meta = build(rng, cp, rng.choice([2, 4, 5]), rng.choice([1, 2, 3]))
     plan = make_dynamic_plan(qr, kr, ts, meta, alg=alg, seed=seed)
     assert plan.cp_size == cp and plan.alg == alg and plan.total_seqlen == total
-    ref = dense(qr, kr, ts, total)
+    ref = dense_mask(qr, kr, ts, total)
     cover, areas = cover_of(plan)
     np.testing.assert_array_equal(cover, ref)
     assert areas == plan.per_rank_area
@@ -228,7 +212,7 @@ def test_balance_when_feasible(alg: str, seed: int) -> None:
     meta = make_dispatch_meta(qr, kr, ts, total, 8, cp)
     plan = make_dynamic_plan(qr, kr, ts, meta, alg=alg, seed=seed)
     area = plan.per_rank_area
-    assert sum(area) == int(dense(qr, kr, ts, total).sum())
+    assert sum(area) == int(dense_mask(qr, kr, ts, total).sum())
     if plan.feasible:
         assert max(area) <= 1.10 * sum(area) / cp + 1e-9
     else:
@@ -246,7 +230,7 @@ def test_binary_greedy_balances_what_ncq_cannot() -> None:
     assert bg.feasible and max(bg.per_rank_area) <= 1.10 * sum(bg.per_rank_area) / cp
     assert max(bg.per_rank_area) < max(ncq.per_rank_area)
     assert sum(bg.per_rank_comm_q) > 0  # balancing needed q movement
-    np.testing.assert_array_equal(cover_of(bg)[0], dense(qr, kr, ts, total))
+    np.testing.assert_array_equal(cover_of(bg)[0], dense_mask(qr, kr, ts, total))
     simulate_cast(bg, "q")
     simulate_cast(bg, "kv")
 
@@ -317,7 +301,7 @@ def test_flatten_head_groups_splits_groups() -> None:
     assert flat.feasible and flat.per_rank_area == [16, 16]
     groups_on = [{qs // total for (qs, _), _, _ in flat.buckets(r)} for r in range(cp)]
     assert groups_on[0] and groups_on[1] and groups_on[0].isdisjoint(groups_on[1])
-    np.testing.assert_array_equal(cover_of(flat)[0], expand(dense(qr, kr, ts, total), 2))
+    np.testing.assert_array_equal(cover_of(flat)[0], expand(dense_mask(qr, kr, ts, total), 2))
     simulate_cast(flat, "q")
     simulate_cast(flat, "kv")
 
@@ -334,7 +318,7 @@ def test_flatten_coverage_random(alg: str, seed: int) -> None:
     for r in range(plan.cp_size):  # the local buffer is group-major
         expect = [(g * total + s, g * total + e) for g in range(3) for s, e in meta.host_ranges_per_rank[r]]
         np.testing.assert_array_equal(positions(plan.rank_plan(r).host_ranges), positions(expect))
-    np.testing.assert_array_equal(cover_of(plan)[0], expand(dense(qr, kr, ts, total), 3))
+    np.testing.assert_array_equal(cover_of(plan)[0], expand(dense_mask(qr, kr, ts, total), 3))
     simulate_cast(plan, "q")
     simulate_cast(plan, "kv")
 

@@ -10,6 +10,7 @@ import random
 
 import numpy as np
 import pytest
+from _masks import dense_mask, slice_cells
 from magi_solver import (
     DistAttnPlan,
     OverlapParams,
@@ -17,7 +18,7 @@ from magi_solver import (
     make_dispatch_meta,
     make_dist_attn_plan,
 )
-from test_dispatch import dense_mask, random_mask, slice_cells, varlen_mask
+from test_dispatch import random_mask, varlen_mask
 
 
 def positions(ranges) -> np.ndarray:

@@ -81,6 +81,32 @@ def _cached(kind, builder, key, *args, **kw):
     return plan
 
 
+def _plan_for(kind, builder, ins, outs, dsts, srcs, rank: int, world: int, input):
+    """The plan for these lists on ``input``'s device, built once and cached."""
+    device = input.device if isinstance(input, torch.Tensor) else None
+    key = (kind, _freeze(ins), _freeze(outs), _freeze(dsts), _freeze(srcs), rank, world,
+           str(device) if device is not None else None)
+    return _cached(kind, builder, key, ins, outs, dsts, srcs, rank=rank, world_size=world, device=device)
+
+
+def _length_error(fn: str, plan, input, output):
+    """The error for input/output row counts that disagree with the plan's splits, or None."""
+    if isinstance(input, torch.Tensor) and input.dim() > 0 and plan.input_len != input.shape[0]:
+        return GrpCollError(f"{fn}(): sum(input_split_sizes)={plan.input_len} does not match "
+                            f"input.shape[0]={input.shape[0]}.")
+    if isinstance(output, torch.Tensor) and output.dim() > 0 and plan.output_len != output.shape[0]:
+        return GrpCollError(f"{fn}(): sum(output_split_sizes)={plan.output_len} does not match "
+                            f"output.shape[0]={output.shape[0]}.")
+    return None
+
+
+def _raise_without_plan(fn: str, err, group):
+    """No plan could be built here: tell the peers (when the sanity check is on), then raise."""
+    if is_sanity_check_enabled():
+        exchange_and_check(fn, None, err, group, None)
+    raise err
+
+
 def _select(fn, impl, input, group, cast_lse, reduce_op, kwargs):
     name = select_impl_name(impl)
     try:
@@ -211,27 +237,15 @@ def group_cast(input, output, input_split_sizes, output_split_sizes, dst_indices
         outs = _to_list(output_split_sizes)
         if isinstance(src_index, torch.Tensor) or (isinstance(outs, list) and len(outs) != len(src_index)):
             outs, src_index = strip_device_padding(list(outs), src_index, world)
-        key = ("cast", _freeze(ins), _freeze(outs), _freeze(dst_indices), _freeze(src_index), rank, world,
-               str(input.device) if isinstance(input, torch.Tensor) else None)
-        plan = _cached("cast", GroupCastPlan.build, key, ins, outs, dst_indices, src_index, rank=rank,
-                       world_size=world, device=input.device if isinstance(input, torch.Tensor) else None)
-        plan_err = None
-        if isinstance(input, torch.Tensor) and input.dim() > 0 and sum(plan.input_split_sizes) != input.shape[0]:
-            plan_err = GrpCollError(f"{fn}(): sum(input_split_sizes)={plan.input_len} does not match "
-                                    f"input.shape[0]={input.shape[0]}.")
-        if (plan_err is None and isinstance(output, torch.Tensor) and output.dim() > 0
-                and plan.output_len != output.shape[0]):
-            plan_err = GrpCollError(f"{fn}(): sum(output_split_sizes)={plan.output_len} does not match "
-                                    f"output.shape[0]={output.shape[0]}.")
+        plan = _plan_for("cast", GroupCastPlan.build, ins, outs, dst_indices, src_index, rank, world, input)
+        plan_err = _length_error(fn, plan, input, output)
         if cast_lse and (input_lse is None or output_lse is None):
             plan_err = GrpCollError(f"{fn}(): cast_lse=True needs input_lse and output_lse; got None.")
         err = plan_err
     except GrpCollError as e:
         err = e
     if plan is None:
-        if is_sanity_check_enabled():
-            exchange_and_check(fn, None, err, group, None)
-        raise err
+        _raise_without_plan(fn, err, group)
     return _run_cast(plan, input, output, group, async_op=async_op,
                      input_lse=input_lse if cast_lse else None, output_lse=output_lse if cast_lse else None,
                      impl=impl, _fn=fn, _err=err, **kwargs)
@@ -268,22 +282,12 @@ def group_reduce(input, output, input_split_sizes, output_split_sizes, dst_index
         outs = _to_list(output_split_sizes)
         if isinstance(dst_index, torch.Tensor) or (isinstance(ins, list) and len(ins) != len(dst_index)):
             ins, dst_index = strip_device_padding(list(ins), dst_index, world)
-        key = ("reduce", _freeze(ins), _freeze(outs), _freeze(dst_index), _freeze(src_indices), rank, world,
-               str(input.device) if isinstance(input, torch.Tensor) else None)
-        plan = _cached("reduce", GroupReducePlan.build, key, ins, outs, dst_index, src_indices, rank=rank,
-                       world_size=world, device=input.device if isinstance(input, torch.Tensor) else None)
-        if isinstance(input, torch.Tensor) and input.dim() > 0 and plan.input_len != input.shape[0]:
-            err = GrpCollError(f"{fn}(): sum(input_split_sizes)={plan.input_len} does not match "
-                               f"input.shape[0]={input.shape[0]}.")
-        elif isinstance(output, torch.Tensor) and output.dim() > 0 and plan.output_len != output.shape[0]:
-            err = GrpCollError(f"{fn}(): sum(output_split_sizes)={plan.output_len} does not match "
-                               f"output.shape[0]={output.shape[0]}.")
+        plan = _plan_for("reduce", GroupReducePlan.build, ins, outs, dst_index, src_indices, rank, world, input)
+        err = _length_error(fn, plan, input, output)
     except GrpCollError as e:
         err = e
     if plan is None:
-        if is_sanity_check_enabled():
-            exchange_and_check(fn, None, err, group, None)
-        raise err
+        _raise_without_plan(fn, err, group)
     return _run_reduce(plan, input, output, group, async_op=async_op, reduce_op=reduce_op,
                        acc_reduce=acc_reduce, comm_dtype=comm_dtype, input_lse=input_lse,
                        output_lse=output_lse, impl=impl, _fn=fn, _err=err, **kwargs)

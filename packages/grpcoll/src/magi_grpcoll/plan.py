@@ -68,6 +68,56 @@ def _resolve_device(device) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
+def _check_world(fn: str, rank, world_size, input_split_sizes, output_split_sizes):
+    """Checks shared by both plan builders; returns (rank, input sizes, output sizes)."""
+    if not isinstance(world_size, int) or world_size < 1:
+        from magi_grpcoll.errors import GrpCollError
+
+        raise GrpCollError(f"{fn}(): world_size must be a positive int; got {world_size!r}.")
+    rank = check_rank(fn, "rank", rank, world_size)
+    ins = check_split_sizes(fn, "input_split_sizes", input_split_sizes, None)
+    outs = check_split_sizes(fn, "output_split_sizes", output_split_sizes, None)
+    return rank, ins, outs
+
+
+def _per_rank(sizes, world_size: int, member) -> list[list[int]]:
+    """For each rank r, the split indices i (in split order) with member(i, r)."""
+    return [[i for i in range(len(sizes)) if member(i, r)] for r in range(world_size)]
+
+
+def _counts_sigs(sizes, groups: list[list[int]]) -> tuple[list[int], list[int]]:
+    """Rows exchanged with each peer and the checksum of the split sizes exchanged with it."""
+    return ([sum(sizes[i] for i in idx) for idx in groups],
+            [_signature([sizes[i] for i in idx]) for idx in groups])
+
+
+def _send_side(ins, world_size: int, member, device):
+    """Send buffer layout: grouped by destination rank, each group in split order.
+
+    Returns (send_counts, send_sigs, send_rows); send_rows is None when the buffer is the input itself.
+    """
+    in_off = _cumsum0(ins)
+    groups = _per_rank(ins, world_size, member)
+    send_counts, send_sigs = _counts_sigs(ins, groups)
+    send_starts = [in_off[i] for idx in groups for i in idx]
+    send_lens = [ins[i] for idx in groups for i in idx]
+    send_rows = None if _is_identity(send_starts, send_lens, in_off[-1]) else \
+        ranges_to_rows(send_starts, send_lens, device)
+    return send_counts, send_sigs, send_rows
+
+
+class _SplitLengths:
+    """Row totals of the split lists (shared by both plan classes)."""
+
+    @property
+    def input_len(self) -> int:
+        return sum(self.input_split_sizes)
+
+    @property
+    def output_len(self) -> int:
+        return sum(self.output_split_sizes)
+
+
 @dataclass(frozen=True, eq=False)
 class ReduceMap:
     """How received rows fold into output rows (shared by the a2a-v and hierarchical reduce).
@@ -134,7 +184,7 @@ class ReduceMap:
 
 
 @dataclass(frozen=True, eq=False)
-class GroupCastPlan:
+class GroupCastPlan(_SplitLengths):
     """One rank's precomputed group_cast: split i of the input goes to every rank in dst_indices[i];
     output split j is the next unconsumed split that rank src_index[j] sends here (stable order).
 
@@ -160,51 +210,22 @@ class GroupCastPlan:
     send_sigs: tuple[int, ...] = field(repr=False, default=())
     recv_sigs: tuple[int, ...] = field(repr=False, default=())
 
-    @property
-    def input_len(self) -> int:
-        return sum(self.input_split_sizes)
-
-    @property
-    def output_len(self) -> int:
-        return sum(self.output_split_sizes)
-
     @staticmethod
     def build(input_split_sizes, output_split_sizes, dst_indices, src_index, *, rank: int,
               world_size: int, device=None) -> GroupCastPlan:
         """Build the plan of rank ``rank`` (pure, no communication; loops over splits happen here only)."""
         fn = "GroupCastPlan.build"
-        if not isinstance(world_size, int) or world_size < 1:
-            from magi_grpcoll.errors import GrpCollError
-
-            raise GrpCollError(f"{fn}(): world_size must be a positive int; got {world_size!r}.")
-        rank = check_rank(fn, "rank", rank, world_size)
-        ins = check_split_sizes(fn, "input_split_sizes", input_split_sizes, None)
-        outs = check_split_sizes(fn, "output_split_sizes", output_split_sizes, None)
+        rank, ins, outs = _check_world(fn, rank, world_size, input_split_sizes, output_split_sizes)
         dsts = check_rank_sets(fn, "dst_indices", dst_indices, len(ins), world_size)
         srcs = check_rank_list(fn, "src_index", src_index, len(outs), world_size)
         device = _resolve_device(device)
-        in_off = _cumsum0(ins)
         out_off = _cumsum0(outs)
 
-        # send side: grouped by destination rank, each group in split order
-        send_starts, send_lens = [], []
-        send_counts, send_sigs = [], []
-        for r in range(world_size):
-            sz = [ins[i] for i in range(len(ins)) if r in dsts[i]]
-            send_starts += [in_off[i] for i in range(len(ins)) if r in dsts[i]]
-            send_lens += sz
-            send_counts.append(sum(sz))
-            send_sigs.append(_signature(sz))
-        send_rows = None if _is_identity(send_starts, send_lens, in_off[-1]) else \
-            ranges_to_rows(send_starts, send_lens, device)
+        send_counts, send_sigs, send_rows = _send_side(ins, world_size, lambda i, r: r in dsts[i], device)
 
         # receive side: the buffer is grouped by source rank, each group in that source's split order,
         # which (stable order) is the order of the output splits naming that source
-        recv_counts, recv_sigs = [], []
-        for r in range(world_size):
-            sz = [outs[j] for j in range(len(outs)) if srcs[j] == r]
-            recv_counts.append(sum(sz))
-            recv_sigs.append(_signature(sz))
+        recv_counts, recv_sigs = _counts_sigs(outs, _per_rank(outs, world_size, lambda j, r: srcs[j] == r))
         recv_base = _cumsum0(recv_counts)
         cursor = list(recv_base[:-1])
         recv_starts = []
@@ -240,7 +261,7 @@ class GroupCastPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class GroupReducePlan:
+class GroupReducePlan(_SplitLengths):
     """One rank's precomputed group_reduce, the transpose of a cast: input split i goes to the single
     rank dst_index[i]; output split k folds in, per rank r in src_indices[k], the next unconsumed split
     that r sends here.
@@ -264,47 +285,19 @@ class GroupReducePlan:
     send_sigs: tuple[int, ...] = field(repr=False, default=())
     recv_sigs: tuple[int, ...] = field(repr=False, default=())
 
-    @property
-    def input_len(self) -> int:
-        return sum(self.input_split_sizes)
-
-    @property
-    def output_len(self) -> int:
-        return sum(self.output_split_sizes)
-
     @staticmethod
     def build(input_split_sizes, output_split_sizes, dst_index, src_indices, *, rank: int,
               world_size: int, device=None) -> GroupReducePlan:
         """Build the plan of rank ``rank`` (pure, no communication)."""
         fn = "GroupReducePlan.build"
-        if not isinstance(world_size, int) or world_size < 1:
-            from magi_grpcoll.errors import GrpCollError
-
-            raise GrpCollError(f"{fn}(): world_size must be a positive int; got {world_size!r}.")
-        rank = check_rank(fn, "rank", rank, world_size)
-        ins = check_split_sizes(fn, "input_split_sizes", input_split_sizes, None)
-        outs = check_split_sizes(fn, "output_split_sizes", output_split_sizes, None)
+        rank, ins, outs = _check_world(fn, rank, world_size, input_split_sizes, output_split_sizes)
         dst = check_rank_list(fn, "dst_index", dst_index, len(ins), world_size)
         srcs = check_rank_sets(fn, "src_indices", src_indices, len(outs), world_size)
         device = _resolve_device(device)
-        in_off = _cumsum0(ins)
         out_off = _cumsum0(outs)
 
-        send_starts, send_lens, send_counts, send_sigs = [], [], [], []
-        for r in range(world_size):
-            idx = [i for i in range(len(ins)) if dst[i] == r]
-            send_starts += [in_off[i] for i in idx]
-            send_lens += [ins[i] for i in idx]
-            send_counts.append(sum(ins[i] for i in idx))
-            send_sigs.append(_signature([ins[i] for i in idx]))
-        send_rows = None if _is_identity(send_starts, send_lens, in_off[-1]) else \
-            ranges_to_rows(send_starts, send_lens, device)
-
-        recv_counts, recv_sigs = [], []
-        for r in range(world_size):
-            sz = [outs[k] for k in range(len(outs)) if r in srcs[k]]
-            recv_counts.append(sum(sz))
-            recv_sigs.append(_signature(sz))
+        send_counts, send_sigs, send_rows = _send_side(ins, world_size, lambda i, r: dst[i] == r, device)
+        recv_counts, recv_sigs = _counts_sigs(outs, _per_rank(outs, world_size, lambda k, r: r in srcs[k]))
         recv_base = _cumsum0(recv_counts)
         cursor = list(recv_base[:-1])
         recv_start_of: dict[tuple[int, int], int] = {}

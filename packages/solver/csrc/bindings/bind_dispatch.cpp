@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings/bindings.hpp"
+#include "bindings/range_lists.hpp"
 #include "dispatch/dispatch_meta.hpp"
 #include "errors.hpp"
 
@@ -11,12 +12,6 @@ namespace py = pybind11;
 namespace magi::bindings {
 
 namespace {
-
-py::list ranges_to_list(const std::vector<AttnRange>& rs) {
-  py::list out;
-  for (const auto& r : rs) out.append(py::make_tuple(r.start, r.end));
-  return out;
-}
 
 DispatchParams make_params(const char* fn, const std::string& alg, double top_p, int64_t seed,
                            double allocation_ratio) {

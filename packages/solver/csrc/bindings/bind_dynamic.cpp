@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "bindings/bindings.hpp"
+#include "bindings/range_lists.hpp"
 #include "bindings/geometry_casters.hpp"
 #include "dynamic/dynamic_plan.hpp"
 #include "errors.hpp"
@@ -14,12 +15,6 @@ namespace py = pybind11;
 namespace magi::bindings {
 
 namespace {
-
-py::list dyn_ranges_to_list(const std::vector<AttnRange>& rs) {
-  py::list out;
-  for (const auto& r : rs) out.append(py::make_tuple(r.start, r.end));
-  return out;
-}
 
 std::vector<int64_t> sum_lists(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
   std::vector<int64_t> out(a.size());
@@ -55,12 +50,12 @@ the rank itself: locally held rows a remote slice needs are copied into the remo
   py::class_<DynRankPlan, std::shared_ptr<DynRankPlan>>(m, "DynamicRankPlan",
                                                         "One rank's host calc, remote calc and Q/KV casts.")
       .def_readonly("rank", &DynRankPlan::rank)
-      .def_property_readonly("host_ranges", [](const DynRankPlan& p) { return dyn_ranges_to_list(p.host_ranges); })
+      .def_property_readonly("host_ranges", [](const DynRankPlan& p) { return ranges_to_list(p.host_ranges); })
       .def_readonly("host_calc", &DynRankPlan::host_calc)
       .def_readonly("remote_calc", &DynRankPlan::remote_calc)
-      .def_property_readonly("remote_q_ranges", [](const DynRankPlan& p) { return dyn_ranges_to_list(p.remote_q_ranges); })
+      .def_property_readonly("remote_q_ranges", [](const DynRankPlan& p) { return ranges_to_list(p.remote_q_ranges); })
       .def_property_readonly("remote_kv_ranges",
-                             [](const DynRankPlan& p) { return dyn_ranges_to_list(p.remote_kv_ranges); })
+                             [](const DynRankPlan& p) { return ranges_to_list(p.remote_kv_ranges); })
       .def_readonly("num_remote_q_tokens", &DynRankPlan::num_remote_q_tokens)
       .def_readonly("num_remote_kv_tokens", &DynRankPlan::num_remote_kv_tokens)
       .def_readonly("q_cast", &DynRankPlan::q_cast)

@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings/bindings.hpp"
+#include "bindings/range_lists.hpp"
 #include "errors.hpp"
 #include "plan/dist_attn_plan.hpp"
 
@@ -11,12 +12,6 @@ namespace py = pybind11;
 namespace magi::bindings {
 
 namespace {
-
-py::list ranges_to_list(const std::vector<AttnRange>& rs) {
-  py::list out;
-  for (const auto& r : rs) out.append(py::make_tuple(r.start, r.end));
-  return out;
-}
 
 py::array_t<int32_t> int32_array(std::vector<py::ssize_t> shape) { return py::array_t<int32_t>(shape); }
 

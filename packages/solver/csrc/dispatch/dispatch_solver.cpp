@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "errors.hpp"
+#include "geometry/ranges.hpp"
 
 namespace magi {
 
@@ -125,16 +126,7 @@ int64_t intersect_len(const std::vector<AttnRange>& a, const std::vector<AttnRan
 std::vector<AttnRange> merge_union(const std::vector<AttnRange>& a, const std::vector<AttnRange>& b) {
   std::vector<AttnRange> all(a);
   all.insert(all.end(), b.begin(), b.end());
-  std::sort(all.begin(), all.end());
-  std::vector<AttnRange> out;
-  for (const auto& r : all) {
-    if (r.start >= r.end) continue;
-    if (!out.empty() && r.start <= out.back().end)
-      out.back().end = std::max(out.back().end, r.end);
-    else
-      out.push_back(r);
-  }
-  return out;
+  return merge_nonempty(std::move(all));
 }
 
 // MinHeap over the m = max(1, ceil(k * top_p)) least-loaded non-full buckets, picking the one

@@ -125,6 +125,19 @@ AttnRanges AttnRanges::merge() const {
   return out;
 }
 
+std::vector<AttnRange> merge_nonempty(std::vector<AttnRange> rs) {
+  std::sort(rs.begin(), rs.end());
+  std::vector<AttnRange> out;
+  for (const auto& r : rs) {
+    if (r.start >= r.end) continue;
+    if (!out.empty() && r.start <= out.back().end)
+      out.back().end = std::max(out.back().end, r.end);
+    else
+      out.push_back(r);
+  }
+  return out;
+}
+
 AttnRanges AttnRanges::merge_with_split_alignment(int64_t a) const {
   MAGI_CHECK(a > 0, "AttnRanges.merge_with_split_alignment(): split_alignment=" << a
                                                                                << "; expected > 0.");

@@ -88,6 +88,10 @@ class AttnRanges {
   bool operator!=(const AttnRanges& o) const { return ranges != o.ranges; }
 };
 
+// Sort, drop empty ranges, then join overlapping or touching ones. Unlike AttnRanges::merge the
+// empty ranges vanish; shared by the dispatch and plan solvers, which work on raw range lists.
+std::vector<AttnRange> merge_nonempty(std::vector<AttnRange> rs);
+
 // Global -> local position map for one merged range set, built once and queried many times
 // (O(log n) per query). Local coordinates index the buffer holding the merged ranges back to back.
 class RangeLocalizer {

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "errors.hpp"
+#include "geometry/ranges.hpp"
 #include "plan/slice_maker.hpp"
 
 namespace magi {
@@ -21,19 +22,6 @@ inline AttnRange mk(int64_t s, int64_t e) {
   AttnRange r;
   r.start = s, r.end = e;
   return r;
-}
-
-Ranges merge_sorted_inplace(Ranges rs) {
-  std::sort(rs.begin(), rs.end());
-  Ranges out;
-  for (const auto& r : rs) {
-    if (r.start >= r.end) continue;
-    if (!out.empty() && r.start <= out.back().end)
-      out.back().end = std::max(out.back().end, r.end);
-    else
-      out.push_back(r);
-  }
-  return out;
 }
 
 // a \ b for merged lists.
@@ -248,7 +236,7 @@ DistAttnPlan make_dist_attn_plan(const RangePairs& q_ranges, const RangePairs& k
         g.pieces.push_back(p.s);
         touched.push_back(mk(p.s.ks, p.s.ke));
       }
-    g.remote = subtract(merge_sorted_inplace(std::move(touched)), host_r);
+    g.remote = subtract(merge_nonempty(std::move(touched)), host_r);
     const int64_t rtok = total_len(g.remote);
     if (rtok > 0) g.chunk_ranges = chunk_ranges(g.remote, overlap_chunk_size(rtok, ov));
     const size_t nc = g.chunk_ranges.size();
@@ -284,7 +272,7 @@ DistAttnPlan make_dist_attn_plan(const RangePairs& q_ranges, const RangePairs& k
     for (int64_t s = 0; s < ns; ++s) {
       Ranges rs;
       for (int64_t c : g.stage_chunks[s]) rs.insert(rs.end(), g.chunk_ranges[c].begin(), g.chunk_ranges[c].end());
-      g.stage_ranges[s] = merge_sorted_inplace(std::move(rs));
+      g.stage_ranges[s] = merge_nonempty(std::move(rs));
     }
   });
 

@@ -94,57 +94,56 @@ def _build_layout(gmeta, out_sizes, src_index, me: int, n_nodes: int, n_local: i
         return n * n_local + lo
 
     my_sizes, my_dsts = gmeta[me]
+
+    def pack_mine(n_groups, wanted):
+        """My splits i with wanted(g, i), grouped by peer g, each group in split order.
+
+        Returns (starts, lengths, rows per group, [(split i, offset in the send buffer)])."""
+        st, ln, cnt, pieces = [], [], [], []
+        pos = 0
+        for g in range(n_groups):
+            c = 0
+            for i in range(len(my_sizes)):
+                if wanted(g, i):
+                    st.append(offs[me][i])
+                    ln.append(my_sizes[i])
+                    pieces.append((i, pos))
+                    pos += my_sizes[i]
+                    c += my_sizes[i]
+            cnt.append(c)
+        return st, ln, cnt, pieces
+
+    def lay_out_recv(sources_of, wanted):
+        """Receive buffer: per peer g, the splits (r, i) of its sources r with wanted(r, i), in order.
+
+        Returns (rows per peer, [((r, i), offset in the receive buffer)], total rows)."""
+        cnt, pieces = [], []
+        pos = 0
+        for g, sources in enumerate(sources_of):
+            c = 0
+            for r in sources:
+                for i in range(len(gmeta[r][0])):
+                    if wanted(g, r, i):
+                        pieces.append(((r, i), pos))
+                        pos += size(r, i)
+                        c += size(r, i)
+            cnt.append(c)
+        return cnt, pieces, pos
+
     # A: my splits to ranks of my node
-    a_st, a_ln, a_cnt, a_pieces = [], [], [], []  # a_pieces: (split i, offset in send_A)
-    pos = 0
-    for lo in range(n_local):
-        c = 0
-        for i in range(len(my_sizes)):
-            if rank_of(node, lo) in my_dsts[i]:
-                a_st.append(offs[me][i])
-                a_ln.append(my_sizes[i])
-                a_pieces.append((i, pos))
-                pos += my_sizes[i]
-                c += my_sizes[i]
-        a_cnt.append(c)
+    a_st, a_ln, a_cnt, a_pieces = pack_mine(n_local, lambda lo, i: rank_of(node, lo) in my_dsts[i])
     # B: one copy per remote node needing the split
-    b_st, b_ln, b_cnt, b_pieces = [], [], [], []
-    pos = 0
-    for m in range(n_nodes):
-        c = 0
-        for i in range(len(my_sizes)):
-            if m != node and any(d // n_local == m for d in my_dsts[i]):
-                b_st.append(offs[me][i])
-                b_ln.append(my_sizes[i])
-                b_pieces.append((i, pos))
-                pos += my_sizes[i]
-                c += my_sizes[i]
-        b_cnt.append(c)
+    b_st, b_ln, b_cnt, b_pieces = pack_mine(
+        n_nodes, lambda m, i: m != node and any(d // n_local == m for d in my_dsts[i]))
     # receive A: from each local rank, its splits naming me
-    a_rcnt, pos_a = [], {}
-    pos = 0
-    for lo in range(n_local):
-        r = rank_of(node, lo)
-        c = 0
-        for i in range(len(gmeta[r][0])):
-            if me in dsts(r, i):
-                pos_a[(r, i)] = pos
-                pos += size(r, i)
-                c += size(r, i)
-        a_rcnt.append(c)
-    n_recv_a = pos
+    a_rcnt, recv_a, n_recv_a = lay_out_recv([[rank_of(node, lo)] for lo in range(n_local)],
+                                            lambda g, r, i: me in dsts(r, i))
+    pos_a = dict(recv_a)
     # receive B (as forwarder): from rank (m, loc) of each remote node, splits needed in my node
-    b_rcnt, inter_pieces = [], []  # inter_pieces: ((r, i), offset in inter buffer)
-    pos = 0
-    for m in range(n_nodes):
-        r = rank_of(m, loc)
-        c = 0
-        for i in range(len(gmeta[r][0])):
-            if m != node and any(d // n_local == node for d in dsts(r, i)):
-                inter_pieces.append(((r, i), pos))
-                pos += size(r, i)
-                c += size(r, i)
-        b_rcnt.append(c)
+    # (inter_pieces: ((r, i), offset in inter buffer))
+    b_rcnt, inter_pieces, _ = lay_out_recv(
+        [[rank_of(m, loc)] for m in range(n_nodes)],
+        lambda m, r, i: m != node and any(d // n_local == node for d in dsts(r, i)))
     # C: forward inter pieces to their destinations in my node
     c_st, c_ln, c_cnt, fwd_pieces = [], [], [], []
     pos = 0
@@ -159,20 +158,10 @@ def _build_layout(gmeta, out_sizes, src_index, me: int, n_nodes: int, n_local: i
                 c += size(r, i)
         c_cnt.append(c)
     # receive C: from each local forwarder, the remote pieces naming me, in its inter order
-    c_rcnt, pos_c = [], {}
-    pos = 0
-    for lf in range(n_local):
-        c = 0
-        for m in range(n_nodes):
-            r = rank_of(m, lf)
-            if m == node:
-                continue
-            for i in range(len(gmeta[r][0])):
-                if me in dsts(r, i):
-                    pos_c[(r, i)] = pos
-                    pos += size(r, i)
-                    c += size(r, i)
-        c_rcnt.append(c)
+    c_rcnt, recv_c, _ = lay_out_recv(
+        [[rank_of(m, lf) for m in range(n_nodes) if m != node] for lf in range(n_local)],
+        lambda g, r, i: me in dsts(r, i))
+    pos_c = dict(recv_c)
     # final un-permutation: output split j is the next piece of Q_me(src_index[j])
     queues = {r: [i for i in range(len(gmeta[r][0])) if me in dsts(r, i)] for r in range(len(gmeta))}
     ptr = dict.fromkeys(range(len(gmeta)), 0)
