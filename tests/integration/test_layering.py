@@ -37,23 +37,22 @@ def test_lower_package_imports_no_sibling(folder: str) -> None:
     assert not offenders, f"{own} must not import {sorted(forbidden)}; found {offenders}"
 
 
+def _files_importing(src: Path, modules: set[str], *, exempt: frozenset[str] = frozenset()) -> list[str]:
+    return sorted(
+        str(p.relative_to(ROOT))
+        for p in src.rglob("*.py")
+        if p.name not in exempt and _imported_top_modules(p) & modules
+    )
+
+
 def test_only_compat_imports_lower_packages_in_magi_attention() -> None:
     lower = set(LOWER.values())
     src = ROOT / "packages" / "magi-attn" / "src" / "magi_attention"
-    offenders = sorted(
-        str(p.relative_to(ROOT))
-        for p in src.rglob("*.py")
-        if p.name != "_compat.py" and _imported_top_modules(p) & lower
-    )
+    offenders = _files_importing(src, lower, exempt=frozenset({"_compat.py"}))
     assert not offenders, f"only magi_attention/_compat.py may import {sorted(lower)}; also: {offenders}"
 
 
 def test_extensions_do_not_import_lower_packages_directly() -> None:
-    lower = set(LOWER.values())
     src = ROOT / "packages" / "extensions" / "src" / "magi_attn_extensions"
-    offenders = sorted(
-        str(p.relative_to(ROOT))
-        for p in src.rglob("*.py")
-        if _imported_top_modules(p) & lower
-    )
+    offenders = _files_importing(src, set(LOWER.values()))
     assert not offenders, f"magi_attn_extensions reaches the kernels through magi_attention only: {offenders}"
