@@ -49,7 +49,7 @@ def run_dist(world: int, job, *args, timeout: float = 120.0, env: dict | None = 
                 failures.append((rank, tb))
     finally:
         for p in procs:
-            p.join(timeout=10)
+            p.join(timeout=30)
             if p.is_alive():
                 p.kill()
         if os.path.exists(init_file):
@@ -57,3 +57,7 @@ def run_dist(world: int, job, *args, timeout: float = 120.0, env: dict | None = 
     if failures:
         rank, tb = sorted(failures)[0]
         raise AssertionError(f"rank {rank} of {world} failed in {job.__name__}:\n{tb}")
+    # a rank that reported success and then died in teardown (e.g. a gloo abort at exit) fails too
+    codes = {r: p.exitcode for r, p in enumerate(procs) if p.exitcode != 0}
+    assert not codes, f"{job.__name__}: ranks exited abnormally after finishing (rank: exit code) {codes}"
+

@@ -210,3 +210,24 @@ def hier_cases(rank, world, n_cases, seed):
                 torch.testing.assert_close(res[1].double(), ref[1][rank], rtol=1e-5, atol=1e-5)
             else:
                 torch.testing.assert_close(res.double(), ref[rank], rtol=1e-5, atol=1e-5)
+
+
+def _job_host_a2a_releases_buffers(rank, world):
+    from magi_grpcoll.impl._a2a import a2a_rows
+
+    counts = [rank + 1 + r for r in range(world)]  # rows this rank sends to each rank (uneven)
+    recv_counts = [r + 1 + rank for r in range(world)]
+    send = torch.arange(sum(counts) * 3, dtype=torch.float32).reshape(-1, 3) + 100 * rank
+    recv = torch.full((sum(recv_counts), 3), -1.0)
+    for _ in range(20):
+        work = a2a_rows(recv, send, recv_counts, counts, dist.group.WORLD)
+        work.wait()
+        # gloo's worker thread must have let go of the buffers when wait() returns: a late release
+        # needs the GIL and aborts the process if it falls into interpreter shutdown
+        assert work.buffers_released(), "gloo still holds the all-to-all buffers after wait()"
+    start = sum(counts[:rank])  # what the rank sends to itself arrives unchanged
+    assert torch.equal(recv[sum(recv_counts[:rank]):][: counts[rank]], send[start: start + counts[rank]])
+
+
+def test_host_all_to_all_releases_buffers_before_wait_returns():
+    run_dist(2, _job_host_a2a_releases_buffers)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from magi_attention.common.host_collective import run_and_release
 from magi_attention.errors import MagiAttentionError
 
 __all__ = ["ChunkLayout", "dispatch_func", "undispatch_func"]
@@ -56,7 +57,8 @@ def _gather(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
         gathered = x
     else:
         parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x, group=layout.group)
+        run_and_release(lambda ts: dist.all_gather(ts[1:], ts[0], group=layout.group, async_op=True),
+                        [x, *parts])
         gathered = torch.cat(parts, 0)
     chunks = gathered.reshape(layout.num_chunks, layout.chunk_size, *x.shape[1:])
     out = torch.empty_like(chunks)

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from magi_attention import _compat
+from magi_attention.common.host_collective import run_and_release
 
 __all__ = ["_acc_dtype", "_optional_kwargs", "_Calc", "_FFARuntimeMixin", "_save_for_backward",
            "_saved_inputs", "_default_scale"]
@@ -93,7 +94,8 @@ class _FFARuntimeMixin:
         if sink is not None:
             _compat.ffa.apply_sink(out, lse, sink, "sh")
         if max_logits is not None and dist.get_world_size(self.cp_group) > 1:
-            dist.all_reduce(max_logits, op=dist.ReduceOp.MAX, group=self.cp_group)
+            run_and_release(lambda ts: dist.all_reduce(ts[0], op=dist.ReduceOp.MAX, group=self.cp_group,
+                                                       async_op=True), [max_logits])
 
     def _dsink(self, sink, lse, out, dout):
         dsink = _compat.ffa.sink_backward(sink, lse, out, dout.to(out.dtype), "sh")
@@ -108,7 +110,8 @@ class _FFARuntimeMixin:
             return dsink
         if world > 1:
             dsink = dsink.contiguous()
-            dist.all_reduce(dsink, op=dist.ReduceOp.SUM, group=self.cp_group)
+            run_and_release(lambda ts: dist.all_reduce(ts[0], op=dist.ReduceOp.SUM, group=self.cp_group,
+                                                       async_op=True), [dsink])
             if op == "avg":
                 dsink = dsink / world
         return dsink

@@ -85,8 +85,13 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, backend: str = "g
             time.sleep(0.01)
     finally:
         for p in procs:
-            p.join(timeout=5 if len(results) == world_size else 0.1)
+            p.join(timeout=30 if len(results) == world_size else 0.1)
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
+    # a rank that reported success but then died (e.g. aborted in teardown) is a failure too
+    bad = {r: p.exitcode for r, p in enumerate(procs) if p.exitcode != 0}
+    if bad:
+        raise RuntimeError(f"run_distributed(): ranks exited abnormally after reporting results "
+                           f"(rank: exit code) {bad}")
     return [results[r] for r in range(world_size)]
