@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the project runs on a lent GPU machine, in one call:
-#   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist bench-qo (default: all)
+#   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist bench-qo (default: all),
+#                                     plus fa4-stage and fa4 (the FA4 backend; see scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
@@ -33,6 +34,15 @@ if has setup; then
 else
   [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+if has fa4-stage; then  # FA4's wheels arrive in parts, one per call: keep them on the warm machine
+  mkdir -p /tmp/fa4-parts && cp -v .carry/fa4/fa4-wheels.tar.part-* /tmp/fa4-parts/ 2>/dev/null || true
+fi
+if has fa4; then
+  mkdir -p /tmp/fa4-wheels && cat /tmp/fa4-parts/fa4-wheels.tar.part-* | tar xf - -C /tmp/fa4-wheels \
+    && $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /tmp/fa4-wheels/*.whl \
+    || { echo "FA4 wheels incomplete: stage every part first"; status=1; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 # FFA_SRC lets a run use another copy of the kernels (e.g. a committed snapshot while the tree is being edited).
 SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:$PWD/packages/grpcoll/src:$PWD/packages/magi-attn/src:$PWD/packages/extensions/src
 export PYTHONPATH=$SRC_PATHS${PYTHONPATH:+:$PYTHONPATH}
@@ -42,6 +52,12 @@ if has tests; then
   run test-ffa $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests
   run test-grpcoll $PY -m pytest -q -m gpu -p no:cacheprovider packages/grpcoll/tests
   run test-magi-attn $PY -m pytest -q -m gpu -p no:cacheprovider packages/magi-attn/tests
+fi
+if has fa4; then
+  run test-fa4 $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests/test_gpu_fa4.py
+  run bench-fa4 $PY packages/ffa-kernels/benchmarks/bench_ffa.py --totals 16384 \
+    --masks full,causal,varlen_causal,swa_1k --impls ffa_fa4,ffa_triton,sdpa_cudnn,flex ${BENCH_FA4_ARGS:-} \
+    --out "$OUT/bench_fa4"
 fi
 if has bench-ffa; then
   run bench-ffa $PY packages/ffa-kernels/benchmarks/bench_ffa.py ${BENCH_FFA_ARGS:-} --out "$OUT/bench_ffa"

@@ -1,4 +1,4 @@
-"""Benchmark: flex_flash_attn_func(backend="triton") vs torch SDPA (cuDNN, flash) and FlexAttention.
+"""Benchmark: flex_flash_attn_func(backend="triton"|"fa4") vs torch SDPA (cuDNN, flash) and FlexAttention.
 
 Times forward and backward on identical non-zero bf16 inputs (d = 128) with
 triton.testing.do_bench (median), over mask families expressed both as FFA slices and as a
@@ -113,14 +113,14 @@ def mask_area(qr, kr, tm) -> int:
 # ---------------------------------------------------------------------------------------------
 # runners: each returns (fwd_fn, bwd_fn) or raises when not applicable
 # ---------------------------------------------------------------------------------------------
-def ffa_runner(q, k, v, dout, qr, kr, tm):
+def ffa_runner(q, k, v, dout, qr, kr, tm, backend="triton"):
     from magi_ffa import flex_flash_attn_func
 
     dev = q.device
     qr_t = torch.tensor(qr, dtype=torch.int32, device=dev)
     kr_t = torch.tensor(kr, dtype=torch.int32, device=dev)
     tm_t = torch.tensor(tm, dtype=torch.int32, device=dev)
-    fwd = lambda: flex_flash_attn_func(q, k, v, qr_t, kr_t, tm_t, backend="triton")[0]  # noqa: E731
+    fwd = lambda: flex_flash_attn_func(q, k, v, qr_t, kr_t, tm_t, backend=backend)[0]  # noqa: E731
     return fwd, _bwd_of(fwd, q, k, v, dout)
 
 
@@ -383,8 +383,8 @@ def main(argv=None) -> int:
                     row = {"card": card, "total": total, "hq": hq, "hk": hk, "d": D, "mask": mname,
                            "impl": impl, "area": area}
                     try:
-                        if impl == "ffa_triton":
-                            fwd, bwd = ffa_runner(q, k, v, dout, qr, kr, tm)
+                        if impl in ("ffa_triton", "ffa_fa4"):
+                            fwd, bwd = ffa_runner(q, k, v, dout, qr, kr, tm, backend=impl[4:])
                         elif impl.startswith("sdpa_"):
                             fwd, bwd = sdpa_runner(impl[5:], mname, q, k, v, dout)
                         elif impl == "flex":

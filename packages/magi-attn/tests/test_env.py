@@ -46,3 +46,15 @@ def test_dsink_op(monkeypatch):
     for op in ("none", "sum", "avg"):
         monkeypatch.setenv("MAGI_ATTENTION_DSINK_ALL_REDUCE_OP", op)
         assert env.dsink_all_reduce_op() == op
+
+
+def test_kernel_backend_follows_the_flags(monkeypatch):
+    from magi_attention.runtime._common import kernel_backend
+
+    for name in env.FLAG_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    assert kernel_backend(env.check_flag_comb()) is None  # magi_ffa chooses
+    monkeypatch.setenv("MAGI_ATTENTION_FA4_BACKEND", "1")
+    assert kernel_backend(env.check_flag_comb()) == "fa4"  # accepted, no longer NYI
+    monkeypatch.setenv("MAGI_ATTENTION_SDPA_BACKEND", "1")
+    assert kernel_backend(env.check_flag_comb()) == "torch"  # the SDPA flag wins, as in the anchor

@@ -5,4 +5,4 @@ the major part when it changes incompatibly. Packages that depend on this one pi
 """
 
 __version__ = "0.1.0"
-INTERFACE_VERSION = "1.0"
+INTERFACE_VERSION = "1.1"

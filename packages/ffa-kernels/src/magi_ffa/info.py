@@ -10,7 +10,7 @@ import os
 import torch
 
 from magi_ffa._version import INTERFACE_VERSION, __version__
-from magi_ffa.select import BACKEND_ENV, PRIORITY, get_backend
+from magi_ffa.select import BACKEND_ENV, OPT_IN, PRIORITY, get_backend
 
 __all__ = ["backend_table", "print_info"]
 
@@ -22,7 +22,7 @@ def _names(xs) -> str:
 def backend_table() -> list[dict[str, str]]:
     """One row per backend: name, available, devices, dtypes, head dims, deterministic."""
     rows = []
-    for name in PRIORITY:
+    for name in PRIORITY + OPT_IN:
         b = get_backend(name)
         if b is None:
             rows.append({"name": name, "available": "no (import failed)"})

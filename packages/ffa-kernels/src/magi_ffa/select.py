@@ -1,9 +1,12 @@
-"""Which backend runs a call: `backend=` argument, then MAGI_ATTENTION_KERNEL_BACKEND, then auto.
+"""Which backend runs a call: `backend=` argument, then MAGI_ATTENTION_KERNEL_BACKEND (or
+MAGI_ATTENTION_FA4_BACKEND=1, which means "fa4"), then auto.
 
 Auto walks the priority list (triton, torch) and takes the first backend with no refusal reason;
 it logs why it skipped a backend once per distinct reason. A forced backend that cannot run the
-inputs raises BackendUnavailableError (a ValueError) listing its reasons, xformers style.
-Names: "triton", "torch", "auto"; the anchor's "ffa" means auto and "sdpa" means torch.
+inputs raises BackendUnavailableError (a ValueError) listing its reasons, xformers style; a forced
+backend whose optional dependency is missing raises its ImportError (with the install hint).
+Names: "triton", "torch", "fa4" (opt-in only), "auto"; the anchor's "ffa" means auto and "sdpa"
+means torch.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import os
 from magi_ffa.backends.base import Backend, FFAInputs
 from magi_ffa.errors import BackendUnavailableError, FFAInputError
 
-__all__ = ["BACKEND_ENV", "PRIORITY", "get_backend", "resolve_backend_name", "select_backend"]
+__all__ = ["BACKEND_ENV", "FA4_ENV", "OPT_IN", "PRIORITY", "get_backend", "resolve_backend_name", "select_backend"]
 
 BACKEND_ENV = "MAGI_ATTENTION_KERNEL_BACKEND"
+FA4_ENV = "MAGI_ATTENTION_FA4_BACKEND"
 PRIORITY = ("triton", "torch")
-_ALIASES = {"triton": "triton", "torch": "torch", "auto": "auto", "ffa": "auto", "sdpa": "torch", "": "auto"}
+OPT_IN = ("fa4",)  # never chosen by auto
+_ALIASES = {"triton": "triton", "torch": "torch", "fa4": "fa4", "auto": "auto", "ffa": "auto",
+            "sdpa": "torch", "": "auto"}
 
 _logger = logging.getLogger("magi_ffa")
 _cache: dict[str, Backend] = {}
@@ -37,8 +43,11 @@ def get_backend(name: str) -> Backend | None:
             from magi_ffa.backends.torch_ref import TorchBackend as cls
         elif name == "triton":
             from magi_ffa.backends.triton import TritonBackend as cls  # lazy: optional backend
+        elif name == "fa4":
+            from magi_ffa.backends.fa4 import FA4Backend as cls
         else:
-            raise FFAInputError(f"get_backend(): unknown backend {name!r}; expected one of {PRIORITY}.")
+            raise FFAInputError(f"get_backend(): unknown backend {name!r}; expected one of "
+                                f"{PRIORITY + OPT_IN}.")
     except ImportError as e:
         _import_errors[name] = f"backend {name!r} cannot be imported ({type(e).__name__}: {e})"
         return None
@@ -47,11 +56,15 @@ def get_backend(name: str) -> Backend | None:
 
 
 def resolve_backend_name(backend: str | None = None) -> str:
-    """The canonical name ("triton", "torch" or "auto") from the argument or the environment."""
+    """The canonical name ("triton", "torch", "fa4" or "auto") from the argument or the environment."""
     source = "backend"
     if backend is None:
         backend = os.environ.get(BACKEND_ENV, "")
         source = BACKEND_ENV
+        if os.environ.get(FA4_ENV, "0").strip().lower() in ("1", "true", "yes", "on"):
+            if backend.strip().lower() not in ("", "auto", "ffa", "fa4"):
+                raise FFAInputError(f"{FA4_ENV}=1 conflicts with {BACKEND_ENV}={backend!r}; unset one.")
+            backend, source = "fa4", FA4_ENV
     if not isinstance(backend, str):
         raise FFAInputError(
             f"flex_flash_attn_func(): backend must be a str or None, got {type(backend).__name__}."
@@ -59,8 +72,8 @@ def resolve_backend_name(backend: str | None = None) -> str:
     key = backend.strip().lower()
     if key not in _ALIASES:
         raise FFAInputError(
-            f"{source}={backend!r} is not a kernel backend; expected one of 'triton', 'torch', 'auto' "
-            "(or the anchor's 'ffa' = auto, 'sdpa' = torch)."
+            f"{source}={backend!r} is not a kernel backend; expected one of 'triton', 'torch', 'fa4', "
+            "'auto' (or the anchor's 'ffa' = auto, 'sdpa' = torch)."
         )
     return _ALIASES[key]
 
@@ -76,6 +89,9 @@ def select_backend(inp: FFAInputs, backend: str | None = None) -> Backend:
     """Pick the backend for `inp` (see module docstring); raise if a forced one cannot run it."""
     name = resolve_backend_name(backend)
     if name != "auto":
+        forced = get_backend(name)
+        if forced is not None:
+            forced.require()  # a missing optional dependency: its ImportError, with the install hint
         reasons = _reasons(name, inp)
         if reasons:
             raise BackendUnavailableError(

@@ -16,7 +16,7 @@ __all__ = ["REQUIRED", "DIST_PINS", "check_interface", "parse_spec", "version_sa
 
 # Interface-version ranges this magi_attention release is written against (contracts.md).
 REQUIRED: dict[str, str] = {
-    "magi_ffa": ">=1.0,<2",
+    "magi_ffa": ">=1.1,<2",  # 1.1: backend="fa4"
     "magi_grpcoll": ">=1.0,<2",
     "magi_solver": ">=1.0,<2",
 }

@@ -87,7 +87,7 @@ def is_sdpa_backend_enable() -> bool:
 
 
 def is_fa4_backend_enable() -> bool:
-    """MAGI_ATTENTION_FA4_BACKEND: FA4 kernels on Blackwell (not implemented here)."""
+    """MAGI_ATTENTION_FA4_BACKEND: run the kernels through Flash-Attention 4 (magi_ffa's "fa4" backend)."""
     return _toggle("MAGI_ATTENTION_FA4_BACKEND")
 
 
@@ -253,8 +253,4 @@ def check_flag_comb(flags: EnvFlags | None = None) -> EnvFlags:
     if conflicts:
         raise EnvFlagError("check_flag_comb(): conflicting environment flags: "
                            + "; ".join(conflicts) + ". Unset one flag of each pair.")
-    if f.fa4_backend and not f.sdpa_backend:
-        raise NotImplementedError(
-            "NYI: MAGI_ATTENTION_FA4_BACKEND=1 is not implemented; supported kernel backends are "
-            "the FFA kernels (default) and the torch reference (MAGI_ATTENTION_SDPA_BACKEND=1).")
     return f

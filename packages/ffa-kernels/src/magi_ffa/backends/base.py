@@ -65,6 +65,9 @@ class Backend:
         """Whether the backend's own dependencies can be imported on this machine."""
         return True
 
+    def require(self) -> None:
+        """Raise the ImportError (with an install hint) of a missing optional dependency."""
+
     def not_supported_reasons(self, inp: FFAInputs) -> list[str]:
         """Why this backend cannot run `inp` (empty list: it can)."""
         reasons: list[str] = []

@@ -20,7 +20,15 @@ from magi_attention import _compat
 from magi_attention.common.host_collective import run_and_release
 
 __all__ = ["_acc_dtype", "_optional_kwargs", "_Calc", "_FFARuntimeMixin", "_save_for_backward",
-           "_saved_inputs", "_default_scale"]
+           "_saved_inputs", "_default_scale", "kernel_backend"]
+
+
+def kernel_backend(flags: Any) -> str | None:
+    """magi_ffa backend name for the key's flags: the torch reference (SDPA flag, which wins),
+    FA4 (FA4 flag), or None (magi_ffa picks: MAGI_ATTENTION_KERNEL_BACKEND, then auto)."""
+    if flags.sdpa_backend:
+        return "torch"
+    return "fa4" if flags.fa4_backend else None
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -30,6 +30,7 @@ from magi_attention.runtime._common import (
     _FFARuntimeMixin,
     _save_for_backward,
     _saved_inputs,
+    kernel_backend,
 )
 
 __all__ = ["DistAttnRuntime", "DistAttnFunc", "dist_attn_func"]
@@ -49,7 +50,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self.host_calc = _Calc(rank_plan.host_calc, device)
         self.stages = list(rank_plan.stages)
         self.stage_calcs = [_Calc(s.calc, device) for s in self.stages]
-        self.backend = "torch" if flags.sdpa_backend else None
+        self.backend = kernel_backend(flags)
         self.save_tail = flags.bwd_hide_tail_reduce and self.num_stages > 0
         self.stage_by_stage = flags.prefetch_stage_by_stage or flags.native_grpcoll
 

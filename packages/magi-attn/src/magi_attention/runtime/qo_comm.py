@@ -37,6 +37,7 @@ from magi_attention.runtime._common import (
     _FFARuntimeMixin,
     _save_for_backward,
     _saved_inputs,
+    kernel_backend,
 )
 
 __all__ = ["QOCommRuntime", "QOCommFunc", "qo_comm_attn_func", "plan_stats"]
@@ -121,7 +122,7 @@ class QOCommRuntime(_FFARuntimeMixin):
         self.n_rk = int(rp.num_remote_kv_tokens)
         self.q_cast, self.kv_cast = rp.q_cast, rp.kv_cast
         self.q_reduce, self.kv_reduce = rp.q_reduce, rp.kv_reduce
-        self.backend = "torch" if flags.sdpa_backend else None
+        self.backend = kernel_backend(flags)
         self.plan_stats = plan_stats(plan, rank)
         self._merge_rows: torch.Tensor | None = None
 

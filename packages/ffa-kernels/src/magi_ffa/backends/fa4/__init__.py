@@ -1,0 +1,118 @@
+"""FA4 backend: arbitrary slice masks through Flash-Attention 4's block-sparse kernels (SM90+).
+
+The slices become per-row key intervals and block lists (``block_sparse``, built once per mask and
+cached), FA4 runs the forward and backward (``kernel``), and the result is lse-merged into the
+caller's accumulators like every backend. Opt-in only (``backend="fa4"`` or
+``MAGI_ATTENTION_FA4_BACKEND=1``), never picked by auto selection.
+
+Refused with NotImplementedError naming the feature: max_logits, deterministic mode, and head dims
+other than 64 / 96 / 128 (the block-sparse tile rules differ above 128). The attention sink is
+applied outside the kernel by ``flex_flash_attn_func`` and so works with this backend too.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import torch
+
+from magi_ffa import range_cache
+from magi_ffa.backends.base import Backend, FFAInputs
+from magi_ffa.backends.fa4.block_sparse import SliceBlockMask, build_slice_block_mask
+from magi_ffa.merge import correct_attn_out_lse
+
+__all__ = ["FA4Backend", "clear_mask_cache"]
+
+_MAX_MASKS = 32
+_masks: OrderedDict = OrderedDict()  # (ranges bytes, Sq, Sk, block, device) -> SliceBlockMask
+_lock = threading.Lock()
+
+
+def clear_mask_cache() -> None:
+    with _lock:
+        _masks.clear()
+
+
+def _arch(device: torch.device) -> int:
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def slice_block_mask(inp: FFAInputs, block_size: tuple[int, int]) -> SliceBlockMask:
+    """The translated mask of `inp`'s slices, cached by content (one host copy of the ranges)."""
+    hr = range_cache.host_ranges(inp.q_ranges, inp.k_ranges, inp.attn_type_map)
+    key = (hr.key, inp.q.shape[0], inp.k.shape[0], block_size, str(inp.q.device))
+    with _lock:
+        hit = _masks.get(key)
+        if hit is not None:
+            _masks.move_to_end(key)
+            return hit
+    mask = build_slice_block_mask(hr.q.numpy(), hr.k.numpy(), hr.types.numpy(), inp.q.shape[0],
+                                  inp.k.shape[0], block_size, device=inp.q.device)
+    with _lock:
+        _masks[key] = mask
+        while len(_masks) > _MAX_MASKS:
+            _masks.popitem(last=False)
+    return mask
+
+
+class FA4Backend(Backend):
+    NAME = "fa4"
+    DEVICES = frozenset({"cuda"})
+    DTYPES = frozenset({torch.float16, torch.bfloat16})
+    HEAD_DIMS = frozenset({64, 96, 128})
+    IS_DETERMINISTIC = False
+
+    def is_available(self) -> bool:
+        try:
+            self.require()
+        except ImportError:
+            return False
+        return True
+
+    def require(self) -> None:
+        from magi_ffa.backends.fa4.kernel import import_fa4
+
+        import_fa4()
+
+    def not_supported_reasons(self, inp: FFAInputs) -> list[str]:
+        reasons = super().not_supported_reasons(inp)
+        if inp.q.device.type == "cuda" and _arch(inp.q.device) < 90:
+            reasons.append(f"compute capability {_arch(inp.q.device)} (FA4 needs sm90 or newer)")
+        return reasons
+
+    @staticmethod
+    def _refuse(inp: FFAInputs, max_logits=None) -> None:
+        if inp.deterministic:
+            raise NotImplementedError("fa4 backend: deterministic mode is not supported by FA4's "
+                                      "block-sparse kernels; use the triton backend.")
+        if max_logits is not None:
+            raise NotImplementedError("fa4 backend: max_logits (return_max_logits=True) is not "
+                                      "supported; use the triton backend.")
+        if inp.q.shape[-1] not in FA4Backend.HEAD_DIMS:
+            raise NotImplementedError(f"fa4 backend: head_dim={inp.q.shape[-1]} is not supported "
+                                      f"(supported: {sorted(FA4Backend.HEAD_DIMS)}).")
+
+    def forward(self, inp, out, lse, max_logits, *, fresh=False):
+        from magi_ffa.backends.fa4.kernel import fa4_forward, sparse_block_size
+
+        self._refuse(inp, max_logits)
+        if inp.num_slices == 0:
+            return
+        mask = slice_block_mask(inp, sparse_block_size(_arch(inp.q.device)))
+        o, l_ = fa4_forward(inp.q, inp.k, inp.v, mask, inp.softmax_scale, inp.softcap)
+        correct_attn_out_lse(out, lse, o, l_, inplace=True)
+
+    def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False):
+        from magi_ffa.backends.fa4.kernel import fa4_backward, sparse_block_size
+
+        self._refuse(inp)
+        if inp.num_slices == 0:
+            return
+        mask = slice_block_mask(inp, sparse_block_size(_arch(inp.q.device)))
+        gq, gk, gv = fa4_backward(inp.q, inp.k, inp.v, out, dout, lse, mask, inp.softmax_scale,
+                                  inp.softcap)
+        dq.add_(gq)
+        dk.add_(gk)
+        dv.add_(gv)

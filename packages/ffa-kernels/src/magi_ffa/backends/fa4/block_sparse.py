@@ -1,0 +1,176 @@
+"""Slices -> what FA4's block-sparse attention consumes: row intervals plus block lists.
+
+FA4 (like FlexAttention) skips empty (q block, k block) tiles, runs *full* tiles without a mask,
+and calls a mask function only on *partial* tiles. A union of FFA slices is, row by row, a union of
+key intervals (a causal or inverse-causal edge moves one interval end by one key per row), so:
+
+* ``lo``/``hi`` int32 ``[K, Sq]`` hold each query row's merged key intervals ``[lo, hi)`` (rows with
+  fewer than K intervals are padded with empty ``[0, 0)``); the mask function is
+  ``any_j lo[j, q] <= k < hi[j, q]``, evaluated only on partial tiles.
+* the forward lists, per q block, its partial and full k blocks; the backward the transpose (per k
+  block, its q blocks). Layout is FlexAttention's BlockMask: counts ``[1, 1, rows]`` and indices
+  ``[1, 1, rows, width]`` packed left in ascending order (width = the largest count).
+
+Everything here is plain torch (runs on any device) so it is tested on CPU against the dense mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["BlockLists", "SliceBlockMask", "build_slice_block_mask", "row_intervals"]
+
+
+def row_intervals(q_ranges, k_ranges, attn_type_map, seqlen_q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query row's merged visible key intervals: int32 ``lo``, ``hi`` of shape [K, Sq].
+
+    Touching or overlapping intervals of one row are merged, so K is the true maximum number of
+    disjoint key runs per row (1 for causal, varlen and sliding-window masks). K >= 1.
+    """
+    qr = np.asarray(q_ranges, dtype=np.int64).reshape(-1, 2)
+    kr = np.asarray(k_ranges, dtype=np.int64).reshape(-1, 2)
+    types = np.asarray(attn_type_map, dtype=np.int64).reshape(-1)
+    rows, los, his = [], [], []
+    for (qs, qe), (ks, ke), t in zip(qr, kr, types):
+        if qe <= qs or ke <= ks:
+            continue
+        r = np.arange(qs, qe, dtype=np.int64)
+        lo = np.full_like(r, ks)
+        hi = np.full_like(r, ke)
+        if t in (1, 3):  # causal: bottom-right aligned diagonal
+            hi = np.minimum(hi, ke - qe + r + 1)
+        if t in (2, 3):  # inverse causal: top-left aligned diagonal
+            lo = np.maximum(lo, ks + r - qs)
+        keep = lo < hi
+        rows.append(r[keep])
+        los.append(lo[keep])
+        his.append(hi[keep])
+    if not rows or sum(len(r) for r in rows) == 0:
+        z = np.zeros((1, seqlen_q), dtype=np.int32)
+        return z, z.copy()
+    row, lo, hi = (np.concatenate(x) for x in (rows, los, his))
+    order = np.lexsort((lo, row))
+    row, lo, hi = row[order], lo[order], hi[order]
+    # merge per row: offset by row * span so one running maximum never crosses rows
+    span = int(max(hi.max(), 1)) + 1
+    hi_off = hi + row * span
+    run_max = np.maximum.accumulate(hi_off)
+    prev_max = np.concatenate([[-1], run_max[:-1]])
+    starts = (lo + row * span) > prev_max  # a new run: the row changed or a gap opened
+    run_id = np.cumsum(starts) - 1
+    run_row = row[starts]
+    run_lo = lo[starts]
+    run_hi = np.zeros(len(run_row), dtype=np.int64)
+    np.maximum.at(run_hi, run_id, hi)
+    # slot of each run within its row
+    first_of_row = np.concatenate([[True], run_row[1:] != run_row[:-1]])
+    row_start = np.maximum.accumulate(np.where(first_of_row, np.arange(len(run_row)), 0))
+    slot = np.arange(len(run_row)) - row_start
+    k_max = int(slot.max()) + 1
+    out_lo = np.zeros((k_max, seqlen_q), dtype=np.int32)
+    out_hi = np.zeros((k_max, seqlen_q), dtype=np.int32)
+    out_lo[slot, run_row] = run_lo
+    out_hi[slot, run_row] = run_hi
+    return out_lo, out_hi
+
+
+@dataclass(frozen=True)
+class BlockLists:
+    """FlexAttention-BlockMask-style lists for one direction (rows = the outer loop's blocks)."""
+
+    mask_cnt: torch.Tensor  # int32 [1, 1, rows]: partial blocks per row
+    mask_idx: torch.Tensor  # int32 [1, 1, rows, cols]
+    full_cnt: torch.Tensor  # int32 [1, 1, rows]: full blocks per row
+    full_idx: torch.Tensor  # int32 [1, 1, rows, cols]
+
+
+@dataclass(frozen=True)
+class SliceBlockMask:
+    """Everything FA4 needs for one mask at one block size (built once per mask, then cached)."""
+
+    seqlen_q: int
+    seqlen_k: int
+    block_size: tuple[int, int]  # (q block, k block)
+    lo: torch.Tensor  # int32 [K, Sq]
+    hi: torch.Tensor  # int32 [K, Sq]
+    partial: torch.Tensor  # bool [Mb, Nb]: tile visible but not entirely
+    full: torch.Tensor  # bool [Mb, Nb]: every cell of the tile visible
+    fwd: BlockLists  # per q block
+    bwd: BlockLists  # per k block
+
+    @property
+    def num_intervals(self) -> int:
+        return int(self.lo.shape[0])
+
+    def cell_mask(self, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
+        """The mask function in torch (what the FA4 mask_mod computes): broadcasting bool."""
+        lo, hi = self.lo.to(q_idx.device).long(), self.hi.to(q_idx.device).long()
+        vis = torch.zeros(torch.broadcast_shapes(q_idx.shape, k_idx.shape), dtype=torch.bool,
+                          device=q_idx.device)
+        for j in range(self.num_intervals):
+            vis |= (k_idx >= lo[j][q_idx]) & (k_idx < hi[j][q_idx])
+        return vis
+
+
+def _pack(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [rows, cols] -> counts [1,1,rows], indices [1,1,rows,width] (selected first, ascending).
+
+    Compact: width is the largest count (at least 1), as FA4 reads only the first count entries.
+    """
+    cnt = sel.sum(-1, dtype=torch.int32)
+    idx = torch.sort((~sel).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+    width = max(1, int(cnt.max())) if cnt.numel() else 1
+    return cnt[None, None].contiguous(), idx[..., :width][None, None].contiguous()
+
+
+def _lists(partial: torch.Tensor, full: torch.Tensor) -> BlockLists:
+    mc, mi = _pack(partial)
+    fc, fi = _pack(full)
+    return BlockLists(mc, mi, fc, fi)
+
+
+def _tile_classes(lo: torch.Tensor, hi: torch.Tensor, seqlen_k: int, bm: int, bn: int):
+    """bool [Mb, Nb] partial / full, from per-row intervals via difference arrays per q block."""
+    k_runs, sq = lo.shape
+    mb, nb = -(-sq // bm), -(-seqlen_k // bn)
+    if mb == 0 or nb == 0:
+        empty = torch.zeros(mb, nb, dtype=torch.bool, device=lo.device)
+        return empty, empty.clone()
+    lo, hi = lo.long(), hi.long()
+    nonempty = hi > lo
+    qblk = (torch.arange(sq, device=lo.device) // bm).expand(k_runs, sq)
+    # blocks the interval touches: [lo // bn, ceil(hi / bn)); fully covers: [ceil(lo / bn), end)
+    touch_lo, touch_hi = lo // bn, -(-hi // bn)
+    full_lo = -(-lo // bn)
+    full_hi = torch.where(hi >= seqlen_k, torch.full_like(hi, nb), hi // bn)  # last block may be short
+    full_hi = torch.maximum(full_hi, full_lo)
+
+    def coverage(a, b):
+        diff = torch.zeros(mb, nb + 1, dtype=torch.int64, device=lo.device)
+        m = nonempty & (b > a)
+        diff.index_put_((qblk[m], a[m]), torch.ones_like(a[m]), accumulate=True)
+        diff.index_put_((qblk[m], b[m]), -torch.ones_like(b[m]), accumulate=True)
+        return diff.cumsum(-1)[:, :nb]
+
+    touched = coverage(touch_lo, touch_hi) > 0
+    rows_in_block = torch.full((mb,), bm, dtype=torch.int64, device=lo.device)
+    rows_in_block[-1] = sq - (mb - 1) * bm
+    full = coverage(full_lo, full_hi) == rows_in_block[:, None]
+    return touched & ~full, full
+
+
+def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seqlen_k: int,
+                           block_size: tuple[int, int] = (128, 128), device=None) -> SliceBlockMask:
+    """Translate slices into FA4's block-sparse form (see the module docstring)."""
+    bm, bn = block_size
+    if bm <= 0 or bn <= 0:
+        raise ValueError(f"build_slice_block_mask(): block_size must be positive, got {block_size}.")
+    lo_np, hi_np = row_intervals(q_ranges, k_ranges, attn_type_map, seqlen_q)
+    lo = torch.from_numpy(lo_np).to(device)
+    hi = torch.from_numpy(hi_np).to(device)
+    partial, full = _tile_classes(lo, hi, seqlen_k, bm, bn)
+    return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), lo.contiguous(), hi.contiguous(), partial, full,
+                          fwd=_lists(partial, full), bwd=_lists(partial.T, full.T))

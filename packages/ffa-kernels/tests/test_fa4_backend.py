@@ -1,0 +1,137 @@
+"""The fa4 backend end to end on CPU, through a stand-in for FA4 that honours its block-sparse
+contract (tests/_fake_fa4.py): translation, calling convention, lse merge, global-lse backward,
+selection, refusals and the missing-dependency error. FA4's own kernels are checked on a GPU."""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import _fake_fa4
+import pytest
+import torch
+from magi_ffa import flex_flash_attn_func
+from magi_ffa.backends import fa4 as fa4_backend
+from magi_ffa.backends.fa4 import FA4Backend, kernel
+from magi_ffa.errors import BackendUnavailableError, FFAInputError
+from magi_ffa.select import resolve_backend_name, select_backend
+from magi_ffa.testing import random_slices, ref_attn_dense, varlen_slices
+
+
+@pytest.fixture
+def fake_fa4(monkeypatch):
+    """FA4 importable (the stand-in), the backend allowed on CPU in float64, tiny sparse blocks."""
+    _fake_fa4.install(monkeypatch)
+    kernel.import_fa4.cache_clear()
+    kernel._interval_mask_mod.cache_clear()
+    fa4_backend.clear_mask_cache()
+    monkeypatch.setattr(FA4Backend, "DEVICES", FA4Backend.DEVICES | {"cpu"})
+    monkeypatch.setattr(FA4Backend, "DTYPES", FA4Backend.DTYPES | {torch.float32, torch.float64})
+    monkeypatch.setattr(fa4_backend, "_arch", lambda device: 90)
+    monkeypatch.setattr(kernel, "sparse_block_size", lambda arch: (4, 8))
+    yield _fake_fa4.CALLS
+    kernel.import_fa4.cache_clear()
+    kernel._interval_mask_mod.cache_clear()
+    fa4_backend.clear_mask_cache()
+
+
+def _overlapping(rng, sq, sk, n):
+    qr, kr, ts = [], [], []
+    for _ in range(n):
+        qs, ks = rng.randrange(sq), rng.randrange(sk)
+        qr.append([qs, rng.randint(qs + 1, sq)])
+        kr.append([ks, rng.randint(ks + 1, sk)])
+        ts.append(rng.randrange(4))
+    return qr, kr, ts
+
+
+def _masks():
+    rng = random.Random(1)
+    yield "random", 37, 45, *random_slices(rng, 37, 45, 6)
+    yield "overlapping", 30, 26, *_overlapping(rng, 30, 26, 5)
+    yield "varlen-causal", 33, 33, *varlen_slices([10, 3, 20], 1)
+    yield "bi-causal-empty-rows", 24, 24, [[2, 10], [14, 20]], [[0, 12], [6, 18]], [3, 2]
+
+
+@pytest.mark.parametrize("name,sq,sk,qr,kr,ts", list(_masks()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+def test_matches_float64_reference(fake_fa4, name, sq, sk, qr, kr, ts, softcap):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(sq, 4, 64, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(sk, 2, 64, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(sk, 2, 64, generator=g, dtype=torch.float64, requires_grad=True)
+    out, meta = flex_flash_attn_func(q, k, v, qr, kr, ts, softcap=softcap, backend="fa4")
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref_out, ref_lse, _ = ref_attn_dense(q, k, v, qr, kr, ts, softcap=softcap)
+    ref_grads = torch.autograd.grad(ref_out, (q, k, v), dout)
+    torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(meta.lse.double(), ref_lse, atol=1e-5, rtol=1e-5)  # lse is fp32
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert fake_fa4["fwd"] == 1 and fake_fa4["bwd"] == 1 and fake_fa4["mask_rows"] > 0
+
+
+def test_sink_is_applied_around_the_kernel(fake_fa4):
+    g = torch.Generator().manual_seed(2)
+    qr, kr, ts = varlen_slices([9, 15], 1)
+    q = torch.randn(24, 2, 64, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(24, 1, 64, generator=g, dtype=torch.float64) for _ in range(2))
+    sink = torch.randn(3, 2, generator=g, dtype=torch.float32)
+    out, meta = flex_flash_attn_func(q, k, v, qr, kr, ts, sink=sink, backend="fa4")
+    ref_out, ref_lse, _ = ref_attn_dense(q, k, v, qr, kr, ts, sink=sink)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6)
+
+
+def test_mask_is_translated_once_and_reused(fake_fa4, monkeypatch):
+    built = []
+    real = fa4_backend.build_slice_block_mask
+    monkeypatch.setattr(fa4_backend, "build_slice_block_mask", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    qr, kr, ts = varlen_slices([16, 16], 1)
+    q = torch.randn(32, 2, 64, dtype=torch.float64)
+    k = v = torch.randn(32, 2, 64, dtype=torch.float64)
+    for _ in range(3):
+        flex_flash_attn_func(q, k, v, torch.tensor(qr, dtype=torch.int32), torch.tensor(kr, dtype=torch.int32),
+                             torch.tensor(ts, dtype=torch.int32), backend="fa4")
+    assert len(built) == 1 and fake_fa4["fwd"] == 3
+
+
+def test_unsupported_features_name_themselves(fake_fa4):
+    q = torch.randn(8, 2, 64, dtype=torch.float64)
+    k = v = torch.randn(8, 2, 64, dtype=torch.float64)
+    r = [[0, 8]]
+    with pytest.raises(NotImplementedError, match="deterministic"):
+        flex_flash_attn_func(q, k, v, r, r, [1], deterministic=True, backend="fa4")
+    with pytest.raises(NotImplementedError, match="max_logits"):
+        flex_flash_attn_func(q, k, v, r, r, [1], return_max_logits=True, backend="fa4")
+    q32 = torch.randn(8, 2, 32, dtype=torch.float64)
+    with pytest.raises(BackendUnavailableError, match="head_dim=32"):
+        flex_flash_attn_func(q32, q32, q32, r, r, [1], backend="fa4")
+
+
+def test_selection_by_env_and_never_by_auto(fake_fa4, monkeypatch):
+    monkeypatch.delenv("MAGI_ATTENTION_KERNEL_BACKEND", raising=False)
+    monkeypatch.setenv("MAGI_ATTENTION_FA4_BACKEND", "1")
+    assert resolve_backend_name() == "fa4"
+    assert resolve_backend_name("torch") == "torch"  # the argument wins
+    monkeypatch.setenv("MAGI_ATTENTION_KERNEL_BACKEND", "triton")
+    with pytest.raises(FFAInputError, match="MAGI_ATTENTION_FA4_BACKEND=1 conflicts"):
+        resolve_backend_name()
+    monkeypatch.delenv("MAGI_ATTENTION_FA4_BACKEND")
+    monkeypatch.delenv("MAGI_ATTENTION_KERNEL_BACKEND")
+    from magi_ffa.backends.base import FFAInputs
+
+    q = torch.randn(8, 2, 64, dtype=torch.float64)
+    r = torch.tensor([[0, 8]], dtype=torch.int32)
+    inp = FFAInputs(q, q, q, r, r, torch.tensor([0], dtype=torch.int32), 0.125)
+    assert select_backend(inp).NAME == "torch"  # auto: fa4 is opt-in only
+
+
+def test_missing_fa4_is_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import flash_attn -> ImportError
+    kernel.import_fa4.cache_clear()
+    q = torch.randn(8, 2, 64, dtype=torch.float16)
+    r = [[0, 8]]
+    with pytest.raises(ImportError, match=r"magi-ffa-kernels\[fa4\]"):
+        flex_flash_attn_func(q, q, q, r, r, [1], backend="fa4")
+    assert not FA4Backend().is_available()
