@@ -15,7 +15,7 @@ import torch.distributed as dist
 from _dist import run_dist
 from magi_grpcoll import GroupCastPlan, GrpCollError, group_cast, group_reduce
 from magi_grpcoll.impl.hier import make_hier_groups
-from magi_grpcoll.testing import random_cast_meta, reduce_meta_of, ref_group_cast, ref_group_reduce
+from magi_grpcoll.testing import CastMeta, random_cast_meta, reduce_meta_of, ref_group_cast, ref_group_reduce
 
 pytestmark = pytest.mark.dist
 
@@ -94,6 +94,8 @@ def _job_world(rank, world, n_cases, seed):
         os.environ["MAGI_ATTENTION_SANITY_CHECK"] = "0"
     if world == 4:
         hier_cases(rank, world, 4, seed)
+        hier_cases(rank, world, 3, seed + 1, regroup=True)
+        hier_cases(rank, world, 3, seed + 2, regroup=True, flat=True)
 
 
 @pytest.mark.parametrize("world, n_cases", [(2, 6), (3, 3), (4, 4)])
@@ -176,25 +178,51 @@ def _job_sanity(rank, world):
     dist.barrier()
 
 
-def hier_cases(rank, world, n_cases, seed):
-    intra, inter = make_hier_groups(2)
-    kw = dict(impl="hier", intra_group=intra, inter_group=inter)
+def _regroup(meta, rng):
+    """The same transfer described at another granularity: each output split cut into random parts.
+
+    Only the row stream per source is defined (as for a flat all-to-all-v); the solver's plans
+    describe the two sides with different range cuts, so every impl must accept this."""
+    out_sizes, src_index = [], []
+    for d in range(meta.world_size):
+        sz, src = [], []
+        for s, r in zip(meta.out_sizes[d], meta.src_index[d]):
+            cuts = sorted(rng.sample(range(1, s), rng.randint(0, min(2, s - 1)))) if s > 1 else []
+            parts = [b - a for a, b in zip([0, *cuts], [*cuts, s])]
+            sz += parts
+            src += [r] * len(parts)
+        out_sizes.append(sz)
+        src_index.append(src)
+    return CastMeta(meta.in_sizes, out_sizes, meta.dst_indices, src_index)
+
+
+def hier_cases(rank, world, n_cases, seed, *, flat=False, regroup=False):
+    """Random casts and reduces on the hierarchical impl (2 x 2), or the flat one with ``flat``;
+    with ``regroup`` the calls describe the receive side at another granularity than the sends
+    (checked against the reference of the original description: the rows are the same)."""
+    if flat:
+        kw = {}
+    else:
+        intra, inter = make_hier_groups(2)
+        kw = dict(impl="hier", intra_group=intra, inter_group=inter)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     for case in range(n_cases):
         meta = random_cast_meta(world, rng)
+        call = _regroup(meta, rng) if regroup else meta
         dtype = (torch.float32, torch.float64)[case % 2]
         xs = [torch.randn((sum(s), 2, 3), generator=gen, dtype=torch.float64).to(dtype) for s in meta.in_sizes]
         ls = [torch.randn((sum(s), 2), generator=gen) for s in meta.in_sizes]
         out = torch.zeros((sum(meta.out_sizes[rank]), 2, 3), dtype=dtype)
         out_l = torch.zeros((sum(meta.out_sizes[rank]), 2))
-        got, got_l = group_cast(xs[rank], out, *meta.of(rank), None, True, True, ls[rank], out_l,
+        got, got_l = group_cast(xs[rank], out, *call.of(rank), None, True, True, ls[rank], out_l,
                                 **kw).wait_post_process()
         args = (meta.in_sizes, meta.dst_indices, meta.out_sizes, meta.src_index)
         assert torch.equal(got, ref_group_cast(xs, *args)[rank]), f"hier cast case {case}"
         assert torch.equal(got_l, ref_group_cast(ls, *args)[rank]), f"hier cast lse case {case}"
-        rm = reduce_meta_of(meta)
+        rm, rm_call = reduce_meta_of(meta), reduce_meta_of(call)
         ins_, outs_, dsti, srci = ([m[i] for m in rm] for i in range(4))
+        c_ins, _, c_dsti, _ = ([m[i] for m in rm_call] for i in range(4))
         for op in ("sum", "avg", "lse"):
             xs = [torch.randn((sum(s), 2, 3), generator=gen, dtype=torch.float64).to(dtype) for s in ins_]
             olds = [torch.randn((sum(s), 2, 3), generator=gen, dtype=torch.float64).to(dtype) for s in outs_]
@@ -203,7 +231,7 @@ def hier_cases(rank, world, n_cases, seed):
             ref = ref_group_reduce(xs, olds, ins_, dsti, outs_, srci, op, input_lses=il, output_lses=ol)
             out, out_l = olds[rank].clone(), ol[rank].clone()
             lse_kw = dict(input_lse=il[rank], output_lse=out_l) if op == "lse" else {}
-            res = group_reduce(xs[rank], out, ins_[rank], outs_[rank], dsti[rank], srci[rank], None,
+            res = group_reduce(xs[rank], out, c_ins[rank], outs_[rank], c_dsti[rank], srci[rank], None,
                                bool(case % 2), op, **lse_kw, **kw).wait_post_process()
             if op == "lse":
                 torch.testing.assert_close(res[0].double(), ref[0][rank], rtol=1e-5, atol=1e-5)

@@ -63,7 +63,10 @@ def run_cases(cases, group=None, rank_label=""):
     from magi_ffa.testing import ref_attn_dense
 
     group = dist.group.WORLD if group is None else group
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    if isinstance(group, dist.ProcessGroup):
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+    else:  # a DeviceMesh over the whole world (hierarchical comm)
+        world, rank = group.size(), dist.get_rank()
     report = []
     for case in cases:
         for k_, v_ in case.get("env", {}).items():
@@ -234,6 +237,12 @@ def run_world_suite(rank, world, checks, run, cases_by_world):
         res[3] = outcome(run, cases_by_world[3], trio)
     else:
         res[1] = outcome(run, cases_by_world[1], solo[rank])
+    dist.barrier()
+    if "hier" in cases_by_world:  # hierarchical comm over a 2 (inter) x 2 (intra) mesh
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("inter", "intra"))
+        res["hier"] = outcome(run, cases_by_world["hier"], mesh)
     return res
 
 

@@ -39,6 +39,13 @@ def dist_cases(world: int) -> list[dict]:
     return cases[::2] if world in (1, 3) else cases
 
 
+def hier_cases() -> list[dict]:
+    """World-4 cases rerun with hierarchical comm (2 nodes x 2 ranks, magi_grpcoll's hier impl)."""
+    env = {"MAGI_ATTENTION_HIERARCHICAL_COMM": "1"}
+    return [dict(c, env=dict(c.get("env", {}), **env)) for c in dist_cases(4)
+            if c["name"] in ("causal-deg2", "varlen-causal-deg3", "block-causal-dyn", "random-sink-softcap")]
+
+
 @pytest.fixture(scope="session")
 def dist_suite() -> list[dict]:
     """Per-rank outcomes {"api" | world: ("ok", result) | ("error", traceback)} of the job."""
@@ -46,6 +53,7 @@ def dist_suite() -> list[dict]:
     from magi_attention.testing import run_distributed
 
     cases = {w: dist_cases(w) for w in (1, 2, 3, 4)}
+    cases["hier"] = hier_cases()
     return run_distributed(_dist_cases.run_suite, _dist_cases.SUITE_WORLD, cases, env=DIST_ENV,
                            timeout=420)
 

@@ -162,22 +162,32 @@ def _build_layout(gmeta, out_sizes, src_index, me: int, n_nodes: int, n_local: i
         [[rank_of(m, lf) for m in range(n_nodes) if m != node] for lf in range(n_local)],
         lambda g, r, i: me in dsts(r, i))
     pos_c = dict(recv_c)
-    # final un-permutation: output split j is the next piece of Q_me(src_index[j])
-    queues = {r: [i for i in range(len(gmeta[r][0])) if me in dsts(r, i)] for r in range(len(gmeta))}
-    ptr = dict.fromkeys(range(len(gmeta)), 0)
+    # final un-permutation. As in a flat a2a-v, only the row stream per source matters: the splits
+    # of source r that name me arrive back to back (A from r itself, or C from r's forwarder, in
+    # split order), and my output splits from r consume that stream in order, whatever their
+    # sizes (the runtime merges or cuts ranges differently on the two sides).
+    stream_at, stream_rows = {}, {}
+    for r in range(len(gmeta)):
+        pieces = [i for i in range(len(gmeta[r][0])) if me in dsts(r, i)]
+        if not pieces:
+            continue
+        at = [pos_a[(r, i)] if r // n_local == node else n_recv_a + pos_c[(r, i)] for i in pieces]
+        ends = [a + size(r, i) for a, i in zip(at, pieces)]
+        assert at[1:] == ends[:-1], "hier layout: a source's pieces must arrive contiguously"
+        stream_at[r], stream_rows[r] = at[0], ends[-1] - at[0]
+    used = dict.fromkeys(stream_at, 0)
     starts = []
     for j, r in enumerate(src_index):
-        if ptr[r] >= len(queues[r]):
-            raise GrpCollError(f"group_cast(hier): output split {j} names source rank {r}, which sends only "
-                               f"{len(queues[r])} splits to rank {me}.")
-        i = queues[r][ptr[r]]
-        ptr[r] += 1
-        if size(r, i) != out_sizes[j]:
-            raise GrpCollError(f"group_cast(hier): output_split_sizes[{j}]={out_sizes[j]} but rank {r} sends "
-                               f"a split of {size(r, i)} rows.")
-        starts.append(pos_a[(r, i)] if r // n_local == node else n_recv_a + pos_c[(r, i)])
-    if any(ptr[r] != len(queues[r]) for r in queues):
-        raise GrpCollError(f"group_cast(hier): rank {me} names fewer output splits than its sources send.")
+        if r not in used or used[r] + out_sizes[j] > stream_rows[r]:
+            raise GrpCollError(f"group_cast(hier): output splits from rank {r} (up to split {j}) need "
+                               f"{used.get(r, 0) + out_sizes[j]} rows but rank {r} sends "
+                               f"{stream_rows.get(r, 0)} rows to rank {me}.")
+        starts.append(stream_at[r] + used[r])
+        used[r] += out_sizes[j]
+    short = {r: (used[r], stream_rows[r]) for r in used if used[r] != stream_rows[r]}
+    if short:
+        raise GrpCollError(f"group_cast(hier): rank {me}'s output splits take fewer rows than their sources "
+                           f"send (source: (taken, sent)) {short}.")
     recv_rows = ranges_to_rows(starts, list(out_sizes), "cpu")
     inv = torch.empty_like(recv_rows)
     inv[recv_rows] = torch.arange(recv_rows.numel())
