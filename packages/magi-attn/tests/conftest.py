@@ -22,7 +22,8 @@ def dist_cases(world: int) -> list[dict]:
     cases = [
         dict(base, name="full", mask="full", degree=1),
         dict(base, name="causal-deg2", mask="causal", degree=2),
-        dict(base, name="varlen-full", mask="varlen_full", cu=[0, 20, 57, 96], degree=1),
+        dict(base, name="varlen-full-sanity", mask="varlen_full", cu=[0, 20, 57, 96], degree=1,
+             env={"MAGI_ATTENTION_SANITY_CHECK": "1"}),
         dict(base, name="varlen-causal-deg3", mask="varlen_causal", cu=[0, 33, 40, 96],
              degree=3),
         dict(base, name="sliding-window", mask="sliding_window", cu=[0, 50, 96],

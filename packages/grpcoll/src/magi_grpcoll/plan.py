@@ -15,7 +15,7 @@ a reduce, C the most contributors of one reduced row (<= W).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -23,7 +23,6 @@ from magi_grpcoll.checks import check_rank, check_rank_list, check_rank_sets, ch
 
 __all__ = ["GroupCastPlan", "GroupReducePlan", "ReduceMap"]
 
-_HASH_MOD = 2_147_483_647
 
 
 def _cumsum0(sizes) -> list[int]:
@@ -56,13 +55,6 @@ def _is_identity(starts: list[int], lengths: list[int], n: int) -> bool:
     return pos == n
 
 
-def _signature(sizes: list[int]) -> int:
-    """Order-sensitive checksum of the split sizes exchanged with one peer (for the sanity check)."""
-    h = 0
-    for s in sizes:
-        h = (h * 1_000_003 + s + 1) % _HASH_MOD
-    return h
-
 
 def _resolve_device(device) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
@@ -85,25 +77,24 @@ def _per_rank(sizes, world_size: int, member) -> list[list[int]]:
     return [[i for i in range(len(sizes)) if member(i, r)] for r in range(world_size)]
 
 
-def _counts_sigs(sizes, groups: list[list[int]]) -> tuple[list[int], list[int]]:
-    """Rows exchanged with each peer and the checksum of the split sizes exchanged with it."""
-    return ([sum(sizes[i] for i in idx) for idx in groups],
-            [_signature([sizes[i] for i in idx]) for idx in groups])
+def _counts(sizes, groups: list[list[int]]) -> list[int]:
+    """Rows exchanged with each peer (only these totals must agree across ranks)."""
+    return [sum(sizes[i] for i in idx) for idx in groups]
 
 
 def _send_side(ins, world_size: int, member, device):
     """Send buffer layout: grouped by destination rank, each group in split order.
 
-    Returns (send_counts, send_sigs, send_rows); send_rows is None when the buffer is the input itself.
+    Returns (send_counts, send_rows); send_rows is None when the buffer is the input itself.
     """
     in_off = _cumsum0(ins)
     groups = _per_rank(ins, world_size, member)
-    send_counts, send_sigs = _counts_sigs(ins, groups)
+    send_counts = _counts(ins, groups)
     send_starts = [in_off[i] for idx in groups for i in idx]
     send_lens = [ins[i] for idx in groups for i in idx]
     send_rows = None if _is_identity(send_starts, send_lens, in_off[-1]) else \
         ranges_to_rows(send_starts, send_lens, device)
-    return send_counts, send_sigs, send_rows
+    return send_counts, send_rows
 
 
 class _SplitLengths:
@@ -187,6 +178,9 @@ class ReduceMap:
 class GroupCastPlan(_SplitLengths):
     """One rank's precomputed group_cast: split i of the input goes to every rank in dst_indices[i];
     output split j is the next unconsumed split that rank src_index[j] sends here (stable order).
+    Precisely, only each source's row stream is defined: the output splits naming a source take
+    its rows in order, so they may cut that stream differently from the source's own splits (the
+    per-source totals must agree). Every impl (a2av, hier, native) follows this.
 
     Build with :meth:`build`, run with :meth:`cast`; :meth:`transpose` gives the matching reduce.
 
@@ -207,8 +201,6 @@ class GroupCastPlan(_SplitLengths):
     recv_counts: tuple[int, ...]
     send_rows: torch.Tensor | None
     recv_rows: torch.Tensor | None
-    send_sigs: tuple[int, ...] = field(repr=False, default=())
-    recv_sigs: tuple[int, ...] = field(repr=False, default=())
 
     @staticmethod
     def build(input_split_sizes, output_split_sizes, dst_indices, src_index, *, rank: int,
@@ -221,11 +213,11 @@ class GroupCastPlan(_SplitLengths):
         device = _resolve_device(device)
         out_off = _cumsum0(outs)
 
-        send_counts, send_sigs, send_rows = _send_side(ins, world_size, lambda i, r: r in dsts[i], device)
+        send_counts, send_rows = _send_side(ins, world_size, lambda i, r: r in dsts[i], device)
 
         # receive side: the buffer is grouped by source rank, each group in that source's split order,
         # which (stable order) is the order of the output splits naming that source
-        recv_counts, recv_sigs = _counts_sigs(outs, _per_rank(outs, world_size, lambda j, r: srcs[j] == r))
+        recv_counts = _counts(outs, _per_rank(outs, world_size, lambda j, r: srcs[j] == r))
         recv_base = _cumsum0(recv_counts)
         cursor = list(recv_base[:-1])
         recv_starts = []
@@ -235,8 +227,7 @@ class GroupCastPlan(_SplitLengths):
         recv_rows = None if _is_identity(recv_starts, list(outs), out_off[-1]) else \
             ranges_to_rows(recv_starts, list(outs), device)
         return GroupCastPlan(rank, world_size, device, tuple(ins), tuple(outs), dsts, srcs,
-                             tuple(send_counts), tuple(recv_counts), send_rows, recv_rows,
-                             tuple(send_sigs), tuple(recv_sigs))
+                             tuple(send_counts), tuple(recv_counts), send_rows, recv_rows)
 
     def transpose(self) -> GroupReducePlan:
         """The reduce that sends every output split back to where it came from (backward of this cast)."""
@@ -282,8 +273,6 @@ class GroupReducePlan(_SplitLengths):
     recv_counts: tuple[int, ...]
     send_rows: torch.Tensor | None
     rmap: ReduceMap
-    send_sigs: tuple[int, ...] = field(repr=False, default=())
-    recv_sigs: tuple[int, ...] = field(repr=False, default=())
 
     @staticmethod
     def build(input_split_sizes, output_split_sizes, dst_index, src_indices, *, rank: int,
@@ -296,8 +285,8 @@ class GroupReducePlan(_SplitLengths):
         device = _resolve_device(device)
         out_off = _cumsum0(outs)
 
-        send_counts, send_sigs, send_rows = _send_side(ins, world_size, lambda i, r: dst[i] == r, device)
-        recv_counts, recv_sigs = _counts_sigs(outs, _per_rank(outs, world_size, lambda k, r: r in srcs[k]))
+        send_counts, send_rows = _send_side(ins, world_size, lambda i, r: dst[i] == r, device)
+        recv_counts = _counts(outs, _per_rank(outs, world_size, lambda k, r: r in srcs[k]))
         recv_base = _cumsum0(recv_counts)
         cursor = list(recv_base[:-1])
         recv_start_of: dict[tuple[int, int], int] = {}
@@ -309,8 +298,7 @@ class GroupReducePlan(_SplitLengths):
                   for k in range(len(outs)) if outs[k] > 0 for r in srcs[k]]
         rmap = ReduceMap.from_pieces(pieces, None, out_off, device)
         return GroupReducePlan(rank, world_size, device, tuple(ins), tuple(outs), dst, srcs,
-                               tuple(send_counts), tuple(recv_counts), send_rows, rmap,
-                               tuple(send_sigs), tuple(recv_sigs))
+                               tuple(send_counts), tuple(recv_counts), send_rows, rmap)
 
     def transpose(self) -> GroupCastPlan:
         """The cast whose transpose this reduce is."""
