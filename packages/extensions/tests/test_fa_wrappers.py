@@ -106,3 +106,67 @@ def test_fa2_adapter_with_fake_kernel_matches_reference(fake_flash_attn, layout)
     ref = torch.autograd.grad(ro, [q, k, v, sink], dout.double())
     for name, g, r in zip(["dq", "dk", "dv", "dsink"], grads, ref):
         torch.testing.assert_close(g.double(), r.double(), atol=5e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _win(w):
+    return -1 if w is None else w
+
+
+def _fa4_fwd(q, k, v, softmax_scale=None, causal=False, softcap=None, window_size_left=None,
+             window_size_right=None, return_lse=False, num_splits=1):
+    """FA4's ``_flash_attn_fwd`` contract: lse [b, h, sq], -inf on rows without keys."""
+    assert return_lse and softcap is None
+    s, g = _fake_scores(q, k, causal, _win(window_size_left), _win(window_size_right), softmax_scale)
+    lse = torch.logsumexp(s, -1)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
+    out = torch.einsum("bhqk,bkhd->bqhd", p, v.float().repeat_interleave(g, dim=2)).to(q.dtype)
+    return out, lse, None, None, None
+
+
+def _fa4_bwd(q, k, v, out, dout, lse, softmax_scale=None, causal=False, softcap=0.0, window_size_left=None,
+             window_size_right=None, deterministic=False):
+    """FA4's ``_flash_attn_bwd`` contract: returns (dq, dk, dv)."""
+    s, g = _fake_scores(q, k, causal, _win(window_size_left), _win(window_size_right), softmax_scale)
+    assert not lse.isneginf().any()  # empty rows go back as +inf, so exp(s - lse) is 0, not NaN
+    p = torch.exp(s - lse[..., None])
+    vv = v.float().repeat_interleave(g, dim=2)
+    do = dout.float()
+    dvv = torch.einsum("bhqk,bqhd->bkhd", p, do)
+    ds = p * (torch.einsum("bqhd,bkhd->bhqk", do, vv) - (out.float() * do).sum(-1).transpose(1, 2)[..., None])
+    ds = ds * softmax_scale
+    b, sk, hk, d = k.shape
+    dq = torch.einsum("bhqk,bkhd->bqhd", ds, k.float().repeat_interleave(g, dim=2))
+    dk = torch.einsum("bhqk,bqhd->bkhd", ds, q.float()).reshape(b, sk, hk, g, d).sum(3)
+    return dq.to(q.dtype), dk.to(k.dtype), dvv.reshape(b, sk, hk, g, -1).sum(3).to(v.dtype)
+
+
+@pytest.fixture
+def fake_flash_attn_cute(monkeypatch):
+    iface = types.ModuleType("flash_attn.cute.interface")
+    iface._flash_attn_fwd, iface._flash_attn_bwd = _fa4_fwd, _fa4_bwd
+    for name, mod in (("flash_attn", types.ModuleType("flash_attn")),
+                      ("flash_attn.cute", types.ModuleType("flash_attn.cute")),
+                      ("flash_attn.cute.interface", iface)):
+        monkeypatch.setitem(sys.modules, name, mod)
+
+
+@pytest.mark.parametrize("layout,window", [("sh", (-1, -1)), ("ssh", (3, 0)), (None, (2, 0))])
+def test_fa4_adapter_with_fake_kernel_matches_reference(fake_flash_attn_cute, layout, window):
+    b, sq, sk, hq, hk, d = 2, 9, 6, 4, 2, 16  # sq > sk with causal: empty rows (lse -inf without a sink)
+    q = torch.randn(b, sq, hq, d, requires_grad=True)
+    k = torch.randn(b, sk, hk, d, requires_grad=True)
+    v = torch.randn(b, sk, hk, d, requires_grad=True)
+    sink = None if layout is None else (torch.randn(2, hq) if layout == "sh" else torch.randn(b, sq, 2, hq))
+    layout = layout or "sh"
+    leaves = [q, k, v] + ([sink.requires_grad_()] if sink is not None else [])
+    out, lse = ext.fa4_func_with_sink(q, k, v, sink, layout, causal=True, window_size=window,
+                                      return_attn_probs=True)
+    mask = slices_to_dense(window_slices(sq, sk, True, window), sq, sk)
+    ro, rl = ref_attn_with_sink(q, k, v, mask, sink, layout, softmax_scale=d ** -0.5)
+    torch.testing.assert_close(out.double(), ro.detach(), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lse.transpose(1, 2).double(), rl.detach(), atol=2e-5, rtol=1e-4)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, dout)
+    ref = torch.autograd.grad(ro, leaves, dout.double())
+    for name, g, r in zip(["dq", "dk", "dv", "dsink"], grads, ref):
+        torch.testing.assert_close(g.double(), r.double(), atol=5e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")

@@ -28,6 +28,7 @@ class BlockSparseTensorsTorch(NamedTuple):
 
 
 CALLS = {"fwd": 0, "bwd": 0, "mask_rows": 0}
+EMPTY_ROWS_AS_GARBAGE = False  # tests set it: empty rows come back as out NaN, lse +inf
 
 
 def _visible(bst, mask_mod, aux, sq, sk, transposed):
@@ -81,6 +82,10 @@ def _flash_attn_fwd(q, k, v, *, softmax_scale, softcap, mask_mod, block_sparse_t
     hq, hk = q.shape[2], k.shape[2]
     vh = v[0].double().transpose(0, 1).repeat_interleave(hq // hk, 0)
     out = torch.matmul(p, vh).transpose(0, 1).to(q.dtype)  # [Sq, hq, d]
+    if EMPTY_ROWS_AS_GARBAGE:  # what a kernel may leave in rows that see nothing
+        empty = torch.isneginf(lse).transpose(0, 1)
+        out = out.masked_fill(empty.unsqueeze(-1), float("nan"))
+        lse = lse.masked_fill(torch.isneginf(lse), float("inf"))
     return out[None], lse[None].float(), None, None, None
 
 

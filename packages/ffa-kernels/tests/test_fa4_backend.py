@@ -72,6 +72,20 @@ def test_matches_float64_reference(fake_fa4, name, sq, sk, qr, kr, ts, softcap):
     assert fake_fa4["fwd"] == 1 and fake_fa4["bwd"] == 1 and fake_fa4["mask_rows"] > 0
 
 
+def test_empty_rows_are_normalised_whatever_the_kernel_leaves(fake_fa4, monkeypatch):
+    monkeypatch.setattr(_fake_fa4, "EMPTY_ROWS_AS_GARBAGE", True)
+    qr, kr, ts = [[2, 10], [14, 20]], [[0, 12], [6, 18]], [3, 2]  # rows 0-1, 10-13, 20-23 see nothing
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(24, 2, 64, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(24, 2, 64, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    out, meta = flex_flash_attn_func(q, k, v, qr, kr, ts, backend="fa4")
+    ref_out, ref_lse, _ = ref_attn_dense(q, k, v, qr, kr, ts)
+    torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=1e-10)
+    assert torch.equal(torch.isneginf(meta.lse), torch.isneginf(ref_lse)) and torch.isneginf(meta.lse).any()
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 def test_sink_is_applied_around_the_kernel(fake_fa4):
     g = torch.Generator().manual_seed(2)
     qr, kr, ts = varlen_slices([9, 15], 1)

@@ -78,14 +78,18 @@ def _fa4_lists(lists: BlockLists, block_size: tuple[int, int]):
 
 
 def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: float):
-    """out [Sq, hq, d] (q's dtype) and lse fp32 [Sq, hq] (-inf on rows that see no key)."""
+    """out [Sq, hq, d] (q's dtype) and lse fp32 [Sq, hq] (-inf and out 0 on rows that see no key)."""
     iface = import_fa4()[0]
     out, lse, *_ = iface._flash_attn_fwd(
         q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), softmax_scale=softmax_scale,
         softcap=softcap or None, mask_mod=_interval_mask_mod(mask.num_intervals),
         block_sparse_tensors=_fa4_lists(mask.fwd, mask.block_size), return_lse=True,
         aux_tensors=[mask.lo, mask.hi])
-    return out[0], lse[0].transpose(0, 1)
+    out, lse = out[0], lse[0].transpose(0, 1)
+    # rows that see no key: lse -inf and out 0 whatever the kernel left there (FA2 wrote +inf, and a
+    # q block with no listed tile may never be stored), so the lse merge gives them weight 0
+    empty = ~torch.isfinite(lse)  # elementwise, no host sync
+    return out.masked_fill(empty.unsqueeze(-1), 0.0), lse.masked_fill(empty, float("-inf"))
 
 
 def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: float, softcap: float):
