@@ -57,6 +57,8 @@ COVERAGE_FAIL_UNDER = 75
 # The CPU build of torch that lies on this workplace's machines (see pyproject.toml [tool.uv]).
 TORCH_CONSTRAINT = "torch==2.13.0+cpu"
 LOCAL_WHEELS = "/opt/wheels"
+# Our wheels are rebuilt on every run under unchanged file names: uv must not reuse a cached copy.
+REFRESH_OURS = [arg for _, (dist, _) in PACKAGES.items() for arg in ("--refresh-package", dist)]
 
 
 def _sync(session: nox.Session, *args: str) -> None:
@@ -149,7 +151,7 @@ def wheels(session: nox.Session) -> None:
         venv = _fresh_venv(session, f"wheel-{folder}")
         python = str(venv / "bin" / "python")
         session.run(
-            "uv", "pip", "install", "-q", "--python", python, "--find-links", str(out),
+            "uv", "pip", "install", "-q", "--python", python, *REFRESH_OURS, "--find-links", str(out),
             "--find-links", LOCAL_WHEELS, "--constraint", str(constraints), str(wheel), external=True,
         )
         session.run(
@@ -171,7 +173,7 @@ def contracts(session: nox.Session) -> None:
     python = str(venv / "bin" / "python")
     wheel = next(out.glob("magi_attention-*.whl"))
     session.run(
-        "uv", "pip", "install", "-q", "--python", python, "--resolution", "lowest-direct",
+        "uv", "pip", "install", "-q", "--python", python, "--resolution", "lowest-direct", *REFRESH_OURS,
         "--find-links", str(out), "--find-links", LOCAL_WHEELS, "--constraint", str(constraints),
         str(wheel), "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", external=True,
     )

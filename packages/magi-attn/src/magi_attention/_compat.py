@@ -24,8 +24,8 @@ REQUIRED: dict[str, str] = {
 # Distribution (release-version) pins; must agree with packages/magi-attn/pyproject.toml
 # (tests/test_compat.py parses it and compares).
 DIST_PINS: dict[str, str] = {
-    "magi-ffa-kernels": ">=0.1,<0.2",
-    "magi-grpcoll": ">=0.1,<0.2",
+    "magi-ffa-kernels": ">=0.1.1,<0.2",  # 0.1.1: the fa4 backend
+    "magi-grpcoll": ">=0.1.1,<0.2",  # 0.1.1: hier and sanity accept the runtime's split cuts
     "magi-solver": ">=0.1,<0.2",
 }
 
