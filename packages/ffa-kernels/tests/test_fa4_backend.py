@@ -15,7 +15,7 @@ from magi_ffa.backends import fa4 as fa4_backend
 from magi_ffa.backends.fa4 import FA4Backend, kernel
 from magi_ffa.errors import BackendUnavailableError, FFAInputError
 from magi_ffa.select import resolve_backend_name, select_backend
-from magi_ffa.testing import random_slices, ref_attn_dense, varlen_slices
+from magi_ffa.testing import overlapping_slices, random_slices, ref_attn_dense, varlen_slices
 
 
 @pytest.fixture
@@ -35,20 +35,10 @@ def fake_fa4(monkeypatch):
     fa4_backend.clear_mask_cache()
 
 
-def _overlapping(rng, sq, sk, n):
-    qr, kr, ts = [], [], []
-    for _ in range(n):
-        qs, ks = rng.randrange(sq), rng.randrange(sk)
-        qr.append([qs, rng.randint(qs + 1, sq)])
-        kr.append([ks, rng.randint(ks + 1, sk)])
-        ts.append(rng.randrange(4))
-    return qr, kr, ts
-
-
 def _masks():
     rng = random.Random(1)
     yield "random", 37, 45, *random_slices(rng, 37, 45, 6)
-    yield "overlapping", 30, 26, *_overlapping(rng, 30, 26, 5)
+    yield "overlapping", 30, 26, *overlapping_slices(rng, 30, 26, 5, allow_empty_k=False)
     yield "varlen-causal", 33, 33, *varlen_slices([10, 3, 20], 1)
     yield "bi-causal-empty-rows", 24, 24, [[2, 10], [14, 20]], [[0, 12], [6, 18]], [3, 2]
 

@@ -7,19 +7,7 @@ import random
 import pytest
 import torch
 from magi_ffa.backends.fa4.block_sparse import build_slice_block_mask, row_intervals
-from magi_ffa.testing import make_dense_mask, random_slices, varlen_slices
-
-
-def _overlapping_slices(rng: random.Random, sq: int, sk: int, n: int):
-    """Independent random slices: rectangles overlap freely (the mask is their union)."""
-    qr, kr, ts = [], [], []
-    for _ in range(n):
-        qs = rng.randrange(sq)
-        ks = rng.randrange(sk + 1)
-        qr.append([qs, rng.randint(qs + 1, sq)])
-        kr.append([ks, rng.randint(ks, sk)])  # empty k ranges included
-        ts.append(rng.randrange(4))
-    return qr, kr, ts
+from magi_ffa.testing import make_dense_mask, overlapping_slices, random_slices, varlen_slices
 
 
 def _cases():
@@ -30,7 +18,7 @@ def _cases():
         if case % 3 == 0:
             slices = random_slices(rng, sq, sk, n)
         elif case % 3 == 1:
-            slices = _overlapping_slices(rng, sq, sk, n)
+            slices = overlapping_slices(rng, sq, sk, n)
         else:
             lens = [rng.randint(1, 9) for _ in range(rng.randint(1, 5))]
             slices = varlen_slices(lens, rng.randrange(4))

@@ -410,13 +410,13 @@ def test_worklist_cache_content_hit_across_tensors(host_reads):
 
 
 def test_worklist_cache_lru_bound(host_reads, monkeypatch):
-    monkeypatch.setattr(plan, "_MAX_ENTRIES", 3)
+    monkeypatch.setattr(plan._work_lists, "max_entries", 3)
     monkeypatch.setattr(range_cache, "_MAX_ENTRIES", 3)
     triples = [slices(10 + i, 96, 80) for i in range(5)]
     first = _wl(*triples[0])
     for t in triples[1:]:
         _wl(*t)
-    assert len(plan._by_content) == 3 and len(range_cache._by_identity) == 3
+    assert len(plan._work_lists) == 3 and len(range_cache._by_identity) == 3
     assert len(host_reads) == 5
     again = _wl(*triples[0])  # evicted from both levels: read and built again
     assert len(host_reads) == 6 and again is not first and _same_list(again, first)

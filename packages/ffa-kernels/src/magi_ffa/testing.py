@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "assert_close_to_ref",
     "make_dense_mask",
+    "overlapping_slices",
     "random_slices",
     "ref_attn_dense",
     "varlen_slices",
@@ -166,6 +167,22 @@ def random_slices(
     q_ranges = [[r[0], r[1]] for r, _ in slices]
     k_ranges = [[r[2], r[3]] for r, _ in slices]
     return q_ranges, k_ranges, [t for _, t in slices]
+
+
+def overlapping_slices(
+    rng: random.Random, total_seqlen_q: int, total_seqlen_k: int, num_slices: int, *, allow_empty_k: bool = True
+) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """Independent random slices of all four types: rectangles overlap freely (the mask is their
+    union; cells covered twice count once in mask-only users such as `make_dense_mask`). With
+    `allow_empty_k` a k range may be empty."""
+    qr, kr, ts = [], [], []
+    for _ in range(num_slices):
+        qs = rng.randrange(total_seqlen_q)
+        ks = rng.randrange(total_seqlen_k + (1 if allow_empty_k else 0))
+        qr.append([qs, rng.randint(qs + 1, total_seqlen_q)])
+        kr.append([ks, rng.randint(ks if allow_empty_k else ks + 1, total_seqlen_k)])
+        ts.append(rng.randrange(4))
+    return qr, kr, ts
 
 
 def varlen_slices(

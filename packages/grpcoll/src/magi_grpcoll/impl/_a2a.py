@@ -46,9 +46,6 @@ class _HostA2AWork:
             time.sleep(0)  # hands the GIL to gloo's worker thread
         return True
 
-    def is_completed(self) -> bool:
-        return self._work is None or self._work.is_completed()
-
     def buffers_released(self) -> bool:
         """True once no collective holds the buffers any more (what ``wait()`` waits for)."""
         return all(r() is None for r in self._released)

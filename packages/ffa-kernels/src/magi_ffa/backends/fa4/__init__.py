@@ -5,33 +5,29 @@ cached), FA4 runs the forward and backward (``kernel``), and the result is lse-m
 caller's accumulators like every backend. Opt-in only (``backend="fa4"`` or
 ``MAGI_ATTENTION_FA4_BACKEND=1``), never picked by auto selection.
 
-Refused with NotImplementedError naming the feature: max_logits, deterministic mode, and head dims
-other than 64 / 96 / 128 (the block-sparse tile rules differ above 128). The attention sink is
+Refused with NotImplementedError naming the feature: max_logits and deterministic mode. Head dims
+other than 64 / 96 / 128 are refused by the capability table (the block-sparse tile rules differ
+above 128). The attention sink is
 applied outside the kernel by ``flex_flash_attn_func`` and so works with this backend too.
 """
 
 from __future__ import annotations
-
-import threading
-from collections import OrderedDict
 
 import torch
 
 from magi_ffa import range_cache
 from magi_ffa.backends.base import Backend, FFAInputs
 from magi_ffa.backends.fa4.block_sparse import SliceBlockMask, build_slice_block_mask
+from magi_ffa.lru import LRUCache
 from magi_ffa.merge import correct_attn_out_lse
 
 __all__ = ["FA4Backend", "clear_mask_cache"]
 
-_MAX_MASKS = 32
-_masks: OrderedDict = OrderedDict()  # (ranges bytes, Sq, Sk, block, device) -> SliceBlockMask
-_lock = threading.Lock()
+_masks = LRUCache(32)  # (ranges bytes, Sq, Sk, block, device) -> SliceBlockMask
 
 
 def clear_mask_cache() -> None:
-    with _lock:
-        _masks.clear()
+    _masks.clear()
 
 
 def _arch(device: torch.device) -> int:
@@ -42,19 +38,11 @@ def _arch(device: torch.device) -> int:
 def slice_block_mask(inp: FFAInputs, block_size: tuple[int, int]) -> SliceBlockMask:
     """The translated mask of `inp`'s slices, cached by content (one host copy of the ranges)."""
     hr = range_cache.host_ranges(inp.q_ranges, inp.k_ranges, inp.attn_type_map)
-    key = (hr.key, inp.q.shape[0], inp.k.shape[0], block_size, str(inp.q.device))
-    with _lock:
-        hit = _masks.get(key)
-        if hit is not None:
-            _masks.move_to_end(key)
-            return hit
-    mask = build_slice_block_mask(hr.q.numpy(), hr.k.numpy(), hr.types.numpy(), inp.q.shape[0],
-                                  inp.k.shape[0], block_size, device=inp.q.device)
-    with _lock:
-        _masks[key] = mask
-        while len(_masks) > _MAX_MASKS:
-            _masks.popitem(last=False)
-    return mask
+    sq, sk = inp.q.shape[0], inp.k.shape[0]
+    return _masks.get_or_build(
+        (hr.key, sq, sk, block_size, str(inp.q.device)),
+        lambda: build_slice_block_mask(hr.q.numpy(), hr.k.numpy(), hr.types.numpy(), sq, sk, block_size,
+                                       device=inp.q.device))
 
 
 class FA4Backend(Backend):
@@ -90,9 +78,6 @@ class FA4Backend(Backend):
         if max_logits is not None:
             raise NotImplementedError("fa4 backend: max_logits (return_max_logits=True) is not "
                                       "supported; use the triton backend.")
-        if inp.q.shape[-1] not in FA4Backend.HEAD_DIMS:
-            raise NotImplementedError(f"fa4 backend: head_dim={inp.q.shape[-1]} is not supported "
-                                      f"(supported: {sorted(FA4Backend.HEAD_DIMS)}).")
 
     def forward(self, inp, out, lse, max_logits, *, fresh=False):
         from magi_ffa.backends.fa4.kernel import fa4_forward, sparse_block_size

@@ -24,13 +24,12 @@ where every cell of the tile is visible (no mask needed), and the two diagonal b
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
 from magi_ffa import range_cache
+from magi_ffa.lru import LRUCache
 
 __all__ = ["BIG", "PIECE_FIELDS", "WorkList", "build_work_list", "cached_work_list", "clear_cache", "slice_bounds"]
 
@@ -173,23 +172,13 @@ def build_work_list(
 # built and uploaded. MAGI_FFA_WORKLIST_IDENTITY_CACHE=0 turns the identity level off (see
 # range_cache: needed when range tensors are written behind their version counter).
 
-_MAX_ENTRIES = 64
-_lock = threading.Lock()
-_by_content: OrderedDict = OrderedDict()  # (ranges bytes, cfg) -> WorkList (device-resident)
+_work_lists = LRUCache(64)  # (ranges bytes, cfg) -> WorkList (device-resident)
 
 
 def clear_cache() -> None:
     """Forget every cached work list and host copy of ranges (tests; after hidden mutations)."""
-    with _lock:
-        _by_content.clear()
+    _work_lists.clear()
     range_cache.clear()
-
-
-def _lru_put(d: OrderedDict, key, value) -> None:
-    d[key] = value
-    d.move_to_end(key)
-    while len(d) > _MAX_ENTRIES:
-        d.popitem(last=False)
 
 
 def _upload(wl: WorkList, device: torch.device) -> WorkList:
@@ -226,14 +215,7 @@ def cached_work_list(
     device = q_ranges.device
     cfg = (int(outer_len), int(block_outer), int(block_inner), bool(transpose), str(device))
     hr = range_cache.host_ranges(q_ranges, k_ranges, attn_type_map)
-    ckey = (hr.key, hr.num_slices, cfg)
-    with _lock:
-        wl = _by_content.get(ckey)
-        if wl is not None:
-            _by_content.move_to_end(ckey)
-            return wl
-    wl = _upload(build_work_list(hr.q, hr.k, hr.types, outer_len=outer_len, block_outer=block_outer,
-                                 block_inner=block_inner, transpose=transpose), device)
-    with _lock:
-        _lru_put(_by_content, ckey, wl)
-    return wl
+    return _work_lists.get_or_build(
+        (hr.key, hr.num_slices, cfg),
+        lambda: _upload(build_work_list(hr.q, hr.k, hr.types, outer_len=outer_len, block_outer=block_outer,
+                                        block_inner=block_inner, transpose=transpose), device))
