@@ -121,8 +121,11 @@ def test_selection_by_env_and_never_by_auto(fake_fa4, monkeypatch):
     monkeypatch.setenv("MAGI_ATTENTION_KERNEL_BACKEND", "triton")
     with pytest.raises(FFAInputError, match="MAGI_ATTENTION_FA4_BACKEND=1 conflicts"):
         resolve_backend_name()
-    monkeypatch.delenv("MAGI_ATTENTION_FA4_BACKEND")
     monkeypatch.delenv("MAGI_ATTENTION_KERNEL_BACKEND")
+    monkeypatch.setenv("MAGI_ATTENTION_FA4_BACKEND", "yes")  # magi_attention.env rejects it too
+    with pytest.raises(FFAInputError, match="MAGI_ATTENTION_FA4_BACKEND='yes' is not a valid toggle"):
+        resolve_backend_name()
+    monkeypatch.delenv("MAGI_ATTENTION_FA4_BACKEND")
     from magi_ffa.backends.base import FFAInputs
 
     q = torch.randn(8, 2, 64, dtype=torch.float64)

@@ -61,7 +61,10 @@ def resolve_backend_name(backend: str | None = None) -> str:
     if backend is None:
         backend = os.environ.get(BACKEND_ENV, "")
         source = BACKEND_ENV
-        if os.environ.get(FA4_ENV, "0").strip().lower() in ("1", "true", "yes", "on"):
+        fa4_flag = os.environ.get(FA4_ENV, "0").strip()
+        if fa4_flag not in ("", "0", "1"):  # the same toggle rule as magi_attention.env
+            raise FFAInputError(f"{FA4_ENV}={fa4_flag!r} is not a valid toggle; expected '1' (on) or '0' (off).")
+        if fa4_flag == "1":
             if backend.strip().lower() not in ("", "auto", "ffa", "fa4"):
                 raise FFAInputError(f"{FA4_ENV}=1 conflicts with {BACKEND_ENV}={backend!r}; unset one.")
             backend, source = "fa4", FA4_ENV
