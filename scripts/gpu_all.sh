@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything the project runs on a lent GPU machine, in one call:
 #   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist bench-qo (default: all),
-#                                     plus fa4-stage and fa4 (the FA4 backend; see scripts/pack_fa4_wheels.sh)
+#                                     plus fa4-libs and fa4 (the FA4 backend, two calls back to back: the first
+#                                     carries .carry/fa4-libs and runs fa4-libs, the second carries .carry/fa4
+#                                     and runs fa4; see scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
@@ -34,14 +36,15 @@ if has setup; then
 else
   [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if has fa4-stage; then  # FA4's wheels arrive in parts, one per call: keep them on the warm machine
-  mkdir -p /tmp/fa4-parts && cp -v .carry/fa4/fa4-wheels.tar.part-* /tmp/fa4-parts/ 2>/dev/null || true
+if has fa4-libs; then  # FA4 arrives in two calls: first its CUDA libraries (tar.xz), kept on the warm machine
+  mkdir -p /tmp/site && $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+    .carry/fa4-libs/*.tar.xz /tmp/site && echo "FA4 libraries unpacked" || status=1
 fi
-if has fa4; then
-  mkdir -p /tmp/fa4-wheels && cat /tmp/fa4-parts/fa4-wheels.tar.part-* | tar xf - -C /tmp/fa4-wheels \
-    && $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /tmp/fa4-wheels/*.whl \
-    || { echo "FA4 wheels incomplete: stage every part first"; status=1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+if has fa4; then  # then the small wheels; a wheel is a zip of site-packages, so unpacking installs it
+  for w in .carry/fa4/*.whl; do $PY -m zipfile -e "$w" /tmp/site || status=1; done
+  # nvidia-cutlass-dsl puts its modules on sys.path through a .pth file, which PYTHONPATH does not read
+  export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
+  [ -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] || { echo "FA4 libraries missing: run step fa4-libs first"; status=1; }
 fi
 # FFA_SRC lets a run use another copy of the kernels (e.g. a committed snapshot while the tree is being edited).
 SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:$PWD/packages/grpcoll/src:$PWD/packages/magi-attn/src:$PWD/packages/extensions/src
@@ -54,10 +57,11 @@ if has tests; then
   run test-magi-attn $PY -m pytest -q -m gpu -p no:cacheprovider packages/magi-attn/tests
 fi
 if has fa4; then
+  run smoke-fa4 $PY scripts/fa4_smoke.py
   run test-fa4 $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests/test_gpu_fa4.py
-  run bench-fa4 $PY packages/ffa-kernels/benchmarks/bench_ffa.py --totals 16384 \
-    --masks full,causal,varlen_causal,swa_1k --impls ffa_fa4,ffa_triton,sdpa_cudnn,flex ${BENCH_FA4_ARGS:-} \
-    --out "$OUT/bench_fa4"
+  run profile-fa4 $PY packages/ffa-kernels/benchmarks/profile_fa4.py ${PROFILE_FA4_ARGS:-}
+  run bench-fa4 $PY packages/ffa-kernels/benchmarks/bench_ffa.py --totals 16384 --heads 16/16 \
+    --impls ffa_fa4,ffa_triton,fa4,sdpa_cudnn,flex ${BENCH_FA4_ARGS:-} --out "$OUT/bench_fa4"
 fi
 if has bench-ffa; then
   run bench-ffa $PY packages/ffa-kernels/benchmarks/bench_ffa.py ${BENCH_FFA_ARGS:-} --out "$OUT/bench_ffa"

@@ -151,6 +151,18 @@ def sdpa_runner(kind, mask_name, q, k, v, dout):
     return fwd, _bwd_of(fwd, q, k, v, dout.transpose(0, 1).unsqueeze(0))
 
 
+def fa4_runner(mask_name, q, k, v, dout):
+    """Flash-Attention 4 itself (flash-attn-4, CuTe DSL) with its own full / causal masking: the
+    fastest kernel seen on Hopper, the bar of issue #7 (FFA >= 0.9x FA4)."""
+    from flash_attn.cute.interface import flash_attn_func
+
+    if mask_name not in ("full", "causal"):
+        raise NotImplementedError("mask not expressible")
+    qb, kb, vb = (x.unsqueeze(0) for x in (q, k, v))  # [1, S, h, d]
+    fwd = lambda: flash_attn_func(qb, kb, vb, causal=mask_name == "causal")[0]  # noqa: E731
+    return fwd, _bwd_of(fwd, q, k, v, dout.unsqueeze(0))
+
+
 _flex_compiled = None
 
 
@@ -389,6 +401,8 @@ def main(argv=None) -> int:
                             fwd, bwd = sdpa_runner(impl[5:], mname, q, k, v, dout)
                         elif impl == "flex":
                             fwd, bwd = flex_runner(mm, total, q, k, v, dout)
+                        elif impl == "fa4":
+                            fwd, bwd = fa4_runner(mname, q, k, v, dout)
                         else:
                             raise ValueError(f"bench_ffa: unknown impl {impl!r}")
                         tf = triton.testing.do_bench(fwd, quantiles=[0.5])

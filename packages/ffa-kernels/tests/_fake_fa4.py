@@ -1,11 +1,12 @@
-"""A CPU stand-in for Flash-Attention 4's block-sparse interface, to test the fa4 backend's plumbing.
+"""A CPU stand-in for Flash-Attention 4's interface, to test the fa4 backend's plumbing.
 
-It honours FA4's contract as the backend relies on it: q/k/v [1, S, H, D], lse [1, H, Sq]; only
-tiles in the block lists are visited; *full* tiles need no mask, *partial* tiles call the mask
-function (with scalar q index, vector kv index, and the aux tensors); the backward takes the global
-out and lse and reads the transposed (per k block) lists. The math is plain dense torch, so what
-the tests check is the translation and the calling convention, not FA4's kernels (the GPU test
-does that).
+It honours FA4's contract as the backend relies on it: q/k/v [1, S, H, D] and lse [1, H, Sq], or
+[S, H, D] and [H, S] with cu_seqlens (varlen); causal / window_size_left / window_size_right as FA4
+documents them; with block lists, only listed tiles are visited, *full* tiles need no mask and
+*partial* tiles call the mask function (scalar q index, vector kv index, the aux tensors); the
+backward takes the global out and lse and reads the transposed (per k block) lists; given out= /
+dq= / dk= / dv= buffers are written and returned. The math is plain dense torch, so what the tests
+check is the translation and the calling convention, not FA4's kernels (the GPU test does that).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class BlockSparseTensorsTorch(NamedTuple):
     block_size: tuple[int, int] | None = None
 
 
-CALLS = {"fwd": 0, "bwd": 0, "mask_rows": 0}
+CALLS = {"fwd": 0, "bwd": 0, "mask_rows": 0, "native": 0}
 EMPTY_ROWS_AS_GARBAGE = False  # tests set it: empty rows come back as out NaN, lse +inf
 
 
@@ -58,6 +59,40 @@ def _visible(bst, mask_mod, aux, sq, sk, transposed):
     return vis, visited
 
 
+def _native_visible(sq, sk, causal, window_size_left, window_size_right, cu_seqlens_q, **_):
+    """FA4's own masking, from its documented semantics (not from the backend's code): key c is
+    visible from row r iff r + (sk - sq) - left <= c <= r + (sk - sq) + right (causal: right 0),
+    within one document when cu_seqlens is given (same documents for q and k)."""
+    left, right = window_size_left, 0 if causal else window_size_right
+    bounds = [(0, sq)] if cu_seqlens_q is None else list(zip(cu_seqlens_q[:-1].tolist(), cu_seqlens_q[1:].tolist()))
+    vis = torch.zeros(sq, sk, dtype=torch.bool)
+    for s0, s1 in bounds:
+        n = s1 - s0
+        r = torch.arange(n)[:, None]
+        c = torch.arange(n)[None, :]
+        ok = torch.ones(n, n, dtype=torch.bool)
+        if left is not None:
+            ok &= c >= r - left
+        if right is not None:
+            ok &= c <= r + right
+        vis[s0:s1, s0:s1] = ok
+    return vis
+
+
+def _mask(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, transposed, kw):
+    """(visible, visited) cells: the block-sparse contract, or FA4's own masking (NATIVE counts)."""
+    if block_sparse_tensors is None:
+        assert mask_mod is None and aux_tensors is None
+        CALLS["native"] += 1
+        vis = _native_visible(sq, sk, **kw)
+        return vis, torch.ones_like(vis)
+    return _visible(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, transposed)
+
+
+def _with_batch(t, varlen):
+    return t if (t is None or not varlen) else t.unsqueeze(0)
+
+
 def _scores(q, k, scale, softcap):
     hq, hk = q.shape[2], k.shape[2]
     kh = k[0].double().transpose(0, 1).repeat_interleave(hq // hk, 0)  # [hq, Sk, d]
@@ -69,32 +104,53 @@ def _scores(q, k, scale, softcap):
     return s, t, kh
 
 
-def _flash_attn_fwd(q, k, v, *, softmax_scale, softcap, mask_mod, block_sparse_tensors,
-                    return_lse, aux_tensors, **_):
+def _write(dst, val):
+    """FA4's out= / dq= contract: a given buffer is written and returned."""
+    if dst is None:
+        return val
+    dst.copy_(val)
+    return dst
+
+
+def _flash_attn_fwd(q, k, v, *, softmax_scale, softcap, return_lse, mask_mod=None, block_sparse_tensors=None,
+                    aux_tensors=None, out=None, causal=False, window_size_left=None, window_size_right=None,
+                    cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, **_):
     CALLS["fwd"] += 1
-    assert q.dim() == 4 and q.shape[0] == 1 and return_lse
+    varlen = cu_seqlens_q is not None
+    assert (cu_seqlens_k is not None) == varlen and return_lse
+    q, k, v = (_with_batch(x, varlen) for x in (q, k, v))
+    assert q.dim() == 4 and q.shape[0] == 1
     sq, sk = q.shape[1], k.shape[1]
-    vis, _ = _visible(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, transposed=False)
+    vis, _ = _mask(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, False, dict(
+        causal=causal, window_size_left=window_size_left, window_size_right=window_size_right,
+        cu_seqlens_q=cu_seqlens_q))
     s, _, _ = _scores(q, k, softmax_scale, softcap)
     s = s.masked_fill(~vis, float("-inf"))
     lse = torch.logsumexp(s, -1)  # [hq, Sq]; -inf where nothing is visible
     p = torch.exp(s - torch.where(torch.isneginf(lse), 0.0, lse)[..., None])
     hq, hk = q.shape[2], k.shape[2]
     vh = v[0].double().transpose(0, 1).repeat_interleave(hq // hk, 0)
-    out = torch.matmul(p, vh).transpose(0, 1).to(q.dtype)  # [Sq, hq, d]
+    o = torch.matmul(p, vh).transpose(0, 1).to(q.dtype)  # [Sq, hq, d]
     if EMPTY_ROWS_AS_GARBAGE:  # what a kernel may leave in rows that see nothing
         empty = torch.isneginf(lse).transpose(0, 1)
-        out = out.masked_fill(empty.unsqueeze(-1), float("nan"))
+        o = o.masked_fill(empty.unsqueeze(-1), float("nan"))
         lse = lse.masked_fill(torch.isneginf(lse), float("inf"))
-    return out[None], lse[None].float(), None, None, None
+    o, lse = (o, lse.float()) if varlen else (o[None], lse[None].float())
+    return _write(out, o), lse, None, None, None
 
 
-def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod, aux_tensors,
-                    block_sparse_tensors, **_):
+def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod=None, aux_tensors=None,
+                    block_sparse_tensors=None, dq=None, dk=None, dv=None, causal=False, window_size_left=None,
+                    window_size_right=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                    max_seqlen_k=None, **_):
     CALLS["bwd"] += 1
+    varlen = cu_seqlens_q is not None
+    q, k, v, out, dout, lse = (_with_batch(x, varlen) for x in (q, k, v, out, dout, lse))
     sq, sk, hq, hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
     assert lse.shape == (1, hq, sq)
-    vis, visited = _visible(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, transposed=True)
+    vis, visited = _mask(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, True, dict(
+        causal=causal, window_size_left=window_size_left, window_size_right=window_size_right,
+        cu_seqlens_q=cu_seqlens_q))
     s, t, kh = _scores(q, k, softmax_scale, softcap)
     # like a kernel: masked cells of a visited tile are exp(-inf - lse) (NaN if lse = -inf)
     p = torch.exp(s.masked_fill(~vis, float("-inf")) - lse[0].double()[..., None])
@@ -102,16 +158,18 @@ def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod
     do = dout[0].double().transpose(0, 1)  # [hq, Sq, d]
     o = out[0].double().transpose(0, 1)
     vh = v[0].double().transpose(0, 1).repeat_interleave(hq // hk, 0)
-    dv = torch.matmul(p.transpose(1, 2), do)
+    gv = torch.matmul(p.transpose(1, 2), do)
     ds = p * (torch.matmul(do, vh.transpose(1, 2)) - (do * o).sum(-1, keepdim=True))
     if t is not None:
         ds = ds * (1 - t * t)
-    dq = torch.matmul(ds, kh) * softmax_scale
-    dk = torch.matmul(ds.transpose(1, 2), q[0].double().transpose(0, 1)) * softmax_scale
+    gq = torch.matmul(ds, kh) * softmax_scale
+    gk = torch.matmul(ds.transpose(1, 2), q[0].double().transpose(0, 1)) * softmax_scale
     g = hq // hk
-    dk = dk.reshape(hk, g, sk, -1).sum(1)
-    dv = dv.reshape(hk, g, sk, -1).sum(1)
-    return tuple(x.transpose(0, 1)[None].to(q.dtype) for x in (dq, dk, dv))
+    gk = gk.reshape(hk, g, sk, -1).sum(1)
+    gv = gv.reshape(hk, g, sk, -1).sum(1)
+    res = (x.transpose(0, 1).to(q.dtype) for x in (gq, gk, gv))
+    res = res if varlen else (x[None] for x in res)
+    return tuple(_write(dst, x) for dst, x in zip((dq, dk, dv), res))
 
 
 def install(monkeypatch) -> None:

@@ -10,7 +10,7 @@ import sys
 import _fake_fa4
 import pytest
 import torch
-from magi_ffa import flex_flash_attn_func
+from magi_ffa import ffa_backward, ffa_forward, flex_flash_attn_func
 from magi_ffa.backends import fa4 as fa4_backend
 from magi_ffa.backends.fa4 import FA4Backend, kernel
 from magi_ffa.errors import BackendUnavailableError, FFAInputError
@@ -35,17 +35,29 @@ def fake_fa4(monkeypatch):
     fa4_backend.clear_mask_cache()
 
 
+def _window_slices(s, left, right):
+    """A sliding window as one slice per row: row r sees keys [r - left, r + right]."""
+    qr = [[r, r + 1] for r in range(s)]
+    kr = [[max(0, r - left), min(s, r + right + 1)] for r in range(s)]
+    return qr, kr, [0] * s
+
+
 def _masks():
+    """(name, Sq, Sk, slices..., whether it runs on FA4's own masking)"""
     rng = random.Random(1)
-    yield "random", 37, 45, *random_slices(rng, 37, 45, 6)
-    yield "overlapping", 30, 26, *overlapping_slices(rng, 30, 26, 5, allow_empty_k=False)
-    yield "varlen-causal", 33, 33, *varlen_slices([10, 3, 20], 1)
-    yield "bi-causal-empty-rows", 24, 24, [[2, 10], [14, 20]], [[0, 12], [6, 18]], [3, 2]
+    yield "random", 37, 45, *random_slices(rng, 37, 45, 6), False
+    yield "overlapping", 30, 26, *overlapping_slices(rng, 30, 26, 5, allow_empty_k=False), False
+    yield "bi-causal-empty-rows", 24, 24, [[2, 10], [14, 20]], [[0, 12], [6, 18]], [3, 2], False
+    yield "varlen-causal", 33, 33, *varlen_slices([10, 3, 20], 1), True
+    yield "varlen-full-unordered", 33, 33, [[13, 33], [0, 10], [10, 13]], [[13, 33], [0, 10], [10, 13]], [0] * 3, True
+    yield "causal-in-two-slices", 30, 30, [[0, 12], [12, 30]], [[0, 12], [0, 30]], [1, 1], True
+    yield "window", 28, 28, *_window_slices(28, 5, 2), True
 
 
-@pytest.mark.parametrize("name,sq,sk,qr,kr,ts", list(_masks()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("name,sq,sk,qr,kr,ts,native", list(_masks()),
+                         ids=lambda x: x if isinstance(x, str) else "")
 @pytest.mark.parametrize("softcap", [0.0, 5.0])
-def test_matches_float64_reference(fake_fa4, name, sq, sk, qr, kr, ts, softcap):
+def test_matches_float64_reference(fake_fa4, name, sq, sk, qr, kr, ts, native, softcap):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(sq, 4, 64, generator=g, dtype=torch.float64, requires_grad=True)
     k = torch.randn(sk, 2, 64, generator=g, dtype=torch.float64, requires_grad=True)
@@ -59,7 +71,11 @@ def test_matches_float64_reference(fake_fa4, name, sq, sk, qr, kr, ts, softcap):
     torch.testing.assert_close(meta.lse.double(), ref_lse, atol=1e-5, rtol=1e-5)  # lse is fp32
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert fake_fa4["fwd"] == 1 and fake_fa4["bwd"] == 1 and fake_fa4["mask_rows"] > 0
+    assert fake_fa4["fwd"] == 1 and fake_fa4["bwd"] == 1
+    if native:  # FA4's own masking, no block lists, no mask function
+        assert fake_fa4["native"] == 2 and fake_fa4["mask_rows"] == 0
+    else:
+        assert fake_fa4["native"] == 0 and fake_fa4["mask_rows"] > 0
 
 
 def test_empty_rows_are_normalised_whatever_the_kernel_leaves(fake_fa4, monkeypatch):
@@ -74,6 +90,31 @@ def test_empty_rows_are_normalised_whatever_the_kernel_leaves(fake_fa4, monkeypa
     assert torch.equal(torch.isneginf(meta.lse), torch.isneginf(ref_lse)) and torch.isneginf(meta.lse).any()
     out.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_stages_accumulate_like_the_runtime(fake_fa4):
+    """The distributed runtime's use: each stage merges into fp32 accumulators (not fresh); the
+    backward of each stage runs under the final out/lse. Stage 1 is native (causal), stage 2 not."""
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(20, 2, 64, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(20, 1, 64, generator=g, dtype=torch.float64) for _ in range(2))
+    dout = torch.randn(20, 2, 64, generator=g, dtype=torch.float64)
+    stages = [([[0, 20]], [[0, 20]], [1]), ([[0, 10]], [[12, 20]], [0])]  # causal, then keys above it
+    out = lse = None
+    for qr, kr, ts in stages:
+        out, lse, _ = ffa_forward(q, k, v, qr, kr, ts, softmax_scale=0.125, out=out, lse=lse, backend="fa4")
+    qr_all, kr_all, ts_all = (sum((list(st[i]) for st in stages), []) for i in range(3))
+    qa, ka, va = (x.clone().requires_grad_() for x in (q, k, v))
+    ref_out, ref_lse, _ = ref_attn_dense(qa, ka, va, qr_all, kr_all, ts_all, softmax_scale=0.125)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6)  # FA4's lse is fp32
+    torch.testing.assert_close(lse, ref_lse, atol=1e-6, rtol=1e-6)
+    grads = None
+    for qr, kr, ts in stages:
+        grads = ffa_backward(dout, q, k, v, out, lse, qr, kr, ts, softmax_scale=0.125,
+                             **(dict(zip(("dq", "dk", "dv"), grads)) if grads else {}), backend="fa4")
+    for a, b in zip(grads, torch.autograd.grad(ref_out, (qa, ka, va), dout)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert fake_fa4["native"] == 2 and fake_fa4["fwd"] == fake_fa4["bwd"] == 2
 
 
 def test_sink_is_applied_around_the_kernel(fake_fa4):

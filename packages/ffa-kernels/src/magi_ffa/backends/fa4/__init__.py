@@ -1,14 +1,16 @@
-"""FA4 backend: arbitrary slice masks through Flash-Attention 4's block-sparse kernels (SM90+).
+"""FA4 backend: arbitrary slice masks through Flash-Attention 4 (SM90+).
 
-The slices become per-row key intervals and block lists (``block_sparse``, built once per mask and
-cached), FA4 runs the forward and backward (``kernel``), and the result is lse-merged into the
-caller's accumulators like every backend. Opt-in only (``backend="fa4"`` or
-``MAGI_ATTENTION_FA4_BACKEND=1``), never picked by auto selection.
+The slices become per-row key intervals (``block_sparse``, built once per mask and cached). Masks
+FA4 expresses itself (full, causal, sliding window, varlen documents: ``native``) run on FA4's own
+masking; any other runs on block lists plus an interval mask function for partial tiles (``kernel``).
+A single call (``fresh``) lets FA4 write the caller's buffers directly; the distributed runtime's
+stages are lse-merged into its accumulators like every backend's. Opt-in only (``backend="fa4"``
+or ``MAGI_ATTENTION_FA4_BACKEND=1``), never picked by auto selection.
 
 Refused with NotImplementedError naming the feature: max_logits and deterministic mode. Head dims
 other than 64 / 96 / 128 are refused by the capability table (the block-sparse tile rules differ
-above 128). The attention sink is
-applied outside the kernel by ``flex_flash_attn_func`` and so works with this backend too.
+above 128). The attention sink is applied outside the kernel by ``flex_flash_attn_func`` and so
+works with this backend too.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class FA4Backend(Backend):
     DTYPES = frozenset({torch.float16, torch.bfloat16})
     HEAD_DIMS = frozenset({64, 96, 128})
     IS_DETERMINISTIC = False
+    SUPPORTS_FRESH = True
 
     def is_available(self) -> bool:
         try:
@@ -84,20 +87,37 @@ class FA4Backend(Backend):
 
         self._refuse(inp, max_logits)
         if inp.num_slices == 0:
+            if fresh:
+                out.zero_()
+                lse.fill_(float("-inf"))
             return
         mask = slice_block_mask(inp, sparse_block_size(_arch(inp.q.device)))
-        o, l_ = fa4_forward(inp.q, inp.k, inp.v, mask, inp.softmax_scale, inp.softcap)
-        correct_attn_out_lse(out, lse, o, l_, inplace=True)
+        direct = fresh and out.dtype == inp.q.dtype  # FA4 writes the caller's buffer itself
+        o, l_ = fa4_forward(inp.q, inp.k, inp.v, mask, inp.softmax_scale, inp.softcap,
+                            out=out if direct else None)
+        o = out if direct else o
+        if mask.empty_rows is not None:  # out 0, lse -inf, whatever the kernel left there
+            o.masked_fill_(mask.empty_rows[:, None, None], 0.0)
+            l_.masked_fill_(mask.empty_rows[:, None], float("-inf"))
+        if fresh:
+            if not direct:
+                out.copy_(o)
+            lse.copy_(l_)
+        else:
+            correct_attn_out_lse(out, lse, o, l_, inplace=True)
 
     def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False):
         from magi_ffa.backends.fa4.kernel import fa4_backward, sparse_block_size
 
         self._refuse(inp)
         if inp.num_slices == 0:
+            if fresh:
+                for g in (dq, dk, dv):
+                    g.zero_()
             return
         mask = slice_block_mask(inp, sparse_block_size(_arch(inp.q.device)))
-        gq, gk, gv = fa4_backward(inp.q, inp.k, inp.v, out, dout, lse, mask, inp.softmax_scale,
-                                  inp.softcap)
-        dq.add_(gq)
-        dk.add_(gk)
-        dv.add_(gv)
+        grads = fa4_backward(inp.q, inp.k, inp.v, out, dout, lse, mask, inp.softmax_scale, inp.softcap,
+                             grads=(dq, dk, dv) if fresh else None)
+        if not fresh:
+            for acc, g in zip((dq, dk, dv), grads):
+                acc.add_(g)

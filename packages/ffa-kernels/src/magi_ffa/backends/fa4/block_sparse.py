@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from magi_ffa.backends.fa4.native import NativeMask, recognise_native
+
 __all__ = ["BlockLists", "SliceBlockMask", "build_slice_block_mask", "row_intervals"]
 
 
@@ -100,6 +102,8 @@ class SliceBlockMask:
     full: torch.Tensor  # bool [Mb, Nb]: every cell of the tile visible
     fwd: BlockLists  # per q block
     bwd: BlockLists  # per k block
+    empty_rows: torch.Tensor | None = None  # bool [Sq]: rows that see no key (None: there are none)
+    native: NativeMask | None = None  # set when FA4's own masking expresses the mask (native.py)
 
     @property
     def num_intervals(self) -> int:
@@ -123,7 +127,14 @@ def _pack(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cnt = sel.sum(-1, dtype=torch.int32)
     idx = torch.sort((~sel).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
     width = max(1, int(cnt.max())) if cnt.numel() else 1
-    return cnt[None, None].contiguous(), idx[..., :width][None, None].contiguous()
+    return _row_major(cnt[None, None]), _row_major(idx[..., :width][None, None])
+
+
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    """A packed row-major copy. Not ``.contiguous()``: torch calls a slice of width 1 contiguous
+    whatever its last stride, and FA4 insists on last stride 1 (it refused the backward lists of
+    causal masks, whose compact width is 1, with "Expected strides[leading_dim] == 1")."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
 
 
 def _lists(partial: torch.Tensor, full: torch.Tensor) -> BlockLists:
@@ -172,5 +183,9 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
     lo = torch.from_numpy(lo_np).to(device)
     hi = torch.from_numpy(hi_np).to(device)
     partial, full = _tile_classes(lo, hi, seqlen_k, bm, bn)
-    return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), lo.contiguous(), hi.contiguous(), partial, full,
-                          fwd=_lists(partial, full), bwd=_lists(partial.T, full.T))
+    empty = (hi_np <= lo_np).all(0)
+    return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), _row_major(lo), _row_major(hi), partial, full,
+                          fwd=_lists(partial, full), bwd=_lists(partial.T, full.T),
+                          empty_rows=torch.from_numpy(empty).to(device) if empty.any() else None,
+                          native=recognise_native(q_ranges, k_ranges, attn_type_map, lo_np, hi_np,
+                                                  seqlen_q, seqlen_k, device))

@@ -77,29 +77,45 @@ def _fa4_lists(lists: BlockLists, block_size: tuple[int, int]):
         full_block_cnt=lists.full_cnt, full_block_idx=lists.full_idx, block_size=block_size)
 
 
-def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: float):
-    """out [Sq, hq, d] (q's dtype) and lse fp32 [Sq, hq] (-inf and out 0 on rows that see no key)."""
-    iface = import_fa4()[0]
-    out, lse, *_ = iface._flash_attn_fwd(
-        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), softmax_scale=softmax_scale,
-        softcap=softcap or None, mask_mod=_interval_mask_mod(mask.num_intervals),
-        block_sparse_tensors=_fa4_lists(mask.fwd, mask.block_size), return_lse=True,
-        aux_tensors=[mask.lo, mask.hi])
-    out, lse = out[0], lse[0].transpose(0, 1)
-    # rows that see no key: lse -inf and out 0 whatever the kernel left there (FA2 wrote +inf, and a
-    # q block with no listed tile may never be stored), so the lse merge gives them weight 0
-    empty = ~torch.isfinite(lse)  # elementwise, no host sync
-    return out.masked_fill(empty.unsqueeze(-1), 0.0), lse.masked_fill(empty, float("-inf"))
+def _mask_args(mask: SliceBlockMask, lists: BlockLists) -> dict:
+    """FA4's own masking where it expresses the mask (native.py), else block lists + mask function."""
+    if mask.native is not None:
+        return mask.native.fa4_kwargs()
+    return {"mask_mod": _interval_mask_mod(mask.num_intervals), "aux_tensors": [mask.lo, mask.hi],
+            "block_sparse_tensors": _fa4_lists(lists, mask.block_size)}
 
 
-def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: float, softcap: float):
-    """dq, dk, dv (input dtype) of this call's cells, under the merged `out` and `lse` [Sq, hq]."""
+def _layout(mask: SliceBlockMask):
+    """FA4 takes [B, S, H, D] (we run B = 1) and gives lse [B, H, S]; varlen drops B."""
+    if mask.native is not None and mask.native.varlen:
+        return lambda t: t, lambda t: t
+    return (lambda t: None if t is None else t.unsqueeze(0)), (lambda t: t[0])
+
+
+def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: float, out=None):
+    """(out [Sq, hq, d] in q's dtype, written into `out` when given; lse fp32 [Sq, hq], a view).
+
+    Rows that see no key (``mask.empty_rows``) are left as FA4 wrote them: the caller normalises.
+    """
     iface = import_fa4()[0]
+    to_fa4, from_fa4 = _layout(mask)
+    o, lse, *_ = iface._flash_attn_fwd(
+        to_fa4(q), to_fa4(k), to_fa4(v), softmax_scale=softmax_scale, softcap=softcap or None,
+        return_lse=True, out=to_fa4(out), **_mask_args(mask, mask.fwd))
+    return from_fa4(o), from_fa4(lse).transpose(0, 1)
+
+
+def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: float, softcap: float,
+                 grads=None):
+    """dq, dk, dv (input dtype) of this call's cells under the merged `out` and `lse` [Sq, hq];
+    written into `grads` = (dq, dk, dv) when given (FA4 writes every element, zeros included)."""
+    iface = import_fa4()[0]
+    to_fa4, from_fa4 = _layout(mask)
     # rows that see nothing anywhere: +inf makes exp(s - lse) = 0 instead of exp(-inf + inf) = NaN
     lse = torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse)
-    dq, dk, dv = iface._flash_attn_bwd(
-        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), out.to(q.dtype).unsqueeze(0),
-        dout.to(q.dtype).unsqueeze(0), lse.transpose(0, 1).unsqueeze(0).contiguous(),
-        softmax_scale=softmax_scale, softcap=softcap, mask_mod=_interval_mask_mod(mask.num_intervals),
-        aux_tensors=[mask.lo, mask.hi], block_sparse_tensors=_fa4_lists(mask.bwd, mask.block_size))[:3]
-    return dq[0], dk[0], dv[0]
+    dq, dk, dv = grads if grads is not None else (None, None, None)
+    res = iface._flash_attn_bwd(
+        to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out.to(q.dtype)), to_fa4(dout.to(q.dtype)),
+        to_fa4(lse.transpose(0, 1).contiguous()), softmax_scale=softmax_scale, softcap=softcap,
+        dq=to_fa4(dq), dk=to_fa4(dk), dv=to_fa4(dv), **_mask_args(mask, mask.bwd))
+    return tuple(from_fa4(g) for g in res[:3])

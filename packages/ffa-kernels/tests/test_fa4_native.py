@@ -1,0 +1,95 @@
+"""Which masks the fa4 backend hands to FA4's own masking (backends/fa4/native.py): every mask it
+recognises must mean exactly the dense mask under FA4's documented semantics (the stand-in's
+`_native_visible`, written from FA4's docs, not from native.py), and the common masks must be
+recognised."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from _fake_fa4 import _native_visible
+from magi_ffa.backends.fa4.block_sparse import row_intervals
+from magi_ffa.backends.fa4.native import recognise_native
+from magi_ffa.testing import make_dense_mask, random_slices, varlen_slices
+
+
+def _recognise(qr, kr, ts, sq, sk):
+    lo, hi = row_intervals(qr, kr, ts, sq)
+    return recognise_native(qr, kr, ts, lo, hi, sq, sk)
+
+
+def _means(native, sq, sk):
+    return _native_visible(sq, sk, native.causal, native.window_left, native.window_right,
+                           native.cu_seqlens)
+
+
+def _window(s, left, right):
+    """Row r sees keys [r - left, r + right] (None: unbounded), one slice per row."""
+    lo = [0 if left is None else max(0, r - left) for r in range(s)]
+    hi = [s if right is None else min(s, r + right + 1) for r in range(s)]
+    return [[r, r + 1] for r in range(s)], [[a, b] for a, b in zip(lo, hi)], [0] * s
+
+
+def _expected_native():
+    yield "full", ([[0, 24]], [[0, 24]], [0]), 24
+    yield "causal", ([[0, 24]], [[0, 24]], [1]), 24
+    yield "inv-causal", ([[0, 24]], [[0, 24]], [2]), 24  # row r sees [r, S): a window (0, None)
+    yield "bi-causal", ([[0, 24]], [[0, 24]], [3]), 24  # the diagonal alone: a window (0, 0)
+    yield "causal-split", ([[0, 10], [10, 24]], [[0, 10], [0, 24]], [1, 1]), 24
+    yield "swa-as-ffa-slices", ([[0, 8], [8, 16], [8, 16], [16, 24], [16, 24]],
+                                [[0, 8], [8, 16], [1, 8], [16, 24], [9, 16]], [1, 1, 2, 1, 2]), 24
+    for left, right in ((3, 0), (3, 2), (None, 2), (0, 5), (4, None), (0, 0)):
+        yield f"window-{left}-{right}", _window(24, left, right), 24
+    yield "varlen-causal", varlen_slices([5, 1, 9, 9], 1), 24
+    yield "varlen-full-shuffled", ([[6, 15], [0, 6], [15, 24]], [[6, 15], [0, 6], [15, 24]], [0] * 3), 24
+
+
+@pytest.mark.parametrize("name,slices,s", list(_expected_native()), ids=lambda x: x if isinstance(x, str) else "")
+def test_common_masks_run_natively_and_mean_the_same(name, slices, s):
+    native = _recognise(*slices, s, s)
+    assert native is not None, name
+    assert torch.equal(_means(native, s, s), make_dense_mask(*slices, s, s))
+
+
+def _not_native():
+    yield "varlen-with-gap", ([[0, 5], [7, 12]], [[0, 5], [7, 12]], [1, 1]), 12, 12
+    yield "varlen-mixed-types", ([[0, 5], [5, 12]], [[0, 5], [5, 12]], [0, 1]), 12, 12
+    yield "causal-q-shorter", ([[0, 8]], [[0, 12]], [1]), 8, 12
+    yield "block-causal", ([[0, 4], [4, 8], [8, 12]], [[0, 4], [0, 8], [0, 12]], [0, 0, 0]), 12, 12
+    yield "two-runs", ([[4, 8], [4, 8]], [[0, 1], [4, 8]], [0, 1]), 8, 8
+    yield "empty-rows", ([[0, 4]], [[0, 4]], [1]), 8, 8
+    yield "uneven-window", ([[r, r + 1] for r in range(6)], [[max(0, r - (r % 2)), r + 1] for r in range(6)],
+                            [0] * 6), 6, 6
+
+
+@pytest.mark.parametrize("name,slices,sq,sk", list(_not_native()), ids=lambda x: x if isinstance(x, str) else "")
+def test_other_masks_keep_the_block_lists(name, slices, sq, sk):
+    assert _recognise(*slices, sq, sk) is None, name
+
+
+def test_whatever_is_recognised_means_the_dense_mask():
+    rng = random.Random(3)
+    seen = 0
+    for case in range(400):
+        s = rng.randint(1, 20)
+        kind = case % 4
+        if kind == 0:
+            slices = random_slices(rng, s, s, rng.randint(1, 4))
+        elif kind == 1:
+            lens = [rng.randint(1, 6) for _ in range(rng.randint(1, 4))]
+            slices = varlen_slices(lens, rng.choice([0, 1]))
+            s = sum(lens)
+        elif kind == 2:
+            slices = _window(s, rng.choice([None, *range(4)]), rng.choice([None, *range(4)]))
+        else:  # a window with one row nudged: must be refused or still mean the same
+            qr, kr, ts = _window(s, rng.randint(0, 3), rng.randint(0, 3))
+            r = rng.randrange(s)
+            kr[r] = [kr[r][0], max(kr[r][0] + 1, kr[r][1] - 1)]
+            slices = (qr, kr, ts)
+        native = _recognise(*slices, s, s)
+        if native is not None:
+            seen += 1
+            assert torch.equal(_means(native, s, s), make_dense_mask(*slices, s, s)), (case, slices)
+    assert seen > 150  # the windows and documents above were recognised
