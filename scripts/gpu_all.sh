@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything the project runs on a lent GPU machine, in one call:
 #   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist bench-qo (default: all),
-#                                     plus fa4-libs and fa4 (the FA4 backend, two calls back to back: the first
-#                                     carries .carry/fa4-libs and runs fa4-libs, the second carries .carry/fa4
-#                                     and runs fa4; see scripts/pack_fa4_wheels.sh)
+#                                     plus fa4-libs, fa4 and bench-fa4 (the FA4 backend, calls back to back: the
+#                                     first carries .carry/fa4-libs and runs fa4-libs, the next ones carry
+#                                     .carry/fa4 and run fa4 (tests, profile) and/or bench-fa4; see
+#                                     scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
@@ -40,7 +41,7 @@ if has fa4-libs; then  # FA4 arrives in two calls: first its CUDA libraries (tar
   mkdir -p /tmp/site && $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
     .carry/fa4-libs/*.tar.xz /tmp/site && echo "FA4 libraries unpacked" || status=1
 fi
-if has fa4; then  # then the small wheels; a wheel is a zip of site-packages, so unpacking installs it
+if has fa4 || has bench-fa4; then  # then the small wheels; a wheel is a zip of site-packages: unpacking installs it
   for w in .carry/fa4/*.whl; do $PY -m zipfile -e "$w" /tmp/site || status=1; done
   # nvidia-cutlass-dsl puts its modules on sys.path through a .pth file, which PYTHONPATH does not read
   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
@@ -60,6 +61,8 @@ if has fa4; then
   run smoke-fa4 $PY scripts/fa4_smoke.py
   run test-fa4 $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests/test_gpu_fa4.py
   run profile-fa4 $PY packages/ffa-kernels/benchmarks/profile_fa4.py ${PROFILE_FA4_ARGS:-}
+fi
+if has bench-fa4; then
   run bench-fa4 $PY packages/ffa-kernels/benchmarks/bench_ffa.py --totals 16384 --heads 16/16 \
     --impls ffa_fa4,ffa_triton,fa4,sdpa_cudnn,flex ${BENCH_FA4_ARGS:-} --out "$OUT/bench_fa4"
 fi

@@ -173,7 +173,10 @@ def flex_runner(mask_mod, total, q, k, v, dout):
     if _flex_compiled is None:
         _flex_compiled = torch.compile(flex_attention, dynamic=False)
     qt, kt, vt = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-    bm = None if mask_mod is None else create_block_mask(mask_mod, None, None, total, total, device=q.device)
+    # compiled block-mask creation: the eager one materialises [S, S] index tensors (16 GiB for the
+    # block-sparse table lookup at 16k, out of memory on an 80 GB card)
+    bm = None if mask_mod is None else create_block_mask(mask_mod, None, None, total, total, device=q.device,
+                                                         _compile=True)
     gqa = q.shape[1] != k.shape[1]
     fwd = lambda: _flex_compiled(qt, kt, vt, block_mask=bm, enable_gqa=gqa)  # noqa: E731
     return fwd, _bwd_of(fwd, q, k, v, dout.transpose(0, 1).unsqueeze(0))

@@ -47,6 +47,20 @@ def _host_ms(fn) -> float:
     return host
 
 
+def _host_profile(fn) -> None:
+    """Where the host time of a call goes (cProfile, top functions by own time)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(N):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+
+
 def _variants(mask_name, q, k, v, dout, qr, kr, tm):
     import flash_attn.cute.interface as fa4
     from magi_ffa import flex_flash_attn_func
@@ -86,6 +100,7 @@ def main() -> None:
     ap.add_argument("--masks", default="causal,swa_1k,varlen_causal,shared_question")
     ap.add_argument("--total", type=int, default=16384)
     ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--host-profile", action="store_true", help="cProfile the ffa_fa4 forward")
     a = ap.parse_args()
     print(f"{torch.cuda.get_device_name()}  total {a.total}  heads {a.heads}  d 128  bf16   (ms per call)")
     print(f"{'mask':14} {'variant':11} {'pass':4} {'host':>7} {'gpu':>7} {'bench':>7} {'TF/s':>6}")
@@ -101,6 +116,8 @@ def main() -> None:
                     bench = triton.testing.do_bench(fn, quantiles=[0.5])
                     tf = mult * 4 * area * 128 * a.heads / bench / 1e9
                     print(f"{mname:14} {name:11} {pname:4} {host:7.3f} {gpu:7.3f} {bench:7.3f} {tf:6.0f}")
+                    if a.host_profile and name == "ffa_fa4" and pname == "fwd":
+                        _host_profile(fn)
                 except Exception as e:  # keep profiling the other variants
                     print(f"{mname:14} {name:11} {pname:4} failed: {type(e).__name__}: {str(e)[:160]}")
 

@@ -105,9 +105,10 @@ def _scores(q, k, scale, softcap):
 
 
 def _write(dst, val):
-    """FA4's out= / dq= contract: a given buffer is written and returned."""
+    """FA4's out= / dq= contract: a given buffer (of the input dtype) is written and returned."""
     if dst is None:
         return val
+    assert dst.dtype == val.dtype and dst.shape == val.shape, "FA4 checks the buffers it is given"
     dst.copy_(val)
     return dst
 

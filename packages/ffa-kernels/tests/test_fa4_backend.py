@@ -117,6 +117,31 @@ def test_stages_accumulate_like_the_runtime(fake_fa4):
     assert fake_fa4["native"] == 2 and fake_fa4["fwd"] == fake_fa4["bwd"] == 2
 
 
+@pytest.mark.parametrize("api", ["flex_flash_attn_func", "ffa_forward/backward"])
+def test_half_precision_buffers(fake_fa4, api):
+    """fp16 inputs: flex_flash_attn_func's buffers have q's dtype and FA4 writes them itself;
+    ffa_forward/ffa_backward's fresh buffers are fp32, so FA4 writes its own and they are copied."""
+    g = torch.Generator().manual_seed(4)
+    qr, kr, ts = [[0, 16], [4, 16]], [[0, 16], [16, 24]], [1, 0]
+    q = torch.randn(16, 2, 64, generator=g).half()
+    k, v = (torch.randn(24, 1, 64, generator=g).half() for _ in range(2))
+    dout = torch.randn(16, 2, 64, generator=g).half()
+    if api == "flex_flash_attn_func":
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        out, meta = flex_flash_attn_func(*leaves, qr, kr, ts, backend="fa4")
+        grads = torch.autograd.grad(out, leaves, dout)
+        assert out.dtype == torch.float16 and all(x.dtype == torch.float16 for x in grads)
+    else:
+        out, lse, _ = ffa_forward(q, k, v, qr, kr, ts, softmax_scale=0.125, backend="fa4")
+        grads = ffa_backward(dout, q, k, v, out, lse, qr, kr, ts, softmax_scale=0.125, backend="fa4")
+        assert out.dtype == torch.float32 and all(x.dtype == torch.float32 for x in grads)
+    ref = [x.double().requires_grad_() for x in (q, k, v)]
+    ref_out, _, _ = ref_attn_dense(*ref, qr, kr, ts, softmax_scale=None if api == "flex_flash_attn_func" else 0.125)
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-3, rtol=2e-3)
+    for a, b in zip(grads, torch.autograd.grad(ref_out, ref, dout.double())):
+        torch.testing.assert_close(a.double(), b, atol=2e-2, rtol=2e-2)
+
+
 def test_sink_is_applied_around_the_kernel(fake_fa4):
     g = torch.Generator().manual_seed(2)
     qr, kr, ts = varlen_slices([9, 15], 1)

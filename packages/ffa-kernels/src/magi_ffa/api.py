@@ -18,7 +18,7 @@ import torch
 from magi_ffa import checks, range_cache
 from magi_ffa.backends.base import FFAInputs
 from magi_ffa.errors import FFAInputError, FFATypeError
-from magi_ffa.ops import acc_dtype, ffa_fwd_op, run_backward, run_forward
+from magi_ffa.ops import acc_dtype, ffa_fwd_op, rowsum_out_dout, run_backward, run_forward
 from magi_ffa.select import select_backend
 from magi_ffa.types import AttnForwardMeta
 
@@ -273,7 +273,7 @@ def ffa_backward(
     dq = alloc(q.shape, dtype=adt, device=q.device) if dq is None else dq
     dk = alloc(k.shape, dtype=adt, device=q.device) if dk is None else dk
     dv = alloc(v.shape, dtype=adt, device=q.device) if dv is None else dv
-    if delta is None:
-        delta = (out.to(adt) * dout.to(adt)).sum(-1)
+    if delta is None and impl.USES_DELTA:
+        delta = rowsum_out_dout(out, dout)
     run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
     return dq, dk, dv

@@ -24,12 +24,18 @@ from magi_ffa.backends.base import Backend, FFAInputs
 from magi_ffa.select import select_backend
 from magi_ffa.sink import apply_sink, sink_backward
 
-__all__ = ["acc_dtype", "ffa_bwd_op", "ffa_fwd_op", "run_backward", "run_forward"]
+__all__ = ["acc_dtype", "ffa_bwd_op", "ffa_fwd_op", "rowsum_out_dout", "run_backward", "run_forward"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulator dtype: fp32, or fp64 for fp64 inputs (the oracle keeps full precision)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rowsum_out_dout(out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+    """delta = rowsum(out * dout) in the accumulator dtype, [Sq, hq]: the backward's softmax term."""
+    adt = acc_dtype(out.dtype)
+    return (out.to(adt) * dout.to(adt)).sum(-1)
 
 
 def run_forward(
@@ -147,7 +153,7 @@ def ffa_bwd_op(
     dq = alloc(q.shape, dtype=gdt, device=q.device)
     dk = alloc(k.shape, dtype=gdt, device=q.device)
     dv = alloc(v.shape, dtype=gdt, device=q.device)
-    delta = (out.to(adt) * dout.to(adt)).sum(-1)
+    delta = rowsum_out_dout(out, dout) if impl.USES_DELTA else None
     run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
     if sink is not None:
         dsink = sink_backward(sink, lse, out, dout, sink_layout)

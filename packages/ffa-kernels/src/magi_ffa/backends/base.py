@@ -60,6 +60,7 @@ class Backend:
     HEAD_DIMS: frozenset[int] | None = None  # None: any head dim
     IS_DETERMINISTIC: bool = True
     SUPPORTS_FRESH: bool = False  # honours fresh=True (see the module docstring)
+    USES_DELTA: bool = True  # backward reads the caller's delta; False: pass None (it derives its own)
 
     def is_available(self) -> bool:
         """Whether the backend's own dependencies can be imported on this machine."""
@@ -122,7 +123,7 @@ class Backend:
         """Add this call's gradients into dq [Sq,hq,d], dk, dv [Sk,hk,d] (fp32) in place.
 
         `out`, `lse` are the final merged forward results and `delta = rowsum(out * dout)` fp32
-        [Sq,hq]; rows with lse = -inf contribute nothing.
+        [Sq,hq] (None for a backend with USES_DELTA False); rows with lse = -inf contribute nothing.
         fresh (SUPPORTS_FRESH backends): write every element instead (0 where nothing reaches),
         whatever the buffers held; dq / dk / dv may then have the input dtype.
         """

@@ -54,6 +54,7 @@ class FA4Backend(Backend):
     HEAD_DIMS = frozenset({64, 96, 128})
     IS_DETERMINISTIC = False
     SUPPORTS_FRESH = True
+    USES_DELTA = False  # FA4's backward preprocess computes rowsum(out * dout) itself
 
     def is_available(self) -> bool:
         try:
@@ -116,8 +117,10 @@ class FA4Backend(Backend):
                     g.zero_()
             return
         mask = slice_block_mask(inp, sparse_block_size(_arch(inp.q.device)))
+        bufs = (dq, dk, dv)
+        direct = fresh and all(b.dtype == inp.q.dtype for b in bufs)  # FA4 writes them itself
         grads = fa4_backward(inp.q, inp.k, inp.v, out, dout, lse, mask, inp.softmax_scale, inp.softcap,
-                             grads=(dq, dk, dv) if fresh else None)
-        if not fresh:
-            for acc, g in zip((dq, dk, dv), grads):
-                acc.add_(g)
+                             grads=bufs if direct else None)
+        if not direct:
+            for acc, g in zip(bufs, grads):
+                acc.copy_(g) if fresh else acc.add_(g)
