@@ -171,6 +171,9 @@ def flex_runner(mask_mod, total, q, k, v, dout):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     if _flex_compiled is None:
+        # every mask brings its own mask_mod (a recompile); past dynamo's default limit of 8 the
+        # 9th mask silently ran FlexAttention eagerly (1.8 TF/s, or out of memory)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _flex_compiled = torch.compile(flex_attention, dynamic=False)
     qt, kt, vt = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
     # compiled block-mask creation: the eager one materialises [S, S] index tensors (16 GiB for the
