@@ -5,7 +5,8 @@
 #                                     first carries .carry/fa4-libs and runs fa4-libs, the next ones carry
 #                                     .carry/fa4 and run fa4 (tests, profile) and/or bench-fa4; see
 #                                     scripts/pack_fa4_wheels.sh)
-# Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out). The machine has torch/triton/cmake/pybind11
+# Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out); set GIT_COMMIT=<hash> in the command (the
+# machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
 set -uo pipefail

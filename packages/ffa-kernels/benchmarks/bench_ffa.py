@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import os
 import random
 import subprocess
 import sys
@@ -187,6 +188,9 @@ def flex_runner(mask_mod, total, q, k, v, dout):
 
 # ---------------------------------------------------------------------------------------------
 def _commit() -> str:
+    """GIT_COMMIT when set (a device machine's copy of the tree may carry a stale .git), else HEAD."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
