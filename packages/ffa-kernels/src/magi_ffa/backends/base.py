@@ -64,6 +64,10 @@ class Backend:
 
     def is_available(self) -> bool:
         """Whether the backend's own dependencies can be imported on this machine."""
+        try:
+            self.require()
+        except ImportError:
+            return False
         return True
 
     def require(self) -> None:

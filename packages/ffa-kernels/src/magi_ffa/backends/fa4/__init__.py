@@ -37,8 +37,12 @@ def _arch(device: torch.device) -> int:
     return 10 * major + minor
 
 
-def slice_block_mask(inp: FFAInputs, block_size: tuple[int, int]) -> SliceBlockMask:
-    """The translated mask of `inp`'s slices, cached by content (one host copy of the ranges)."""
+def slice_block_mask(inp: FFAInputs) -> SliceBlockMask:
+    """The translated mask of `inp`'s slices at the block size of `inp`'s GPU, cached by content
+    (one host copy of the ranges)."""
+    from magi_ffa.backends.fa4.kernel import sparse_block_size
+
+    block_size = sparse_block_size(_arch(inp.q.device))
     hr = range_cache.host_ranges(inp.q_ranges, inp.k_ranges, inp.attn_type_map)
     sq, sk = inp.q.shape[0], inp.k.shape[0]
     return _masks.get_or_build(
@@ -55,13 +59,6 @@ class FA4Backend(Backend):
     IS_DETERMINISTIC = False
     SUPPORTS_FRESH = True
     USES_DELTA = False  # FA4's backward preprocess computes rowsum(out * dout) itself
-
-    def is_available(self) -> bool:
-        try:
-            self.require()
-        except ImportError:
-            return False
-        return True
 
     def require(self) -> None:
         from magi_ffa.backends.fa4.kernel import import_fa4
@@ -84,7 +81,7 @@ class FA4Backend(Backend):
                                       "supported; use the triton backend.")
 
     def forward(self, inp, out, lse, max_logits, *, fresh=False):
-        from magi_ffa.backends.fa4.kernel import fa4_forward, sparse_block_size
+        from magi_ffa.backends.fa4.kernel import fa4_forward
 
         self._refuse(inp, max_logits)
         if inp.num_slices == 0:
@@ -92,7 +89,7 @@ class FA4Backend(Backend):
                 out.zero_()
                 lse.fill_(float("-inf"))
             return
-        mask = slice_block_mask(inp, sparse_block_size(_arch(inp.q.device)))
+        mask = slice_block_mask(inp)
         direct = fresh and out.dtype == inp.q.dtype  # FA4 writes the caller's buffer itself
         o, l_ = fa4_forward(inp.q, inp.k, inp.v, mask, inp.softmax_scale, inp.softcap,
                             out=out if direct else None)
@@ -108,7 +105,7 @@ class FA4Backend(Backend):
             correct_attn_out_lse(out, lse, o, l_, inplace=True)
 
     def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False):
-        from magi_ffa.backends.fa4.kernel import fa4_backward, sparse_block_size
+        from magi_ffa.backends.fa4.kernel import fa4_backward
 
         self._refuse(inp)
         if inp.num_slices == 0:
@@ -116,7 +113,7 @@ class FA4Backend(Backend):
                 for g in (dq, dk, dv):
                     g.zero_()
             return
-        mask = slice_block_mask(inp, sparse_block_size(_arch(inp.q.device)))
+        mask = slice_block_mask(inp)
         bufs = (dq, dk, dv)
         direct = fresh and all(b.dtype == inp.q.dtype for b in bufs)  # FA4 writes them itself
         grads = fa4_backward(inp.q, inp.k, inp.v, out, dout, lse, mask, inp.softmax_scale, inp.softcap,
