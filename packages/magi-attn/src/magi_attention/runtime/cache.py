@@ -3,10 +3,16 @@
 Why per group: building or evicting a runtime must happen identically on every rank of a group.
 A single process-wide LRU shared by two groups could evict differently on ranks that belong to
 different sets of groups; one LRU per group sees the same access sequence on each member rank.
+
+Why cleared at exit: a cached key holds its process group. Left to interpreter finalization, a
+gloo group's worker threads are torn down while Python is half gone, which can abort the process
+("terminate called without an active exception") after all work finished; clearing the caches
+from an ``atexit`` hook releases them while the interpreter is still whole.
 """
 
 from __future__ import annotations
 
+import atexit
 from collections import OrderedDict
 from typing import Any
 
@@ -75,7 +81,10 @@ class DistAttnRuntimeDictManager:
         return key
 
     def clear(self) -> None:
+        for d in self._dicts.values():  # also empties dicts a caller still holds
+            d.clear()
         self._dicts.clear()
 
 
 dist_attn_runtime_dict_mgr = DistAttnRuntimeDictManager()
+atexit.register(dist_attn_runtime_dict_mgr.clear)
