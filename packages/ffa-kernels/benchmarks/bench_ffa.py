@@ -427,13 +427,23 @@ def main(argv=None) -> int:
                     print(f"[{len(rows)}] {total} h{hq}/{hk} {mname:16s} {impl:11s} "
                           f"fwd {row.get('fwd_tflops', '-')} TF/s bwd {row.get('bwd_tflops', '-')} TF/s {row.get('note', '')}",
                           flush=True)
+                    write_results(args.out, rows)
             del q, k, v, dout
+    print(f"wrote {args.out}.csv and {args.out}.md")
+    return 0
+
+
+def write_results(out: str, rows: list[dict]) -> None:
+    """CSV and markdown of the rows so far (rewritten after every row: a run cut short keeps them)."""
     cols = ["card", "total", "hq", "hk", "d", "mask", "impl", "area", "fwd_ms", "fwd_tflops", "bwd_ms",
             "bwd_tflops", "note"]
-    with open(args.out + ".csv", "w", newline="") as f:
+    with open(out + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
+    card = rows[0]["card"] if rows else "?"
+    import triton
+
     header = (f"# FFA benchmark\n\ncard: {card}; date: {datetime.date.today()}; commit: {_commit()}; "
               f"torch {torch.__version__}, triton {triton.__version__}\n\ncommand: `{' '.join(sys.argv)}`\n\n")
     md = ["| total | heads | mask | impl | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s | note |",
@@ -441,10 +451,8 @@ def main(argv=None) -> int:
     for r in rows:
         md.append(f"| {r['total']} | {r['hq']}/{r['hk']} | {r['mask']} | {r['impl']} | {r.get('fwd_ms', '')} | "
                   f"{r.get('fwd_tflops', '')} | {r.get('bwd_ms', '')} | {r.get('bwd_tflops', '')} | {r.get('note', '')} |")
-    with open(args.out + ".md", "w") as f:
+    with open(out + ".md", "w") as f:
         f.write(header + "\n".join(md) + "\n")
-    print(f"wrote {args.out}.csv and {args.out}.md")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""The custom ops: opcheck (fake kernels, autograd registration) and torch.compile(fullgraph=True)."""
+"""The custom ops: opcheck (fake kernels, autograd registration) and torch.compile(fullgraph=True);
+the eager path that skips them (same bodies, same results)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
-from magi_ffa import flex_flash_attn_func
+from magi_ffa import flex_flash_attn_func, ops
 from magi_ffa.ops import ffa_bwd_op, ffa_fwd_op
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 
 def _args():
@@ -70,3 +73,38 @@ def test_compile_fullgraph_matches_eager():
     assert torch.equal(res_c, res_e) and torch.equal(ml_c, ml_e)
     for gc, t in zip(grads_c, (q, k, v, model.sink)):
         assert torch.equal(gc, t.grad)
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("must not be called here")
+
+
+def _grads_of(fn, q, k, v, sink, dout):
+    for t in (q, k, v, sink):
+        t.grad = None
+    out, lse, max_logits = fn(q, k, v, *_args()[3:], sink, "sh", 0.35, 1.5, False, True, "torch")
+    out.backward(dout)
+    return [out, lse, max_logits] + [t.grad.clone() for t in (q, k, v, sink)]
+
+
+def test_eager_path_skips_the_custom_ops_and_matches_them_bitwise(monkeypatch):
+    q, k, v, *_ = _args()
+    sink = torch.randn(2, 4, requires_grad=True)
+    dout = torch.randn(20, 4, 8, generator=torch.Generator().manual_seed(1))
+    via_op = _grads_of(ffa_fwd_op, q, k, v, sink, dout)
+    monkeypatch.setattr(ops, "ffa_fwd_op", _boom)
+    monkeypatch.setattr(ops, "ffa_bwd_op", _boom)
+    eager = _grads_of(ops.ffa_attention, q, k, v, sink, dout)
+    for a, b in zip(via_op, eager):
+        assert torch.equal(a, b)
+    assert eager[-1].abs().sum() > 0  # the sink received a gradient
+
+
+def test_traced_calls_take_the_custom_op(monkeypatch):
+    monkeypatch.setattr(ops, "_fwd_impl", _boom)  # a real kernel run would fail: only the fake may run
+    with FakeTensorMode():
+        q, k, v, qr, kr, tm = (torch.empty(t.shape, dtype=t.dtype) for t in _args())
+        out, lse, _ = ops.ffa_attention(q, k, v, qr, kr, tm, None, "sh", 0.35, 0.0, False, False, "torch")
+    assert out.shape == (20, 4, 8) and lse.shape == (20, 4)
+    with pytest.raises(AssertionError, match="must not be called"):  # eagerly the body runs
+        ops.ffa_attention(*_args(), None, "sh", 0.35, 0.0, False, False, "torch")

@@ -18,7 +18,7 @@ import torch
 from magi_ffa import checks, range_cache
 from magi_ffa.backends.base import FFAInputs
 from magi_ffa.errors import FFAInputError, FFATypeError
-from magi_ffa.ops import acc_dtype, ffa_fwd_op, rowsum_out_dout, run_backward, run_forward
+from magi_ffa.ops import acc_dtype, ffa_attention, rowsum_out_dout, run_backward, run_forward
 from magi_ffa.select import select_backend
 from magi_ffa.types import AttnForwardMeta
 
@@ -140,7 +140,7 @@ def flex_flash_attn_func(
     )
     if backend is not None and not isinstance(backend, str):
         raise FFATypeError(f"{fn}(): backend must be a str or None, got {type(backend).__name__}.")
-    out, lse, max_logits = ffa_fwd_op(
+    out, lse, max_logits = ffa_attention(
         q, k, v, qr, kr, tm, sink, sink_layout, scale, cap, deterministic, return_max_logits, backend
     )
     return out, AttnForwardMeta(lse=lse, max_logits=max_logits if return_max_logits else None)

@@ -1,8 +1,15 @@
-"""torch.library custom ops for the forward and backward, with fake kernels and autograd.
+"""The autograd forward/backward of flex_flash_attn_func: torch.library custom ops for traced
+calls, and an autograd.Function over the same bodies for eager calls.
 
 The ops are opaque to torch.compile (fake kernels give the output shapes), so a module calling
 flex_flash_attn_func compiles with fullgraph=True. Backend selection and the kernels' host work
 (reading ranges) happen inside the op, at run time, never while tracing.
+
+Why two entry points: the custom op's dispatch and its autograd wrapper cost ~0.1-0.2 ms of host
+time per call, longer than a short kernel (a 1k sliding window at 16k tokens runs ~0.3 ms on an
+H200); ``ffa_attention`` takes the plain autograd.Function when nothing traces (no compile, no
+dispatch mode such as FakeTensorMode, no functorch transform, plain tensors) and the op otherwise.
+Both run the same ``_fwd_impl`` / ``_bwd_impl``.
 
   magi_ffa::ffa_fwd(q, k, v, q_ranges, k_ranges, attn_type_map, sink, ...) -> (out, lse, max_logits)
   magi_ffa::ffa_bwd(dout, q, k, v, out, lse, ..., sink, ...) -> (dq, dk, dv, dsink)
@@ -24,7 +31,8 @@ from magi_ffa.backends.base import Backend, FFAInputs
 from magi_ffa.select import select_backend
 from magi_ffa.sink import apply_sink, sink_backward
 
-__all__ = ["acc_dtype", "ffa_bwd_op", "ffa_fwd_op", "rowsum_out_dout", "run_backward", "run_forward"]
+__all__ = ["acc_dtype", "ffa_attention", "ffa_bwd_op", "ffa_fwd_op", "rowsum_out_dout", "run_backward",
+           "run_forward"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -71,22 +79,8 @@ def _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, 
     )
 
 
-@torch.library.custom_op("magi_ffa::ffa_fwd", mutates_args=())
-def ffa_fwd_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_ranges: torch.Tensor,
-    k_ranges: torch.Tensor,
-    attn_type_map: torch.Tensor,
-    sink: Optional[torch.Tensor],
-    sink_layout: str,
-    softmax_scale: float,
-    softcap: float,
-    deterministic: bool,
-    return_max_logits: bool,
-    backend: Optional[str],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fwd_impl(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
+              deterministic, return_max_logits, backend):
     inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic)
     impl = select_backend(inp, backend)
     sq, hq, d = q.shape
@@ -103,6 +97,26 @@ def ffa_fwd_op(
     if sink is not None:
         apply_sink(out, lse, sink.detach(), sink_layout)
     return out.to(q.dtype), lse, max_logits
+
+
+@torch.library.custom_op("magi_ffa::ffa_fwd", mutates_args=())
+def ffa_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_ranges: torch.Tensor,
+    k_ranges: torch.Tensor,
+    attn_type_map: torch.Tensor,
+    sink: Optional[torch.Tensor],
+    sink_layout: str,
+    softmax_scale: float,
+    softcap: float,
+    deterministic: bool,
+    return_max_logits: bool,
+    backend: Optional[str],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd_impl(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
+                     deterministic, return_max_logits, backend)
 
 
 @ffa_fwd_op.register_fake
@@ -126,6 +140,26 @@ def _(
     return torch.empty_like(q), q.new_empty((sq, hq), dtype=adt), q.new_empty((hq,), dtype=adt)
 
 
+def _bwd_impl(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale,
+              softcap, deterministic, backend):
+    inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic)
+    impl = select_backend(inp, backend)
+    adt = acc_dtype(q.dtype)
+    fresh = impl.SUPPORTS_FRESH
+    gdt = q.dtype if fresh else adt  # fresh: written whole, directly in the input dtype
+    alloc = torch.empty if fresh else torch.zeros
+    dq = alloc(q.shape, dtype=gdt, device=q.device)
+    dk = alloc(k.shape, dtype=gdt, device=q.device)
+    dv = alloc(v.shape, dtype=gdt, device=q.device)
+    delta = rowsum_out_dout(out, dout) if impl.USES_DELTA else None
+    run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
+    if sink is not None:
+        dsink = sink_backward(sink, lse, out, dout, sink_layout)
+    else:
+        dsink = q.new_empty((0,), dtype=torch.float32)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsink
+
+
 @torch.library.custom_op("magi_ffa::ffa_bwd", mutates_args=())
 def ffa_bwd_op(
     dout: torch.Tensor,
@@ -144,22 +178,8 @@ def ffa_bwd_op(
     deterministic: bool,
     backend: Optional[str],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic)
-    impl = select_backend(inp, backend)
-    adt = acc_dtype(q.dtype)
-    fresh = impl.SUPPORTS_FRESH
-    gdt = q.dtype if fresh else adt  # fresh: written whole, directly in the input dtype
-    alloc = torch.empty if fresh else torch.zeros
-    dq = alloc(q.shape, dtype=gdt, device=q.device)
-    dk = alloc(k.shape, dtype=gdt, device=q.device)
-    dv = alloc(v.shape, dtype=gdt, device=q.device)
-    delta = rowsum_out_dout(out, dout) if impl.USES_DELTA else None
-    run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
-    if sink is not None:
-        dsink = sink_backward(sink, lse, out, dout, sink_layout)
-    else:
-        dsink = q.new_empty((0,), dtype=torch.float32)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsink
+    return _bwd_impl(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout,
+                     softmax_scale, softcap, deterministic, backend)
 
 
 @ffa_bwd_op.register_fake
@@ -197,7 +217,8 @@ def _backward(ctx, dout, dlse, dmax):
     sink_layout, scale, softcap, det, backend = ctx.params
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv, dsink = ffa_bwd_op(
+    bwd = _bwd_impl if _can_run_eagerly(dout, q, k, v, out, lse, sink) else ffa_bwd_op
+    dq, dk, dv, dsink = bwd(
         dout.contiguous(),
         q,
         k,
@@ -232,3 +253,42 @@ def _backward(ctx, dout, dlse, dmax):
 
 
 ffa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _can_run_eagerly(*tensors) -> bool:
+    """True when no tracer would see the call: not compiling, no dispatch mode (FakeTensorMode,
+    FunctionalTensorMode, ...), no functorch transform, only plain tensors."""
+    if torch.compiler.is_compiling():
+        return False
+    n_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    functorch_on = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if n_modes is None or functorch_on is None or n_modes() > 0 or functorch_on():
+        return False
+    return all(t is None or type(t) is torch.Tensor for t in tensors)
+
+
+class _EagerFFA(torch.autograd.Function):
+    """ffa_fwd_op's autograd without the torch.library dispatch layers (same bodies, same saved
+    tensors, same backward)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _fwd_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dlse, dmax):
+        return _backward(ctx, dout, dlse, dmax)
+
+
+def ffa_attention(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
+                  deterministic, return_max_logits, backend):
+    """(out, lse, max_logits) with autograd, as ffa_fwd_op: eagerly through _EagerFFA, traced through
+    the custom op."""
+    args = (q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
+            deterministic, return_max_logits, backend)
+    if _can_run_eagerly(q, k, v, q_ranges, k_ranges, attn_type_map, sink):
+        return _EagerFFA.apply(*args)
+    return ffa_fwd_op(*args)

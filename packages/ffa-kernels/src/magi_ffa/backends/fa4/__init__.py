@@ -15,6 +15,8 @@ works with this backend too.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from magi_ffa import range_cache
@@ -32,7 +34,9 @@ def clear_mask_cache() -> None:
     _masks.clear()
 
 
+@functools.cache
 def _arch(device: torch.device) -> int:
+    """10 * major + minor compute capability (cached: it is asked on every call)."""
     major, minor = torch.cuda.get_device_capability(device)
     return 10 * major + minor
 

@@ -111,11 +111,14 @@ def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: f
     written into `grads` = (dq, dk, dv) when given (FA4 writes every element, zeros included)."""
     iface = import_fa4()[0]
     to_fa4, from_fa4 = _layout(mask)
-    # rows that see nothing anywhere: +inf makes exp(s - lse) = 0 instead of exp(-inf + inf) = NaN
-    lse = torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse)
+    # FA4 reads lse [H, Sq]. Rows that see nothing anywhere get +inf: exp(s - lse) = 0 instead of
+    # exp(-inf + inf) = NaN. One kernel does both (transpose and -inf -> +inf; NaN and +inf kept).
+    inf = float("inf")
+    lse_t = torch.nan_to_num(lse.t(), nan=float("nan"), posinf=inf, neginf=inf,
+                             out=lse.new_empty(lse.shape[::-1]))
     dq, dk, dv = grads if grads is not None else (None, None, None)
     res = iface._flash_attn_bwd(
         to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out.to(q.dtype)), to_fa4(dout.to(q.dtype)),
-        to_fa4(lse.transpose(0, 1).contiguous()), softmax_scale=softmax_scale, softcap=softcap,
+        to_fa4(lse_t), softmax_scale=softmax_scale, softcap=softcap,
         dq=to_fa4(dq), dk=to_fa4(dk), dv=to_fa4(dv), **_mask_args(mask, mask.bwd))
     return tuple(from_fa4(g) for g in res[:3])
