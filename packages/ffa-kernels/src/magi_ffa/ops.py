@@ -22,8 +22,7 @@ buffers in the output dtype and writes them whole (``fresh=True``): no zero-fill
 no conversion pass. Other backends get initialised fp32 accumulators and a final ``.to()``.
 """
 
-# ruff: noqa: UP045 -- custom_op infers the schema from annotations; Optional[...] works on every torch >= 2.4
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -51,7 +50,7 @@ def run_forward(
     inp: FFAInputs,
     out: torch.Tensor,
     lse: torch.Tensor,
-    max_logits: Optional[torch.Tensor],
+    max_logits: torch.Tensor | None,
     *,
     fresh: bool = False,
 ) -> None:
@@ -99,24 +98,12 @@ def _fwd_impl(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, sof
     return out.to(q.dtype), lse, max_logits
 
 
-@torch.library.custom_op("magi_ffa::ffa_fwd", mutates_args=())
-def ffa_fwd_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_ranges: torch.Tensor,
-    k_ranges: torch.Tensor,
-    attn_type_map: torch.Tensor,
-    sink: Optional[torch.Tensor],
-    sink_layout: str,
-    softmax_scale: float,
-    softcap: float,
-    deterministic: bool,
-    return_max_logits: bool,
-    backend: Optional[str],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _fwd_impl(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
-                     deterministic, return_max_logits, backend)
+_COMMON = ("Tensor q_ranges, Tensor k_ranges, Tensor attn_type_map, Tensor? sink, str sink_layout, "
+           "float softmax_scale, float softcap, bool deterministic")
+ffa_fwd_op = torch.library.custom_op(
+    "magi_ffa::ffa_fwd", _fwd_impl, mutates_args=(),
+    schema=f"(Tensor q, Tensor k, Tensor v, {_COMMON}, bool return_max_logits, str? backend)"
+           " -> (Tensor, Tensor, Tensor)")
 
 
 @ffa_fwd_op.register_fake
@@ -160,26 +147,10 @@ def _bwd_impl(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, 
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsink
 
 
-@torch.library.custom_op("magi_ffa::ffa_bwd", mutates_args=())
-def ffa_bwd_op(
-    dout: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    q_ranges: torch.Tensor,
-    k_ranges: torch.Tensor,
-    attn_type_map: torch.Tensor,
-    sink: Optional[torch.Tensor],
-    sink_layout: str,
-    softmax_scale: float,
-    softcap: float,
-    deterministic: bool,
-    backend: Optional[str],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _bwd_impl(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout,
-                     softmax_scale, softcap, deterministic, backend)
+ffa_bwd_op = torch.library.custom_op(
+    "magi_ffa::ffa_bwd", _bwd_impl, mutates_args=(),
+    schema=f"(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {_COMMON}, str? backend)"
+           " -> (Tensor, Tensor, Tensor, Tensor)")
 
 
 @ffa_bwd_op.register_fake
