@@ -364,12 +364,19 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-masks", default="full,causal")
     ap.add_argument("--sweep-passes", default=",".join(SWEEP))
     ap.add_argument("--probe", action="store_true", help="host-overhead breakdown of one call")
+    ap.add_argument("--plot", metavar="CSV", help="only draw the charts (and ratio table) of an earlier run's CSV")
     ap.add_argument("--heads", default="16/16,64/8", help="hq/hk pairs, comma separated")
     ap.add_argument("--quick", action="store_true", help="8k only, MHA only, four masks")
     ap.add_argument("--masks", default=",".join(MASKS))
     ap.add_argument("--totals", default="8192,16384,32768,65536")
     ap.add_argument("--impls", default="ffa_triton,sdpa_cudnn,sdpa_flash,flex")
     args = ap.parse_args(argv)
+    if args.plot:  # no GPU needed
+        rows = list(csv.DictReader(open(args.plot)))
+        prefix = args.plot.removesuffix(".csv")
+        print("\n".join(ratio_lines(rows)))
+        print(f"wrote {len(plot_results(prefix, rows))} charts next to {args.plot}")
+        return 0
     import triton
 
     if not torch.cuda.is_available():
@@ -429,8 +436,34 @@ def main(argv=None) -> int:
                           flush=True)
                     write_results(args.out, rows)
             del q, k, v, dout
-    print(f"wrote {args.out}.csv and {args.out}.md")
+    pngs = plot_results(args.out, rows)
+    print(f"wrote {args.out}.csv, {args.out}.md and {len(pngs)} charts")
     return 0
+
+
+def ratio_lines(rows: list[dict]) -> list[str]:
+    """Markdown ratios of each FFA impl to each peer measured beside it (same total, heads, mask)."""
+    peers = ("flex", "sdpa_cudnn", "sdpa_flash", "fa4")
+    by = {(r["total"], r["hq"], r["hk"], r["mask"], r["impl"]): r for r in rows}
+    lines = []
+    for (total, hq, hk, mask, impl), r in by.items():
+        if not impl.startswith("ffa_"):
+            continue
+        for peer in peers:
+            p = by.get((total, hq, hk, mask, peer))
+            if p is None:
+                continue
+            cells = []
+            for d in ("fwd", "bwd"):
+                a, b = r.get(f"{d}_tflops"), p.get(f"{d}_tflops")
+                cells.append(f"{float(a) / float(b):.2f}" if a not in (None, "") and b not in (None, "")
+                             and float(b) > 0 else "–")
+            if cells != ["–", "–"]:  # the peer refused the mask: no ratio
+                lines.append(f"| {total} | {hq}/{hk} | {mask} | {impl} / {peer} | {cells[0]} | {cells[1]} |")
+    if not lines:
+        return []
+    return ["", "## ratios (same run)", "", "| total | heads | mask | ratio | fwd | bwd |",
+            "|---|---|---|---|---|---|"] + lines
 
 
 def write_results(out: str, rows: list[dict]) -> None:
@@ -442,17 +475,62 @@ def write_results(out: str, rows: list[dict]) -> None:
         w.writeheader()
         w.writerows(rows)
     card = rows[0]["card"] if rows else "?"
-    import triton
+    try:
+        import triton
 
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "-"
     header = (f"# FFA benchmark\n\ncard: {card}; date: {datetime.date.today()}; commit: {_commit()}; "
-              f"torch {torch.__version__}, triton {triton.__version__}\n\ncommand: `{' '.join(sys.argv)}`\n\n")
+              f"torch {torch.__version__}, triton {triton_version}\n\ncommand: `{' '.join(sys.argv)}`\n\n")
     md = ["| total | heads | mask | impl | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s | note |",
           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['total']} | {r['hq']}/{r['hk']} | {r['mask']} | {r['impl']} | {r.get('fwd_ms', '')} | "
                   f"{r.get('fwd_tflops', '')} | {r.get('bwd_ms', '')} | {r.get('bwd_tflops', '')} | {r.get('note', '')} |")
     with open(out + ".md", "w") as f:
-        f.write(header + "\n".join(md) + "\n")
+        f.write(header + "\n".join(md + ratio_lines(rows)) + "\n")
+
+
+def plot_results(out: str, rows: list[dict]) -> list[str]:
+    """One PNG bar chart per mask (`<out>_<mask>.png`): TFLOP/s of each impl, forward and backward
+    panels, one group of bars per (total, heads). Returns the files written ([] without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        print(f"bench_ffa: no plots, matplotlib unavailable ({e})")
+        return []
+    written = []
+    for mask in dict.fromkeys(r["mask"] for r in rows):
+        mrows = [r for r in rows if r["mask"] == mask]
+        groups = list(dict.fromkeys((int(r["total"]), f"{r['hq']}/{r['hk']}") for r in mrows))
+        impls = list(dict.fromkeys(r["impl"] for r in mrows if r.get("fwd_tflops") not in (None, "")))
+        fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(groups), 3.6), sharey=True)
+        width = 0.8 / max(1, len(impls))
+        for ax, d in zip(axes, ("fwd", "bwd")):
+            for i, impl in enumerate(impls):
+                vals = []
+                for total, heads in groups:
+                    r = next((r for r in mrows if int(r["total"]) == total and f"{r['hq']}/{r['hk']}" == heads
+                              and r["impl"] == impl), None)
+                    v = r.get(f"{d}_tflops") if r is not None else None
+                    vals.append(float(v) if v not in (None, "") else 0.0)
+                ax.bar([g + i * width for g in range(len(groups))], vals, width, label=impl)
+            ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+            ax.set_xticklabels([f"{t // 1024}k h{h}" for t, h in groups], fontsize=8)
+            ax.set_title(f"{mask} {d}")
+            ax.set_ylabel("TFLOP/s")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(mrows[0]["card"], fontsize=9)
+        fig.tight_layout()
+        path = f"{out}_{mask}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""bench_ffa's report (no GPU): the same-run ratio table and the per-mask PNG charts."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import bench_ffa  # noqa: E402
+
+
+def _row(total, mask, impl, fwd, bwd, note=""):
+    return {"card": "TestCard", "total": total, "hq": 16, "hk": 16, "d": 128, "mask": mask, "impl": impl,
+            "area": 1, "fwd_tflops": fwd, "bwd_tflops": bwd, "note": note}
+
+
+ROWS = [_row(16384, "causal", "ffa_fa4", 600.0, 450.0), _row(16384, "causal", "flex", 400.0, 300.0),
+        _row(16384, "causal", "sdpa_cudnn", 500.0, 500.0), _row(8192, "causal", "ffa_fa4", 300.0, 200.0),
+        _row(8192, "causal", "flex", 200.0, ""),  # a backward that did not run
+        _row(16384, "swa_1k", "ffa_fa4", 450.0, 450.0), _row(16384, "swa_1k", "sdpa_cudnn", "", "", "n/a")]
+
+
+def test_ratio_table_pairs_rows_of_the_same_shape_and_skips_refusals():
+    lines = bench_ffa.ratio_lines(ROWS)
+    assert "| 16384 | 16/16 | causal | ffa_fa4 / flex | 1.50 | 1.50 |" in lines
+    assert "| 16384 | 16/16 | causal | ffa_fa4 / sdpa_cudnn | 1.20 | 0.90 |" in lines
+    assert "| 8192 | 16/16 | causal | ffa_fa4 / flex | 1.50 | – |" in lines
+    assert not any("swa_1k" in ln for ln in lines)  # cuDNN refused the mask: no ratio
+    assert not any("flex / " in ln for ln in lines)  # only FFA impls are the numerator
+    assert bench_ffa.ratio_lines([r for r in ROWS if r["impl"] == "flex"]) == []
+
+
+def test_results_and_charts_are_written(tmp_path):
+    out = str(tmp_path / "bench")
+    bench_ffa.write_results(out, ROWS)
+    md = Path(out + ".md").read_text()
+    assert "## ratios (same run)" in md and "ffa_fa4 / flex | 1.50" in md
+    assert len(Path(out + ".csv").read_text().splitlines()) == len(ROWS) + 1
+    pytest.importorskip("matplotlib")
+    pngs = bench_ffa.plot_results(out, ROWS)
+    assert sorted(Path(p).name for p in pngs) == ["bench_causal.png", "bench_swa_1k.png"]
+    for p in pngs:
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_mode_reads_a_csv(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    bench_ffa.write_results(out, ROWS)
+    assert bench_ffa.main(["--plot", out + ".csv"]) == 0
+    assert "ffa_fa4 / flex" in capsys.readouterr().out
