@@ -108,3 +108,15 @@ def test_traced_calls_take_the_custom_op(monkeypatch):
     assert out.shape == (20, 4, 8) and lse.shape == (20, 4)
     with pytest.raises(AssertionError, match="must not be called"):  # eagerly the body runs
         ops.ffa_attention(*_args(), None, "sh", 0.35, 0.0, False, False, "torch")
+
+
+def test_a_loss_on_lse_alone_gives_zero_gradients_on_both_paths():
+    """lse and max_logits take no gradient (as in the anchor), whichever path runs the call."""
+    q, k, v, qr, kr, tm = _args()
+    for fn in (ffa_fwd_op, ops.ffa_attention):
+        for t in (q, k, v):
+            t.grad = None
+        _, lse, _ = fn(q, k, v, qr, kr, tm, None, "sh", 0.35, 0.0, False, False, "torch")
+        lse[torch.isfinite(lse)].sum().backward()
+        for t in (q, k, v):
+            assert t.grad is not None and not t.grad.any()

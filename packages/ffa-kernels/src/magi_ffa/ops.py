@@ -246,6 +246,7 @@ class _EagerFFA(torch.autograd.Function):
     def forward(ctx, *inputs):
         output = _fwd_impl(*inputs)
         _setup_context(ctx, inputs, output)
+        ctx.set_materialize_grads(False)  # lse / max_logits get no gradient: don't build zeros for them
         return output
 
     @staticmethod
