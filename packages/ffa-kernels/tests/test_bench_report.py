@@ -48,3 +48,19 @@ def test_plot_mode_reads_a_csv(tmp_path, capsys):
     bench_ffa.write_results(out, ROWS)
     assert bench_ffa.main(["--plot", out + ".csv"]) == 0
     assert "ffa_fa4 / flex" in capsys.readouterr().out
+
+
+def test_host_overhead_benchmark_runs_on_cpu():
+    """The wrapper's host-cost benchmark (no GPU, FA4 a no-op) runs and prints both paths' ratio.
+    A subprocess: it installs stand-in FA4 modules into its interpreter."""
+    import subprocess
+
+    bench = Path(__file__).parents[1] / "benchmarks" / "host_overhead.py"
+    proc = subprocess.run([sys.executable, str(bench), "--masks", "causal,swa_1k", "--calls", "3",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| causal") or ln.startswith("| swa_1k")]
+    assert len(rows) == 2
+    for ln in rows:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        assert all(float(c) > 0 for c in cells[1:]), ln

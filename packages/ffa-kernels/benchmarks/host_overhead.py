@@ -1,0 +1,126 @@
+"""Host time of one flex_flash_attn_func call through the fa4 backend, FA4 itself replaced by a no-op:
+what our wrapper costs per call (checks, backend selection, mask lookup, autograd), on any CPU.
+
+Short kernels are host-bound (a 1k sliding window at 16k tokens runs ~0.3 ms on an H200, and the
+call's host path was longer), so this cost decides them; it is measured here without a GPU. The
+peer, run side by side: the same call forced through the torch.library custom op (the path
+torch.compile traces), against the eager autograd.Function path that eager calls take.
+
+    python benchmarks/host_overhead.py [--masks swa_1k,causal,shared_question] [--calls 300] [--repeats 7]
+
+Prints microseconds per call (best of --repeats runs of --calls calls) and the ratio op / eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import timeit
+import types
+from contextlib import contextmanager
+
+import torch
+from bench_ffa import build_mask
+
+SEQLEN, HEADS, HEAD_DIM = 2048, 1, 64  # small: the no-op kernel's buffers cost next to nothing
+
+
+def _install_noop_fa4() -> None:
+    """Stand-in flash_attn.cute modules whose kernels only hand back buffers of the right shape."""
+
+    def fwd(q, k, v, out=None, **kw):
+        o = out if out is not None else torch.empty_like(q)
+        lse_shape = (q.shape[1], q.shape[0]) if q.dim() == 3 else (q.shape[0], q.shape[2], q.shape[1])
+        return o, torch.empty(lse_shape, dtype=torch.float32), None
+
+    def bwd(q, k, v, out, dout, lse, dq=None, dk=None, dv=None, **kw):
+        return tuple(g if g is not None else torch.empty_like(t) for g, t in ((dq, q), (dk, k), (dv, v)))
+
+    def module(name, **attrs):
+        m = types.ModuleType(name)
+        m.__dict__.update(attrs)
+        sys.modules[name] = m
+
+    module("flash_attn")
+    module("flash_attn.cute")
+    module("flash_attn.cute.interface", _flash_attn_fwd=fwd, _flash_attn_bwd=bwd)
+    module("flash_attn.cute.block_sparsity", BlockSparseTensorsTorch=lambda **kw: kw)
+    module("flash_attn.cute.utils", scalar_to_ssa=lambda x, dtype: x)
+    module("cutlass", range_constexpr=range, Int32=torch.int32)
+    module("cutlass.cute", jit=lambda f: f)
+
+
+def _allow_fa4_on_cpu() -> None:
+    from magi_ffa.backends import fa4
+    from magi_ffa.backends.fa4 import FA4Backend
+
+    FA4Backend.DEVICES = FA4Backend.DEVICES | {"cpu"}
+    FA4Backend.DTYPES = FA4Backend.DTYPES | {torch.float32}
+    fa4._arch = lambda device: 90
+
+
+@contextmanager
+def _through_custom_op(on: bool):
+    from magi_ffa import ops
+
+    saved = ops._can_run_eagerly
+    if on:
+        ops._can_run_eagerly = lambda *tensors: False
+    try:
+        yield
+    finally:
+        ops._can_run_eagerly = saved
+
+
+def _best_us(fn, calls: int, repeats: int) -> float:
+    for _ in range(max(3, calls // 10)):  # warm-up: caches filled, allocator settled
+        fn()
+    return min(timeit.timeit(fn, number=calls) / calls for _ in range(repeats)) * 1e6
+
+
+def measure(mask: str, calls: int, repeats: int) -> dict[str, float]:
+    """µs per call: fwd / fwd+bwd, eager and through the custom op."""
+    from magi_ffa import flex_flash_attn_func
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(SEQLEN, HEADS, HEAD_DIM, generator=gen, requires_grad=True) for _ in range(3))
+    dout = torch.randn(SEQLEN, HEADS, HEAD_DIM, generator=gen)
+    qr, kr, tm, _ = build_mask(mask, SEQLEN, "cpu")
+    qr, kr, tm = (torch.tensor(x, dtype=torch.int32) for x in (qr, kr, tm))
+    qr, kr = qr.reshape(-1, 2), kr.reshape(-1, 2)
+
+    def fwd():
+        return flex_flash_attn_func(q, k, v, qr, kr, tm, backend="fa4")[0]
+
+    def fwd_bwd():
+        torch.autograd.grad(fwd(), (q, k, v), dout)
+
+    res = {}
+    for path in ("eager", "op"):
+        with _through_custom_op(path == "op"):
+            res[f"{path} fwd"] = _best_us(fwd, calls, repeats)
+            res[f"{path} fwd+bwd"] = _best_us(fwd_bwd, calls, repeats)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--masks", default="swa_1k,causal,shared_question")
+    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=7)
+    a = ap.parse_args(argv)
+    _install_noop_fa4()
+    _allow_fa4_on_cpu()
+    print(f"torch {torch.__version__}, q/k/v [{SEQLEN}, {HEADS}, {HEAD_DIM}] float32 on CPU, FA4 a no-op; "
+          f"µs per call, best of {a.repeats} x {a.calls}")
+    print("| mask | eager fwd | op fwd | op / eager | eager fwd+bwd | op fwd+bwd | op / eager |")
+    print("|---|---|---|---|---|---|---|")
+    for mask in a.masks.split(","):
+        r = measure(mask, a.calls, a.repeats)
+        print(f"| {mask} | {r['eager fwd']:.0f} | {r['op fwd']:.0f} | {r['op fwd'] / r['eager fwd']:.2f} | "
+              f"{r['eager fwd+bwd']:.0f} | {r['op fwd+bwd']:.0f} | {r['op fwd+bwd'] / r['eager fwd+bwd']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
