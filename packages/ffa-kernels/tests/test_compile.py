@@ -89,7 +89,7 @@ def _grads_of(fn, q, k, v, sink, dout):
 
 def test_eager_path_skips_the_custom_ops_and_matches_them_bitwise(monkeypatch):
     q, k, v, *_ = _args()
-    sink = torch.randn(2, 4, requires_grad=True)
+    sink = torch.nn.Parameter(torch.randn(2, 4))  # a sink is usually a module's parameter
     dout = torch.randn(20, 4, 8, generator=torch.Generator().manual_seed(1))
     via_op = _grads_of(ffa_fwd_op, q, k, v, sink, dout)
     monkeypatch.setattr(ops, "ffa_fwd_op", _boom)

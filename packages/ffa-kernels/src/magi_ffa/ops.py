@@ -226,6 +226,9 @@ def _backward(ctx, dout, dlse, dmax):
 ffa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # not subclasses such as FakeTensor or DTensor
+
+
 def _can_run_eagerly(*tensors) -> bool:
     """True when no tracer would see the call: not compiling, no dispatch mode (FakeTensorMode,
     FunctionalTensorMode, ...), no functorch transform, only plain tensors."""
@@ -235,7 +238,7 @@ def _can_run_eagerly(*tensors) -> bool:
     functorch_on = getattr(torch._C, "_are_functorch_transforms_active", None)
     if n_modes is None or functorch_on is None or n_modes() > 0 or functorch_on():
         return False
-    return all(t is None or type(t) is torch.Tensor for t in tensors)
+    return all(t is None or type(t) in _PLAIN for t in tensors)
 
 
 class _EagerFFA(torch.autograd.Function):
