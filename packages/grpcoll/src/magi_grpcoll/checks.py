@@ -5,8 +5,6 @@ Every message names the function, the argument, what was expected, what was got,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from magi_grpcoll.errors import GrpCollError
@@ -150,7 +148,3 @@ def check_lse(fn: str, name: str, lse, data: torch.Tensor) -> torch.Tensor:
     if lse.device != data.device:
         raise GrpCollError(f"{fn}(): {name} is on {lse.device} but its data is on {data.device}.")
     return lse
-
-
-def seq_of(x: Sequence[int]) -> tuple[int, ...]:
-    return tuple(int(v) for v in x)
