@@ -80,3 +80,23 @@ def test_missing_triton_backend_is_tolerated(monkeypatch):
     assert select_backend(_inp()).NAME == "torch"
     with pytest.raises(BackendUnavailableError, match="backend 'triton' cannot be imported"):
         select_backend(_inp(), "triton")
+
+
+def test_info_table_matches_the_backends(capsys):
+    """`python -m magi_ffa.info`: one row per backend, in selection order, with its capabilities."""
+    import subprocess
+    import sys
+
+    from magi_ffa import __version__
+    from magi_ffa.info import backend_table, print_info
+
+    rows = {r["name"]: r for r in backend_table()}
+    assert list(rows) == ["triton", "torch", "fa4"]
+    assert rows["torch"]["available"] == "yes" and "cpu" in rows["torch"]["devices"]
+    assert rows["torch"]["head_dims"] == "any" and "float64" in rows["torch"]["dtypes"]
+    assert rows["fa4"]["head_dims"] == "64, 96, 128" and rows["fa4"]["deterministic"] == "False"
+    print_info()
+    out = capsys.readouterr().out
+    assert f"magi_ffa {__version__}" in out and out.count("  name: ") == 3
+    proc = subprocess.run([sys.executable, "-m", "magi_ffa.info"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "name: torch, available: yes" in proc.stdout, proc.stderr
