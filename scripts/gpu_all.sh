@@ -3,7 +3,8 @@
 #   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist bench-qo (default: all),
 #                                     plus fa4-libs, fa4 and bench-fa4 (the FA4 backend, calls back to back: the
 #                                     first carries .carry/fa4-libs and runs fa4-libs, the next ones carry
-#                                     .carry/fa4 and run fa4 (tests, profile) and/or bench-fa4; see
+#                                     .carry/fa4 and run fa4 (tests, profile), bench-fa4 and/or bench-dist-fa4 (the
+#                                     runtime on the fa4 backend, >= 2 GPUs); see
 #                                     scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out); set GIT_COMMIT=<hash> in the command (the
 # machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
@@ -42,7 +43,7 @@ if has fa4-libs; then  # FA4 arrives in two calls: first its CUDA libraries (tar
   mkdir -p /tmp/site && $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
     .carry/fa4-libs/*.tar.xz /tmp/site && echo "FA4 libraries unpacked" || status=1
 fi
-if has fa4 || has bench-fa4; then  # then the small wheels; a wheel is a zip of site-packages: unpacking installs it
+if has fa4 || has bench-fa4 || has bench-dist-fa4; then  # then the small wheels; a wheel is a zip of site-packages: unpacking installs it
   for w in .carry/fa4/*.whl; do $PY -m zipfile -e "$w" /tmp/site || status=1; done
   # nvidia-cutlass-dsl puts its modules on sys.path through a .pth file, which PYTHONPATH does not read
   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
@@ -76,6 +77,10 @@ fi
 if has bench-dist && [ "$NGPU" -ge 2 ]; then
   run bench-dist $PY -m torch.distributed.run --standalone --nproc-per-node "$NGPU" \
     packages/magi-attn/benchmarks/bench_dist.py ${BENCH_DIST_ARGS:-} --out "$OUT/bench_dist"
+fi
+if has bench-dist-fa4 && [ "$NGPU" -ge 2 ]; then  # the runtime and its FFA baselines on the fa4 backend
+  MAGI_ATTENTION_FA4_BACKEND=1 run bench-dist-fa4 $PY -m torch.distributed.run --standalone \
+    --nproc-per-node "$NGPU" packages/magi-attn/benchmarks/bench_dist.py ${BENCH_DIST_ARGS:-} --out "$OUT/bench_dist_fa4"
 fi
 if has bench-qo && [ "$NGPU" -ge 2 ]; then
   run bench-qo $PY -m torch.distributed.run --standalone --nproc-per-node 2 \

@@ -373,6 +373,14 @@ def _defaults(a, cuda: bool, world: int):
     return a
 
 
+def _ffa_backend_name() -> str:
+    """The FFA backend the runtime and the FFA baselines use (MAGI_ATTENTION_KERNEL_BACKEND /
+    MAGI_ATTENTION_FA4_BACKEND; "auto" picks triton on CUDA, torch on CPU)."""
+    from magi_ffa.select import resolve_backend_name
+
+    return resolve_backend_name()
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     cuda = (a.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
@@ -484,6 +492,7 @@ def main(argv=None) -> int:
                   "world size": world, "dtype": str(dtype).replace("torch.", ""),
                   "heads (hq/hk)": f"{hq}/{hk}", "head dim": d, "chunk size": a.chunk_size,
                   "overlap degree": a.degree or "library default",
+                  "ffa kernel backend": _ffa_backend_name(),
                   "warmup/repeats": f"{a.warmup}/{a.repeats}", "torch": torch.__version__,
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}
         write_outputs(Path(a.out), rows, skipped, header)

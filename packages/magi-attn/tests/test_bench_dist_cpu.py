@@ -19,7 +19,8 @@ WORLD = 4
 @pytest.mark.dist
 def test_bench_dist_cpu_world4(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    for var in ("CUDA_VISIBLE_DEVICES", "MAGI_ATTENTION_KERNEL_BACKEND", "MAGI_ATTENTION_FA4_BACKEND"):
+        env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={WORLD}", str(BENCH), "--device", "cpu", "--quick",
            "--out", str(tmp_path)]
@@ -45,6 +46,7 @@ def test_bench_dist_cpu_world4(tmp_path):
     assert "skip ring full" in log and "needs CUDA" in log
     md = (tmp_path / "bench_dist.md").read_text()
     assert "world size: 4" in md and "git commit:" in md and "card:" in md
+    assert "ffa kernel backend: auto" in md
     assert "## skipped" in md and "efficiency" in md
     # the full mask's area is exact: T*T cells at every T
     full = [r for r in rows if r["mask"] == "full" and r["method"] == "magi"]
