@@ -120,3 +120,19 @@ def test_a_loss_on_lse_alone_gives_zero_gradients_on_both_paths():
         lse[torch.isfinite(lse)].sum().backward()
         for t in (q, k, v):
             assert t.grad is not None and not t.grad.any()
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_gives_the_same_gradients(use_reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    q, k, v, qr, kr, tm = _args()
+    dout = torch.randn(20, 4, 8, generator=torch.Generator().manual_seed(2))
+
+    def attn(q, k, v):
+        return flex_flash_attn_func(q * 1.5, k, v, qr, kr, tm, softcap=2.0, backend="torch")[0]
+
+    plain = torch.autograd.grad(attn(q, k, v), (q, k, v), dout)
+    checkpoint(attn, q, k, v, use_reentrant=use_reentrant).backward(dout)  # reentrant: no .grad()
+    for a, t in zip(plain, (q, k, v)):
+        assert torch.equal(a, t.grad)
