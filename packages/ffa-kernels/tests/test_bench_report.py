@@ -64,3 +64,17 @@ def test_host_overhead_benchmark_runs_on_cpu():
     for ln in rows:
         cells = [c.strip() for c in ln.strip("|").split("|")]
         assert all(float(c) > 0 for c in cells[1:]), ln
+
+
+def test_causal_same_area_matches_varlen_causal_and_is_compared():
+    for total in (8192, 16384):
+        n = bench_ffa.mask_seqlen("causal_same_area", total)
+        qr, kr, tm, _ = bench_ffa.build_mask("causal_same_area", total, "cpu")
+        varlen = bench_ffa.mask_area(*bench_ffa.build_mask("varlen_causal", total, "cpu")[:3])
+        area = bench_ffa.mask_area(qr, kr, tm)
+        assert qr == kr == [[0, n]] and tm == [1] and n < total
+        assert area <= varlen < area + n + 1  # the largest causal sequence not above that area
+    assert bench_ffa.mask_seqlen("causal", 8192) == 8192
+    rows = [_row(16384, "varlen_causal", "ffa_fa4", 450.0, 400.0),
+            _row(16384, "causal_same_area", "ffa_fa4", 500.0, 500.0)]
+    assert "| 16384 | 16/16 | varlen_causal / causal_same_area | ffa_fa4 | 0.90 | 0.80 |" in bench_ffa.ratio_lines(rows)
