@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import functools
 import math
 import os
 import random
@@ -202,6 +203,7 @@ def flex_runner(mask_mod, total, q, k, v, dout):
 
 
 # ---------------------------------------------------------------------------------------------
+@functools.cache
 def _commit() -> str:
     """GIT_COMMIT when set (a device machine's copy of the tree may carry a stale .git), else HEAD."""
     if os.environ.get("GIT_COMMIT"):
@@ -387,7 +389,8 @@ def main(argv=None) -> int:
     ap.add_argument("--impls", default="ffa_triton,sdpa_cudnn,sdpa_flash,flex")
     args = ap.parse_args(argv)
     if args.plot:  # no GPU needed
-        rows = list(csv.DictReader(open(args.plot)))
+        with open(args.plot, newline="") as f:
+            rows = list(csv.DictReader(f))
         prefix = args.plot.removesuffix(".csv")
         print("\n".join(ratio_lines(rows)))
         print(f"wrote {len(plot_results(prefix, rows))} charts next to {args.plot}")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 import timeit
-import types
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from bench_ffa import build_mask
@@ -26,7 +26,15 @@ SEQLEN, HEADS, HEAD_DIM = 2048, 1, 64  # small: the no-op kernel's buffers cost 
 
 
 def _install_noop_fa4() -> None:
-    """Stand-in flash_attn.cute modules whose kernels only hand back buffers of the right shape."""
+    """The tests' stand-in flash_attn.cute / cutlass modules (tests/_fake_fa4.py: the one place that
+    knows which FA4 names the backend uses), with kernels that only hand back right-shaped buffers."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    import _fake_fa4
+
+    class _KeepForTheProcess:  # install() takes pytest's monkeypatch; here nothing is undone
+        @staticmethod
+        def setitem(mapping, key, value):
+            mapping[key] = value
 
     def fwd(q, k, v, out=None, **kw):
         o = out if out is not None else torch.empty_like(q)
@@ -36,18 +44,9 @@ def _install_noop_fa4() -> None:
     def bwd(q, k, v, out, dout, lse, dq=None, dk=None, dv=None, **kw):
         return tuple(g if g is not None else torch.empty_like(t) for g, t in ((dq, q), (dk, k), (dv, v)))
 
-    def module(name, **attrs):
-        m = types.ModuleType(name)
-        m.__dict__.update(attrs)
-        sys.modules[name] = m
-
-    module("flash_attn")
-    module("flash_attn.cute")
-    module("flash_attn.cute.interface", _flash_attn_fwd=fwd, _flash_attn_bwd=bwd)
-    module("flash_attn.cute.block_sparsity", BlockSparseTensorsTorch=lambda **kw: kw)
-    module("flash_attn.cute.utils", scalar_to_ssa=lambda x, dtype: x)
-    module("cutlass", range_constexpr=range, Int32=torch.int32)
-    module("cutlass.cute", jit=lambda f: f)
+    _fake_fa4.install(_KeepForTheProcess)
+    interface = sys.modules["flash_attn.cute.interface"]
+    interface._flash_attn_fwd, interface._flash_attn_bwd = fwd, bwd
 
 
 def _allow_fa4_on_cpu() -> None:

@@ -499,9 +499,6 @@ def main(argv=None) -> int:
         log(f"wrote {a.out}/bench_dist.csv and bench_dist.md ({len(rows)} rows, "
             f"{len(skipped)} skipped) in {time.perf_counter() - t_start:.0f}s")
     dist.barrier()
-    from magi_attention.runtime import dist_attn_runtime_dict_mgr
-
-    dist_attn_runtime_dict_mgr.clear()  # cached keys hold the group: release it with the group
     dist.destroy_process_group()
     return 0
 

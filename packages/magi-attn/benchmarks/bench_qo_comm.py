@@ -165,9 +165,6 @@ def main() -> None:
                              f"{b['max_recv_tokens']} |")
         (out / "bench_qo_comm.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
-    from magi_attention.runtime import dist_attn_runtime_dict_mgr
-
-    dist_attn_runtime_dict_mgr.clear()  # cached keys hold the group: release it with the group
     dist.destroy_process_group()
 
 
