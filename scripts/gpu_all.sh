@@ -54,10 +54,10 @@ SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:$PWD/packages/grpcoll/src:$P
 export PYTHONPATH=$SRC_PATHS${PYTHONPATH:+:$PYTHONPATH}
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
 
-if has tests; then
-  run test-ffa $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests
-  run test-grpcoll $PY -m pytest -q -m gpu -p no:cacheprovider packages/grpcoll/tests
-  run test-magi-attn $PY -m pytest -q -m gpu -p no:cacheprovider packages/magi-attn/tests
+if has tests; then  # TEST_PKGS picks packages (default: all three with GPU tests)
+  for pkg in ${TEST_PKGS:-ffa-kernels grpcoll magi-attn}; do
+    run "test-$pkg" $PY -m pytest -q -m gpu -p no:cacheprovider "packages/$pkg/tests"
+  done
 fi
 if has fa4; then
   run smoke-fa4 $PY scripts/fa4_smoke.py

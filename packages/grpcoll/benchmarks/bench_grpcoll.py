@@ -6,11 +6,15 @@ as context-parallel attention does. The baseline moves the same bytes with one a
 (no pre/post pass). Bandwidth = bytes received per rank / time (mean of timed iterations, after
 warm-up; CUDA events).
 
-    python packages/grpcoll/benchmarks/bench_grpcoll.py            # spawns one process per GPU (2)
+    python packages/grpcoll/benchmarks/bench_grpcoll.py [--tokens 16384 ...] [--out DIR]   # 2 GPUs
+
+The table (also written to DIR/bench_grpcoll.md) carries the same-run ratios the targets name:
+native / a2a-v and native / raw all_to_all_single, for cast and reduce.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import random
@@ -78,19 +82,36 @@ def _bench_one(tokens, rank, world, dev):
     return (tokens, nbytes, t_cast, t_red, t_ncast, t_nred, t_raw)
 
 
-def _worker(rank, world, port, q):
+def _worker(rank, world, port, q, tokens_list):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device("cuda", rank))
     dev = torch.device("cuda", rank)
-    rows = [_bench_one(tokens, rank, world, dev) for tokens in TOKENS]
+    rows = [_bench_one(tokens, rank, world, dev) for tokens in tokens_list]
     if rank == 0:
         q.put(rows)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def main() -> int:
+def _table(rows) -> list[str]:
+    gbs = lambda b, t: b / t / 1e9  # noqa: E731
+    lines = ["| tokens/rank | MB recv/rank | a2av cast | a2av reduce | native cast | native reduce | raw a2a "
+             "| native/a2av cast | native/a2av reduce | native/raw cast | native/raw reduce |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for tokens, nbytes, tc, tr, tnc, tnr, traw in rows:
+        bw = [gbs(nbytes, t) for t in (tc, tr, tnc, tnr, traw)]
+        ratios = [bw[2] / bw[0], bw[3] / bw[1], bw[2] / bw[4], bw[3] / bw[4]]
+        lines.append(f"| {tokens} | {nbytes / 1e6:.1f} | " + " | ".join(f"{b:.0f}" for b in bw) + " | "
+                     + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, nargs="+", default=TOKENS, help="tokens per rank")
+    ap.add_argument("--out", default=None, help="folder for bench_grpcoll.md")
+    args = ap.parse_args(argv)
     world = min(torch.cuda.device_count(), 2) if torch.cuda.is_available() else 0
     if world < 2:
         print("bench_grpcoll: needs 2 CUDA devices; found", world)
@@ -100,22 +121,22 @@ def main() -> int:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, q)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, q, args.tokens)) for r in range(world)]
     for p in procs:
         p.start()
     rows = q.get(timeout=600)
     for p in procs:
         p.join()
-    gbs = lambda b, t: f"{b / t / 1e9:.1f}"  # noqa: E731
-    print(f"card: {torch.cuda.get_device_name(0)} x{world}; date: {datetime.date.today()}; "
-          f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}; torch {torch.__version__}")
-    print()
-    print("| tokens/rank | MB recv/rank | cast a2av GB/s | reduce a2av GB/s | native cast GB/s | native reduce GB/s "
-          "| raw all_to_all_single GB/s |")
-    print("|---|---|---|---|---|---|---|")
-    for tokens, nbytes, tc, tr, tnc, tnr, traw in rows:
-        print(f"| {tokens} | {nbytes / 1e6:.1f} | {gbs(nbytes, tc)} | {gbs(nbytes, tr)} | {gbs(nbytes, tnc)} "
-              f"| {gbs(nbytes, tnr)} | {gbs(nbytes, traw)} |")
+    head = (f"card: {torch.cuda.get_device_name(0)} x{world}; date: {datetime.date.today()}; commit: "
+            f"{os.environ.get('GIT_COMMIT', 'unknown')}; command: "
+            f"{' '.join([os.path.basename(sys.executable)] + sys.argv)}; torch {torch.__version__}; GB/s = bytes "
+            "received per rank / time")
+    text = "\n".join([head, ""] + _table(rows)) + "\n"
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_grpcoll.md"), "w") as f:
+            f.write(text)
     return 0
 
 

@@ -73,6 +73,58 @@ def test_nccl_impl_matches_reference(impl):
     mp.spawn(_nccl_job, args=(2, port, impl), nprocs=2, join=True)
 
 
+def _native_back_to_back_job(rank, world, port):
+    """Many native casts and reduces queued without a host sync: the alternating buffer halves
+    (one barrier per call) must never let a call overwrite rows a peer has not read yet."""
+    import os
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from magi_grpcoll import GroupCastPlan
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world, timeout=timedelta(seconds=120),
+                            device_id=torch.device("cuda", rank))
+    try:
+        rng = random.Random(7)
+        dev = torch.device("cuda", rank)
+        metas = [random_cast_meta(world, rng, max_splits=8, max_len=300) for _ in range(3)]
+        plans = [GroupCastPlan.build(*m.of(rank), rank=rank, world_size=world, device=dev) for m in metas]
+        gen = torch.Generator().manual_seed(5)
+        jobs = []
+        for it in range(12):
+            m, plan = metas[it % 3], plans[it % 3]
+            xs = [torch.randn((sum(s), 2, 8, 128), generator=gen).to(torch.bfloat16) for s in m.in_sizes]
+            out = torch.empty((plan.output_len, 2, 8, 128), dtype=torch.bfloat16, device=dev)
+            w = plan.cast(xs[rank].to(dev), out, async_op=True, impl="native")
+            parts = [torch.randn((sum(s), 2, 8, 128), generator=gen) for s in m.out_sizes]  # every rank's
+            red = torch.zeros((plan.input_len, 2, 8, 128), dtype=torch.float32, device=dev)
+            wr = plan.transpose().reduce(parts[rank].to(dev), red, async_op=True, impl="native")
+            jobs.append((m, xs, w, wr, parts))
+        for m, xs, w, wr, parts in jobs:
+            ref = ref_group_cast(xs, m.in_sizes, m.dst_indices, m.out_sizes, m.src_index)[rank]
+            assert torch.equal(w.wait_post_process().cpu(), ref)
+            rm = reduce_meta_of(m)
+            zeros = [torch.zeros((sum(r[1]), 2, 8, 128)) for r in rm]
+            ref_r = ref_group_reduce(parts, zeros, *([r[i] for r in rm] for i in (0, 2, 1, 3)), "sum")[rank]
+            torch.testing.assert_close(wr.wait_post_process().double().cpu(), ref_r, rtol=1e-5, atol=1e-5)
+        torch.cuda.synchronize()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_native_back_to_back_calls():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_native_back_to_back_job, args=(2, port), nprocs=2, join=True)
+
+
 def test_triton_kernels_on_cuda_match_torch():
     from magi_grpcoll.kernels import gather_rows, reduce_rows
     from magi_grpcoll.plan import GroupReducePlan

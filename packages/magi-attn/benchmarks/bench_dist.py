@@ -381,6 +381,16 @@ def _ffa_backend_name() -> str:
     return resolve_backend_name()
 
 
+def _grpcoll_impl_name() -> str:
+    """The group-collective implementation the runtime uses (MAGI_ATTENTION_NATIVE_GRPCOLL /
+    MAGI_ATTENTION_HIERARCHICAL_COMM, as the runtime reads them)."""
+    from magi_attention import env
+
+    if env.is_native_grpcoll_enable():
+        return "native"
+    return "hier" if env.is_hierarchical_comm_enable() else "a2av"
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     cuda = (a.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
@@ -493,6 +503,7 @@ def main(argv=None) -> int:
                   "heads (hq/hk)": f"{hq}/{hk}", "head dim": d, "chunk size": a.chunk_size,
                   "overlap degree": a.degree or "library default",
                   "ffa kernel backend": _ffa_backend_name(),
+                  "group collectives": _grpcoll_impl_name(),
                   "warmup/repeats": f"{a.warmup}/{a.repeats}", "torch": torch.__version__,
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}
         write_outputs(Path(a.out), rows, skipped, header)

@@ -1,27 +1,30 @@
 """Native intranode implementation: peers write straight into each other's symmetric-memory buffers.
 
 For GPUs of one host with peer access (NVLink). Every rank owns one symmetric buffer
-(``torch.distributed._symmetric_memory``), and a Triton kernel reads the user input in place
-(``send_rows``, no pre-gather) and stores each row straight into the destination rank's buffer:
+(``torch.distributed._symmetric_memory``) and one chunk-copy kernel (``kernels.chunk_copy``) reads
+the user input in place (no pre-gather) and moves runs of rows in one launch:
 
-* cast: at the row's *final* output position, so the post-pass is one contiguous copy;
-* reduce: at the a2a-v receive position, then the usual fp32 range-reduce runs locally.
+* cast: rows bound for a peer go into that peer's buffer at their *final* output positions; rows a
+  rank sends itself go straight into its output. After the barrier, each rank copies only its
+  peer-sourced output runs out of its buffer.
+* reduce: every contribution (its own included) lands at its a2a-v receive position in the owner's
+  buffer; after the barrier the usual float32 range-reduce runs locally.
+
+Ordering costs one device-side barrier per call (symmetric-memory signal pads, after the writes:
+every peer's rows have landed). The buffer is split in two halves used alternately: a rank writes
+half p of call k only after passing the barrier of call k-1, which every peer reached after
+finishing its reads of half p from call k-2, so no barrier is needed before the writes. This
+needs the native ops of one group to be issued in the same order on every rank.
 
 Everything runs on a side CUDA stream (after the current stream's prior work); the returned
 work's ``wait_post_process()`` makes the current stream wait for it and returns the tensors given
-to the call. Until then, do not touch ``output`` (a reduce reads it on the comm stream), and issue
-native ops of one group in the same order on every rank.
-
-Ordering uses the symmetric-memory device-side barrier (signal pads): one barrier before the
-writes (peers have finished reading the last contents) and one after (all writes landed). The
-positions in peers' buffers need remote meta, so binding a plan the first time costs one
-all_to_all (cast) or all_gather (reduce) of small int tensors plus an all_reduce for the buffer
-size; the binding is cached on the plan.
+to the call. Until then, do not touch ``output`` (a reduce reads it on the comm stream). Binding a
+plan the first time needs remote meta: one all_to_all (cast) or all_gather (reduce) of small int
+tensors plus an all_reduce for the buffer size; the binding is cached on the plan.
 """
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
@@ -30,62 +33,59 @@ import torch.distributed as dist
 from magi_grpcoll.impl.base import GrpCollImpl, register_impl
 from magi_grpcoll.kernels import reduce_rows
 from magi_grpcoll.kernels._select import triton_available
+from magi_grpcoll.kernels.chunk_copy import build_chunks, copy_chunks, row_bytes
 
 __all__ = ["NativeImpl"]
 
-if triton_available():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _push_rows_kernel(src_ptr, rows_ptr, peer_ptr, pos_ptr, buf_ptrs_ptr, row_words, buf_offset_words,
-                          BLOCK: tl.constexpr):
-        # one program per (sent row, column block): read the input row in place, store it in the
-        # destination rank's symmetric buffer (a pointer loaded from the device array of peer buffers)
-        i = tl.program_id(0).to(tl.int64)
-        cb = tl.program_id(1)
-        s = tl.load(rows_ptr + i).to(tl.int64)
-        peer = tl.load(peer_ptr + i).to(tl.int64)
-        pos = tl.load(pos_ptr + i).to(tl.int64)
-        # buf_ptrs_ptr arrives as an integer address of the device array of peer buffer pointers
-        ptrs = buf_ptrs_ptr.to(tl.pointer_type(tl.uint64))
-        dst = tl.load(ptrs + peer).to(tl.pointer_type(tl.int32))
-        offs = cb * BLOCK + tl.arange(0, BLOCK)
-        m = offs < row_words
-        x = tl.load(src_ptr + s * row_words + offs, mask=m)
-        tl.store(dst + buf_offset_words + pos * row_words + offs, x, mask=m)
-
-
-def _words(t: torch.Tensor) -> torch.Tensor:
-    """View a contiguous [S, ...] tensor as int32 words [S, row_words]."""
-    return t.reshape(t.shape[0], -1).view(torch.int32) if t.shape[0] else \
-        torch.empty((0, max(1, _row_bytes(t) // 4)), dtype=torch.int32, device=t.device)
-
-
-def _row_bytes(t: torch.Tensor) -> int:
-    return math.prod(t.shape[1:]) * t.element_size()
+_LOCAL = -1  # chunk destination: the local output tensor, not a peer buffer
 
 
 class _Binding:
-    """A plan bound to a group: per-sent-row peer and remote position, buffer capacity."""
+    """A plan bound to a group: where each sent row goes, and the buffer capacity in rows.
 
-    def __init__(self, send_rows, peer, pos, capacity_rows):
-        self.send_rows, self.peer, self.pos, self.capacity_rows = send_rows, peer, pos, capacity_rows
+    ``push`` rows: (input row, destination row, destination rank or ``_LOCAL``); ``post`` rows (cast
+    only): output rows that arrive in this rank's buffer. Chunk tables are made per row size.
+    """
+
+    def __init__(self, push_rows, post_rows, capacity_rows, device):
+        self._push_rows, self._post_rows = push_rows, post_rows
+        self.capacity_rows, self._device = capacity_rows, device
+        self._tables: dict = {}
+
+    def push(self, nbytes: int) -> torch.Tensor:
+        return self._table("push", nbytes, self._push_rows)
+
+    def post(self, nbytes: int) -> torch.Tensor:
+        rows = self._post_rows
+        return self._table("post", nbytes, (rows, rows, torch.full_like(rows, _LOCAL)))
+
+    def _table(self, kind, nbytes, rows):
+        key = (kind, nbytes)
+        if key not in self._tables:
+            self._tables[key] = build_chunks(*rows, nbytes, self._device)
+        return self._tables[key]
 
 
 class _Buffers:
-    """One symmetric buffer per group, grown collectively (all ranks agree on the size)."""
+    """One symmetric buffer per group, in two halves used alternately, grown collectively.
+
+    All ranks ask for the same half size at the same call (sizes come from all-reduced capacities),
+    so growth, a collective rendezvous, happens at the same point everywhere. A replaced buffer is
+    kept: a peer may still be reading it on its stream.
+    """
 
     def __init__(self) -> None:
         self._by_group: dict = {}
+        self._retired: list = []
 
-    def get(self, group, nbytes: int, device):
+    def half(self, group, half_bytes: int, device):
+        """(buffer, handle, byte offset of the half this call uses)."""
         from torch.distributed import _symmetric_memory as symm_mem
 
         key = id(group) if group is not None else None
         cur = self._by_group.get(key)
-        if cur is None or cur[0].numel() < nbytes:
-            size = max(nbytes, 1 << 20)
+        if cur is None or cur["half"] < half_bytes:
+            half = max((half_bytes + 15) // 16 * 16, 1 << 20)
             pg = group if group is not None else dist.group.WORLD
             enable = getattr(symm_mem, "enable_symm_mem_for_group", None)
             if enable is not None:  # needed on torch < 2.8; deprecated (a no-op) later
@@ -94,11 +94,14 @@ class _Buffers:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     enable(pg.group_name)
-            buf = symm_mem.empty(size, dtype=torch.uint8, device=device)
+            buf = symm_mem.empty(2 * half, dtype=torch.uint8, device=device)
             hdl = symm_mem.rendezvous(buf, pg)
-            cur = (buf, hdl)
-            self._by_group[key] = cur
-        return cur
+            if cur is not None:
+                self._retired.append(cur)
+            cur = self._by_group[key] = {"buf": buf, "hdl": hdl, "half": half, "calls": 0}
+        parity = cur["calls"] % 2
+        cur["calls"] += 1
+        return cur["buf"], cur["hdl"], parity * cur["half"]
 
 
 def _plan_send_layout(plan):
@@ -144,6 +147,35 @@ def _on_comm_stream(device, tensors, fn):
     return ev
 
 
+def cast_receive_positions(plan) -> torch.Tensor:
+    """[sum(recv_counts)] int64: the output row of each a2a-v receive slot (what sources must learn)."""
+    inv = torch.empty(sum(plan.recv_counts), dtype=torch.int64, device=plan.device)
+    if plan.recv_rows is None:
+        inv.copy_(torch.arange(inv.numel(), device=plan.device))
+    else:
+        inv[plan.recv_rows] = torch.arange(plan.output_len, device=plan.device)
+    return inv
+
+
+def cast_binding(plan, pos: torch.Tensor, capacity_rows: int) -> _Binding:
+    """Bind a cast plan given ``pos`` (the destination output row of every sent row, in send order)."""
+    rows, peer = _plan_send_layout(plan)
+    peer = torch.where(peer == plan.rank, _LOCAL, peer)  # rows sent to self go straight to the output
+    src_of_row = torch.repeat_interleave(torch.tensor(plan.src_index, dtype=torch.int64),
+                                         torch.tensor(plan.output_split_sizes, dtype=torch.int64))
+    post = torch.nonzero(src_of_row != plan.rank).squeeze(1)  # output rows that arrive in the buffer
+    return _Binding((rows, pos, peer), post, capacity_rows, plan.device)
+
+
+def reduce_binding(plan, counts: torch.Tensor) -> _Binding:
+    """Bind a reduce plan given ``counts[r][d]``, the rows rank r sends to rank d (every rank's send_counts)."""
+    base = torch.cumsum(counts, 0) - counts  # where r's rows start in d's receive buffer
+    me = plan.rank
+    pos = torch.cat([base[me, d] + torch.arange(plan.send_counts[d]) for d in range(plan.world_size)])
+    rows, peer = _plan_send_layout(plan)
+    return _Binding((rows, pos, peer), None, int(counts.sum(0).max().item()), plan.device)
+
+
 class NativeImpl(GrpCollImpl):
     """Symmetric-memory push implementation (one host, CUDA, NCCL group, Triton)."""
 
@@ -164,8 +196,8 @@ class NativeImpl(GrpCollImpl):
             from torch.distributed import _symmetric_memory  # noqa: F401
         except Exception:  # pragma: no cover - old torch
             reasons.append("torch.distributed._symmetric_memory is unavailable (needs torch >= 2.5)")
-        if _row_bytes(input) % 4:
-            reasons.append(f"row size {_row_bytes(input)} bytes is not a multiple of 4")
+        if row_bytes(input) % 4:
+            reasons.append(f"row size {row_bytes(input)} bytes is not a multiple of 4")
         if input.device.type == "cuda" and torch.cuda.device_count() < dist.get_world_size(group):
             reasons.append("all ranks must be GPUs of one host (intranode only; use impl='hier' or 'a2av')")
         return reasons
@@ -173,81 +205,52 @@ class NativeImpl(GrpCollImpl):
     # ---- binding: the only place that needs remote meta
     def _bind_cast(self, plan, group):
         b = self._bindings.get(plan)
-        if b is not None:
-            return b
-        dev = plan.device
-        # each receiver tells each source the final output row of every row it will receive from it
-        inv = torch.empty(sum(plan.recv_counts), dtype=torch.int64, device=dev)
-        if plan.recv_rows is None:
-            inv.copy_(torch.arange(inv.numel(), device=dev))
-        else:
-            inv[plan.recv_rows] = torch.arange(plan.output_len, device=dev)
-        pos = torch.empty(sum(plan.send_counts), dtype=torch.int64, device=dev)
-        dist.all_to_all_single(pos, inv, list(plan.send_counts), list(plan.recv_counts), group=group)
-        rows, peer = _plan_send_layout(plan)
-        cap = torch.tensor([plan.output_len], device=dev)
-        dist.all_reduce(cap, op=dist.ReduceOp.MAX, group=group)
-        b = _Binding(rows, peer, pos, int(cap.item()))
-        self._bindings[plan] = b
+        if b is None:
+            dev = plan.device
+            # each receiver tells each source the final output row of every row it will receive from it
+            inv = cast_receive_positions(plan)
+            pos = torch.empty(sum(plan.send_counts), dtype=torch.int64, device=dev)
+            dist.all_to_all_single(pos, inv, list(plan.send_counts), list(plan.recv_counts), group=group)
+            cap = torch.tensor([plan.output_len], device=dev)
+            dist.all_reduce(cap, op=dist.ReduceOp.MAX, group=group)
+            b = self._bindings[plan] = cast_binding(plan, pos, int(cap.item()))
         return b
 
     def _bind_reduce(self, plan, group):
         b = self._bindings.get(plan)
-        if b is not None:
-            return b
-        dev = plan.device
-        world = plan.world_size
-        mine = torch.tensor(plan.send_counts, dtype=torch.int64, device=dev)
-        table = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(table, mine, group=group)
-        counts = torch.stack(table).cpu()  # counts[r][d]: rows r sends to d
-        base = torch.cumsum(counts, 0) - counts  # base[r][d]: where r's rows start in d's receive buffer
-        me = plan.rank
-        pos_parts = [base[me, d].item() + torch.arange(plan.send_counts[d], device=dev) for d in range(world)]
-        pos = torch.cat(pos_parts) if pos_parts else torch.empty(0, dtype=torch.int64, device=dev)
-        rows, peer = _plan_send_layout(plan)
-        cap = int(counts.sum(0).max().item())
-        b = _Binding(rows, peer, pos, cap)
-        self._bindings[plan] = b
+        if b is None:
+            mine = torch.tensor(plan.send_counts, dtype=torch.int64, device=plan.device)
+            table = [torch.empty_like(mine) for _ in range(plan.world_size)]
+            dist.all_gather(table, mine, group=group)
+            b = self._bindings[plan] = reduce_binding(plan, torch.stack(table).cpu())
         return b
 
-    def _push(self, src, binding, hdl, offset_bytes):
-        n = int(binding.send_rows.numel())
-        if n == 0:
-            return
-        w = _words(src)
-        row_words = w.shape[1]
-        block = min(1024, triton.next_power_of_2(row_words))
-        grid = (n, triton.cdiv(row_words, block))
-        _push_rows_kernel[grid](w, binding.send_rows, binding.peer, binding.pos, hdl.buffer_ptrs_dev,
-                                row_words, offset_bytes // 4, BLOCK=block)
-
     def _regions(self, group, device, sizes):
-        """Allocate one buffer holding consecutive regions of the given byte sizes (16-byte aligned)."""
+        """Byte offsets of consecutive 16-byte aligned regions in this call's buffer half."""
         offs, total = [], 0
         for s in sizes:
             offs.append(total)
             total += (s + 15) // 16 * 16
-        buf, hdl = self._buffers.get(group, total, device)
-        return buf, hdl, offs
+        buf, hdl, half_off = self._buffers.half(group, total, device)
+        return buf, hdl, [half_off + o for o in offs]
 
     def cast(self, plan, input, output, group, *, async_op, input_lse=None, output_lse=None, **kwargs):
         from magi_grpcoll.work import GrpCollWork
 
         b = self._bind_cast(plan, group)
         pairs = [(input, output)] + ([(input_lse, output_lse)] if input_lse is not None else [])
-        sizes = [b.capacity_rows * _row_bytes(s) for s, _ in pairs]
+        sizes = [b.capacity_rows * row_bytes(s) for s, _ in pairs]
         buf, hdl, offs = self._regions(group, input.device, sizes)
 
         def run():
-            hdl.barrier(channel=0)  # peers finished reading what this buffer held before
-            for (src, _), off in zip(pairs, offs):
-                self._push(src, b, hdl, off)
+            for (src, dst), off in zip(pairs, offs):
+                copy_chunks(src, b.push(row_bytes(src)), out=dst, peer_bufs_addr=hdl.buffer_ptrs_dev,
+                            dst_offset_bytes=off)
             hdl.barrier(channel=0)  # every peer's rows have landed here
             for (_, dst), off in zip(pairs, offs):
-                if dst.numel():
-                    nbytes = dst.shape[0] * _row_bytes(dst)
-                    dst.reshape(-1).view(torch.uint8).copy_(buf[off:off + nbytes])
+                rb = row_bytes(dst)
+                region = buf[off:off + b.capacity_rows * rb].view(b.capacity_rows, rb)
+                copy_chunks(region, b.post(rb), out=dst)
 
         ev = _on_comm_stream(input.device, [t for pair in pairs for t in pair], run)
         defaults = tuple(d for _, d in pairs)
@@ -264,19 +267,18 @@ class NativeImpl(GrpCollImpl):
         b = self._bind_reduce(plan, group)
         x = input if comm_dtype is None or comm_dtype == input.dtype else input.to(comm_dtype)
         srcs = [x] + ([input_lse] if reduce_op == "lse" else [])
-        sizes = [b.capacity_rows * _row_bytes(s) for s in srcs]
+        sizes = [b.capacity_rows * row_bytes(s) for s in srcs]
         buf, hdl, offs = self._regions(group, input.device, sizes)
         n_recv = sum(plan.recv_counts)
 
         def view(off, like):
-            nbytes = n_recv * _row_bytes(like)
+            nbytes = n_recv * row_bytes(like)
             return buf[off:off + nbytes].view(like.dtype).view(n_recv, *like.shape[1:])
 
         def run():
-            hdl.barrier(channel=0)
             for s, off in zip(srcs, offs):
-                self._push(s, b, hdl, off)
-            hdl.barrier(channel=0)
+                copy_chunks(s, b.push(row_bytes(s)), peer_bufs_addr=hdl.buffer_ptrs_dev, dst_offset_bytes=off)
+            hdl.barrier(channel=0)  # every contribution has landed here
             reduce_rows(output, view(offs[0], x), plan.rmap, reduce_op, acc_reduce=acc_reduce,
                         output_lse=output_lse if reduce_op == "lse" else None,
                         recv_lse=view(offs[1], input_lse) if reduce_op == "lse" else None)
