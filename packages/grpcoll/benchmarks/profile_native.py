@@ -1,0 +1,82 @@
+"""Where the native group_cast / group_reduce spend their time, stage by stage (2 GPUs).
+
+Times, on the KV-shaped traffic of bench_grpcoll, each stage of the native path alone: the push
+(chunk copy into peer buffers plus the self rows' local copy), the barrier, the cast's post copy,
+and the whole op; plus the raw all_to_all_single of the same bytes. Milliseconds per call.
+
+    python packages/grpcoll/benchmarks/profile_native.py [--tokens 16384 65536]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_grpcoll import ROW, _meta, _time  # noqa: E402
+
+
+def _profile_one(tokens, rank, world, dev):
+    from magi_grpcoll import GroupCastPlan
+    from magi_grpcoll.impl import get_impl
+    from magi_grpcoll.kernels.chunk_copy import copy_chunks, row_bytes
+
+    native = get_impl("native")
+    in_sizes, out_sizes, dsts, srcs = _meta(world, tokens, tokens)
+    plan = GroupCastPlan.build(in_sizes[rank], out_sizes[rank], dsts[rank], srcs[rank], rank=rank,
+                               world_size=world, device=dev)
+    x = torch.randn((tokens, *ROW), device=dev, dtype=torch.bfloat16)
+    out = torch.empty((plan.output_len, *ROW), device=dev, dtype=torch.bfloat16)
+    send = torch.empty((sum(plan.send_counts), *ROW), device=dev, dtype=torch.bfloat16)
+    recv = torch.empty((sum(plan.recv_counts), *ROW), device=dev, dtype=torch.bfloat16)
+    plan.cast(x, out, impl="native").wait_post_process()  # bind, allocate
+    b = native._bind_cast(plan, None)
+    rb = row_bytes(x)
+    buf, hdl, offs = native._regions(None, dev, [b.capacity_rows * rb])
+    region = buf[offs[0]:offs[0] + b.capacity_rows * rb].view(b.capacity_rows, rb)
+    push, post = b.push(rb), b.post(rb)
+    t = {
+        "push": _time(lambda: copy_chunks(x, push, out=out, peer_bufs_addr=hdl.buffer_ptrs_dev,
+                                          dst_offset_bytes=offs[0])),
+        "barrier": _time(lambda: hdl.barrier(channel=0)),
+        "post copy": _time(lambda: copy_chunks(region, post, out=out)),
+        "cast": _time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process()),
+        "raw a2a": _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
+                                                        list(plan.send_counts))),
+    }
+    if rank == 0:
+        print(f"tokens {tokens}: push chunks {push.shape[0]}, post chunks {post.shape[0]}, "
+              f"capacity {b.capacity_rows} rows, buffer {buf.numel() / 1e6:.0f} MB, offs {offs}, recv "
+              f"{recv.numel() * 2 / 1e6:.0f} MB; ms/call: " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in t.items()),
+              flush=True)
+
+
+def _worker(rank, world, port, tokens_list):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device("cuda", rank))
+    for tokens in tokens_list:
+        _profile_one(tokens, rank, world, torch.device("cuda", rank))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[16384, 65536])
+    args = ap.parse_args(argv)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, args.tokens), nprocs=2, join=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
