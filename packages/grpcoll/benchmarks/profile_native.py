@@ -50,6 +50,24 @@ def _profile_one(tokens, rank, world, dev):
         "raw a2a": _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
                                                         list(plan.send_counts))),
     }
+    import time
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    works = [plan.cast(x, out, async_op=True, impl="native") for _ in range(10)]
+    t["cast host"] = (time.perf_counter() - t0) / 10
+    for w in works:
+        w.wait_post_process()
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(4):
+            plan.cast(x, out, async_op=True, impl="native").wait_post_process()
+        torch.cuda.synchronize()
+    if rank == 0:
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12), flush=True)
     if rank == 0:
         print(f"tokens {tokens}: push chunks {push.shape[0]}, post chunks {post.shape[0]}, "
               f"capacity {b.capacity_rows} rows, buffer {buf.numel() / 1e6:.0f} MB, offs {offs}, recv "
