@@ -41,9 +41,16 @@ def _profile_one(tokens, rank, world, dev):
     buf, hdl, offs = native._regions(None, dev, [b.capacity_rows * rb])
     region = buf[offs[0]:offs[0] + b.capacity_rows * rb].view(b.capacity_rows, rb)
     push, post = b.push(rb), b.post(rb)
+    remote, local = push[push[:, 3] >= 0].contiguous(), push[push[:, 3] < 0].contiguous()
     t = {
         "push": _time(lambda: copy_chunks(x, push, out=out, peer_bufs_addr=hdl.buffer_ptrs_dev,
                                           dst_offset_bytes=offs[0])),
+        "push remote only": _time(lambda: copy_chunks(x, remote, out=out, peer_bufs_addr=hdl.buffer_ptrs_dev,
+                                                      dst_offset_bytes=offs[0])),
+        "push self only": _time(lambda: copy_chunks(x, local, out=out)),
+        **{f"push b{bw} w{nw}": _time(lambda bw=bw, nw=nw: copy_chunks(
+            x, push, out=out, peer_bufs_addr=hdl.buffer_ptrs_dev, dst_offset_bytes=offs[0], block_words=bw,
+            num_warps=nw)) for bw, nw in ((1024, 4), (2048, 8), (4096, 8), (4096, 4), (8192, 8))},
         "barrier": _time(lambda: hdl.barrier(channel=0)),
         "post copy": _time(lambda: copy_chunks(region, post, out=out)),
         "cast": _time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process()),
@@ -59,15 +66,6 @@ def _profile_one(tokens, rank, world, dev):
     for w in works:
         w.wait_post_process()
     torch.cuda.synchronize()
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(4):
-            plan.cast(x, out, async_op=True, impl="native").wait_post_process()
-        torch.cuda.synchronize()
-    if rank == 0:
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
-        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12), flush=True)
     if rank == 0:
         print(f"tokens {tokens}: push chunks {push.shape[0]}, post chunks {post.shape[0]}, "
               f"capacity {b.capacity_rows} rows, buffer {buf.numel() / 1e6:.0f} MB, offs {offs}, recv "

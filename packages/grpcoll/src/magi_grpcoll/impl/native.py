@@ -53,17 +53,22 @@ class _Binding:
         self._tables: dict = {}
 
     def push(self, nbytes: int) -> torch.Tensor:
-        return self._table("push", nbytes, self._push_rows)
+        return self._table("push", nbytes)
 
     def post(self, nbytes: int) -> torch.Tensor:
-        rows = self._post_rows
-        return self._table("post", nbytes, (rows, rows, torch.full_like(rows, _LOCAL)))
+        return self._table("post", nbytes)
 
-    def _table(self, kind, nbytes, rows):
+    def _table(self, kind, nbytes):
+        """The chunk table, built on first use (calls on the hot path only look it up)."""
         key = (kind, nbytes)
-        if key not in self._tables:
-            self._tables[key] = build_chunks(*rows, nbytes, self._device)
-        return self._tables[key]
+        table = self._tables.get(key)
+        if table is None:
+            if kind == "push":
+                rows = self._push_rows
+            else:
+                rows = (self._post_rows, self._post_rows, torch.full_like(self._post_rows, _LOCAL))
+            table = self._tables[key] = build_chunks(*rows, nbytes, self._device)
+        return table
 
 
 class _Buffers:

@@ -81,7 +81,8 @@ if triton_available():
 
 
 def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | None = None,
-                peer_bufs_addr: int = 0, dst_offset_bytes: int = 0, peer_align_16: bool = True) -> None:
+                peer_bufs_addr: int = 0, dst_offset_bytes: int = 0, peer_align_16: bool = True,
+                block_words: int = _BLOCK_WORDS, num_warps: int = 4) -> None:
     """Run a chunk table (see :func:`build_chunks`) on the current stream.
 
     Args:
@@ -91,6 +92,8 @@ def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | 
         peer_bufs_addr: device address of the array of peer buffer addresses (chunks with ``dst >= 0``).
         dst_offset_bytes: added to every peer buffer address.
         peer_align_16: the peer buffer addresses are multiples of 16 bytes.
+        block_words / num_warps: launch shape (the defaults were measured best; profile_native.py
+            sweeps them).
     """
     n_chunks = int(chunks.shape[0])
     if n_chunks == 0:
@@ -103,4 +106,4 @@ def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | 
     aligned = (rb % 16 == 0 and src.data_ptr() % 16 == 0 and out_addr % 16 == 0
                and dst_offset_bytes % 16 == 0 and peer_align_16)
     _copy_chunks_kernel[(n_chunks,)](words, chunks, peer_bufs_addr, out_addr, dst_offset_bytes, rb // 4,
-                                     ALIGNED=aligned, BLOCK=_BLOCK_WORDS)
+                                     ALIGNED=aligned, BLOCK=block_words, num_warps=num_warps)
