@@ -26,8 +26,9 @@ def test_build_chunks_merges_runs_and_caps_bytes():
     dst = torch.tensor([5, 6, 7, 9, 10, 11, 0, 1])
     who = torch.tensor([1, 1, 1, 1, 1, 1, -1, 0])
     t = build_chunks(src, dst, who, row_nbytes=16).tolist()
-    # row 3 breaks the dst run, row 4 the src run, row 6 the destination, row 7 the destination again
-    assert t == [[0, 5, 3, 1], [3, 9, 1, 1], [9, 10, 2, 1], [4, 0, 1, -1], [5, 1, 1, 0]]
+    # row 3 breaks the dst run, row 4 the src run, row 6 the destination, row 7 the destination again;
+    # chunks are ordered by how far into their destination's rows they start (destinations interleave)
+    assert t == [[0, 5, 3, 1], [4, 0, 1, -1], [5, 1, 1, 0], [3, 9, 1, 1], [9, 10, 2, 1]]
     rows = CHUNK_BYTES // 1024
     big = build_chunks(torch.arange(3 * rows), torch.arange(3 * rows), torch.zeros(3 * rows), row_nbytes=1024)
     assert big[:, 2].tolist() == [rows] * 3 and big[:, 0].tolist() == [0, rows, 2 * rows]

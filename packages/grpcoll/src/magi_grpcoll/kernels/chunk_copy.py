@@ -48,8 +48,22 @@ def build_chunks(src_rows: torch.Tensor, dst_rows: torch.Tensor, dst: torch.Tens
     max_rows = max(1, CHUNK_BYTES // max(row_nbytes, 1))
     starts = torch.nonzero(brk | (within % max_rows == 0)).squeeze(1)
     lens = torch.diff(starts, append=torch.tensor([n]))
-    table = torch.stack([src_rows[starts], dst_rows[starts], lens, dst[starts]], dim=1)
+    table = _interleave(torch.stack([src_rows[starts], dst_rows[starts], lens, dst[starts]], dim=1))
     return table.to(device) if device is not None else table
+
+
+def _interleave(table: torch.Tensor) -> torch.Tensor:
+    """Order chunks by how far into its destination's rows each starts (as a fraction), so the
+    programs running at any moment write to every destination at once: the NVLink pushes and the
+    local copy overlap instead of running one after the other (they ran back to back in send
+    order: 0.70 ms vs 0.60 ms for the pushes alone at 64k tokens on 2 H200)."""
+    lens, who = table[:, 2].double(), table[:, 3]
+    frac = torch.empty_like(lens)
+    for w in torch.unique(who).tolist():
+        sel = who == w
+        ln = lens[sel]
+        frac[sel] = (torch.cumsum(ln, 0) - ln) / ln.sum()
+    return table[torch.argsort(frac, stable=True)]
 
 
 if triton_available():
