@@ -66,6 +66,27 @@ def _profile_one(tokens, rank, world, dev):
     for w in works:
         w.wait_post_process()
     torch.cuda.synchronize()
+    tiny = push[:1].contiguous()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        copy_chunks(x, tiny, out=out, peer_bufs_addr=hdl.buffer_ptrs_dev, dst_offset_bytes=offs[0])
+    t["copy_chunks launch host"] = (time.perf_counter() - t0) / 200
+    torch.cuda.synchronize()
+    if rank == 0 and os.environ.get("PROFILE_NATIVE_CPROFILE") == "1":
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(200):
+            plan.cast(x, out, async_op=True, impl="native").wait_post_process()
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    else:
+        for _ in range(200):
+            plan.cast(x, out, async_op=True, impl="native").wait_post_process()
+    torch.cuda.synchronize()
     if rank == 0:
         print(f"tokens {tokens}: push chunks {push.shape[0]}, post chunks {post.shape[0]}, "
               f"capacity {b.capacity_rows} rows, buffer {buf.numel() / 1e6:.0f} MB, offs {offs}, recv "

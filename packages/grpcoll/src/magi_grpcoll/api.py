@@ -15,6 +15,7 @@ import torch.distributed as dist
 from magi_grpcoll.checks import check_lse, check_tensor, strip_device_padding
 from magi_grpcoll.errors import GrpCollError
 from magi_grpcoll.impl import get_impl
+from magi_grpcoll.impl.base import backend_of
 from magi_grpcoll.kernels import REDUCE_OPS
 from magi_grpcoll.plan import GroupCastPlan, GroupReducePlan
 from magi_grpcoll.sanity import exchange_and_check, is_sanity_check_enabled
@@ -26,8 +27,9 @@ _plan_cache: OrderedDict = OrderedDict()
 
 
 def clear_plan_cache() -> None:
-    """Drop every plan cached by the functional API."""
+    """Drop every plan cached by the functional API (and the cached implementation checks)."""
     _plan_cache.clear()
+    _support_cache.clear()
 
 
 def _env_on(name: str) -> bool:
@@ -107,14 +109,25 @@ def _raise_without_plan(fn: str, err, group):
     raise err
 
 
+_support_cache: dict = {}  # (impl, group, device, dtype, row shape, cast_lse, reduce_op, kwargs) -> reasons
+
+
 def _select(fn, impl, input, group, cast_lse, reduce_op, kwargs):
     name = select_impl_name(impl)
     try:
         obj = get_impl(name)
     except ValueError as e:
         raise GrpCollError(f"{fn}(): {e}") from None
-    reasons = obj.not_supported_reasons(input=input, group=group, cast_lse=cast_lse, reduce_op=reduce_op,
-                                        kwargs=kwargs)
+    # the answer depends only on these, and asking costs more host time than a small native call
+    key = (name, id(group), backend_of(group), input.device, input.dtype, tuple(input.shape[1:]), cast_lse, reduce_op,
+           tuple(sorted(kwargs)) if kwargs else ())
+    reasons = _support_cache.get(key)
+    if reasons is None:
+        reasons = obj.not_supported_reasons(input=input, group=group, cast_lse=cast_lse, reduce_op=reduce_op,
+                                            kwargs=kwargs)
+        if len(_support_cache) > 1024:
+            _support_cache.clear()
+        _support_cache[key] = reasons
     if reasons:
         raise GrpCollError(f"{fn}(): impl={name!r} cannot run input {list(input.shape)} {input.dtype} "
                            f"{input.device}: " + "; ".join(reasons))
