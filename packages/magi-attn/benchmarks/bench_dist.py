@@ -245,6 +245,9 @@ def ulysses_unavailable(hq: int, hk: int, T: int, world: int):
 
 # ------------------------------------------------------------------------------------ report
 def git_commit() -> str:
+    """GIT_COMMIT when set (a lent machine's copy of the tree may carry a stale .git), else git's."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
