@@ -605,3 +605,38 @@ def test_api_triton_fresh_path_matches_reference_and_reads_once(host_reads):
     g32 = ffa_backward(dout, q, k, v, out, meta.lse, qr, kr, tm, softmax_scale=scale, backend="triton")
     for x, y in zip(g32, grads):
         assert x.dtype == torch.float32 and torch.equal(x.to(torch.float16), y)
+
+
+@kernel_test
+@pytest.mark.parametrize("part_dtype", [torch.float32, torch.float16])
+def test_fused_lse_merge_matches_torch_merge(part_dtype):
+    """The fa4 backend's one-pass merge equals merge.correct_attn_out_lse (float64), including
+    -inf lse on either side, rows marked empty and a transposed part lse (FA4's layout)."""
+    from magi_ffa.backends.triton.merge import merge_into_
+    from magi_ffa.merge import correct_attn_out_lse
+
+    gen = torch.Generator().manual_seed(3)
+    sq, h, d = 37, 3, 40
+    acc = torch.randn(sq, h, d, generator=gen)
+    acc_lse = torch.randn(sq, h, generator=gen)
+    part = torch.randn(sq, h, d, generator=gen).to(part_dtype)
+    part_lse = torch.randn(h, sq, generator=gen).t()  # a view with strides (1, sq)
+    acc_lse[torch.rand(sq, h, generator=gen) < 0.3] = float("-inf")
+    part_lse[torch.rand(sq, h, generator=gen) < 0.3] = float("-inf")
+    acc_lse[5], part_lse[5] = float("-inf"), float("-inf")  # a row nobody sees stays -inf / 0
+    acc[5] = 0.0
+    empty = torch.rand(sq, generator=gen) < 0.2
+    empty[5] = False
+    part[empty] = float("nan")  # what a kernel leaves in rows that see no key must not leak
+    ref_part_lse = part_lse.clone()
+    ref_part_lse[empty] = float("-inf")
+    ref_part = torch.where(empty[:, None, None], 0.0, part.double())
+    want_o, want_l = correct_attn_out_lse(acc.double(), acc_lse.double(), ref_part, ref_part_lse.double())
+    assert merge_into_(acc, acc_lse, part, part_lse, empty)
+    assert not torch.isnan(acc).any()
+    torch.testing.assert_close(acc.double(), want_o, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(acc_lse.double(), want_l, rtol=1e-5, atol=1e-5)
+    assert torch.equal(acc[5], torch.zeros(h, d)) and (acc_lse[5] == float("-inf")).all()
+    # not its case: fp64 accumulators fall back (returns False, touches nothing)
+    a64 = acc.double()
+    assert not merge_into_(a64, acc_lse.double(), part.double(), part_lse.double())

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from magi_attention import _compat
 from magi_attention.env import EnvFlags
@@ -53,33 +54,38 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self.backend = kernel_backend(flags)
         self.save_tail = flags.bwd_hide_tail_reduce and self.num_stages > 0
         self.stage_by_stage = flags.prefetch_stage_by_stage or flags.native_grpcoll
+        self._plans: dict[int, tuple[Any, Any]] = {}
 
     # ---------------------------------------------------------------- communication
+    def _stage_plans(self, s: int, device: torch.device):
+        """Stage ``s``'s fused K/V cast plan and its transpose (the dK/dV reduce), built once.
+
+        Why plans and not the functional group_cast: the functional API keys its plan cache on the
+        split lists, which costs hashing them (and building the lists) on every call.
+        """
+        plans = self._plans.get(s)
+        if plans is None:
+            c = self.stages[s].cast
+            cast = _compat.grpcoll.GroupCastPlan.build(
+                list(c.input_split_sizes) * 2, list(c.output_split_sizes) * 2,
+                [list(d) for d in c.dst_indices] * 2, list(c.src_index) * 2,
+                rank=dist.get_rank(self.cp_group), world_size=dist.get_world_size(self.cp_group),
+                device=device)
+            plans = self._plans[s] = (cast, cast.transpose())
+        return plans
+
     def _cast_kv(self, kv: torch.Tensor, s: int):
         """Issue stage ``s``'s fused K/V group_cast; returns (work, recv buffer [2R, hk, d])."""
-        c = self.stages[s].cast
         n_recv = int(self.stages[s].num_recv_tokens)
         buf = kv.new_empty((2 * n_recv, *kv.shape[1:]))
-        work = _compat.grpcoll.group_cast(
-            input=kv, output=buf,
-            input_split_sizes=list(c.input_split_sizes) * 2,
-            output_split_sizes=list(c.output_split_sizes) * 2,
-            dst_indices=[list(d) for d in c.dst_indices] * 2,
-            src_index=list(c.src_index) * 2,
-            group=self.cp_group, async_op=True, **self.comm_kwargs)
+        work = self._stage_plans(s, kv.device)[0].cast(kv, buf, self.cp_group, async_op=True,
+                                                       **self.comm_kwargs)
         return work, buf
 
     def _reduce_dkv(self, dkv: torch.Tensor, out: torch.Tensor, s: int):
         """Issue stage ``s``'s transpose: sum partial dK/dV [2R] into owners' ``out`` [2Sk]."""
-        c = self.stages[s].cast
-        work = _compat.grpcoll.group_reduce(
-            input=dkv, output=out,
-            input_split_sizes=list(c.output_split_sizes) * 2,
-            output_split_sizes=list(c.input_split_sizes) * 2,
-            dst_index=list(c.src_index) * 2,
-            src_indices=[list(d) for d in c.dst_indices] * 2,
-            group=self.cp_group, async_op=True, reduce_op="sum", **self.comm_kwargs)
-        return work
+        return self._stage_plans(s, dkv.device)[1].reduce(dkv, out, self.cp_group, async_op=True,
+                                                          reduce_op="sum", **self.comm_kwargs)
 
     # ---------------------------------------------------------------- forward
     def forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool):
@@ -119,8 +125,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         D = self.num_stages
         acc = _acc_dtype(q.dtype)
         dout = dout.contiguous()
-        out_acc = out.to(acc)
-        delta = (out_acc * dout.to(acc)).sum(-1)
+        # delta = rowsum(out * dout) once for all stages; the fa4 kernels derive their own
+        delta = None if self.backend == "fa4" else (out.to(acc) * dout.to(acc)).sum(-1)
         sk = k.shape[0]
         dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         dkv_host = torch.zeros((2 * sk, *k.shape[1:]), dtype=acc, device=k.device)
@@ -165,7 +171,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
 
         dsink = None
         if need_dsink and sink is not None:
-            dsink = self._dsink(sink, lse, out_acc, dout)
+            dsink = self._dsink(sink, lse, out.to(acc), dout)
         for work in reduces:
             work.wait_post_process(dkv_red)
         dkv = dkv_host if dkv_red is None else dkv_host + dkv_red.to(acc)

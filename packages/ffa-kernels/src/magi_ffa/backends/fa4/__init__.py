@@ -86,6 +86,7 @@ class FA4Backend(Backend):
 
     def forward(self, inp, out, lse, max_logits, *, fresh=False):
         from magi_ffa.backends.fa4.kernel import fa4_forward
+        from magi_ffa.backends.triton.merge import merge_into_
 
         self._refuse(inp, max_logits)
         if inp.num_slices == 0:
@@ -98,6 +99,8 @@ class FA4Backend(Backend):
         o, l_ = fa4_forward(inp.q, inp.k, inp.v, mask, inp.softmax_scale, inp.softcap,
                             out=out if direct else None)
         o = out if direct else o
+        if not fresh and merge_into_(out, lse, o, l_, mask.empty_rows):  # one pass, empty rows skipped
+            return
         if mask.empty_rows is not None:  # out 0, lse -inf, whatever the kernel left there
             o.masked_fill_(mask.empty_rows[:, None, None], 0.0)
             l_.masked_fill_(mask.empty_rows[:, None], float("-inf"))
