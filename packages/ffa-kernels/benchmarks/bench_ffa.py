@@ -191,6 +191,12 @@ def flex_runner(mask_mod, total, q, k, v, dout):
         # every mask brings its own mask_mod (a recompile); past dynamo's default limit of 8 the
         # 9th mask silently ran FlexAttention eagerly (1.8 TF/s, or out of memory)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        # the timed backward re-runs one graph (retain_graph=True); a compiled backward that
+        # donated its buffers refuses that ("non-empty donated buffers"), seen for the mask after
+        # a shape change in one run
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
         _flex_compiled = torch.compile(flex_attention, dynamic=False)
     qt, kt, vt = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
     # compiled block-mask creation: the eager one materialises [S, S] index tensors (16 GiB for the
