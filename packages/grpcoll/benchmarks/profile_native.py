@@ -36,24 +36,28 @@ def _profile_one(tokens, rank, world, dev):
     send = torch.empty((sum(plan.send_counts), *ROW), device=dev, dtype=torch.bfloat16)
     recv = torch.empty((sum(plan.recv_counts), *ROW), device=dev, dtype=torch.bfloat16)
     plan.cast(x, out, impl="native").wait_post_process()  # bind, allocate
+    rplan = plan.transpose()
+    src = torch.randn((plan.output_len, *ROW), device=dev, dtype=torch.bfloat16)
+    red = torch.zeros_like(x)
     b = native._bind_cast(plan, None)
     rb = row_bytes(x)
-    buf, hdl, offs = native._regions(None, dev, [b.capacity_rows * rb])
+    buf, hdl, peer_bufs, offs = native._regions(None, dev, [b.capacity_rows * rb])
     region = buf[offs[0]:offs[0] + b.capacity_rows * rb].view(b.capacity_rows, rb)
     push, post = b.push(rb), b.post(rb)
     remote, local = push[push[:, 3] >= 0].contiguous(), push[push[:, 3] < 0].contiguous()
     t = {
-        "push": _time(lambda: copy_chunks(x, push, out=out, peer_bufs_addr=hdl.buffer_ptrs_dev,
+        "push": _time(lambda: copy_chunks(x, push, out=out, peer_bufs_addr=peer_bufs,
                                           dst_offset_bytes=offs[0])),
-        "push remote only": _time(lambda: copy_chunks(x, remote, out=out, peer_bufs_addr=hdl.buffer_ptrs_dev,
+        "push remote only": _time(lambda: copy_chunks(x, remote, out=out, peer_bufs_addr=peer_bufs,
                                                       dst_offset_bytes=offs[0])),
         "push self only": _time(lambda: copy_chunks(x, local, out=out)),
         **{f"push b{bw} w{nw}": _time(lambda bw=bw, nw=nw: copy_chunks(
-            x, push, out=out, peer_bufs_addr=hdl.buffer_ptrs_dev, dst_offset_bytes=offs[0], block_words=bw,
+            x, push, out=out, peer_bufs_addr=peer_bufs, dst_offset_bytes=offs[0], block_words=bw,
             num_warps=nw)) for bw, nw in ((1024, 4), (2048, 8), (4096, 8), (4096, 4), (8192, 8))},
         "barrier": _time(lambda: hdl.barrier(channel=0)),
         "post copy": _time(lambda: copy_chunks(region, post, out=out)),
         "cast": _time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process()),
+        "reduce": _time(lambda: rplan.reduce(src, red, async_op=True, impl="native").wait_post_process()),
         "raw a2a": _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
                                                         list(plan.send_counts))),
     }
@@ -70,7 +74,7 @@ def _profile_one(tokens, rank, world, dev):
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(200):
-        copy_chunks(x, tiny, out=out, peer_bufs_addr=hdl.buffer_ptrs_dev, dst_offset_bytes=offs[0])
+        copy_chunks(x, tiny, out=out, peer_bufs_addr=peer_bufs, dst_offset_bytes=offs[0])
     t["copy_chunks launch host"] = (time.perf_counter() - t0) / 200
     torch.cuda.synchronize()
     if rank == 0 and os.environ.get("PROFILE_NATIVE_CPROFILE") == "1":

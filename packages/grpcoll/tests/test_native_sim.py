@@ -4,8 +4,9 @@ Every rank's binding is built from the exchanged meta (the all_to_all / all_gath
 then the chunk-copy kernel (Triton interpreter) pushes each rank's rows into the other ranks'
 "symmetric buffers" (plain CPU tensors, addressed through a table of raw pointers as on the GPU),
 then each rank runs its post step. This checks the chunk tables, the self-rows-to-output shortcut,
-the buffer-half offsets and the post copy against the definition; symmetric memory, streams and
-the barrier are left to the GPU test.
+the buffer-half offsets, the post copy and the reduce's two folds (own rows from the input, peers'
+rows from the buffer; every op, with and without acc_reduce) against the definition; symmetric
+memory, streams and the barrier are left to the GPU test.
 """
 
 from __future__ import annotations
@@ -75,27 +76,52 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     rbinds = [reduce_binding(pl, counts) for pl in rplans]
     cap = max(rb_.capacity_rows for rb_ in rbinds)
     ins = [torch.randn(sum(m[0]), 3, 4, generator=gen) for m in rm]
+    ins_l = [torch.randn(sum(m[0]), 3, generator=gen) for m in rm]
     olds = [torch.randn(sum(m[1]), 3, 4, generator=gen) for m in rm]
-    bufs = [torch.full((cap * 12,), float("nan")) for _ in range(world)]
-    table, addr = _addr_table(bufs)
-    for p in range(world):
-        copy_chunks(ins[p], rbinds[p].push(rb), peer_bufs_addr=addr, peer_align_16=False)
-    got = [o.clone() for o in olds]
-    for p, pl in enumerate(rplans):
-        n_recv = sum(pl.recv_counts)
-        reduce_rows(got[p], bufs[p][:n_recv * 12].view(n_recv, 3, 4), pl.rmap, "sum")
-    ref = ref_group_reduce(ins, olds, [m[0] for m in rm], [m[2] for m in rm], [m[1] for m in rm],
-                           [m[3] for m in rm], "sum")
-    for p in range(world):
-        torch.testing.assert_close(got[p].double(), ref[p], rtol=1e-5, atol=1e-5)
+    olds_l = [torch.randn(sum(m[1]), 3, generator=gen) for m in rm]
+    for t in ins_l + olds_l:
+        if t.numel():
+            t[torch.rand(t.shape, generator=gen) < 0.25] = float("-inf")
+    for op in ("sum", "avg", "lse"):
+        for acc in (True, False):
+            got, got_l = [o.clone() for o in olds], [t.clone() for t in olds_l]
+            bufs = [torch.full((cap * 12,), float("nan")) for _ in range(world)]
+            bufs_l = [torch.full((cap * 3,), float("nan")) for _ in range(world)]
+            table, addr = _addr_table(bufs)
+            table_l, addr_l = _addr_table(bufs_l)
+            lse_op = op == "lse"
+            for p in range(world):  # phase 1: own rows from the input, beside the pushes
+                own_map, _ = rbinds[p].phase_maps(op, acc)
+                own = ins[p] if ins[p].shape[0] else torch.zeros(1, 3, 4)
+                own_l = ins_l[p] if ins_l[p].shape[0] else torch.zeros(1, 3)
+                reduce_rows(got[p], own, own_map, "lse" if lse_op else "sum", acc_reduce=acc,
+                            output_lse=got_l[p] if lse_op else None, recv_lse=own_l if lse_op else None)
+                copy_chunks(ins[p], rbinds[p].push(rb), peer_bufs_addr=addr, peer_align_16=False)
+                if lse_op:
+                    copy_chunks(ins_l[p], rbinds[p].push(12), peer_bufs_addr=addr_l, peer_align_16=False)
+            for p, pl in enumerate(rplans):  # phase 2, after the barrier: the peers' rows
+                _, peer_map = rbinds[p].phase_maps(op, acc)
+                n_recv = sum(pl.recv_counts)
+                reduce_rows(got[p], bufs[p][:n_recv * 12].view(n_recv, 3, 4), peer_map, op, acc_reduce=True,
+                            output_lse=got_l[p] if lse_op else None,
+                            recv_lse=bufs_l[p][:n_recv * 3].view(n_recv, 3) if lse_op else None)
+            ref = ref_group_reduce(ins, olds, [m[0] for m in rm], [m[2] for m in rm], [m[1] for m in rm],
+                                   [m[3] for m in rm], op, acc_reduce=acc, input_lses=ins_l, output_lses=olds_l)
+            ref_o = ref[0] if lse_op else ref
+            for p in range(world):
+                assert not torch.isnan(got[p]).any(), f"{op} acc={acc} rank {p}: NaN (a buffer row was read unset)"
+                torch.testing.assert_close(got[p].double(), ref_o[p], rtol=1e-5, atol=1e-5)
+                if lse_op:
+                    torch.testing.assert_close(got_l[p].double(), ref[1][p], rtol=1e-5, atol=1e-5)
 
 
 def test_native_data_path_under_interpreter():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "native data path ok" in proc.stdout
+    for fold in ("torch", "triton"):  # the folds as on CPU, and as on the GPU (Triton)
+        env = dict(os.environ, TRITON_INTERPRET="1", MAGI_GRPCOLL_KERNEL_BACKEND=fold)
+        proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "native data path ok" in proc.stdout
 
 
 if __name__ == "__main__":  # the Triton interpreter run
