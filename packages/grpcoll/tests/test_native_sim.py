@@ -4,9 +4,9 @@ Every rank's binding is built from the exchanged meta (the all_to_all / all_gath
 then the chunk-copy kernel (Triton interpreter) pushes each rank's rows into the other ranks'
 "symmetric buffers" (plain CPU tensors, addressed through a table of raw pointers as on the GPU),
 then each rank runs its post step. This checks the chunk tables, the self-rows-to-output shortcut,
-the buffer-half offsets, the post copy and the reduce's two folds (own rows from the input, peers'
-rows from the buffer; every op, with and without acc_reduce) against the definition; symmetric
-memory, streams and the barrier are left to the GPU test.
+the buffer-half offsets, the post copy and the reduce's fold from the receive buffer (every op,
+with and without acc_reduce) against the definition; symmetric memory, streams and the barrier are
+left to the GPU test.
 """
 
 from __future__ import annotations
@@ -90,19 +90,13 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
             table, addr = _addr_table(bufs)
             table_l, addr_l = _addr_table(bufs_l)
             lse_op = op == "lse"
-            for p in range(world):  # phase 1: own rows from the input, beside the pushes
-                own_map, _ = rbinds[p].phase_maps(op, acc)
-                own = ins[p] if ins[p].shape[0] else torch.zeros(1, 3, 4)
-                own_l = ins_l[p] if ins_l[p].shape[0] else torch.zeros(1, 3)
-                reduce_rows(got[p], own, own_map, "lse" if lse_op else "sum", acc_reduce=acc,
-                            output_lse=got_l[p] if lse_op else None, recv_lse=own_l if lse_op else None)
+            for p in range(world):  # every contribution (own ones included) into the owner's buffer
                 copy_chunks(ins[p], rbinds[p].push(rb), peer_bufs_addr=addr, peer_align_16=False)
                 if lse_op:
                     copy_chunks(ins_l[p], rbinds[p].push(12), peer_bufs_addr=addr_l, peer_align_16=False)
-            for p, pl in enumerate(rplans):  # phase 2, after the barrier: the peers' rows
-                _, peer_map = rbinds[p].phase_maps(op, acc)
+            for p, pl in enumerate(rplans):  # after the barrier: one fold from the buffer
                 n_recv = sum(pl.recv_counts)
-                reduce_rows(got[p], bufs[p][:n_recv * 12].view(n_recv, 3, 4), peer_map, op, acc_reduce=True,
+                reduce_rows(got[p], bufs[p][:n_recv * 12].view(n_recv, 3, 4), pl.rmap, op, acc_reduce=acc,
                             output_lse=got_l[p] if lse_op else None,
                             recv_lse=bufs_l[p][:n_recv * 3].view(n_recv, 3) if lse_op else None)
             ref = ref_group_reduce(ins, olds, [m[0] for m in rm], [m[2] for m in rm], [m[1] for m in rm],

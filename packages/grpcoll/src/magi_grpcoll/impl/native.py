@@ -7,10 +7,8 @@ the user input in place (no pre-gather) and moves runs of rows in one launch:
 * cast: rows bound for a peer go into that peer's buffer at their *final* output positions; rows a
   rank sends itself go straight into its output. After the barrier, each rank copies only its
   peer-sourced output runs out of its buffer.
-* reduce: each peer-bound contribution lands at its a2a-v receive position in the owner's buffer;
-  meanwhile, on a second side stream, a rank folds its own contributions into its output straight
-  from its input; after the barrier the float32 range-reduce folds in the peers' rows (two folds:
-  one extra rounding of the output dtype against the a2a-v result).
+* reduce: every contribution (its own included) lands at its a2a-v receive position in the owner's
+  buffer; after the barrier the usual float32 range-reduce runs locally.
 
 Ordering costs one device-side barrier per call (symmetric-memory signal pads, after the writes:
 every peer's rows have landed). The buffer is split in two halves used alternately: a rank writes
@@ -36,7 +34,6 @@ from magi_grpcoll.impl.base import GrpCollImpl, register_impl
 from magi_grpcoll.kernels import reduce_rows
 from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, copy_chunks, row_bytes
-from magi_grpcoll.plan import ReduceMap
 
 __all__ = ["NativeImpl"]
 
@@ -136,11 +133,10 @@ class _StreamWork:
 _comm_streams: dict = {}
 
 
-def _comm_stream(device, lane: int = 0):
-    """Side stream ``lane`` of ``device`` (0: pushes and barrier; 1: the reduce's own-rows fold)."""
-    s = _comm_streams.get((device, lane))
+def _comm_stream(device):
+    s = _comm_streams.get(device)
     if s is None:
-        s = _comm_streams[(device, lane)] = torch.cuda.Stream(device=device)
+        s = _comm_streams[device] = torch.cuda.Stream(device=device)
     return s
 
 
@@ -178,77 +174,13 @@ def cast_binding(plan, pos: torch.Tensor, capacity_rows: int) -> _Binding:
     return _Binding((rows, pos, peer), post, capacity_rows, plan.device)
 
 
-def _map_of(touched: torch.Tensor, contrib: torch.Tensor, count: torch.Tensor, device) -> ReduceMap:
-    """A ReduceMap from its contributor table ([T, C] source rows, -1 padded, in fold order)."""
-    layers = []
-    for c in range(contrib.shape[1]):
-        pos = torch.nonzero(contrib[:, c] >= 0).squeeze(1)
-        if pos.numel():
-            layers.append((pos.to(device), contrib[pos, c].to(device)))
-    if contrib.shape[1] == 0:
-        contrib = torch.full((contrib.shape[0], 1), -1, dtype=torch.int64)
-    return ReduceMap(touched.to(device), tuple(layers), count.to(device), contrib.to(device))
-
-
-def split_reduce_map(rmap: ReduceMap, self_lo: int, input_row_of_self: torch.Tensor, op: str,
-                     acc_reduce: bool, device) -> tuple[ReduceMap, ReduceMap]:
-    """Split a reduce into a fold of this rank's own contributions, read straight from its input
-    (``phase1``, run while the pushes cross NVLink) and a fold of the peers' contributions from the
-    receive buffer (``phase2``, after the barrier). Receive rows ``[self_lo, self_lo + n)`` are the
-    rank's own, ``input_row_of_self[j]`` the input row of receive row ``self_lo + j``.
-
-    The two folds give the one-pass result up to one extra rounding of the output dtype between
-    them: phase 1 sums (or lse-merges) the own terms into the output (initialising every touched
-    row when not ``acc_reduce``); phase 2 adds the peers' terms and, for "avg", divides every
-    touched row by its total count (phase 2 always accumulates, so its counts are shifted by -1
-    when the original call does not count the old output).
-    """
-    contrib, touched, count = rmap.contrib.cpu(), rmap.touched.cpu(), rmap.count.cpu()
-    n_self = int(input_row_of_self.numel())
-    valid = contrib >= 0
-    is_self = valid & (contrib >= self_lo) & (contrib < self_lo + n_self)
-    is_remote = valid & ~is_self
-    if n_self:
-        own = input_row_of_self.cpu()[(contrib - self_lo).clamp(0, n_self - 1)]
-        c1 = torch.where(is_self, own, -1)
-    else:
-        c1 = torch.full_like(contrib, -1)
-    c2 = torch.where(is_remote, contrib, -1)
-    all_rows = torch.ones(touched.shape[0], dtype=torch.bool)
-    rows1 = all_rows if not acc_reduce else is_self.any(1)
-    rows2 = all_rows if op == "avg" else is_remote.any(1)
-    count2 = count + (1.0 if acc_reduce else 0.0) - 1.0
-    return (_map_of(touched[rows1], c1[rows1], count[rows1], device),
-            _map_of(touched[rows2], c2[rows2], count2[rows2], device))
-
-
-class _ReduceBinding(_Binding):
-    """A bound reduce: pushes of the peers' rows only, plus the two-phase fold maps per (op, acc)."""
-
-    def __init__(self, plan, push_rows, self_lo, input_row_of_self, capacity_rows):
-        super().__init__(push_rows, None, capacity_rows, plan.device)
-        self._rmap, self._self_lo, self._own = plan.rmap, self_lo, input_row_of_self
-        self._maps: dict = {}
-
-    def phase_maps(self, op: str, acc_reduce: bool) -> tuple[ReduceMap, ReduceMap]:
-        key = (op, acc_reduce)
-        maps = self._maps.get(key)
-        if maps is None:
-            maps = self._maps[key] = split_reduce_map(self._rmap, self._self_lo, self._own, op, acc_reduce,
-                                                      self._device)
-        return maps
-
-
-def reduce_binding(plan, counts: torch.Tensor) -> _ReduceBinding:
+def reduce_binding(plan, counts: torch.Tensor) -> _Binding:
     """Bind a reduce plan given ``counts[r][d]``, the rows rank r sends to rank d (every rank's send_counts)."""
     base = torch.cumsum(counts, 0) - counts  # where r's rows start in d's receive buffer
     me = plan.rank
     pos = torch.cat([base[me, d] + torch.arange(plan.send_counts[d]) for d in range(plan.world_size)])
     rows, peer = _plan_send_layout(plan)
-    rows, peer = rows.cpu(), peer.cpu()
-    mine = peer == me  # folded from the input directly, never pushed
-    return _ReduceBinding(plan, (rows[~mine], pos[~mine], peer[~mine]), int(base[me, me]), rows[mine],
-                          int(counts.sum(0).max().item()))
+    return _Binding((rows, pos, peer), None, int(counts.sum(0).max().item()), plan.device)
 
 
 class NativeImpl(GrpCollImpl):
@@ -340,47 +272,27 @@ class NativeImpl(GrpCollImpl):
 
         b = self._bind_reduce(plan, group)
         x = input if comm_dtype is None or comm_dtype == input.dtype else input.to(comm_dtype)
-        lse_op = reduce_op == "lse"
-        srcs = [x] + ([input_lse] if lse_op else [])
+        srcs = [x] + ([input_lse] if reduce_op == "lse" else [])
         sizes = [b.capacity_rows * row_bytes(s) for s in srcs]
         buf, hdl, peer_bufs, offs = self._regions(group, input.device, sizes)
         n_recv = sum(plan.recv_counts)
-        own_map, peer_map = b.phase_maps(reduce_op, acc_reduce)
-        device = input.device
 
         def view(off, like):
             nbytes = n_recv * row_bytes(like)
             return buf[off:off + nbytes].view(like.dtype).view(n_recv, *like.shape[1:])
 
-        # phase 1, beside the pushes: fold this rank's own rows straight from its input (HBM work
-        # that overlaps the NVLink pushes); a padding slot reads row 0, so an empty input gets one
-        fold = _comm_stream(device, 1)
-        fold.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(fold):
-            own = x if x.shape[0] else x.new_zeros((1, *x.shape[1:]))
-            own_lse = None if not lse_op else input_lse if input_lse.shape[0] else input_lse.new_zeros(
-                (1, *input_lse.shape[1:]))
-            reduce_rows(output, own, own_map, "lse" if lse_op else "sum", acc_reduce=acc_reduce,
-                        output_lse=output_lse if lse_op else None, recv_lse=own_lse)
-        for t in (x, output, input_lse, output_lse):
-            if t is not None:
-                t.record_stream(fold)
-        folded = torch.cuda.Event()
-        folded.record(fold)
-
         def run():
             for s, off in zip(srcs, offs):
                 copy_chunks(s, b.push(row_bytes(s)), peer_bufs_addr=peer_bufs, dst_offset_bytes=off)
-            hdl.barrier(channel=0)  # every peer's contribution has landed here
-            torch.cuda.current_stream(device).wait_event(folded)
-            reduce_rows(output, view(offs[0], x), peer_map, reduce_op, acc_reduce=True,
-                        output_lse=output_lse if lse_op else None,
-                        recv_lse=view(offs[1], input_lse) if lse_op else None)
+            hdl.barrier(channel=0)  # every contribution has landed here
+            reduce_rows(output, view(offs[0], x), plan.rmap, reduce_op, acc_reduce=acc_reduce,
+                        output_lse=output_lse if reduce_op == "lse" else None,
+                        recv_lse=view(offs[1], input_lse) if reduce_op == "lse" else None)
 
-        ev = _on_comm_stream(device, [input, x, output, input_lse, output_lse], run)
+        ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse], run)
 
         def post(*outs):
-            return (output, output_lse) if lse_op else output
+            return (output, output_lse) if reduce_op == "lse" else output
 
         return GrpCollWork([_StreamWork(ev)], post, async_op, (buf, x))
 
