@@ -13,17 +13,34 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs >= 2 CUDA devices")]
 
 
-def _nccl_job(rank, world, port, impl):
+def _init_nccl(rank, world, port):
     import os
     from datetime import timedelta
 
     import torch.distributed as dist
-    from magi_grpcoll import group_cast, group_reduce
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", rank=rank, world_size=world, timeout=timedelta(seconds=120),
                             device_id=torch.device("cuda", rank))
+    return dist
+
+
+def _spawn_two(job, *args):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(job, args=(2, port, *args), nprocs=2, join=True)
+
+
+def _nccl_job(rank, world, port, impl):
+    from magi_grpcoll import group_cast, group_reduce
+
+    dist = _init_nccl(rank, world, port)
     try:
         rng = random.Random(3)
         gen = torch.Generator().manual_seed(3)
@@ -63,29 +80,15 @@ def _nccl_job(rank, world, port, impl):
 
 @pytest.mark.parametrize("impl", ["a2av", "native"])
 def test_nccl_impl_matches_reference(impl):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_nccl_job, args=(2, port, impl), nprocs=2, join=True)
+    _spawn_two(_nccl_job, impl)
 
 
 def _native_back_to_back_job(rank, world, port):
     """Many native casts and reduces queued without a host sync: the alternating buffer halves
     (one barrier per call) must never let a call overwrite rows a peer has not read yet."""
-    import os
-    from datetime import timedelta
-
-    import torch.distributed as dist
     from magi_grpcoll import GroupCastPlan
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", rank=rank, world_size=world, timeout=timedelta(seconds=120),
-                            device_id=torch.device("cuda", rank))
+    dist = _init_nccl(rank, world, port)
     try:
         rng = random.Random(7)
         dev = torch.device("cuda", rank)
@@ -115,14 +118,7 @@ def _native_back_to_back_job(rank, world, port):
 
 
 def test_native_back_to_back_calls():
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_native_back_to_back_job, args=(2, port), nprocs=2, join=True)
+    _spawn_two(_native_back_to_back_job)
 
 
 def test_triton_kernels_on_cuda_match_torch():
