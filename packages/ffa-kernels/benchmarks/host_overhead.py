@@ -26,15 +26,11 @@ SEQLEN, HEADS, HEAD_DIM = 2048, 1, 64  # small: the no-op kernel's buffers cost 
 
 
 def _install_noop_fa4() -> None:
-    """The tests' stand-in flash_attn.cute / cutlass modules (tests/_fake_fa4.py: the one place that
-    knows which FA4 names the backend uses), with kernels that only hand back right-shaped buffers."""
+    """The tests' stand-in flash_attn.cute / cutlass modules and the fa4 backend allowed on CPU
+    (tests/_fake_fa4.py: the one place that knows which FA4 names the backend uses), with kernels
+    that only hand back right-shaped buffers."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
     import _fake_fa4
-
-    class _KeepForTheProcess:  # install() takes pytest's monkeypatch; here nothing is undone
-        @staticmethod
-        def setitem(mapping, key, value):
-            mapping[key] = value
 
     def fwd(q, k, v, out=None, **kw):
         o = out if out is not None else torch.empty_like(q)
@@ -44,18 +40,9 @@ def _install_noop_fa4() -> None:
     def bwd(q, k, v, out, dout, lse, dq=None, dk=None, dv=None, **kw):
         return tuple(g if g is not None else torch.empty_like(t) for g, t in ((dq, q), (dk, k), (dv, v)))
 
-    _fake_fa4.install(_KeepForTheProcess)
+    _fake_fa4.install_backend_on_cpu(_fake_fa4.KeepForTheProcess, block_size=None)
     interface = sys.modules["flash_attn.cute.interface"]
     interface._flash_attn_fwd, interface._flash_attn_bwd = fwd, bwd
-
-
-def _allow_fa4_on_cpu() -> None:
-    from magi_ffa.backends import fa4
-    from magi_ffa.backends.fa4 import FA4Backend
-
-    FA4Backend.DEVICES = FA4Backend.DEVICES | {"cpu"}
-    FA4Backend.DTYPES = FA4Backend.DTYPES | {torch.float32}
-    fa4._arch = lambda device: 90
 
 
 @contextmanager
@@ -109,7 +96,6 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     a = ap.parse_args(argv)
     _install_noop_fa4()
-    _allow_fa4_on_cpu()
     print(f"torch {torch.__version__}, q/k/v [{SEQLEN}, {HEADS}, {HEAD_DIM}] float32 on CPU, FA4 a no-op; "
           f"µs per call, best of {a.repeats} x {a.calls}")
     print("| mask | eager fwd | op fwd | op / eager | eager fwd+bwd | op fwd+bwd | op / eager |")

@@ -190,3 +190,32 @@ def install(monkeypatch) -> None:
     module("cutlass.cute", jit=lambda f: f)
     for k in CALLS:
         CALLS[k] = 0
+
+
+class KeepForTheProcess:
+    """A stand-in for pytest's monkeypatch where nothing is undone (a benchmark, a spawned rank)."""
+
+    @staticmethod
+    def setitem(mapping, key, value):
+        mapping[key] = value
+
+    @staticmethod
+    def setattr(target, name, value):
+        setattr(target, name, value)
+
+
+def install_backend_on_cpu(monkeypatch, block_size: tuple[int, int] | None = (4, 8)) -> None:
+    """install(), then the fa4 backend allowed on CPU in float32/float64 as if on an SM90 GPU, with
+    tiny sparse blocks (``block_size``; None keeps FA4's own) and its caches emptied."""
+    from magi_ffa.backends import fa4 as fa4_backend
+    from magi_ffa.backends.fa4 import FA4Backend, kernel
+
+    install(monkeypatch)
+    kernel.import_fa4.cache_clear()
+    kernel._interval_mask_mod.cache_clear()
+    fa4_backend.clear_mask_cache()
+    monkeypatch.setattr(FA4Backend, "DEVICES", FA4Backend.DEVICES | {"cpu"})
+    monkeypatch.setattr(FA4Backend, "DTYPES", FA4Backend.DTYPES | {torch.float32, torch.float64})
+    monkeypatch.setattr(fa4_backend, "_arch", lambda device: 90)
+    if block_size is not None:
+        monkeypatch.setattr(kernel, "sparse_block_size", lambda arch: block_size)

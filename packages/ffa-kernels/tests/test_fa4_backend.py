@@ -21,14 +21,7 @@ from magi_ffa.testing import overlapping_slices, random_slices, ref_attn_dense, 
 @pytest.fixture
 def fake_fa4(monkeypatch):
     """FA4 importable (the stand-in), the backend allowed on CPU in float64, tiny sparse blocks."""
-    _fake_fa4.install(monkeypatch)
-    kernel.import_fa4.cache_clear()
-    kernel._interval_mask_mod.cache_clear()
-    fa4_backend.clear_mask_cache()
-    monkeypatch.setattr(FA4Backend, "DEVICES", FA4Backend.DEVICES | {"cpu"})
-    monkeypatch.setattr(FA4Backend, "DTYPES", FA4Backend.DTYPES | {torch.float32, torch.float64})
-    monkeypatch.setattr(fa4_backend, "_arch", lambda device: 90)
-    monkeypatch.setattr(kernel, "sparse_block_size", lambda arch: (4, 8))
+    _fake_fa4.install_backend_on_cpu(monkeypatch)
     yield _fake_fa4.CALLS
     kernel.import_fa4.cache_clear()
     kernel._interval_mask_mod.cache_clear()

@@ -254,37 +254,17 @@ def run_suite(rank, world, cases_by_world):
     return run_world_suite(rank, world, ("api", run_api_checks), run_cases, cases_by_world)
 
 
-def install_fake_fa4(ffa_tests_dir: str) -> None:
-    """In this process: the FA4 stand-in of magi_ffa's tests (it honours FA4's contract: only listed
-    tiles visited, the mask function on partial tiles only) and the fa4 backend allowed on CPU in
-    float64 with tiny sparse blocks, as magi_ffa's own fa4 tests set it up."""
+def run_fa4_cases(rank, world, ffa_tests_dir, cases):
+    """The end-to-end cases with the runtime on the fa4 kernel backend: magi_ffa's FA4 stand-in
+    (``ffa_tests_dir/_fake_fa4.py``; only listed tiles visited, the mask function on partial tiles
+    only), the backend allowed on CPU in float64 as magi_ffa's own fa4 tests set it up."""
     import sys
 
     sys.path.insert(0, ffa_tests_dir)
     import _fake_fa4
-    from magi_ffa.backends import fa4 as fa4_backend
-    from magi_ffa.backends.fa4 import FA4Backend, kernel
 
-    class _ForTheProcess:  # install() takes pytest's monkeypatch; a rank process just keeps it
-        @staticmethod
-        def setitem(mapping, key, value):
-            mapping[key] = value
-
-    _fake_fa4.install(_ForTheProcess)
-    kernel.import_fa4.cache_clear()
-    kernel._interval_mask_mod.cache_clear()
-    fa4_backend.clear_mask_cache()
-    FA4Backend.DEVICES = FA4Backend.DEVICES | {"cpu"}
-    FA4Backend.DTYPES = FA4Backend.DTYPES | {torch.float32, torch.float64}
-    fa4_backend._arch = lambda device: 90
-    kernel.sparse_block_size = lambda arch: (4, 8)
-
-
-def run_fa4_cases(rank, world, ffa_tests_dir, cases):
-    """The end-to-end cases with the runtime on the fa4 kernel backend (the FA4 stand-in)."""
-    install_fake_fa4(ffa_tests_dir)
+    _fake_fa4.install_backend_on_cpu(_fake_fa4.KeepForTheProcess)
     report = run_cases(cases)
-    from _fake_fa4 import CALLS
-
-    assert CALLS["fwd"] > 0 and CALLS["bwd"] > 0, f"the fa4 backend was not used: {CALLS}"
+    calls = _fake_fa4.CALLS
+    assert calls["fwd"] > 0 and calls["bwd"] > 0, f"the fa4 backend was not used: {calls}"
     return report
