@@ -87,6 +87,15 @@ class _FFARuntimeMixin:
            return_max_logits=max_logits is not None, deterministic=self.flags.deterministic,
            backend=self.backend, **extra)
 
+    def _delta(self, out, dout):
+        """rowsum(out * dout), computed once for all of a backward's kernel calls; None when the
+        kernel backend derives its own (``USES_DELTA`` False, magi_ffa interface 1.2: fa4)."""
+        impl = _compat.ffa.get_backend(self.backend) if self.backend else None
+        if impl is not None and not getattr(impl, "USES_DELTA", True):
+            return None
+        acc = _acc_dtype(out.dtype)
+        return (out.to(acc) * dout.to(acc)).sum(-1)
+
     def _bwd(self, dout, q, k, v, out, lse, delta, calc: _Calc, dq, dk, dv, scale, softcap):
         if calc.empty:
             return

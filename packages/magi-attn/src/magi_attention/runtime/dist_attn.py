@@ -125,8 +125,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         D = self.num_stages
         acc = _acc_dtype(q.dtype)
         dout = dout.contiguous()
-        # delta = rowsum(out * dout) once for all stages; the fa4 kernels derive their own
-        delta = None if self.backend == "fa4" else (out.to(acc) * dout.to(acc)).sum(-1)
+        delta = self._delta(out, dout)
         sk = k.shape[0]
         dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         dkv_host = torch.zeros((2 * sk, *k.shape[1:]), dtype=acc, device=k.device)

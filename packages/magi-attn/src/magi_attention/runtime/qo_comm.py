@@ -250,7 +250,7 @@ class QOCommRuntime(_FFARuntimeMixin):
         w_lse, r_lse = self._cast(lseg, self.q_cast, self.n_rq)
         w_kv, r_kv = self._cast(torch.cat([kg, vg], 0), self.kv_cast, self.n_rk, times=2)
 
-        delta = (og.to(acc) * dog.to(acc)).sum(-1)
+        delta = self._delta(og, dog)
         dq = torch.zeros(qg.shape, dtype=acc, device=q.device)
         sk = kg.shape[0]
         dkv = torch.zeros((2 * sk, *kg.shape[1:]), dtype=acc, device=k.device)
@@ -265,7 +265,7 @@ class QOCommRuntime(_FFARuntimeMixin):
             r_q, r_o, r_do = (w.wait_post_process(b) for w, b in w_qod)
         r_lse = w_lse.wait_post_process(r_lse)
         r_kv = w_kv.wait_post_process(r_kv)
-        r_delta = (r_o.to(acc) * r_do.to(acc)).sum(-1)
+        r_delta = self._delta(r_o, r_do)
         r_dq = torch.zeros((n, *qg.shape[1:]), dtype=acc, device=q.device)
         r_dkv = torch.zeros((2 * self.n_rk, *kg.shape[1:]), dtype=acc, device=k.device)
         self._bwd(r_do, r_q, r_kv[:self.n_rk], r_kv[self.n_rk:], r_o, r_lse, r_delta,

@@ -10,6 +10,8 @@ same arithmetic (terms of weight 0, lse = -inf, are skipped, never multiplied).
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 __all__ = ["merge_into_"]
@@ -66,8 +68,6 @@ def merge_into_(acc: torch.Tensor, acc_lse: torch.Tensor, part: torch.Tensor, pa
     counts as empty (lse -inf). The others contiguous, on one device, d <= 256.
     """
     global _compiled
-    import os
-
     if not (acc.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
         return False
     if acc.dtype != torch.float32 or acc_lse.dtype != torch.float32 or part_lse.dtype != torch.float32:
