@@ -1,8 +1,10 @@
 """Where the native group_cast / group_reduce spend their time, stage by stage (2 GPUs).
 
-Times, on the KV-shaped traffic of bench_grpcoll, each stage of the native path alone: the push
-(chunk copy into peer buffers plus the self rows' local copy), the barrier, the cast's post copy,
-and the whole op; plus the raw all_to_all_single of the same bytes. Milliseconds per call.
+Times, on the KV-shaped traffic of bench_grpcoll, each stage of the native path alone: the cast's
+push (chunk copy into peer buffers plus the self rows' local copy), the barrier, the cast's post
+copy, the reduce's staging copy and pull fold, and the whole ops (the reduce in both its push and
+pull forms); the raw all_to_all_single of the same bytes; and the host time to issue one op.
+Milliseconds per call.
 
     python packages/grpcoll/benchmarks/profile_native.py [--tokens 16384 65536]
 """
@@ -25,6 +27,7 @@ from bench_grpcoll import ROW, _meta, _time  # noqa: E402
 def _profile_one(tokens, rank, world, dev):
     from magi_grpcoll import GroupCastPlan
     from magi_grpcoll.impl import get_impl
+    from magi_grpcoll.kernels import pull_reduce_rows
     from magi_grpcoll.kernels.chunk_copy import copy_chunks, row_bytes
 
     native = get_impl("native")
@@ -43,7 +46,7 @@ def _profile_one(tokens, rank, world, dev):
     rb = row_bytes(x)
     buf, hdl, peer_bufs, offs = native._regions(None, dev, [b.capacity_rows * rb])
     region = buf[offs[0]:offs[0] + b.capacity_rows * rb].view(b.capacity_rows, rb)
-    push, post = b.push(rb), b.post(rb)
+    push, post = b.table("push", rb), b.table("post", rb)
     remote, local = push[push[:, 3] >= 0].contiguous(), push[push[:, 3] < 0].contiguous()
     t = {
         "push": _time(lambda: copy_chunks(x, push, out=out, peer_bufs_addr=peer_bufs,
@@ -51,22 +54,34 @@ def _profile_one(tokens, rank, world, dev):
         "push remote only": _time(lambda: copy_chunks(x, remote, out=out, peer_bufs_addr=peer_bufs,
                                                       dst_offset_bytes=offs[0])),
         "push self only": _time(lambda: copy_chunks(x, local, out=out)),
-        **{f"push b{bw} w{nw}": _time(lambda bw=bw, nw=nw: copy_chunks(
-            x, push, out=out, peer_bufs_addr=peer_bufs, dst_offset_bytes=offs[0], block_words=bw,
-            num_warps=nw)) for bw, nw in ((1024, 4), (2048, 8), (4096, 8), (4096, 4), (8192, 8))},
         "barrier": _time(lambda: hdl.barrier(channel=0)),
         "post copy": _time(lambda: copy_chunks(region, post, out=out)),
         "cast": _time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process()),
-        "reduce": _time(lambda: rplan.reduce(src, red, async_op=True, impl="native").wait_post_process()),
         "raw a2a": _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
                                                         list(plan.send_counts))),
     }
+    for mode in ("push", "pull"):  # the two reduce forms (NativeImpl.reduce_mode)
+        native.reduce_mode = mode
+        t[f"reduce {mode}"] = _time(lambda: rplan.reduce(src, red, async_op=True, impl="native").wait_post_process())
+    native.reduce_mode = "pull"
+    rbind = native._bind_reduce(rplan, None)
+    stage = rbind.table("stage", rb)
+    rbuf, _, rpeers, roffs = native._regions(None, dev, [rbind.capacity_rows * rb])  # the grown buffer
+    t["reduce: stage"] = _time(lambda: copy_chunks(src, stage, out=rbuf[roffs[0]:]))
+    t["reduce: pull fold"] = _time(lambda: pull_reduce_rows(red, src, rbind.pull, "sum", acc_reduce=True,
+                                                            peer_bufs_addr=rpeers, peer_offset_bytes=roffs[0]))
     import time
 
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     works = [plan.cast(x, out, async_op=True, impl="native") for _ in range(10)]
     t["cast host"] = (time.perf_counter() - t0) / 10
+    for w in works:
+        w.wait_post_process()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    works = [rplan.reduce(src, red, async_op=True, impl="native") for _ in range(10)]
+    t["reduce host"] = (time.perf_counter() - t0) / 10
     for w in works:
         w.wait_post_process()
     torch.cuda.synchronize()
@@ -85,6 +100,7 @@ def _profile_one(tokens, rank, world, dev):
         prof.enable()
         for _ in range(200):
             plan.cast(x, out, async_op=True, impl="native").wait_post_process()
+            rplan.reduce(src, red, async_op=True, impl="native").wait_post_process()
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     else:

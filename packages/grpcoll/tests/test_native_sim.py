@@ -11,6 +11,7 @@ left to the GPU test.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import subprocess
@@ -43,7 +44,7 @@ def _addr_table(bufs):
 
 def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     from magi_grpcoll.impl.native import cast_binding, cast_receive_positions, reduce_binding
-    from magi_grpcoll.kernels import reduce_rows
+    from magi_grpcoll.kernels import pull_reduce_rows, reduce_rows
     from magi_grpcoll.kernels.chunk_copy import copy_chunks, row_bytes
     from magi_grpcoll.plan import GroupCastPlan, GroupReducePlan
 
@@ -61,11 +62,11 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     bufs = [torch.full((2 * cap * 12,), float("nan")) for _ in range(world)]  # 12 floats per row
     table, addr = _addr_table(bufs)
     for p in range(world):
-        copy_chunks(xs[p], binds[p].push(rb), out=outs[p], peer_bufs_addr=addr,
+        copy_chunks(xs[p], binds[p].table("push", rb), out=outs[p], peer_bufs_addr=addr,
                     dst_offset_bytes=half * cap * rb, peer_align_16=False)
     for p in range(world):  # after the barrier: peer-sourced rows out of the buffer
         region = bufs[p][half * cap * 12:].view(cap, 3, 4)
-        copy_chunks(region, binds[p].post(rb), out=outs[p])
+        copy_chunks(region, binds[p].table("post", rb), out=outs[p])
     ref = ref_group_cast(xs, meta.in_sizes, meta.dst_indices, meta.out_sizes, meta.src_index)
     for p in range(world):
         assert torch.equal(outs[p], ref[p]), f"cast rank {p}"
@@ -82,31 +83,50 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     for t in ins_l + olds_l:
         if t.numel():
             t[torch.rand(t.shape, generator=gen) < 0.25] = float("-inf")
-    for op in ("sum", "avg", "lse"):
-        for acc in (True, False):
-            got, got_l = [o.clone() for o in olds], [t.clone() for t in olds_l]
-            bufs = [torch.full((cap * 12,), float("nan")) for _ in range(world)]
-            bufs_l = [torch.full((cap * 3,), float("nan")) for _ in range(world)]
-            table, addr = _addr_table(bufs)
-            table_l, addr_l = _addr_table(bufs_l)
-            lse_op = op == "lse"
-            for p in range(world):  # every contribution (own ones included) into the owner's buffer
-                copy_chunks(ins[p], rbinds[p].push(rb), peer_bufs_addr=addr, peer_align_16=False)
+    results = {}
+    for op, acc, pull in itertools.product(("sum", "avg", "lse"), (True, False), (True, False)):
+        got, got_l = [o.clone() for o in olds], [t.clone() for t in olds_l]
+        bufs = [torch.full((cap * 12,), float("nan")) for _ in range(world)]
+        bufs_l = [torch.full((cap * 3,), float("nan")) for _ in range(world)]
+        table, addr = _addr_table(bufs)
+        table_l, addr_l = _addr_table(bufs_l)
+        lse_op = op == "lse"
+        if pull:  # each rank stages its peer-bound rows in its own buffer: data, then lse rows
+            stages = [torch.full((cap * 15,), float("nan")) for _ in range(world)]
+            _, stage_addr = _addr_table(stages)
+            for p in range(world):
+                copy_chunks(ins[p], rbinds[p].table("stage", rb), out=stages[p])
                 if lse_op:
-                    copy_chunks(ins_l[p], rbinds[p].push(12), peer_bufs_addr=addr_l, peer_align_16=False)
+                    copy_chunks(ins_l[p], rbinds[p].table("stage", 12), out=stages[p][cap * 12:])
+            for p in range(world):  # after the barrier: fold straight from the peers' stages
+                pull_reduce_rows(got[p], ins[p], rbinds[p].pull, op, acc_reduce=acc,
+                                 peer_bufs_addr=stage_addr, peer_offset_bytes=0,
+                                 output_lse=got_l[p] if lse_op else None,
+                                 local_lse=ins_l[p] if lse_op else None, peer_lse_offset_bytes=cap * 12 * 4)
+        else:
+            for p in range(world):  # every contribution (own ones included) into the owner's buffer
+                copy_chunks(ins[p], rbinds[p].table("push", rb), peer_bufs_addr=addr, peer_align_16=False)
+                if lse_op:
+                    copy_chunks(ins_l[p], rbinds[p].table("push", 12), peer_bufs_addr=addr_l,
+                                peer_align_16=False)
             for p, pl in enumerate(rplans):  # after the barrier: one fold from the buffer
                 n_recv = sum(pl.recv_counts)
                 reduce_rows(got[p], bufs[p][:n_recv * 12].view(n_recv, 3, 4), pl.rmap, op, acc_reduce=acc,
                             output_lse=got_l[p] if lse_op else None,
                             recv_lse=bufs_l[p][:n_recv * 3].view(n_recv, 3) if lse_op else None)
-            ref = ref_group_reduce(ins, olds, [m[0] for m in rm], [m[2] for m in rm], [m[1] for m in rm],
-                                   [m[3] for m in rm], op, acc_reduce=acc, input_lses=ins_l, output_lses=olds_l)
-            ref_o = ref[0] if lse_op else ref
-            for p in range(world):
-                assert not torch.isnan(got[p]).any(), f"{op} acc={acc} rank {p}: NaN (a buffer row was read unset)"
-                torch.testing.assert_close(got[p].double(), ref_o[p], rtol=1e-5, atol=1e-5)
-                if lse_op:
-                    torch.testing.assert_close(got_l[p].double(), ref[1][p], rtol=1e-5, atol=1e-5)
+        ref = ref_group_reduce(ins, olds, [m[0] for m in rm], [m[2] for m in rm], [m[1] for m in rm],
+                               [m[3] for m in rm], op, acc_reduce=acc, input_lses=ins_l, output_lses=olds_l)
+        ref_o = ref[0] if lse_op else ref
+        for p in range(world):
+            assert not torch.isnan(got[p]).any(), f"{op} acc={acc} pull={pull} rank {p}: NaN (a buffer row was read unset)"
+            torch.testing.assert_close(got[p].double(), ref_o[p], rtol=1e-5, atol=1e-5)
+            if lse_op:
+                torch.testing.assert_close(got_l[p].double(), ref[1][p], rtol=1e-5, atol=1e-5)
+        results[op, acc, pull] = got + got_l
+    if os.environ.get("MAGI_GRPCOLL_KERNEL_BACKEND") == "triton":  # same kernel, same order: same bits
+        for (op, acc, pull), got in results.items():
+            if pull:
+                assert all(torch.equal(a, b) for a, b in zip(got, results[op, acc, False])), (op, acc)
 
 
 def test_native_data_path_under_interpreter():

@@ -14,7 +14,7 @@ import torch
 
 from magi_grpcoll.kernels._select import triton_available, use_triton
 
-__all__ = ["REDUCE_OPS", "reduce_rows", "lse_merge_"]
+__all__ = ["REDUCE_OPS", "reduce_rows", "pull_reduce_rows", "lse_merge_"]
 
 REDUCE_OPS = ("sum", "avg", "lse")
 
@@ -73,8 +73,23 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
+    def _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr, PULL: tl.constexpr):
+        """Where a contribution's rows start: the receive buffer, or (PULL) a peer's staged rows
+        (``who >= 0``, through the device array of peer buffer addresses plus a byte offset) or the
+        local source (``who == -1``)."""
+        if PULL:
+            who = tl.load(who_ptr + slot)
+            peer_bufs = peer_bufs_addr.to(tl.int64).to(tl.pointer_type(tl.int64))
+            peer = tl.load(peer_bufs + tl.maximum(who, 0), mask=who >= 0, other=0) + peer_off
+            base = tl.where(who >= 0, peer, local_addr.to(tl.int64))
+            return base.to(tl.pointer_type(recv_ptr.dtype.element_ty))
+        else:
+            return recv_ptr
+
+    @triton.jit
     def _reduce_sum_kernel(out_ptr, recv_ptr, touched_ptr, contrib_ptr, count_ptr, row_elems, n_contrib,
-                           IS_AVG: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                           who_ptr, peer_bufs_addr, peer_off, local_addr,
+                           IS_AVG: tl.constexpr, ACC: tl.constexpr, PULL: tl.constexpr, BLOCK: tl.constexpr):
         # one program per (touched output row, column block); contributions in fixed order, fp32
         t = tl.program_id(0).to(tl.int64)
         cb = tl.program_id(1)
@@ -86,10 +101,12 @@ if triton_available():
         else:
             acc = tl.zeros([BLOCK], dtype=tl.float32)
         for c in range(n_contrib):
-            r = tl.load(contrib_ptr + t * n_contrib + c).to(tl.int64)
-            # padding slots (-1) read row 0 (it exists: a touched row has a contributor) and add 0
-            x = tl.load(recv_ptr + tl.maximum(r, 0) * row_elems + offs, mask=m, other=0.0)
-            acc += tl.where(r >= 0, x.to(tl.float32), 0.0)
+            slot = t * n_contrib + c
+            r = tl.load(contrib_ptr + slot).to(tl.int64)  # -1: a padding slot, adds nothing
+            base = _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr, PULL)
+            valid = (offs * 0 + r) >= 0  # as a block: the interpreter rejects block & scalar masks
+            x = tl.load(base + tl.maximum(r, 0) * row_elems + offs, mask=m & valid, other=0.0)
+            acc += x.to(tl.float32)
         if IS_AVG:
             cnt = tl.load(count_ptr + t)
             if ACC:
@@ -99,28 +116,35 @@ if triton_available():
 
     @triton.jit
     def _reduce_lse_kernel(out_ptr, out_lse_ptr, recv_ptr, recv_lse_ptr, touched_ptr, contrib_ptr,
-                           n_heads, head_elems, n_contrib, ACC: tl.constexpr, BLOCK: tl.constexpr):
-        # one program per (touched output row, head); the whole head row fits one block
+                           n_heads, head_elems, n_contrib, who_ptr, peer_bufs_addr, peer_off, peer_lse_off,
+                           local_addr, local_lse_addr, ACC: tl.constexpr, PULL: tl.constexpr,
+                           BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+        # one program per (touched output row, block of heads): enough bytes per program to keep
+        # remote loads in flight when the rows are pulled from peers
         t = tl.program_id(0).to(tl.int64)
-        h = tl.program_id(1).to(tl.int64)
+        h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        d = tl.arange(0, BLOCK_D)
+        mh = h < n_heads
+        m2 = mh[:, None] & (d < head_elems)[None, :]
         orow = tl.load(touched_ptr + t).to(tl.int64)
-        offs = tl.arange(0, BLOCK)
-        m = offs < head_elems
-        out_base = (orow * n_heads + h) * head_elems
+        out_offs = (orow * n_heads + h)[:, None] * head_elems + d[None, :]
         if ACC:
-            o = tl.load(out_ptr + out_base + offs, mask=m, other=0.0).to(tl.float32)
-            lo = tl.load(out_lse_ptr + orow * n_heads + h)
+            o = tl.load(out_ptr + out_offs, mask=m2, other=0.0).to(tl.float32)
+            lo = tl.load(out_lse_ptr + orow * n_heads + h, mask=mh, other=-float("inf"))
         else:
-            o = tl.zeros([BLOCK], dtype=tl.float32)
-            lo = -float("inf")
+            o = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+            lo = tl.full([BLOCK_H], -float("inf"), tl.float32)
         for c in range(n_contrib):
-            r = tl.load(contrib_ptr + t * n_contrib + c).to(tl.int64)
-            valid = r >= 0
+            slot = t * n_contrib + c
+            r = tl.load(contrib_ptr + slot).to(tl.int64)
+            valid = (h * 0 + r) >= 0  # as a block: the interpreter rejects block & scalar masks
             rr = tl.maximum(r, 0)
-            li = tl.load(recv_lse_ptr + rr * n_heads + h)
-            li = tl.where(valid, li, -float("inf"))
-            x = tl.load(recv_ptr + (rr * n_heads + h) * head_elems + offs, mask=m, other=0.0)
-            x = x.to(tl.float32)  # an invalid slot has weight 0 below, so x never counts
+            base = _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr, PULL)
+            lbase = _contribution_base(recv_lse_ptr, who_ptr, slot, peer_bufs_addr, peer_lse_off,
+                                       local_lse_addr, PULL)
+            li = tl.load(lbase + rr * n_heads + h, mask=mh & valid, other=-float("inf"))
+            x = tl.load(base + (rr * n_heads + h)[:, None] * head_elems + d[None, :], mask=m2 & valid[:, None], other=0.0)
+            x = x.to(tl.float32)  # a term of lse -inf has weight 0 below, so its x never counts
             # stage 1: new lse, -inf safe
             lmax = tl.maximum(lo, li)
             lmin = tl.minimum(lo, li)
@@ -130,33 +154,41 @@ if triton_available():
             # stage 2: rescale both terms; weight-0 terms are skipped, never multiplied
             dead = new == -float("inf")
             nsafe = tl.where(dead, 0.0, new)
-            w_o = tl.where(dead, 0.0, tl.exp(lo - nsafe))
-            w_i = tl.where(dead, 0.0, tl.exp(li - nsafe))
+            w_o = tl.where(dead, 0.0, tl.exp(lo - nsafe))[:, None]
+            w_i = tl.where(dead, 0.0, tl.exp(li - nsafe))[:, None]
             o = tl.where(w_o == 0.0, 0.0, w_o * o) + tl.where(w_i == 0.0, 0.0, w_i * x)
             lo = new
-        tl.store(out_ptr + out_base + offs, o.to(out_ptr.dtype.element_ty), mask=m)
-        tl.store(out_lse_ptr + orow * n_heads + h, lo)
+        tl.store(out_ptr + out_offs, o.to(out_ptr.dtype.element_ty), mask=m2)
+        tl.store(out_lse_ptr + orow * n_heads + h, lo, mask=mh)
 
 
-def _reduce_triton(output, recv, rmap, op, acc_reduce, output_lse, recv_lse):
-    n_t = int(rmap.touched.numel())
+def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output_lse, recv_lse, pull=None):
+    """Launch the fold. ``pull``: None (rows come from ``recv``) or ``(who, peer_bufs_addr, peer_off,
+    peer_lse_off)``, where ``recv`` / ``recv_lse`` are this rank's own sources."""
+    n_t = int(touched.numel())
     if n_t == 0:
         return
-    n_contrib = int(rmap.contrib.shape[1])
+    n_contrib = int(contrib.shape[1])
+    who, peer_bufs, peer_off, peer_lse_off = pull if pull is not None else (contrib, 0, 0, 0)
     if op == "lse":
         n_heads = output.shape[1]
         head_elems = output[0, 0].numel()
-        block = triton.next_power_of_2(max(head_elems, 1))
-        _reduce_lse_kernel[(n_t, n_heads)](output, output_lse, recv, recv_lse, rmap.touched, rmap.contrib,
-                                            n_heads, head_elems, n_contrib, ACC=acc_reduce, BLOCK=block)
+        block_d = triton.next_power_of_2(max(head_elems, 1))
+        block_h = min(triton.next_power_of_2(max(n_heads, 1)), max(1, 2048 // block_d))
+        grid = (n_t, triton.cdiv(n_heads, block_h))
+        _reduce_lse_kernel[grid](output, output_lse, recv, recv_lse, touched, contrib, n_heads, head_elems,
+                                 n_contrib, who, peer_bufs, peer_off, peer_lse_off, recv.data_ptr(),
+                                 recv_lse.data_ptr(), ACC=acc_reduce, PULL=pull is not None,
+                                 BLOCK_H=block_h, BLOCK_D=block_d)
         return
     row_elems = output[0].numel()
     if row_elems == 0:
         return
     block = min(1024, triton.next_power_of_2(row_elems))
     grid = (n_t, triton.cdiv(row_elems, block))
-    _reduce_sum_kernel[grid](output, recv, rmap.touched, rmap.contrib, rmap.count, row_elems, n_contrib,
-                             IS_AVG=(op == "avg"), ACC=acc_reduce, BLOCK=block)
+    _reduce_sum_kernel[grid](output, recv, touched, contrib, count, row_elems, n_contrib, who, peer_bufs,
+                             peer_off, recv.data_ptr(), IS_AVG=(op == "avg"), ACC=acc_reduce,
+                             PULL=pull is not None, BLOCK=block)
 
 
 def reduce_rows(output: torch.Tensor, recv: torch.Tensor, rmap, op: str = "sum", *, acc_reduce: bool = True,
@@ -177,7 +209,28 @@ def reduce_rows(output: torch.Tensor, recv: torch.Tensor, rmap, op: str = "sum",
     if rmap.touched.numel() == 0:
         return output
     if use_triton(output, backend) and output.dtype != torch.float64:  # fp64 stays exact in torch
-        _reduce_triton(output, recv, rmap, op, acc_reduce, output_lse, recv_lse)
+        _reduce_triton(output, recv, rmap.touched, rmap.contrib, rmap.count, op, acc_reduce, output_lse, recv_lse)
     else:
         _reduce_torch(output, recv, rmap, op, acc_reduce, output_lse, recv_lse)
+    return output
+
+
+def pull_reduce_rows(output: torch.Tensor, local: torch.Tensor, pull_map, op: str, *, acc_reduce: bool,
+                     peer_bufs_addr: int, peer_offset_bytes: int, output_lse: torch.Tensor | None = None,
+                     local_lse: torch.Tensor | None = None, peer_lse_offset_bytes: int = 0) -> torch.Tensor:
+    """Fold contributions read straight from where they live (Triton only: it reads raw addresses).
+
+    The native reduce's fold: a contribution of ``pull_map`` (:class:`PullMap`) is row ``row`` of
+    this rank's ``local`` source (``who == -1``) or of the rows peer ``who`` staged in its symmetric
+    buffer, at ``peer_offset_bytes`` (``peer_lse_offset_bytes`` for the lse rows). Same order, same
+    float32 arithmetic as :func:`reduce_rows`, so both give identical results.
+    """
+    if op not in REDUCE_OPS:
+        raise ValueError(f"pull_reduce_rows(): op={op!r} is unknown; supported: {REDUCE_OPS}.")
+    if not triton_available():
+        raise NotImplementedError("pull_reduce_rows(): needs triton.")
+    if op == "lse" and (output_lse is None or local_lse is None):
+        raise ValueError("pull_reduce_rows(): op='lse' needs output_lse and local_lse.")
+    _reduce_triton(output, local, pull_map.touched, pull_map.row, pull_map.count, op, acc_reduce, output_lse,
+                   local_lse, pull=(pull_map.who, peer_bufs_addr, peer_offset_bytes, peer_lse_offset_bytes))
     return output
