@@ -2,8 +2,8 @@
 
 Times, on the KV-shaped traffic of bench_grpcoll, each stage of the native path alone: the cast's
 push (chunk copy into peer buffers plus the self rows' local copy), the barrier, the cast's post
-copy, the reduce's staging copy and pull fold, and the whole ops (the reduce in both its push and
-pull forms); the raw all_to_all_single of the same bytes; and the host time to issue one op.
+copy, the reduce's send (pushes and stage copies) and fold, and the whole ops (the reduce at
+several push/pull splits); the raw all_to_all_single of the same bytes; and the host time to issue one op.
 Milliseconds per call.
 
     python packages/grpcoll/benchmarks/profile_native.py [--tokens 16384 65536]
@@ -27,7 +27,8 @@ from bench_grpcoll import ROW, _meta, _time  # noqa: E402
 def _profile_one(tokens, rank, world, dev):
     from magi_grpcoll import GroupCastPlan
     from magi_grpcoll.impl import get_impl
-    from magi_grpcoll.kernels import pull_reduce_rows
+    from magi_grpcoll.impl.native import NativeImpl
+    from magi_grpcoll.kernels import fold_from_sources
     from magi_grpcoll.kernels.chunk_copy import copy_chunks, row_bytes
 
     native = get_impl("native")
@@ -44,8 +45,8 @@ def _profile_one(tokens, rank, world, dev):
     red = torch.zeros_like(x)
     b = native._bind_cast(plan, None)
     rb = row_bytes(x)
-    buf, hdl, peer_bufs, offs = native._regions(None, dev, [b.capacity_rows * rb])
-    region = buf[offs[0]:offs[0] + b.capacity_rows * rb].view(b.capacity_rows, rb)
+    buf, hdl, peer_bufs, offs = native._regions(None, dev, [b.regions[0] * rb])
+    region = buf[offs[0]:offs[0] + b.regions[0] * rb].view(b.regions[0], rb)
     push, post = b.table("push", rb), b.table("post", rb)
     remote, local = push[push[:, 3] >= 0].contiguous(), push[push[:, 3] < 0].contiguous()
     t = {
@@ -60,16 +61,18 @@ def _profile_one(tokens, rank, world, dev):
         "raw a2a": _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
                                                         list(plan.send_counts))),
     }
-    for mode in ("push", "pull"):  # the two reduce forms (NativeImpl.reduce_mode)
-        native.reduce_mode = mode
-        t[f"reduce {mode}"] = _time(lambda: rplan.reduce(src, red, async_op=True, impl="native").wait_post_process())
-    native.reduce_mode = "pull"
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):  # share of the reduce's peer-bound rows pushed (the rest pulled)
+        native.reduce_push_fraction = frac
+        t[f"reduce push {frac}"] = _time(lambda: rplan.reduce(src, red, async_op=True, impl="native").wait_post_process())
+    native.reduce_push_fraction = NativeImpl.reduce_push_fraction
     rbind = native._bind_reduce(rplan, None)
-    stage = rbind.table("stage", rb)
-    rbuf, _, rpeers, roffs = native._regions(None, dev, [rbind.capacity_rows * rb])  # the grown buffer
-    t["reduce: stage"] = _time(lambda: copy_chunks(src, stage, out=rbuf[roffs[0]:]))
-    t["reduce: pull fold"] = _time(lambda: pull_reduce_rows(red, src, rbind.pull, "sum", acc_reduce=True,
-                                                            peer_bufs_addr=rpeers, peer_offset_bytes=roffs[0]))
+    send = rbind.table("send", rb)
+    rbuf, _, rpeers, roffs = native._regions(None, dev, [n * rb for n in rbind.regions])  # the grown buffer
+    t["reduce: send"] = _time(lambda: copy_chunks(src, send, out=rbuf[roffs[1]:], peer_bufs_addr=rpeers,
+                                                  dst_offset_bytes=roffs[0]))
+    t["reduce: fold"] = _time(lambda: fold_from_sources(
+        red, src, rbind.sources, "sum", acc_reduce=True, received_addr=rbuf.data_ptr() + roffs[0],
+        peer_bufs_addr=rpeers, peer_offset_bytes=roffs[1]))
     import time
 
     torch.cuda.synchronize()
@@ -109,7 +112,7 @@ def _profile_one(tokens, rank, world, dev):
     torch.cuda.synchronize()
     if rank == 0:
         print(f"tokens {tokens}: push chunks {push.shape[0]}, post chunks {post.shape[0]}, "
-              f"capacity {b.capacity_rows} rows, buffer {buf.numel() / 1e6:.0f} MB, offs {offs}, recv "
+              f"capacity {b.regions[0]} rows, buffer {buf.numel() / 1e6:.0f} MB, offs {offs}, recv "
               f"{recv.numel() * 2 / 1e6:.0f} MB; ms/call: " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in t.items()),
               flush=True)
 

@@ -4,9 +4,10 @@ Every rank's binding is built from the exchanged meta (the all_to_all / all_gath
 then the chunk-copy kernel (Triton interpreter) pushes each rank's rows into the other ranks'
 "symmetric buffers" (plain CPU tensors, addressed through a table of raw pointers as on the GPU),
 then each rank runs its post step. This checks the chunk tables, the self-rows-to-output shortcut,
-the buffer-half offsets, the post copy and the reduce's fold from the receive buffer (every op,
-with and without acc_reduce) against the definition; symmetric memory, streams and the barrier are
-left to the GPU test.
+the buffer-half offsets, the post copy and the reduce's push/stage split and its fold from where
+each contribution lives (every op, with and without acc_reduce, pushing none, half or all of the
+peer-bound rows) against the definition and, bit for bit, against the a2a-v fold; symmetric
+memory, streams and the barrier are left to the GPU test.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _addr_table(bufs):
 
 def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     from magi_grpcoll.impl.native import cast_binding, cast_receive_positions, reduce_binding
-    from magi_grpcoll.kernels import pull_reduce_rows, reduce_rows
+    from magi_grpcoll.kernels import fold_from_sources, reduce_rows
     from magi_grpcoll.kernels.chunk_copy import copy_chunks, row_bytes
     from magi_grpcoll.plan import GroupCastPlan, GroupReducePlan
 
@@ -74,8 +75,6 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     rm = reduce_meta_of(meta)
     rplans = [GroupReducePlan.build(*rm[p], rank=p, world_size=world) for p in range(world)]
     counts = torch.tensor([list(pl.send_counts) for pl in rplans], dtype=torch.int64)
-    rbinds = [reduce_binding(pl, counts) for pl in rplans]
-    cap = max(rb_.capacity_rows for rb_ in rbinds)
     ins = [torch.randn(sum(m[0]), 3, 4, generator=gen) for m in rm]
     ins_l = [torch.randn(sum(m[0]), 3, generator=gen) for m in rm]
     olds = [torch.randn(sum(m[1]), 3, 4, generator=gen) for m in rm]
@@ -84,58 +83,64 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
         if t.numel():
             t[torch.rand(t.shape, generator=gen) < 0.25] = float("-inf")
     results = {}
-    for op, acc, pull in itertools.product(("sum", "avg", "lse"), (True, False), (True, False)):
+    for frac, op, acc in itertools.product((0.0, 0.5, 1.0), ("sum", "avg", "lse"), (True, False)):
+        rbinds = [reduce_binding(pl, counts, frac) for pl in rplans]
+        assert len({b.regions for b in rbinds}) == 1  # every rank lays its buffer out alike
+        n_recv, n_stage = rbinds[0].regions
+        # one float32 buffer per rank: receive, stage, lse receive, lse stage regions
+        offs = [0, n_recv * 12, n_recv * 12 + n_stage * 12, n_recv * 15 + n_stage * 12]
+        bufs = [torch.full((n_recv * 15 + n_stage * 15,), float("nan")) for _ in range(world)]
+        _, addr = _addr_table(bufs)
         got, got_l = [o.clone() for o in olds], [t.clone() for t in olds_l]
-        bufs = [torch.full((cap * 12,), float("nan")) for _ in range(world)]
-        bufs_l = [torch.full((cap * 3,), float("nan")) for _ in range(world)]
-        table, addr = _addr_table(bufs)
-        table_l, addr_l = _addr_table(bufs_l)
         lse_op = op == "lse"
-        if pull:  # each rank stages its peer-bound rows in its own buffer: data, then lse rows
-            stages = [torch.full((cap * 15,), float("nan")) for _ in range(world)]
-            _, stage_addr = _addr_table(stages)
-            for p in range(world):
-                copy_chunks(ins[p], rbinds[p].table("stage", rb), out=stages[p])
-                if lse_op:
-                    copy_chunks(ins_l[p], rbinds[p].table("stage", 12), out=stages[p][cap * 12:])
-            for p in range(world):  # after the barrier: fold straight from the peers' stages
-                pull_reduce_rows(got[p], ins[p], rbinds[p].pull, op, acc_reduce=acc,
-                                 peer_bufs_addr=stage_addr, peer_offset_bytes=0,
-                                 output_lse=got_l[p] if lse_op else None,
-                                 local_lse=ins_l[p] if lse_op else None, peer_lse_offset_bytes=cap * 12 * 4)
-        else:
-            for p in range(world):  # every contribution (own ones included) into the owner's buffer
-                copy_chunks(ins[p], rbinds[p].table("push", rb), peer_bufs_addr=addr, peer_align_16=False)
-                if lse_op:
-                    copy_chunks(ins_l[p], rbinds[p].table("push", 12), peer_bufs_addr=addr_l,
-                                peer_align_16=False)
-            for p, pl in enumerate(rplans):  # after the barrier: one fold from the buffer
-                n_recv = sum(pl.recv_counts)
-                reduce_rows(got[p], bufs[p][:n_recv * 12].view(n_recv, 3, 4), pl.rmap, op, acc_reduce=acc,
-                            output_lse=got_l[p] if lse_op else None,
-                            recv_lse=bufs_l[p][:n_recv * 3].view(n_recv, 3) if lse_op else None)
+        for p in range(world):  # pushes into the owners' receive regions, stage copies into its own
+            copy_chunks(ins[p], rbinds[p].table("send", rb), out=bufs[p][offs[1]:], peer_bufs_addr=addr,
+                        dst_offset_bytes=offs[0] * 4, peer_align_16=False)
+            if lse_op:
+                copy_chunks(ins_l[p], rbinds[p].table("send", 12), out=bufs[p][offs[3]:], peer_bufs_addr=addr,
+                            dst_offset_bytes=offs[2] * 4, peer_align_16=False)
+        for p in range(world):  # after the barrier: one fold reading every contribution where it lives
+            base = bufs[p].data_ptr()
+            fold_from_sources(got[p], ins[p], rbinds[p].sources, op, acc_reduce=acc, received_addr=base,
+                              peer_bufs_addr=addr, peer_offset_bytes=offs[1] * 4,
+                              output_lse=got_l[p] if lse_op else None, local_lse=ins_l[p] if lse_op else None,
+                              received_lse_addr=base + offs[2] * 4, peer_lse_offset_bytes=offs[3] * 4)
         ref = ref_group_reduce(ins, olds, [m[0] for m in rm], [m[2] for m in rm], [m[1] for m in rm],
                                [m[3] for m in rm], op, acc_reduce=acc, input_lses=ins_l, output_lses=olds_l)
         ref_o = ref[0] if lse_op else ref
         for p in range(world):
-            assert not torch.isnan(got[p]).any(), f"{op} acc={acc} pull={pull} rank {p}: NaN (a buffer row was read unset)"
+            assert not torch.isnan(got[p]).any(), f"{op} acc={acc} push {frac} rank {p}: a row was read unset"
             torch.testing.assert_close(got[p].double(), ref_o[p], rtol=1e-5, atol=1e-5)
             if lse_op:
                 torch.testing.assert_close(got_l[p].double(), ref[1][p], rtol=1e-5, atol=1e-5)
-        results[op, acc, pull] = got + got_l
-    if os.environ.get("MAGI_GRPCOLL_KERNEL_BACKEND") == "triton":  # same kernel, same order: same bits
-        for (op, acc, pull), got in results.items():
-            if pull:
-                assert all(torch.equal(a, b) for a, b in zip(got, results[op, acc, False])), (op, acc)
+        results[frac, op, acc] = got + got_l
+        # the a2a-v implementation's fold (plain receive buffer, same kernel backend) gives the same bits
+        recvs = [torch.cat([ins[r][_sent_rows(rplans[r], p)] for r in range(world)]) for p in range(world)]
+        recvs_l = [torch.cat([ins_l[r][_sent_rows(rplans[r], p)] for r in range(world)]) for p in range(world)]
+        if frac == 0.5:
+            for p, pl in enumerate(rplans):
+                o, lo = olds[p].clone(), olds_l[p].clone()
+                reduce_rows(o, recvs[p], pl.rmap, op, acc_reduce=acc, output_lse=lo if lse_op else None,
+                            recv_lse=recvs_l[p] if lse_op else None)
+                assert torch.equal(o, got[p]) and (not lse_op or torch.equal(lo, got_l[p])), (op, acc, p)
+    for (frac, op, acc), got in results.items():  # the split between push and pull changes no bit
+        assert all(torch.equal(a, b) for a, b in zip(got, results[0.0, op, acc])), (frac, op, acc)
+
+
+def _sent_rows(plan, dst: int) -> torch.Tensor:
+    """Input rows ``plan``'s rank sends to ``dst``, in send order (an a2a-v send block)."""
+    rows = plan.send_rows if plan.send_rows is not None else torch.arange(plan.input_len)
+    start = sum(plan.send_counts[:dst])
+    return rows[start:start + plan.send_counts[dst]]
 
 
 def test_native_data_path_under_interpreter():
     pytest.importorskip("triton")
-    for fold in ("torch", "triton"):  # the folds as on CPU, and as on the GPU (Triton)
-        env = dict(os.environ, TRITON_INTERPRET="1", MAGI_GRPCOLL_KERNEL_BACKEND=fold)
-        proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "native data path ok" in proc.stdout
+    # the Triton folds, as on the GPU (the torch fold is checked against the definition elsewhere)
+    env = dict(os.environ, TRITON_INTERPRET="1", MAGI_GRPCOLL_KERNEL_BACKEND="triton")
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "native data path ok" in proc.stdout
 
 
 if __name__ == "__main__":  # the Triton interpreter run

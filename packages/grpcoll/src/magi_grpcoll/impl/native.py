@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from magi_grpcoll.impl.base import GrpCollImpl, register_impl
-from magi_grpcoll.kernels import pull_reduce_rows, reduce_rows
+from magi_grpcoll.kernels import fold_from_sources
 from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, copy_chunks, row_bytes
 
@@ -42,16 +42,19 @@ _LOCAL = -1  # chunk destination: the local output tensor, not a peer buffer
 
 
 class _Binding:
-    """A plan bound to a group: row-by-row copy descriptions and the buffer capacity in rows.
+    """A plan bound to a group: row-by-row copy descriptions and the buffer regions it needs.
 
     ``copies`` maps a name to rows (source row, destination row, destination rank or ``_LOCAL``):
     cast ``push`` (into peers' buffers / the output) and ``post`` (buffer to output); reduce
-    ``stage`` (input rows a peer will pull, into this rank's own buffer) and ``push``. Chunk tables
-    are made per row size, on first use. ``pull``: the reduce's :class:`PullMap`.
+    ``send`` (pushed rows into their owners' receive regions, staged rows into this rank's stage
+    region). ``regions``: rows of each buffer region, the same on every rank (cast: the receive
+    region; reduce: receive, stage). Chunk tables are made per row size, on first use.
+    ``sources``: the reduce's :class:`FoldSources`.
     """
 
-    def __init__(self, copies: dict, capacity_rows: int, device, pull=None):
-        self._copies, self.capacity_rows, self._device, self.pull = copies, capacity_rows, device, pull
+    def __init__(self, copies: dict, regions: tuple[int, ...], device, sources=None, push_fraction=None):
+        self._copies, self.regions, self._device, self.sources = copies, regions, device, sources
+        self.push_fraction = push_fraction
         self._tables: dict = {}
 
     def table(self, kind: str, nbytes: int) -> torch.Tensor:
@@ -63,12 +66,16 @@ class _Binding:
         return table
 
 
-class PullMap(NamedTuple):
-    """Where the reduce's fold reads each contribution (the pull form of a plan's ReduceMap).
+OWN, RECEIVED = -1, -2  # FoldSources.who: this rank's input; its buffer's receive region
+
+
+class FoldSources(NamedTuple):
+    """Where the reduce's fold reads each contribution (a plan's ReduceMap, resolved to sources).
 
     touched: [T] output rows; count: [T] float32 contributors per row (for "avg"); who / row:
-    [T, C] the c-th contribution of each touched row, in the ReduceMap's layer order: row ``row`` of
-    this rank's own input (``who == -1``) or of the rows peer ``who`` staged; ``row == -1`` pads.
+    [T, C] the c-th contribution of each touched row, in the ReduceMap's layer order: row ``row``
+    of this rank's input (``who == OWN``), of its receive region (``RECEIVED``: a peer pushed it
+    there) or of the rows peer ``who`` staged (read over NVLink); ``row == -1`` pads.
     """
 
     touched: torch.Tensor
@@ -204,50 +211,57 @@ def cast_binding(plan, pos: torch.Tensor, capacity_rows: int) -> _Binding:
                                          torch.tensor(plan.output_split_sizes, dtype=torch.int64))
     post = torch.nonzero(src_of_row != plan.rank).squeeze(1)  # output rows that arrive in the buffer
     return _Binding({"push": (rows, pos, peer), "post": (post, post, torch.full_like(post, _LOCAL))},
-                    capacity_rows, plan.device)
+                    (capacity_rows,), plan.device)
 
 
-def reduce_binding(plan, counts: torch.Tensor) -> _Binding:
+def reduce_binding(plan, counts: torch.Tensor, push_fraction: float) -> _Binding:
     """Bind a reduce plan given ``counts[r][d]``, the rows rank r sends to rank d (every rank's send_counts).
 
-    Pull form: each rank stages the rows it sends to peers (send order, its own block left out) in
-    its own buffer; after the barrier every owner folds its output rows reading each contribution
-    where it lives: a peer's staged rows over NVLink, or its own input. The fold then runs while
-    the bytes cross NVLink, instead of as an extra HBM pass after a push.
+    Of the rows a rank sends to a peer, the first ``ceil(push_fraction * n)`` are pushed into the
+    owner's receive region (an NVLink write) and the rest staged in the sender's own stage region (a
+    local copy, in the same launch); after the barrier each owner folds every output row in one
+    pass, reading each contribution where it lives: its input, its receive region, or a peer's stage
+    (an NVLink read). The fold's HBM traffic runs under the NVLink reads instead of after the
+    transfer, and the pushes run under the stage copies.
     """
     me = plan.rank
-    rows, peer = _plan_send_layout(plan)
-    rows, peer = rows.cpu(), peer.cpu()
-    stage_rows = rows[peer != me]
-    peers_only = counts.clone()
-    peers_only.fill_diagonal_(0)
-    stage_base = torch.cumsum(peers_only, 1) - peers_only  # [r, d]: where r's rows for d start in its stage
-    recv_ends = torch.cumsum(counts[:, me], 0)
+    rows, peer = (t.cpu() for t in _plan_send_layout(plan))
+    to_peers = counts.clone()
+    to_peers.fill_diagonal_(0)
+    pushed = torch.ceil(to_peers.double() * push_fraction).long()  # [r, d]
+    staged = to_peers - pushed
+    push_base = torch.cumsum(pushed, 0) - pushed  # [r, d]: r's pushed rows start here in d's receive region
+    stage_base = torch.cumsum(staged, 1) - staged  # [r, d]: r's staged rows for d start here in r's stage
+    # this rank's sends; m: the index of a row inside its destination's block
+    m = torch.arange(rows.numel()) - (torch.cumsum(counts[me], 0) - counts[me])[peer]
+    remote = peer != me
+    push = remote & (m < pushed[me, peer])
+    send_dst = torch.where(push, push_base[me, peer] + m, stage_base[me, peer] + m - pushed[me, peer])
+    send = (rows[remote], send_dst[remote], torch.where(push, peer, _LOCAL)[remote])
+    # the fold: receive slot j from source src, index m inside src's block
     slots = plan.rmap.contrib.cpu()
     valid = slots >= 0
-    slot = slots.clamp(min=0)
-    src = torch.searchsorted(recv_ends, slot, right=True).clamp(max=plan.world_size - 1)
-    m = slot - (recv_ends - counts[:, me])[src]  # index inside the block from src
+    recv_ends = torch.cumsum(counts[:, me], 0)
+    src = torch.searchsorted(recv_ends, slots.clamp(min=0), right=True).clamp(max=plan.world_size - 1)
+    m = slots.clamp(min=0) - (recv_ends - counts[:, me])[src]
     own = valid & (src == me)
-    row = stage_base[src, me] + m
+    got_pushed = valid & ~own & (m < pushed[src, me])
+    row = torch.where(got_pushed, push_base[src, me] + m, stage_base[src, me] + m - pushed[src, me])
     row[own] = rows[int(counts[me, :me].sum()) + m[own]]
-    who = torch.where(own, _LOCAL, src)
-    row[~valid], who[~valid] = -1, _LOCAL
+    who = torch.where(own, OWN, torch.where(got_pushed, RECEIVED, src))
+    row[~valid], who[~valid] = -1, OWN
     dev = plan.device
-    pull = PullMap(plan.rmap.touched, who.to(dev, torch.int32), row.to(dev), plan.rmap.count)
-    stage = (stage_rows, torch.arange(stage_rows.numel()), torch.full_like(stage_rows, _LOCAL))
-    # the push form (kept to compare): every contribution to its a2a-v slot in the owner's buffer
-    base = torch.cumsum(counts, 0) - counts
-    pos = torch.cat([base[me, d] + torch.arange(plan.send_counts[d]) for d in range(plan.world_size)])
-    cap = max(int((counts.sum(1) - counts.diagonal()).max().item()), int(counts.sum(0).max().item()))
-    return _Binding({"stage": stage, "push": (rows, pos, peer)}, cap, dev, pull=pull)
+    sources = FoldSources(plan.rmap.touched, who.to(dev, torch.int32), row.to(dev), plan.rmap.count)
+    regions = (int(pushed.sum(0).max().item()), int(staged.sum(1).max().item()))
+    return _Binding({"send": send}, regions, dev, sources=sources, push_fraction=push_fraction)
 
 
 class NativeImpl(GrpCollImpl):
     """Symmetric-memory push implementation (one host, CUDA, NCCL group, Triton)."""
 
     NAME = "native"
-    reduce_mode = "pull"  # or "push" (kept to compare)
+    #: share of a reduce's peer-bound rows pushed to their owner; the rest are pulled (see reduce_binding)
+    reduce_push_fraction = 0.5
     BACKENDS = frozenset({"nccl"})
     DEVICES = frozenset({"cuda"})
 
@@ -286,11 +300,11 @@ class NativeImpl(GrpCollImpl):
 
     def _bind_reduce(self, plan, group):
         b = self._bindings.get(plan)
-        if b is None:
+        if b is None or b.push_fraction != self.reduce_push_fraction:
             mine = torch.tensor(plan.send_counts, dtype=torch.int64, device=plan.device)
             table = [torch.empty_like(mine) for _ in range(plan.world_size)]
             dist.all_gather(table, mine, group=group)
-            b = self._bindings[plan] = reduce_binding(plan, torch.stack(table).cpu())
+            b = self._bindings[plan] = reduce_binding(plan, torch.stack(table).cpu(), self.reduce_push_fraction)
         return b
 
     def _regions(self, group, device, sizes):
@@ -307,7 +321,8 @@ class NativeImpl(GrpCollImpl):
 
         b = self._bind_cast(plan, group)
         pairs = [(input, output)] + ([(input_lse, output_lse)] if input_lse is not None else [])
-        sizes = [b.capacity_rows * row_bytes(s) for s, _ in pairs]
+        cap = b.regions[0]
+        sizes = [cap * row_bytes(s) for s, _ in pairs]
         buf, hdl, peer_bufs, offs = self._regions(group, input.device, sizes)
 
         def run():
@@ -316,7 +331,7 @@ class NativeImpl(GrpCollImpl):
             hdl.barrier(channel=0)  # every peer's rows have landed here
             for (_, dst), off in zip(pairs, offs):
                 rb = row_bytes(dst)
-                region = buf[off:off + b.capacity_rows * rb].view(b.capacity_rows, rb)
+                region = buf[off:off + cap * rb].view(cap, rb)
                 copy_chunks(region, b.table("post", rb), out=dst)
 
         ev = _on_comm_stream(input.device, [t for pair in pairs for t in pair], run)
@@ -334,33 +349,22 @@ class NativeImpl(GrpCollImpl):
         b = self._bind_reduce(plan, group)
         x = input if comm_dtype is None or comm_dtype == input.dtype else input.to(comm_dtype)
         srcs = [x] + ([input_lse] if reduce_op == "lse" else [])
-        sizes = [b.capacity_rows * row_bytes(s) for s in srcs]
+        sizes = [n * row_bytes(s) for s in srcs for n in b.regions]  # receive, stage (, lse receive, stage)
         buf, hdl, peer_bufs, offs = self._regions(group, input.device, sizes)
-        n_recv = sum(plan.recv_counts)
+        lse = reduce_op == "lse"
 
-        def view(off, like):
-            nbytes = n_recv * row_bytes(like)
-            return buf[off:off + nbytes].view(like.dtype).view(n_recv, *like.shape[1:])
+        def run():
+            for s, (recv_off, stage_off) in zip(srcs, (offs[:2], offs[2:])):
+                copy_chunks(s, b.table("send", row_bytes(s)), out=buf[stage_off:], peer_bufs_addr=peer_bufs,
+                            dst_offset_bytes=recv_off)
+            hdl.barrier(channel=0)  # every push has landed, every peer's stage is written
+            base = buf.data_ptr()
+            fold_from_sources(output, x, b.sources, reduce_op, acc_reduce=acc_reduce, received_addr=base + offs[0],
+                              peer_bufs_addr=peer_bufs, peer_offset_bytes=offs[1],
+                              output_lse=output_lse if lse else None, local_lse=input_lse if lse else None,
+                              received_lse_addr=base + offs[2] if lse else 0,
+                              peer_lse_offset_bytes=offs[3] if lse else 0)
 
-        def run_push():
-            for s, off in zip(srcs, offs):
-                copy_chunks(s, b.table("push", row_bytes(s)), peer_bufs_addr=peer_bufs, dst_offset_bytes=off)
-            hdl.barrier(channel=0)  # every contribution has landed here
-            reduce_rows(output, view(offs[0], x), plan.rmap, reduce_op, acc_reduce=acc_reduce,
-                        output_lse=output_lse if reduce_op == "lse" else None,
-                        recv_lse=view(offs[1], input_lse) if reduce_op == "lse" else None)
-
-        def run_pull():
-            for s, off in zip(srcs, offs):
-                rb = row_bytes(s)
-                copy_chunks(s, b.table("stage", rb), out=buf[off:off + b.capacity_rows * rb])
-            hdl.barrier(channel=0)  # every peer's rows are staged
-            lse = reduce_op == "lse"
-            pull_reduce_rows(output, x, b.pull, reduce_op, acc_reduce=acc_reduce, peer_bufs_addr=peer_bufs,
-                             peer_offset_bytes=offs[0], output_lse=output_lse if lse else None,
-                             local_lse=input_lse if lse else None, peer_lse_offset_bytes=offs[1] if lse else 0)
-
-        run = run_pull if self.reduce_mode == "pull" else run_push
         ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse], run)
 
         def post(*outs):

@@ -8,6 +8,6 @@ imports, else torch; ``MAGI_GRPCOLL_KERNEL_BACKEND=torch|triton`` overrides the 
 from __future__ import annotations
 
 from magi_grpcoll.kernels.range_gather import gather_rows
-from magi_grpcoll.kernels.range_reduce import REDUCE_OPS, pull_reduce_rows, reduce_rows
+from magi_grpcoll.kernels.range_reduce import REDUCE_OPS, fold_from_sources, reduce_rows
 
-__all__ = ["REDUCE_OPS", "gather_rows", "pull_reduce_rows", "reduce_rows"]
+__all__ = ["REDUCE_OPS", "fold_from_sources", "gather_rows", "reduce_rows"]

@@ -14,7 +14,7 @@ import torch
 
 from magi_grpcoll.kernels._select import triton_available, use_triton
 
-__all__ = ["REDUCE_OPS", "reduce_rows", "pull_reduce_rows", "lse_merge_"]
+__all__ = ["REDUCE_OPS", "reduce_rows", "fold_from_sources", "lse_merge_"]
 
 REDUCE_OPS = ("sum", "avg", "lse")
 
@@ -73,22 +73,26 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
-    def _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr, PULL: tl.constexpr):
-        """Where a contribution's rows start: the receive buffer, or (PULL) a peer's staged rows
-        (``who >= 0``, through the device array of peer buffer addresses plus a byte offset) or the
-        local source (``who == -1``)."""
+    def _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr, received_addr,
+                           PULL: tl.constexpr):
+        """Where a contribution's rows start: the receive buffer ``recv_ptr``; or, when the rows are
+        read where they live (PULL), this rank's own source at ``local_addr`` (``who == -1``), its
+        receive region at ``received_addr`` (``who == -2``), or peer ``who``'s staged rows (the
+        device array of peer buffer addresses, plus a byte offset). Addresses arrive as ints (typed
+        i32 when small): widened before use."""
         if PULL:
             who = tl.load(who_ptr + slot)
             peer_bufs = peer_bufs_addr.to(tl.int64).to(tl.pointer_type(tl.int64))
             peer = tl.load(peer_bufs + tl.maximum(who, 0), mask=who >= 0, other=0) + peer_off
-            base = tl.where(who >= 0, peer, local_addr.to(tl.int64))
+            local = tl.where(who == -1, local_addr.to(tl.int64), received_addr.to(tl.int64))
+            base = tl.where(who >= 0, peer, local)
             return base.to(tl.pointer_type(recv_ptr.dtype.element_ty))
         else:
             return recv_ptr
 
     @triton.jit
     def _reduce_sum_kernel(out_ptr, recv_ptr, touched_ptr, contrib_ptr, count_ptr, row_elems, n_contrib,
-                           who_ptr, peer_bufs_addr, peer_off, local_addr,
+                           who_ptr, peer_bufs_addr, peer_off, local_addr, received_addr,
                            IS_AVG: tl.constexpr, ACC: tl.constexpr, PULL: tl.constexpr, BLOCK: tl.constexpr):
         # one program per (touched output row, column block); contributions in fixed order, fp32
         t = tl.program_id(0).to(tl.int64)
@@ -103,7 +107,8 @@ if triton_available():
         for c in range(n_contrib):
             slot = t * n_contrib + c
             r = tl.load(contrib_ptr + slot).to(tl.int64)  # -1: a padding slot, adds nothing
-            base = _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr, PULL)
+            base = _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr,
+                                      received_addr, PULL)
             valid = (offs * 0 + r) >= 0  # as a block: the interpreter rejects block & scalar masks
             x = tl.load(base + tl.maximum(r, 0) * row_elems + offs, mask=m & valid, other=0.0)
             acc += x.to(tl.float32)
@@ -117,7 +122,7 @@ if triton_available():
     @triton.jit
     def _reduce_lse_kernel(out_ptr, out_lse_ptr, recv_ptr, recv_lse_ptr, touched_ptr, contrib_ptr,
                            n_heads, head_elems, n_contrib, who_ptr, peer_bufs_addr, peer_off, peer_lse_off,
-                           local_addr, local_lse_addr, ACC: tl.constexpr, PULL: tl.constexpr,
+                           local_addr, local_lse_addr, received_addr, received_lse_addr, ACC: tl.constexpr, PULL: tl.constexpr,
                            BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
         # one program per (touched output row, block of heads): enough bytes per program to keep
         # remote loads in flight when the rows are pulled from peers
@@ -139,9 +144,10 @@ if triton_available():
             r = tl.load(contrib_ptr + slot).to(tl.int64)
             valid = (h * 0 + r) >= 0  # as a block: the interpreter rejects block & scalar masks
             rr = tl.maximum(r, 0)
-            base = _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr, PULL)
+            base = _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr,
+                                      received_addr, PULL)
             lbase = _contribution_base(recv_lse_ptr, who_ptr, slot, peer_bufs_addr, peer_lse_off,
-                                       local_lse_addr, PULL)
+                                       local_lse_addr, received_lse_addr, PULL)
             li = tl.load(lbase + rr * n_heads + h, mask=mh & valid, other=-float("inf"))
             x = tl.load(base + (rr * n_heads + h)[:, None] * head_elems + d[None, :], mask=m2 & valid[:, None], other=0.0)
             x = x.to(tl.float32)  # a term of lse -inf has weight 0 below, so its x never counts
@@ -162,14 +168,16 @@ if triton_available():
         tl.store(out_lse_ptr + orow * n_heads + h, lo, mask=mh)
 
 
-def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output_lse, recv_lse, pull=None):
-    """Launch the fold. ``pull``: None (rows come from ``recv``) or ``(who, peer_bufs_addr, peer_off,
-    peer_lse_off)``, where ``recv`` / ``recv_lse`` are this rank's own sources."""
+def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output_lse, recv_lse, sources=None):
+    """Launch the fold. ``sources``: None (rows come from ``recv``) or ``(who, peer_bufs_addr,
+    peer_off, peer_lse_off, received_addr, received_lse_addr)`` (see :func:`fold_from_sources`;
+    ``recv`` / ``recv_lse`` are then this rank's own input)."""
     n_t = int(touched.numel())
     if n_t == 0:
         return
     n_contrib = int(contrib.shape[1])
-    who, peer_bufs, peer_off, peer_lse_off = pull if pull is not None else (contrib, 0, 0, 0)
+    pull = sources is not None
+    who, peer_bufs, peer_off, peer_lse_off, received, received_lse = sources if pull else (contrib, 0, 0, 0, 0, 0)
     if op == "lse":
         n_heads = output.shape[1]
         head_elems = output[0, 0].numel()
@@ -178,7 +186,7 @@ def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output
         grid = (n_t, triton.cdiv(n_heads, block_h))
         _reduce_lse_kernel[grid](output, output_lse, recv, recv_lse, touched, contrib, n_heads, head_elems,
                                  n_contrib, who, peer_bufs, peer_off, peer_lse_off, recv.data_ptr(),
-                                 recv_lse.data_ptr(), ACC=acc_reduce, PULL=pull is not None,
+                                 recv_lse.data_ptr(), received, received_lse, ACC=acc_reduce, PULL=pull,
                                  BLOCK_H=block_h, BLOCK_D=block_d)
         return
     row_elems = output[0].numel()
@@ -187,8 +195,8 @@ def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output
     block = min(1024, triton.next_power_of_2(row_elems))
     grid = (n_t, triton.cdiv(row_elems, block))
     _reduce_sum_kernel[grid](output, recv, touched, contrib, count, row_elems, n_contrib, who, peer_bufs,
-                             peer_off, recv.data_ptr(), IS_AVG=(op == "avg"), ACC=acc_reduce,
-                             PULL=pull is not None, BLOCK=block)
+                             peer_off, recv.data_ptr(), received, IS_AVG=(op == "avg"), ACC=acc_reduce,
+                             PULL=pull, BLOCK=block)
 
 
 def reduce_rows(output: torch.Tensor, recv: torch.Tensor, rmap, op: str = "sum", *, acc_reduce: bool = True,
@@ -215,22 +223,25 @@ def reduce_rows(output: torch.Tensor, recv: torch.Tensor, rmap, op: str = "sum",
     return output
 
 
-def pull_reduce_rows(output: torch.Tensor, local: torch.Tensor, pull_map, op: str, *, acc_reduce: bool,
-                     peer_bufs_addr: int, peer_offset_bytes: int, output_lse: torch.Tensor | None = None,
-                     local_lse: torch.Tensor | None = None, peer_lse_offset_bytes: int = 0) -> torch.Tensor:
-    """Fold contributions read straight from where they live (Triton only: it reads raw addresses).
+def fold_from_sources(output: torch.Tensor, local: torch.Tensor, sources, op: str, *, acc_reduce: bool,
+                      received_addr: int, peer_bufs_addr: int, peer_offset_bytes: int,
+                      output_lse: torch.Tensor | None = None, local_lse: torch.Tensor | None = None,
+                      received_lse_addr: int = 0, peer_lse_offset_bytes: int = 0) -> torch.Tensor:
+    """Fold contributions read where they live (Triton only: it reads raw addresses).
 
-    The native reduce's fold: a contribution of ``pull_map`` (:class:`PullMap`) is row ``row`` of
-    this rank's ``local`` source (``who == -1``) or of the rows peer ``who`` staged in its symmetric
-    buffer, at ``peer_offset_bytes`` (``peer_lse_offset_bytes`` for the lse rows). Same order, same
-    float32 arithmetic as :func:`reduce_rows`, so both give identical results.
+    The native reduce's fold. A contribution of ``sources`` (``magi_grpcoll.impl.native.FoldSources``)
+    is a row of this rank's ``local`` input (``who == -1``), of its receive region at device address
+    ``received_addr`` (``who == -2``), or of the rows peer ``who`` staged at ``peer_offset_bytes``
+    into its symmetric buffer (addresses in the device array at ``peer_bufs_addr``); the lse rows
+    likewise. Same order and float32 arithmetic as :func:`reduce_rows`: both give the same bits.
     """
     if op not in REDUCE_OPS:
-        raise ValueError(f"pull_reduce_rows(): op={op!r} is unknown; supported: {REDUCE_OPS}.")
+        raise ValueError(f"fold_from_sources(): op={op!r} is unknown; supported: {REDUCE_OPS}.")
     if not triton_available():
-        raise NotImplementedError("pull_reduce_rows(): needs triton.")
+        raise NotImplementedError("fold_from_sources(): needs triton.")
     if op == "lse" and (output_lse is None or local_lse is None):
-        raise ValueError("pull_reduce_rows(): op='lse' needs output_lse and local_lse.")
-    _reduce_triton(output, local, pull_map.touched, pull_map.row, pull_map.count, op, acc_reduce, output_lse,
-                   local_lse, pull=(pull_map.who, peer_bufs_addr, peer_offset_bytes, peer_lse_offset_bytes))
+        raise ValueError("fold_from_sources(): op='lse' needs output_lse and local_lse.")
+    _reduce_triton(output, local, sources.touched, sources.row, sources.count, op, acc_reduce, output_lse,
+                   local_lse, sources=(sources.who, peer_bufs_addr, peer_offset_bytes, peer_lse_offset_bytes,
+                                       received_addr, received_lse_addr))
     return output
