@@ -95,20 +95,20 @@ def _profile_one(tokens, rank, world, dev):
         copy_chunks(x, tiny, out=out, peer_bufs_addr=peer_bufs, dst_offset_bytes=offs[0])
     t["copy_chunks launch host"] = (time.perf_counter() - t0) / 200
     torch.cuda.synchronize()
+    prof = None
     if rank == 0 and os.environ.get("PROFILE_NATIVE_CPROFILE") == "1":
         import cProfile
-        import pstats
 
         prof = cProfile.Profile()
         prof.enable()
-        for _ in range(200):
-            plan.cast(x, out, async_op=True, impl="native").wait_post_process()
-            rplan.reduce(src, red, async_op=True, impl="native").wait_post_process()
+    for _ in range(200):  # every rank issues the same ops (a rank that skipped one would hang its peer)
+        plan.cast(x, out, async_op=True, impl="native").wait_post_process()
+        rplan.reduce(src, red, async_op=True, impl="native").wait_post_process()
+    if prof is not None:
+        import pstats
+
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
-    else:
-        for _ in range(200):
-            plan.cast(x, out, async_op=True, impl="native").wait_post_process()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
     torch.cuda.synchronize()
     if rank == 0:
         print(f"tokens {tokens}: push chunks {push.shape[0]}, post chunks {post.shape[0]}, "

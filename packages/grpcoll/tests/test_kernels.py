@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 from magi_grpcoll.kernels import gather_rows, reduce_rows
-from magi_grpcoll.plan import GroupReducePlan
+from magi_grpcoll.plan import GroupReducePlan, ReduceMap
 from magi_grpcoll.testing import random_cast_meta, reduce_meta_of, ref_group_reduce, simulate_reduce
 
 
@@ -24,6 +24,14 @@ def _check_all(backend: str, n_meta: int = 3) -> None:
     rows = torch.tensor([4, 4, 0, 8, 2], dtype=torch.int64)
     assert torch.equal(gather_rows(src, rows, backend=backend), src[rows])
     assert gather_rows(src, rows[:0], backend=backend).shape == (0, 3, 5)
+    # rows with more contributors than the Triton sum kernel unrolls (it loops at run time then)
+    for n_contrib in (3, 11):
+        rmap = ReduceMap.from_pieces([(0, 1, 4 * c, 4) for c in range(n_contrib)], None, [], "cpu")
+        recv, out = torch.randn(4 * n_contrib, 2, 5, generator=gen), torch.randn(6, 2, 5, generator=gen)
+        want = out.double().clone()
+        want[1:5] += recv.double().view(n_contrib, 4, 2, 5).sum(0)
+        got = reduce_rows(out.clone(), recv, rmap, "sum", backend=backend)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     rng = random.Random(5)
     for op in ("sum", "avg", "lse"):
         for acc in (True, False):

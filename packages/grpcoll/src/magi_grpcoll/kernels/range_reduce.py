@@ -91,10 +91,23 @@ if triton_available():
             return recv_ptr
 
     @triton.jit
+    def _sum_term(recv_ptr, contrib_ptr, who_ptr, t, c, n_contrib, offs, m, row_elems, peer_bufs_addr, peer_off,
+                  local_addr, received_addr, PULL: tl.constexpr):
+        """Contribution c of touched row t, as float32 (zeros for a padding slot)."""
+        slot = t * n_contrib + c
+        r = tl.load(contrib_ptr + slot).to(tl.int64)  # -1: a padding slot, adds nothing
+        base = _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr, received_addr, PULL)
+        valid = (offs * 0 + r) >= 0  # as a block: the interpreter rejects block & scalar masks
+        return tl.load(base + tl.maximum(r, 0) * row_elems + offs, mask=m & valid, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _reduce_sum_kernel(out_ptr, recv_ptr, touched_ptr, contrib_ptr, count_ptr, row_elems, n_contrib,
                            who_ptr, peer_bufs_addr, peer_off, local_addr, received_addr,
-                           IS_AVG: tl.constexpr, ACC: tl.constexpr, PULL: tl.constexpr, BLOCK: tl.constexpr):
-        # one program per (touched output row, column block); contributions in fixed order, fp32
+                           IS_AVG: tl.constexpr, ACC: tl.constexpr, PULL: tl.constexpr, UNROLL: tl.constexpr,
+                           BLOCK: tl.constexpr):
+        # one program per (touched output row, column block); contributions in fixed order, fp32.
+        # UNROLL (= n_contrib, when small) unrolls the loop so the loads of all contributions are in
+        # flight together: pulled rows come over NVLink, with a long latency
         t = tl.program_id(0).to(tl.int64)
         cb = tl.program_id(1)
         orow = tl.load(touched_ptr + t).to(tl.int64)
@@ -104,14 +117,14 @@ if triton_available():
             acc = tl.load(out_ptr + orow * row_elems + offs, mask=m, other=0.0).to(tl.float32)
         else:
             acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for c in range(n_contrib):
-            slot = t * n_contrib + c
-            r = tl.load(contrib_ptr + slot).to(tl.int64)  # -1: a padding slot, adds nothing
-            base = _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr,
-                                      received_addr, PULL)
-            valid = (offs * 0 + r) >= 0  # as a block: the interpreter rejects block & scalar masks
-            x = tl.load(base + tl.maximum(r, 0) * row_elems + offs, mask=m & valid, other=0.0)
-            acc += x.to(tl.float32)
+        if UNROLL > 0:
+            for c in tl.static_range(UNROLL):
+                acc += _sum_term(recv_ptr, contrib_ptr, who_ptr, t, c, n_contrib, offs, m, row_elems,
+                                 peer_bufs_addr, peer_off, local_addr, received_addr, PULL)
+        else:
+            for c in range(n_contrib):
+                acc += _sum_term(recv_ptr, contrib_ptr, who_ptr, t, c, n_contrib, offs, m, row_elems,
+                                 peer_bufs_addr, peer_off, local_addr, received_addr, PULL)
         if IS_AVG:
             cnt = tl.load(count_ptr + t)
             if ACC:
@@ -168,6 +181,9 @@ if triton_available():
         tl.store(out_lse_ptr + orow * n_heads + h, lo, mask=mh)
 
 
+_MAX_UNROLL = 8  # rows with more contributors than this loop at run time
+
+
 def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output_lse, recv_lse, sources=None):
     """Launch the fold. ``sources``: None (rows come from ``recv``) or ``(who, peer_bufs_addr,
     peer_off, peer_lse_off, received_addr, received_lse_addr)`` (see :func:`fold_from_sources`;
@@ -196,7 +212,7 @@ def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output
     grid = (n_t, triton.cdiv(row_elems, block))
     _reduce_sum_kernel[grid](output, recv, touched, contrib, count, row_elems, n_contrib, who, peer_bufs,
                              peer_off, recv.data_ptr(), received, IS_AVG=(op == "avg"), ACC=acc_reduce,
-                             PULL=pull, BLOCK=block)
+                             PULL=pull, UNROLL=n_contrib if n_contrib <= _MAX_UNROLL else 0, BLOCK=block)
 
 
 def reduce_rows(output: torch.Tensor, recv: torch.Tensor, rmap, op: str = "sum", *, acc_reduce: bool = True,
