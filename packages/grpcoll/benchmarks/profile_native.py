@@ -61,7 +61,7 @@ def _profile_one(tokens, rank, world, dev):
         "raw a2a": _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
                                                         list(plan.send_counts))),
     }
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):  # share of the reduce's peer-bound rows pushed (the rest pulled)
+    for frac in (0.0, 0.125, 0.25, 0.375, 0.5, 1.0):  # share of the reduce's peer-bound rows pushed (the rest pulled)
         native.reduce_push_fraction = frac
         t[f"reduce push {frac}"] = _time(lambda: rplan.reduce(src, red, async_op=True, impl="native").wait_post_process())
     native.reduce_push_fraction = NativeImpl.reduce_push_fraction
@@ -70,9 +70,10 @@ def _profile_one(tokens, rank, world, dev):
     rbuf, _, rpeers, roffs = native._regions(None, dev, [n * rb for n in rbind.regions])  # the grown buffer
     t["reduce: send"] = _time(lambda: copy_chunks(src, send, out=rbuf[roffs[1]:], peer_bufs_addr=rpeers,
                                                   dst_offset_bytes=roffs[0]))
-    t["reduce: fold"] = _time(lambda: fold_from_sources(
-        red, src, rbind.sources, "sum", acc_reduce=True, received_addr=rbuf.data_ptr() + roffs[0],
-        peer_bufs_addr=rpeers, peer_offset_bytes=roffs[1]))
+    for be, nw in ((1024, 4), (2048, 4), (2048, 8), (512, 2), (512, 4)):  # fold launch shapes
+        t[f"reduce: fold b{be} w{nw}"] = _time(lambda be=be, nw=nw: fold_from_sources(
+            red, src, rbind.sources, "sum", acc_reduce=True, received_addr=rbuf.data_ptr() + roffs[0],
+            peer_bufs_addr=rpeers, peer_offset_bytes=roffs[1], block_elems=be, num_warps=nw))
     import time
 
     torch.cuda.synchronize()
@@ -88,6 +89,28 @@ def _profile_one(tokens, rank, world, dev):
     for w in works:
         w.wait_post_process()
     torch.cuda.synchronize()
+    from magi_grpcoll.impl.native import _on_comm_stream
+
+    def host(fn, n=50):  # host seconds to issue fn once, GPU idle at the start
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = (time.perf_counter() - t0) / n
+        torch.cuda.synchronize()
+        return dt
+
+    for _ in range(2):  # (a second round: the first one warms caches)
+        t["host: barrier"] = host(lambda: hdl.barrier(channel=0))
+        t["host: comm stream, empty"] = host(lambda: _on_comm_stream(dev, [], lambda: None))
+        t["host: fold launch"] = host(lambda: fold_from_sources(
+            red, src, rbind.sources, "sum", acc_reduce=True, received_addr=rbuf.data_ptr() + roffs[0],
+            peer_bufs_addr=rpeers, peer_offset_bytes=roffs[1]), n=10)
+        t["host: cast (5 batches, median)"] = sorted(host(lambda: plan.cast(x, out, async_op=True, impl="native"), n=10)
+                                                     for _ in range(5))[2]
+        t["host: reduce (5 batches, median)"] = sorted(host(lambda: rplan.reduce(src, red, async_op=True,
+                                                                                impl="native"), n=10)
+                                                       for _ in range(5))[2]
     tiny = push[:1].contiguous()
     torch.cuda.synchronize()
     t0 = time.perf_counter()

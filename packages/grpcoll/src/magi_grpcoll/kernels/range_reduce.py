@@ -184,7 +184,8 @@ if triton_available():
 _MAX_UNROLL = 8  # rows with more contributors than this loop at run time
 
 
-def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output_lse, recv_lse, sources=None):
+def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output_lse, recv_lse, sources=None,
+                   block_elems=1024, num_warps=4):
     """Launch the fold. ``sources``: None (rows come from ``recv``) or ``(who, peer_bufs_addr,
     peer_off, peer_lse_off, received_addr, received_lse_addr)`` (see :func:`fold_from_sources`;
     ``recv`` / ``recv_lse`` are then this rank's own input)."""
@@ -208,11 +209,12 @@ def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output
     row_elems = output[0].numel()
     if row_elems == 0:
         return
-    block = min(1024, triton.next_power_of_2(row_elems))
+    block = min(block_elems, triton.next_power_of_2(row_elems))
     grid = (n_t, triton.cdiv(row_elems, block))
     _reduce_sum_kernel[grid](output, recv, touched, contrib, count, row_elems, n_contrib, who, peer_bufs,
                              peer_off, recv.data_ptr(), received, IS_AVG=(op == "avg"), ACC=acc_reduce,
-                             PULL=pull, UNROLL=n_contrib if n_contrib <= _MAX_UNROLL else 0, BLOCK=block)
+                             PULL=pull, UNROLL=n_contrib if n_contrib <= _MAX_UNROLL else 0, BLOCK=block,
+                             num_warps=num_warps)
 
 
 def reduce_rows(output: torch.Tensor, recv: torch.Tensor, rmap, op: str = "sum", *, acc_reduce: bool = True,
@@ -242,7 +244,8 @@ def reduce_rows(output: torch.Tensor, recv: torch.Tensor, rmap, op: str = "sum",
 def fold_from_sources(output: torch.Tensor, local: torch.Tensor, sources, op: str, *, acc_reduce: bool,
                       received_addr: int, peer_bufs_addr: int, peer_offset_bytes: int,
                       output_lse: torch.Tensor | None = None, local_lse: torch.Tensor | None = None,
-                      received_lse_addr: int = 0, peer_lse_offset_bytes: int = 0) -> torch.Tensor:
+                      received_lse_addr: int = 0, peer_lse_offset_bytes: int = 0, block_elems: int = 1024,
+                      num_warps: int = 4) -> torch.Tensor:
     """Fold contributions read where they live (Triton only: it reads raw addresses).
 
     The native reduce's fold. A contribution of ``sources`` (``magi_grpcoll.impl.native.FoldSources``)
@@ -250,6 +253,7 @@ def fold_from_sources(output: torch.Tensor, local: torch.Tensor, sources, op: st
     ``received_addr`` (``who == -2``), or of the rows peer ``who`` staged at ``peer_offset_bytes``
     into its symmetric buffer (addresses in the device array at ``peer_bufs_addr``); the lse rows
     likewise. Same order and float32 arithmetic as :func:`reduce_rows`: both give the same bits.
+    ``block_elems`` / ``num_warps``: the sum kernel's launch shape (profile_native.py sweeps them).
     """
     if op not in REDUCE_OPS:
         raise ValueError(f"fold_from_sources(): op={op!r} is unknown; supported: {REDUCE_OPS}.")
@@ -259,5 +263,5 @@ def fold_from_sources(output: torch.Tensor, local: torch.Tensor, sources, op: st
         raise ValueError("fold_from_sources(): op='lse' needs output_lse and local_lse.")
     _reduce_triton(output, local, sources.touched, sources.row, sources.count, op, acc_reduce, output_lse,
                    local_lse, sources=(sources.who, peer_bufs_addr, peer_offset_bytes, peer_lse_offset_bytes,
-                                       received_addr, received_lse_addr))
+                                       received_addr, received_lse_addr), block_elems=block_elems, num_warps=num_warps)
     return output
