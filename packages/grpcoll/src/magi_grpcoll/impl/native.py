@@ -99,11 +99,11 @@ class _Buffers:
     def half(self, group, half_bytes: int, device):
         """(buffer, handle, device address of the peer-buffer address array, byte offset of the
         half this call uses)."""
-        from torch.distributed import _symmetric_memory as symm_mem
-
         key = id(group) if group is not None else None
         cur = self._by_group.get(key)
         if cur is None or cur["half"] < half_bytes:
+            from torch.distributed import _symmetric_memory as symm_mem
+
             half = max((half_bytes + 15) // 16 * 16, 1 << 20)
             pg = group if group is not None else dist.group.WORLD
             enable = getattr(symm_mem, "enable_symm_mem_for_group", None)

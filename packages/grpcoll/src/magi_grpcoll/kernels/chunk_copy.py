@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from magi_grpcoll.kernels._launch import FastLaunch
 from magi_grpcoll.kernels._select import triton_available
 
 __all__ = ["CHUNK_BYTES", "build_chunks", "copy_chunks", "row_bytes"]
@@ -71,7 +72,7 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
-    def _copy_chunks_kernel(src_ptr, chunks_ptr, peer_bufs_addr, out_addr, dst_offset_bytes, row_words,
+    def _copy_chunks_kernel(chunks_ptr, src_addr, peer_bufs_addr, out_addr, dst_offset_bytes, row_words,
                             ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
         # one program per chunk; data moves as int32 words (row sizes are multiples of 4 bytes)
         c = tl.program_id(0).to(tl.int64)
@@ -85,13 +86,18 @@ if triton_available():
         base = tl.where(who >= 0, peer_base, out_addr.to(tl.int64)).to(tl.pointer_type(tl.int32))
         if ALIGNED:  # every base address and row size is a multiple of 16 bytes: vector accesses
             base = tl.multiple_of(base, 16)
+        src_base = src_addr.to(tl.int64).to(tl.pointer_type(tl.int32))
+        if ALIGNED:
+            src_base = tl.multiple_of(src_base, 16)
         dst = base + d * row_words
-        src = src_ptr + s * row_words
+        src = src_base + s * row_words
         total = n * row_words
         for off in range(0, total, BLOCK):
             o = tl.max_contiguous(tl.multiple_of(off + tl.arange(0, BLOCK), BLOCK), BLOCK)
             m = o < total
             tl.store(dst + o, tl.load(src + o, mask=m), mask=m)
+
+    _copy_chunks_launch = FastLaunch(_copy_chunks_kernel)
 
 
 def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | None = None,
@@ -113,11 +119,13 @@ def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | 
     if n_chunks == 0:
         return
     rb = row_bytes(src)
+    if not src.is_contiguous():
+        raise ValueError("copy_chunks(): src must be contiguous (rows are read from its raw address).")
     if rb % 4:
         raise ValueError(f"copy_chunks(): row size {rb} bytes is not a multiple of 4.")
-    words = src.reshape(src.shape[0], -1).view(torch.int32)
+    src_addr = src.data_ptr()
     out_addr = out.data_ptr() if out is not None else 0
-    aligned = (rb % 16 == 0 and src.data_ptr() % 16 == 0 and out_addr % 16 == 0
+    aligned = (rb % 16 == 0 and src_addr % 16 == 0 and out_addr % 16 == 0
                and dst_offset_bytes % 16 == 0 and peer_align_16)
-    _copy_chunks_kernel[(n_chunks,)](words, chunks, peer_bufs_addr, out_addr, dst_offset_bytes, rb // 4,
-                                     ALIGNED=aligned, BLOCK=block_words, num_warps=num_warps)
+    _copy_chunks_launch((n_chunks,), chunks, src_addr, peer_bufs_addr, out_addr, dst_offset_bytes, rb // 4,
+                        ALIGNED=aligned, BLOCK=block_words, num_warps=num_warps)
