@@ -261,7 +261,7 @@ class NativeImpl(GrpCollImpl):
 
     NAME = "native"
     #: share of a reduce's peer-bound rows pushed to their owner; the rest are pulled (see reduce_binding)
-    reduce_push_fraction = 0.5
+    reduce_push_fraction = 0.25
     BACKENDS = frozenset({"nccl"})
     DEVICES = frozenset({"cuda"})
 
