@@ -91,8 +91,10 @@ def _profile_one(tokens, rank, world, dev):
     torch.cuda.synchronize()
     from magi_grpcoll.impl.native import _on_comm_stream
 
-    def host(fn, n=50):  # host seconds to issue fn once, GPU idle at the start
+    def host(fn, n=50, busy=False):  # host seconds to issue fn once, GPU idle (or busy) at the start
         torch.cuda.synchronize()
+        if busy:  # a ~0.1 s kernel ahead of the calls: issuing them must not wait for the GPU
+            torch.cuda._sleep(200_000_000)
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
@@ -111,6 +113,11 @@ def _profile_one(tokens, rank, world, dev):
         t["host: reduce (5 batches, median)"] = sorted(host(lambda: rplan.reduce(src, red, async_op=True,
                                                                                 impl="native"), n=10)
                                                        for _ in range(5))[2]
+    t["host busy: copy_chunks"] = host(lambda: copy_chunks(x, push[:1].contiguous(), out=out, peer_bufs_addr=peer_bufs,
+                                                           dst_offset_bytes=offs[0]), busy=True)
+    t["host busy: barrier"] = host(lambda: hdl.barrier(channel=0), busy=True)
+    t["host busy: cast"] = host(lambda: plan.cast(x, out, async_op=True, impl="native"), n=10, busy=True)
+    t["host busy: reduce"] = host(lambda: rplan.reduce(src, red, async_op=True, impl="native"), n=10, busy=True)
     tiny = push[:1].contiguous()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
