@@ -7,14 +7,17 @@ the user input in place (no pre-gather) and moves runs of rows in one launch:
 * cast: rows bound for a peer go into that peer's buffer at their *final* output positions; rows a
   rank sends itself go straight into its output. After the barrier, each rank copies only its
   peer-sourced output runs out of its buffer.
-* reduce: every contribution (its own included) lands at its a2a-v receive position in the owner's
-  buffer; after the barrier the usual float32 range-reduce runs locally.
+* reduce: of the rows bound for a peer, a share is pushed into the owner's receive region and the
+  rest is copied into the sender's own stage region, in the same launch. After the barrier one
+  float32 fold per rank reads every contribution where it lives (its own input, its receive region,
+  a peer's stage over NVLink), so the sum runs while the bytes cross NVLink (``reduce_binding``).
 
 Ordering costs one device-side barrier per call (symmetric-memory signal pads, after the writes:
-every peer's rows have landed). The buffer is split in two halves used alternately: a rank writes
-half p of call k only after passing the barrier of call k-1, which every peer reached after
-finishing its reads of half p from call k-2, so no barrier is needed before the writes. This
-needs the native ops of one group to be issued in the same order on every rank.
+every peer's rows have landed or are staged). The buffer is split in two halves used alternately: a
+rank writes half p of call k (its own or a peer's) only after passing the barrier of call k-1,
+which every peer reached after finishing its reads of half p (its own and its peers') from call
+k-2, so no barrier is needed before the writes. This needs the native ops of one group to be
+issued in the same order on every rank.
 
 Everything runs on a side CUDA stream (after the current stream's prior work); the returned
 work's ``wait_post_process()`` makes the current stream wait for it and returns the tensors given
