@@ -15,6 +15,7 @@ import argparse
 import os
 import socket
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -74,21 +75,6 @@ def _profile_one(tokens, rank, world, dev):
         t[f"reduce: fold b{be} w{nw}"] = _time(lambda be=be, nw=nw: fold_from_sources(
             red, src, rbind.sources, "sum", acc_reduce=True, received_addr=rbuf.data_ptr() + roffs[0],
             peer_bufs_addr=rpeers, peer_offset_bytes=roffs[1], block_elems=be, num_warps=nw))
-    import time
-
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    works = [plan.cast(x, out, async_op=True, impl="native") for _ in range(10)]
-    t["cast host"] = (time.perf_counter() - t0) / 10
-    for w in works:
-        w.wait_post_process()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    works = [rplan.reduce(src, red, async_op=True, impl="native") for _ in range(10)]
-    t["reduce host"] = (time.perf_counter() - t0) / 10
-    for w in works:
-        w.wait_post_process()
-    torch.cuda.synchronize()
     from magi_grpcoll.impl.native import _on_comm_stream
 
     def host(fn, n=50, busy=False):  # host seconds to issue fn once, GPU idle (or busy) at the start
@@ -113,18 +99,14 @@ def _profile_one(tokens, rank, world, dev):
         t["host: reduce (5 batches, median)"] = sorted(host(lambda: rplan.reduce(src, red, async_op=True,
                                                                                 impl="native"), n=10)
                                                        for _ in range(5))[2]
-    t["host busy: copy_chunks"] = host(lambda: copy_chunks(x, push[:1].contiguous(), out=out, peer_bufs_addr=peer_bufs,
+    tiny = push[:1].contiguous()
+    t["host busy: copy_chunks"] = host(lambda: copy_chunks(x, tiny, out=out, peer_bufs_addr=peer_bufs,
                                                            dst_offset_bytes=offs[0]), busy=True)
     t["host busy: barrier"] = host(lambda: hdl.barrier(channel=0), busy=True)
     t["host busy: cast"] = host(lambda: plan.cast(x, out, async_op=True, impl="native"), n=10, busy=True)
     t["host busy: reduce"] = host(lambda: rplan.reduce(src, red, async_op=True, impl="native"), n=10, busy=True)
-    tiny = push[:1].contiguous()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(200):
-        copy_chunks(x, tiny, out=out, peer_bufs_addr=peer_bufs, dst_offset_bytes=offs[0])
-    t["copy_chunks launch host"] = (time.perf_counter() - t0) / 200
-    torch.cuda.synchronize()
+    t["host: copy_chunks launch"] = host(lambda: copy_chunks(x, tiny, out=out, peer_bufs_addr=peer_bufs,
+                                                             dst_offset_bytes=offs[0]), n=200)
     prof = None
     if rank == 0 and os.environ.get("PROFILE_NATIVE_CPROFILE") == "1":
         import cProfile
