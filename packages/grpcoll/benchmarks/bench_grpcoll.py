@@ -42,10 +42,13 @@ def _meta(world, tokens, seed):
     return in_sizes, out_sizes, dsts, src_index
 
 
-def _time(fn, iters=20, warmup=5, repeats=5):
+WARMUP = int(os.environ.get("BENCH_GRPCOLL_WARMUP", "5"))  # calls before timing, per op and size
+
+
+def _time(fn, iters=20, warmup=None, repeats=5):
     """Seconds per call: the median over ``repeats`` timed runs of ``iters`` back-to-back calls (one
     run at 16k tokens lasts ~3 ms, so a single one moves with host jitter)."""
-    for _ in range(warmup):
+    for _ in range(WARMUP if warmup is None else warmup):
         fn()
     torch.cuda.synchronize()
     dist.barrier()
