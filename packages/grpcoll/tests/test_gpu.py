@@ -92,7 +92,8 @@ def _native_back_to_back_job(rank, world, port):
     try:
         rng = random.Random(7)
         dev = torch.device("cuda", rank)
-        metas = [random_cast_meta(world, rng, max_splits=8, max_len=300) for _ in range(3)]
+        # growing sizes: the symmetric buffer is replaced while calls are queued on it
+        metas = [random_cast_meta(world, rng, max_splits=8, max_len=n) for n in (100, 300, 900)]
         plans = [GroupCastPlan.build(*m.of(rank), rank=rank, world_size=world, device=dev) for m in metas]
         gen = torch.Generator().manual_seed(5)
         jobs = []
@@ -105,6 +106,8 @@ def _native_back_to_back_job(rank, world, port):
             red = torch.zeros((plan.input_len, 2, 8, 128), dtype=torch.float32, device=dev)
             wr = plan.transpose().reduce(parts[rank].to(dev), red, async_op=True, impl="native")
             jobs.append((m, xs, w, wr, parts))
+            if it == 5:  # let the replacing calls complete: later calls release the old buffers
+                torch.cuda.synchronize()
         for m, xs, w, wr, parts in jobs:
             ref = ref_group_cast(xs, m.in_sizes, m.dst_indices, m.out_sizes, m.src_index)[rank]
             assert torch.equal(w.wait_post_process().cpu(), ref)
@@ -113,6 +116,9 @@ def _native_back_to_back_job(rank, world, port):
             ref_r = ref_group_reduce(parts, zeros, *([r[i] for r in rm] for i in (0, 2, 1, 3)), "sum")[rank]
             torch.testing.assert_close(wr.wait_post_process().double().cpu(), ref_r, rtol=1e-5, atol=1e-5)
         torch.cuda.synchronize()
+        from magi_grpcoll.impl import get_impl
+
+        assert get_impl("native")._buffers._retired == [], "replaced symmetric buffers were not released"
     finally:
         dist.destroy_process_group()
 

@@ -92,16 +92,29 @@ class _Buffers:
 
     All ranks ask for the same half size at the same call (sizes come from all-reduced capacities),
     so growth, a collective rendezvous, happens at the same point everywhere. A replaced buffer is
-    kept: a peer may still be reading it on its stream.
+    kept until the call that replaced it has completed on this rank's comm stream (:meth:`settle`):
+    that call's barrier is passed only once every peer has finished all its earlier calls, the last
+    ones that could touch the old buffer; this rank's own earlier calls precede it on the stream.
     """
 
     def __init__(self) -> None:
         self._by_group: dict = {}
-        self._retired: list = []
+        self._retired: list = []  # [old buffer entry, completion event of the call that replaced it]
+
+    def settle(self, event) -> None:
+        """Give buffers replaced during the call just issued that call's completion event."""
+        for entry in self._retired:
+            if entry[1] is None:
+                entry[1] = event
+
+    def _release_retired(self) -> None:
+        if self._retired:
+            self._retired = [e for e in self._retired if e[1] is None or not e[1].query()]
 
     def half(self, group, half_bytes: int, device):
         """(buffer, handle, device address of the peer-buffer address array, byte offset of the
         half this call uses)."""
+        self._release_retired()
         key = id(group) if group is not None else None
         cur = self._by_group.get(key)
         if cur is None or cur["half"] < half_bytes:
@@ -119,7 +132,7 @@ class _Buffers:
             buf = symm_mem.empty(2 * half, dtype=torch.uint8, device=device)
             hdl = symm_mem.rendezvous(buf, pg)
             if cur is not None:
-                self._retired.append(cur)
+                self._retired.append([cur, None])
             cur = self._by_group[key] = {"buf": buf, "hdl": hdl, "half": half, "calls": 0,
                                          "peer_bufs": hdl.buffer_ptrs_dev}  # read once: host time
         parity = cur["calls"] % 2
@@ -338,6 +351,7 @@ class NativeImpl(GrpCollImpl):
                 copy_chunks(region, b.table("post", rb), out=dst)
 
         ev = _on_comm_stream(input.device, [t for pair in pairs for t in pair], run)
+        self._buffers.settle(ev)
         defaults = tuple(d for _, d in pairs)
 
         def post(*outs):
@@ -369,6 +383,7 @@ class NativeImpl(GrpCollImpl):
                               peer_lse_offset_bytes=offs[3] if lse else 0)
 
         ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse], run)
+        self._buffers.settle(ev)
 
         def post(*outs):
             return (output, output_lse) if reduce_op == "lse" else output
