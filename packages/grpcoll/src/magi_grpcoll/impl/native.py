@@ -163,6 +163,8 @@ def _current_stream(device) -> torch.cuda.Stream:
     key = (idx, torch._C._cuda_getCurrentRawStream(idx))
     s = _stream_objects.get(key)
     if s is None:
+        if len(_stream_objects) > 256:  # external streams could bring ever new handles
+            _stream_objects.clear()
         s = _stream_objects[key] = torch.cuda.current_stream(idx)
     return s
 
