@@ -29,15 +29,14 @@ tensors plus an all_reduce for the buffer size; the binding is cached on the pla
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from magi_grpcoll.impl.base import GrpCollImpl, register_impl
-from magi_grpcoll.kernels import fold_from_sources
 from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, copy_chunks, row_bytes
+from magi_grpcoll.kernels.range_reduce import OWN, RECEIVED, FoldSources, fold_from_sources
 
 __all__ = ["NativeImpl"]
 
@@ -67,24 +66,6 @@ class _Binding:
         if table is None:
             table = self._tables[key] = build_chunks(*self._copies[kind], nbytes, self._device)
         return table
-
-
-OWN, RECEIVED = -1, -2  # FoldSources.who: this rank's input; its buffer's receive region
-
-
-class FoldSources(NamedTuple):
-    """Where the reduce's fold reads each contribution (a plan's ReduceMap, resolved to sources).
-
-    touched: [T] output rows; count: [T] float32 contributors per row (for "avg"); who / row:
-    [T, C] the c-th contribution of each touched row, in the ReduceMap's layer order: row ``row``
-    of this rank's input (``who == OWN``), of its receive region (``RECEIVED``: a peer pushed it
-    there) or of the rows peer ``who`` staged (read over NVLink); ``row == -1`` pads.
-    """
-
-    touched: torch.Tensor
-    who: torch.Tensor
-    row: torch.Tensor
-    count: torch.Tensor
 
 
 class _Buffers:
@@ -367,10 +348,10 @@ class NativeImpl(GrpCollImpl):
 
         b = self._bind_reduce(plan, group)
         x = input if comm_dtype is None or comm_dtype == input.dtype else input.to(comm_dtype)
-        srcs = [x] + ([input_lse] if reduce_op == "lse" else [])
+        lse = reduce_op == "lse"
+        srcs = [x] + ([input_lse] if lse else [])
         sizes = [n * row_bytes(s) for s in srcs for n in b.regions]  # receive, stage (, lse receive, stage)
         buf, hdl, peer_bufs, offs = self._regions(group, input.device, sizes)
-        lse = reduce_op == "lse"
 
         def run():
             for s, (recv_off, stage_off) in zip(srcs, (offs[:2], offs[2:])):
@@ -388,7 +369,7 @@ class NativeImpl(GrpCollImpl):
         self._buffers.settle(ev)
 
         def post(*outs):
-            return (output, output_lse) if reduce_op == "lse" else output
+            return (output, output_lse) if lse else output
 
         return GrpCollWork([_StreamWork(ev, input.device)], post, async_op, (buf, x))
 

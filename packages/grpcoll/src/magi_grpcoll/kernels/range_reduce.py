@@ -11,15 +11,33 @@ with terms of weight 0 (an lse of -inf) skipped, so rows whose lse stays -inf en
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from magi_grpcoll.kernels._launch import FastLaunch
 from magi_grpcoll.kernels._select import triton_available, use_triton
 
-__all__ = ["REDUCE_OPS", "reduce_rows", "fold_from_sources", "lse_merge_"]
+__all__ = ["REDUCE_OPS", "FoldSources", "OWN", "RECEIVED", "reduce_rows", "fold_from_sources", "lse_merge_"]
 
 REDUCE_OPS = ("sum", "avg", "lse")
+
+OWN, RECEIVED = -1, -2  # FoldSources.who: this rank's input; its buffer's receive region
+
+
+class FoldSources(NamedTuple):
+    """Where :func:`fold_from_sources` reads each contribution (a plan's ReduceMap, resolved to sources).
+
+    touched: [T] output rows; count: [T] float32 contributors per row (for "avg"); who / row:
+    [T, C] the c-th contribution of each touched row, in the ReduceMap's layer order: row ``row``
+    of this rank's input (``who == OWN``), of its receive region (``RECEIVED``: a peer pushed it
+    there) or of the rows peer ``who`` staged (read over NVLink); ``row == -1`` pads.
+    """
+
+    touched: torch.Tensor
+    who: torch.Tensor
+    row: torch.Tensor
+    count: torch.Tensor
 
 
 def lse_merge_(o: torch.Tensor, lse: torch.Tensor, x: torch.Tensor, lse_in: torch.Tensor) -> None:
@@ -75,19 +93,21 @@ if triton_available():
     import triton
     import triton.language as tl
 
+    _WHO_OWN = tl.constexpr(OWN)
+
     @triton.jit
     def _contribution_base(recv_ptr, who_ptr, slot, peer_bufs_addr, peer_off, local_addr, received_addr,
                            PULL: tl.constexpr):
         """Where a contribution's rows start: the receive buffer ``recv_ptr``; or, when the rows are
-        read where they live (PULL), this rank's own source at ``local_addr`` (``who == -1``), its
-        receive region at ``received_addr`` (``who == -2``), or peer ``who``'s staged rows (the
+        read where they live (PULL), this rank's own source at ``local_addr`` (``who == OWN``), its
+        receive region at ``received_addr`` (``who == RECEIVED``), or peer ``who``'s staged rows (the
         device array of peer buffer addresses, plus a byte offset). Addresses arrive as ints (typed
         i32 when small): widened before use."""
         if PULL:
             who = tl.load(who_ptr + slot)
             peer_bufs = peer_bufs_addr.to(tl.int64).to(tl.pointer_type(tl.int64))
             peer = tl.load(peer_bufs + tl.maximum(who, 0), mask=who >= 0, other=0) + peer_off
-            local = tl.where(who == -1, local_addr.to(tl.int64), received_addr.to(tl.int64))
+            local = tl.where(who == _WHO_OWN, local_addr.to(tl.int64), received_addr.to(tl.int64))
             base = tl.where(who >= 0, peer, local)
             return base.to(tl.pointer_type(recv_ptr.dtype.element_ty))
         else:
@@ -254,9 +274,9 @@ def fold_from_sources(output: torch.Tensor, local: torch.Tensor, sources, op: st
                       num_warps: int = 4) -> torch.Tensor:
     """Fold contributions read where they live (Triton only: it reads raw addresses).
 
-    The native reduce's fold. A contribution of ``sources`` (``magi_grpcoll.impl.native.FoldSources``)
-    is a row of this rank's ``local`` input (``who == -1``), of its receive region at device address
-    ``received_addr`` (``who == -2``), or of the rows peer ``who`` staged at ``peer_offset_bytes``
+    The native reduce's fold. A contribution of ``sources`` (:class:`FoldSources`) is a row of this
+    rank's ``local`` input (``who == OWN``), of its receive region at device address
+    ``received_addr`` (``who == RECEIVED``), or of the rows peer ``who`` staged at ``peer_offset_bytes``
     into its symmetric buffer (addresses in the device array at ``peer_bufs_addr``); the lse rows
     likewise. Same order and float32 arithmetic as :func:`reduce_rows`: both give the same bits.
     ``block_elems`` / ``num_warps``: the sum kernel's launch shape (profile_native.py sweeps them).
