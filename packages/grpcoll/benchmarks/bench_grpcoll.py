@@ -9,7 +9,9 @@ warm-up; CUDA events).
     python packages/grpcoll/benchmarks/bench_grpcoll.py [--tokens 16384 ...] [--out DIR]   # 2 GPUs
 
 The table (also written to DIR/bench_grpcoll.md) carries the same-run ratios the targets name:
-native / a2a-v and native / raw all_to_all_single, for cast and reduce.
+native / a2a-v and native / raw all_to_all_single, for cast and reduce (native replays its launches
+from CUDA graphs, the default); and eager / graphs, the native ops' bandwidth launched one by one
+(MAGI_GRPCOLL_CUDA_GRAPHS=0) over their bandwidth from graphs.
 """
 
 from __future__ import annotations
@@ -79,15 +81,20 @@ def _bench_one(tokens, rank, world, dev):
     nbytes = recv.numel() * recv.element_size()
     t_cast = _time(lambda: plan.cast(x, out, async_op=True).wait_post_process())
     t_red = _time(lambda: rplan.reduce(out, red, async_op=True).wait_post_process())
-    try:
-        t_ncast = _time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process())
-        t_nred = _time(lambda: rplan.reduce(out, red, async_op=True, impl="native").wait_post_process())
-    except Exception as e:  # noqa: BLE001 - report, keep the other columns
-        print(f"rank {rank}: native failed: {type(e).__name__}: {e}", file=sys.stderr)
-        t_ncast = t_nred = float("nan")
+    native = {}
+    for graphs in ("0", "1"):  # launched one by one, then (the default) replayed from CUDA graphs
+        os.environ["MAGI_GRPCOLL_CUDA_GRAPHS"] = graphs
+        try:
+            native[graphs] = (_time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process()),
+                              _time(lambda: rplan.reduce(out, red, async_op=True, impl="native").wait_post_process()))
+        except Exception as e:  # noqa: BLE001 - report, keep the other columns
+            print(f"rank {rank}: native failed: {type(e).__name__}: {e}", file=sys.stderr)
+            native[graphs] = (float("nan"), float("nan"))
+    os.environ.pop("MAGI_GRPCOLL_CUDA_GRAPHS")
+    (t_ecast, t_ered), (t_ncast, t_nred) = native["0"], native["1"]
     t_raw = _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
                                                  list(plan.send_counts)))
-    return (tokens, nbytes, t_cast, t_red, t_ncast, t_nred, t_raw)
+    return (tokens, nbytes, t_cast, t_red, t_ncast, t_nred, t_raw, t_ecast, t_ered)
 
 
 def _worker(rank, world, port, q, tokens_list):
@@ -105,11 +112,12 @@ def _worker(rank, world, port, q, tokens_list):
 def _table(rows) -> list[str]:
     gbs = lambda b, t: b / t / 1e9  # noqa: E731
     lines = ["| tokens/rank | MB recv/rank | a2av cast | a2av reduce | native cast | native reduce | raw a2a "
-             "| native/a2av cast | native/a2av reduce | native/raw cast | native/raw reduce |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for tokens, nbytes, tc, tr, tnc, tnr, traw in rows:
+             "| native/a2av cast | native/a2av reduce | native/raw cast | native/raw reduce "
+             "| eager/graphs cast | eager/graphs reduce |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for tokens, nbytes, tc, tr, tnc, tnr, traw, tec, ter in rows:
         bw = [gbs(nbytes, t) for t in (tc, tr, tnc, tnr, traw)]
-        ratios = [bw[2] / bw[0], bw[3] / bw[1], bw[2] / bw[4], bw[3] / bw[4]]
+        ratios = [bw[2] / bw[0], bw[3] / bw[1], bw[2] / bw[4], bw[3] / bw[4], tnc / tec, tnr / ter]
         lines.append(f"| {tokens} | {nbytes / 1e6:.1f} | " + " | ".join(f"{b:.0f}" for b in bw) + " | "
                      + " | ".join(f"{r:.2f}" for r in ratios) + " |")
     return lines

@@ -3,7 +3,8 @@
 Times, on the KV-shaped traffic of bench_grpcoll, each stage of the native path alone: the cast's
 push (chunk copy into peer buffers plus the self rows' local copy), the barrier, the cast's post
 copy, the reduce's send (pushes and stage copies) and fold, and the whole ops (the reduce at
-several push/pull splits); the raw all_to_all_single of the same bytes; and the host time to issue one op.
+several push/pull splits); the raw all_to_all_single of the same bytes; and the host time to issue one op
+(launched eagerly and replayed from a CUDA graph).
 Milliseconds per call.
 
     python packages/grpcoll/benchmarks/profile_native.py [--tokens 16384 65536]
@@ -46,7 +47,7 @@ def _profile_one(tokens, rank, world, dev):
     red = torch.zeros_like(x)
     b = native._bind_cast(plan, None)
     rb = row_bytes(x)
-    buf, hdl, peer_bufs, offs = native._regions(None, dev, [b.regions[0] * rb])
+    buf, hdl, peer_bufs, offs, _ = native._regions(None, dev, [b.regions[0] * rb])
     region = buf[offs[0]:offs[0] + b.regions[0] * rb].view(b.regions[0], rb)
     push, post = b.table("push", rb), b.table("post", rb)
     remote, local = push[push[:, 3] >= 0].contiguous(), push[push[:, 3] < 0].contiguous()
@@ -68,7 +69,7 @@ def _profile_one(tokens, rank, world, dev):
     native.reduce_push_fraction = NativeImpl.reduce_push_fraction
     rbind = native._bind_reduce(rplan, None)
     send = rbind.table("send", rb)
-    rbuf, _, rpeers, roffs = native._regions(None, dev, [n * rb for n in rbind.regions])  # the grown buffer
+    rbuf, _, rpeers, roffs, _ = native._regions(None, dev, [n * rb for n in rbind.regions])  # the grown buffer
     t["reduce: send"] = _time(lambda: copy_chunks(src, send, out=rbuf[roffs[1]:], peer_bufs_addr=rpeers,
                                                   dst_offset_bytes=roffs[0]))
     for be, nw in ((1024, 4), (2048, 4), (2048, 8), (512, 2), (512, 4)):  # fold launch shapes
@@ -94,11 +95,14 @@ def _profile_one(tokens, rank, world, dev):
         t["host: fold launch"] = host(lambda: fold_from_sources(
             red, src, rbind.sources, "sum", acc_reduce=True, received_addr=rbuf.data_ptr() + roffs[0],
             peer_bufs_addr=rpeers, peer_offset_bytes=roffs[1]), n=10)
-        t["host: cast (5 batches, median)"] = sorted(host(lambda: plan.cast(x, out, async_op=True, impl="native"), n=10)
-                                                     for _ in range(5))[2]
-        t["host: reduce (5 batches, median)"] = sorted(host(lambda: rplan.reduce(src, red, async_op=True,
-                                                                                impl="native"), n=10)
-                                                       for _ in range(5))[2]
+        for graphs in ("0", "1"):  # launches issued one by one, then replayed from a CUDA graph
+            os.environ["MAGI_GRPCOLL_CUDA_GRAPHS"] = graphs
+            tag = "graphs" if graphs == "1" else "eager"
+            t[f"host: cast {tag} (5 batches, median)"] = sorted(
+                host(lambda: plan.cast(x, out, async_op=True, impl="native"), n=10) for _ in range(5))[2]
+            t[f"host: reduce {tag} (5 batches, median)"] = sorted(
+                host(lambda: rplan.reduce(src, red, async_op=True, impl="native"), n=10) for _ in range(5))[2]
+        os.environ.pop("MAGI_GRPCOLL_CUDA_GRAPHS")
     tiny = push[:1].contiguous()
     t["host busy: copy_chunks"] = host(lambda: copy_chunks(x, tiny, out=out, peer_bufs_addr=peer_bufs,
                                                            dst_offset_bytes=offs[0]), busy=True)

@@ -127,6 +127,70 @@ def test_native_back_to_back_calls():
     _spawn_two(_native_back_to_back_job)
 
 
+def _native_graph_job(rank, world, port):
+    """One plan called again and again on the same tensors (new contents each time): from the second
+    call on, the native ops replay CUDA graphs; every result must still match the definition, across
+    both buffer halves and after another plan grows the symmetric buffer (graphs of the old buffer
+    must not be replayed)."""
+    from magi_grpcoll import GroupCastPlan
+    from magi_grpcoll.impl import get_impl
+
+    dist = _init_nccl(rank, world, port)
+    try:
+        rng = random.Random(11)
+        dev = torch.device("cuda", rank)
+        meta = random_cast_meta(world, rng, max_splits=6, max_len=200)
+        big = random_cast_meta(world, rng, max_splits=8, max_len=3000)
+        plan = GroupCastPlan.build(*meta.of(rank), rank=rank, world_size=world, device=dev)
+        rplan = plan.transpose()
+        big_plan = GroupCastPlan.build(*big.of(rank), rank=rank, world_size=world, device=dev)
+        rm = reduce_meta_of(meta)
+        ins_, outs_, dsti, srci = ([m[i] for m in rm] for i in range(4))
+        shape = (4, 128)
+        x = torch.empty((plan.input_len, *shape), dtype=torch.bfloat16, device=dev)
+        out = torch.empty((plan.output_len, *shape), dtype=torch.bfloat16, device=dev)
+        part = torch.empty((plan.output_len, *shape), dtype=torch.float32, device=dev)
+        red = torch.empty((plan.input_len, *shape), dtype=torch.float32, device=dev)
+        part_l = torch.empty((plan.output_len, 4), device=dev)
+        red_l = torch.empty((plan.input_len, 4), device=dev)
+        gen = torch.Generator().manual_seed(13)
+        for it in range(7):
+            xs = [torch.randn((sum(s), *shape), generator=gen).to(torch.bfloat16) for s in meta.in_sizes]
+            x.copy_(xs[rank])
+            got = plan.cast(x, out, async_op=True, impl="native").wait_post_process()
+            ref = ref_group_cast(xs, meta.in_sizes, meta.dst_indices, meta.out_sizes, meta.src_index)[rank]
+            assert torch.equal(got.cpu(), ref), f"cast, call {it}"
+            for op in ("sum", "lse"):
+                parts = [torch.randn((sum(s), *shape), generator=gen) for s in ins_]
+                olds = [torch.randn((sum(s), *shape), generator=gen) for s in outs_]
+                il = [torch.randn((sum(s), 4), generator=gen) for s in ins_]
+                ol = [torch.randn((sum(s), 4), generator=gen) for s in outs_]
+                part.copy_(parts[rank]), red.copy_(olds[rank]), part_l.copy_(il[rank]), red_l.copy_(ol[rank])
+                kw = dict(input_lse=part_l, output_lse=red_l) if op == "lse" else {}
+                res = rplan.reduce(part, red, async_op=True, reduce_op=op, impl="native", **kw).wait_post_process()
+                want = ref_group_reduce(parts, olds, ins_, dsti, outs_, srci, op, input_lses=il, output_lses=ol)
+                got_r = res[0] if op == "lse" else res
+                torch.testing.assert_close(got_r.double().cpu(), want[0][rank] if op == "lse" else want[rank],
+                                           rtol=1e-5, atol=1e-5, msg=lambda m: f"reduce {op}, call {it}: {m}")
+                if op == "lse":
+                    torch.testing.assert_close(res[1].double().cpu(), want[1][rank], rtol=1e-5, atol=1e-5)
+            if it == 3:  # grow the symmetric buffer between graph replays
+                xb = torch.randn((big_plan.input_len, *shape), device=dev).to(torch.bfloat16)
+                ob = torch.empty((big_plan.output_len, *shape), dtype=torch.bfloat16, device=dev)
+                big_plan.cast(xb, ob, impl="native").wait_post_process()
+        torch.cuda.synchronize()
+        native = get_impl("native")
+        for p in (plan, rplan):
+            g = native._bindings[p].graphs
+            assert g.captures >= 2 and g.replays >= 4, f"graphs were not used: {g.captures} captures, {g.replays} replays"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_native_graph_replays_match_eager():
+    _spawn_two(_native_graph_job)
+
+
 def test_triton_kernels_on_cuda_match_torch():
     from magi_grpcoll.kernels import gather_rows, reduce_rows
     from magi_grpcoll.plan import GroupReducePlan

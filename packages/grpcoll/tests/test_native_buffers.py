@@ -36,13 +36,15 @@ def test_replaced_buffers_are_released_after_the_replacing_call_completes(monkey
     monkeypatch.setattr(symm_mem, "enable_symm_mem_for_group", lambda name: None, raising=False)
     group = type("G", (), {"group_name": "g"})()
     bufs = native._Buffers()
-    first, _, _, off0 = bufs.half(group, 100, "cpu")
-    _, _, _, off1 = bufs.half(group, 100, "cpu")
+    first, _, _, off0, gen0 = bufs.half(group, 100, "cpu")
+    _, _, _, off1, gen1 = bufs.half(group, 100, "cpu")
     assert off0 == 0 and off1 == 1 << 20  # two halves of 1 MiB, used alternately
+    assert gen0 == gen1  # the same buffer: graphs keyed by it stay valid
     bufs.settle(_Event())  # no buffer replaced by this call: nothing to hold
     assert bufs._retired == []
-    bigger, _, _, _ = bufs.half(group, 3 << 20, "cpu")  # grows: the old buffer is retired
+    bigger, _, _, _, gen2 = bufs.half(group, 3 << 20, "cpu")  # grows: the old buffer is retired
     assert bigger.numel() == 2 * (3 << 20) and len(bufs._retired) == 1
+    assert gen2 != gen0  # graphs of the old buffer can never be replayed on the new one
     replacing = _Event()
     bufs.settle(replacing)
     later = _Event()

@@ -33,6 +33,7 @@ import weakref
 import torch
 import torch.distributed as dist
 
+from magi_grpcoll.impl._graphs import LaunchGraphs
 from magi_grpcoll.impl.base import GrpCollImpl, register_impl
 from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, copy_chunks, row_bytes
@@ -81,6 +82,7 @@ class _Buffers:
     def __init__(self) -> None:
         self._by_group: dict = {}
         self._retired: list = []  # [old buffer entry, completion event of the call that replaced it]
+        self._generations = 0  # buffers made so far: names a buffer in graph keys
 
     def settle(self, event) -> None:
         """Give buffers replaced during the call just issued that call's completion event."""
@@ -94,7 +96,7 @@ class _Buffers:
 
     def half(self, group, half_bytes: int, device):
         """(buffer, handle, device address of the peer-buffer address array, byte offset of the
-        half this call uses)."""
+        half this call uses, the buffer's generation)."""
         self._release_retired()
         key = id(group) if group is not None else None
         cur = self._by_group.get(key)
@@ -114,11 +116,13 @@ class _Buffers:
             hdl = symm_mem.rendezvous(buf, pg)
             if cur is not None:
                 self._retired.append([cur, None])
+            self._generations += 1
             cur = self._by_group[key] = {"buf": buf, "hdl": hdl, "half": half, "calls": 0,
-                                         "peer_bufs": hdl.buffer_ptrs_dev}  # read once: host time
+                                         "peer_bufs": hdl.buffer_ptrs_dev,  # read once: host time
+                                         "gen": self._generations}
         parity = cur["calls"] % 2
         cur["calls"] += 1
-        return cur["buf"], cur["hdl"], cur["peer_bufs"], parity * cur["half"]
+        return cur["buf"], cur["hdl"], cur["peer_bufs"], parity * cur["half"], cur["gen"]
 
 
 def _plan_send_layout(plan):
@@ -307,13 +311,14 @@ class NativeImpl(GrpCollImpl):
         return b
 
     def _regions(self, group, device, sizes):
-        """Byte offsets of consecutive 16-byte aligned regions in this call's buffer half."""
+        """Byte offsets of consecutive 16-byte aligned regions in this call's buffer half (and the
+        buffer's generation)."""
         offs, total = [], 0
         for s in sizes:
             offs.append(total)
             total += (s + 15) // 16 * 16
-        buf, hdl, peer_bufs, half_off = self._buffers.half(group, total, device)
-        return buf, hdl, peer_bufs, [half_off + o for o in offs]
+        buf, hdl, peer_bufs, half_off, gen = self._buffers.half(group, total, device)
+        return buf, hdl, peer_bufs, tuple(half_off + o for o in offs), gen
 
     def cast(self, plan, input, output, group, *, async_op, input_lse=None, output_lse=None, **kwargs):
         from magi_grpcoll.work import GrpCollWork
@@ -321,19 +326,20 @@ class NativeImpl(GrpCollImpl):
         b = self._bind_cast(plan, group)
         pairs = [(input, output)] + ([(input_lse, output_lse)] if input_lse is not None else [])
         cap = b.regions[0]
-        sizes = [cap * row_bytes(s) for s, _ in pairs]
-        buf, hdl, peer_bufs, offs = self._regions(group, input.device, sizes)
+        rbs = [row_bytes(s) for s, _ in pairs]
+        buf, hdl, peer_bufs, offs, gen = self._regions(group, input.device, [cap * rb for rb in rbs])
+        tables = [(b.table("push", rb), b.table("post", rb)) for rb in rbs]  # never made inside a capture
 
-        def run():
-            for (src, dst), off in zip(pairs, offs):
-                copy_chunks(src, b.table("push", row_bytes(src)), out=dst, peer_bufs_addr=peer_bufs, dst_offset_bytes=off)
+        def launch():
+            for (src, dst), off, (push, _) in zip(pairs, offs, tables):
+                copy_chunks(src, push, out=dst, peer_bufs_addr=peer_bufs, dst_offset_bytes=off)
             hdl.barrier(channel=0)  # every peer's rows have landed here
-            for (_, dst), off in zip(pairs, offs):
-                rb = row_bytes(dst)
-                region = buf[off:off + cap * rb].view(cap, rb)
-                copy_chunks(region, b.table("post", rb), out=dst)
+            for (_, dst), off, rb, (_, post_table) in zip(pairs, offs, rbs, tables):
+                copy_chunks(buf[off:off + cap * rb].view(cap, rb), post_table, out=dst)
 
-        ev = _on_comm_stream(input.device, [t for pair in pairs for t in pair], run)
+        key = ("cast", gen, offs, *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
+        ev = _on_comm_stream(input.device, [t for pair in pairs for t in pair],
+                             lambda: b.graphs.run(key, launch, input.device.index))
         self._buffers.settle(ev)
         defaults = tuple(d for _, d in pairs)
 
@@ -350,13 +356,14 @@ class NativeImpl(GrpCollImpl):
         x = input if comm_dtype is None or comm_dtype == input.dtype else input.to(comm_dtype)
         lse = reduce_op == "lse"
         srcs = [x] + ([input_lse] if lse else [])
-        sizes = [n * row_bytes(s) for s in srcs for n in b.regions]  # receive, stage (, lse receive, stage)
-        buf, hdl, peer_bufs, offs = self._regions(group, input.device, sizes)
+        rbs = [row_bytes(s) for s in srcs]
+        sizes = [n * rb for rb in rbs for n in b.regions]  # receive, stage (, lse receive, stage)
+        buf, hdl, peer_bufs, offs, gen = self._regions(group, input.device, sizes)
+        tables = [b.table("send", rb) for rb in rbs]  # never made inside a capture
 
-        def run():
-            for s, (recv_off, stage_off) in zip(srcs, (offs[:2], offs[2:])):
-                copy_chunks(s, b.table("send", row_bytes(s)), out=buf[stage_off:], peer_bufs_addr=peer_bufs,
-                            dst_offset_bytes=recv_off)
+        def launch():
+            for s, table, (recv_off, stage_off) in zip(srcs, tables, (offs[:2], offs[2:])):
+                copy_chunks(s, table, out=buf[stage_off:], peer_bufs_addr=peer_bufs, dst_offset_bytes=recv_off)
             hdl.barrier(channel=0)  # every push has landed, every peer's stage is written
             base = buf.data_ptr()
             fold_from_sources(output, x, b.sources, reduce_op, acc_reduce=acc_reduce, received_addr=base + offs[0],
@@ -365,7 +372,10 @@ class NativeImpl(GrpCollImpl):
                               received_lse_addr=base + offs[2] if lse else 0,
                               peer_lse_offset_bytes=offs[3] if lse else 0)
 
-        ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse], run)
+        key = ("reduce", gen, offs, reduce_op, bool(acc_reduce), x.data_ptr(), x.dtype, output.data_ptr(),
+               output.dtype, *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
+        ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
+                             lambda: b.graphs.run(key, launch, input.device.index))
         self._buffers.settle(ev)
 
         def post(*outs):

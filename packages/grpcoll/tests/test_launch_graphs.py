@@ -1,0 +1,95 @@
+"""When a native op replays a CUDA graph instead of launching eagerly (graphs faked on CPU; the GPU
+test ``test_native_graph_replays_match_eager`` checks real captures against eager results)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from magi_grpcoll.impl import _graphs
+from magi_grpcoll.impl._graphs import LaunchGraphs
+
+
+class _Graph:
+    """A captured launch function: replay runs it again (as a real graph re-issues the kernels)."""
+
+    def __init__(self, launch):
+        self.launch = launch
+
+    def replay(self):
+        self.launch()
+
+
+@pytest.fixture
+def cuda_faked(monkeypatch):
+    """Not inside a caller's capture; graphs enabled."""
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.delenv("MAGI_GRPCOLL_CUDA_GRAPHS", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(_graphs, "_disabled_reason", [])
+
+
+def _recording(calls, tag):
+    return lambda: calls.append(tag)
+
+
+def test_a_key_is_captured_on_its_second_sighting_and_replayed_after(cuda_faked):
+    captured = []
+
+    def capture(launch, device_index):
+        captured.append(device_index)
+        return _Graph(launch)
+
+    graphs, calls = LaunchGraphs(capture=capture), []
+    graphs.run("a", _recording(calls, "a1"), 0)  # first sighting: eager, nothing captured
+    assert calls == ["a1"] and graphs.captures == 0 and graphs.replays == 0
+    graphs.run("b", _recording(calls, "b1"), 0)  # another key does not count for "a"
+    graphs.run("a", _recording(calls, "a2"), 0)  # second: captured, then replayed once (the call's work)
+    assert calls == ["a1", "b1", "a2"] and captured == [0] and graphs.captures == 1 and graphs.replays == 1
+    graphs.run("a", _recording(calls, "never"), 0)  # later: the graph, not the new launch function
+    assert calls[-1] == "a2" and graphs.replays == 2 and graphs.captures == 1
+
+
+def test_least_recently_used_graphs_are_dropped(cuda_faked):
+    graphs = LaunchGraphs(capacity=2, min_sightings=1, capture=lambda launch, dev: _Graph(launch))
+    calls = []
+    for key in ("a", "b", "a", "c"):  # "b" is the least recently used when "c" arrives
+        graphs.run(key, _recording(calls, key), 0)
+    assert list(graphs._graphs) == ["a", "c"]
+    graphs.run("b", _recording(calls, "b-again"), 0)  # recaptured from the new launch function
+    assert calls[-1] == "b-again" and graphs.captures == 4
+
+
+def test_no_graphs_when_switched_off_inside_a_capture_or_after_a_failed_capture(cuda_faked, monkeypatch):
+    def never(launch, dev):
+        raise AssertionError("must not capture")
+
+    calls = []
+    monkeypatch.setenv("MAGI_GRPCOLL_CUDA_GRAPHS", "0")
+    graphs = LaunchGraphs(min_sightings=1, capture=never)
+    graphs.run("a", _recording(calls, 1), 0)
+    monkeypatch.setenv("MAGI_GRPCOLL_CUDA_GRAPHS", "1")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)  # the caller captures
+    graphs.run("a", _recording(calls, 2), 0)
+    assert calls == [1, 2]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(_graphs, "_disabled_reason", ["an earlier capture failed"])
+    graphs.run("a", _recording(calls, 3), 0)
+    assert calls == [1, 2, 3] and graphs.captures == 0
+
+
+def test_a_failed_capture_runs_the_call_eagerly_and_turns_graphs_off(cuda_faked, monkeypatch):
+    class _Failing:
+        def capture_begin(self, pool=None, capture_error_mode=None):
+            pass
+
+        def capture_end(self):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _Failing)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+    monkeypatch.setattr(_graphs, "_pools", {})
+    graphs, calls = LaunchGraphs(min_sightings=1), []
+    with pytest.warns(RuntimeWarning, match="launch eagerly"):
+        graphs.run("a", _recording(calls, "x"), 0)
+    # the launch ran once into the (failed) capture, then once for real
+    assert calls == ["x", "x"] and graphs.captures == 0 and not _graphs.graphs_enabled()
