@@ -52,13 +52,15 @@ class _Binding:
     ``send`` (pushed rows into their owners' receive regions, staged rows into this rank's stage
     region). ``regions``: rows of each buffer region, the same on every rank (cast: the receive
     region; reduce: receive, stage). Chunk tables are made per row size, on first use.
-    ``sources``: the reduce's :class:`FoldSources`.
+    ``sources``: the reduce's :class:`FoldSources`. ``graphs``: CUDA graphs of this binding's launch
+    sequences (they read its tables, so they live and die with it).
     """
 
     def __init__(self, copies: dict, regions: tuple[int, ...], device, sources=None, push_fraction=None):
         self._copies, self.regions, self._device, self.sources = copies, regions, device, sources
         self.push_fraction = push_fraction
         self._tables: dict = {}
+        self.graphs = LaunchGraphs()
 
     def table(self, kind: str, nbytes: int) -> torch.Tensor:
         """The chunk table of copy ``kind`` for rows of ``nbytes`` (calls on the hot path only look it up)."""
