@@ -171,7 +171,7 @@ def _native_graph_job(rank, world, port):
                 want = ref_group_reduce(parts, olds, ins_, dsti, outs_, srci, op, input_lses=il, output_lses=ol)
                 got_r = res[0] if op == "lse" else res
                 torch.testing.assert_close(got_r.double().cpu(), want[0][rank] if op == "lse" else want[rank],
-                                           rtol=1e-5, atol=1e-5, msg=lambda m: f"reduce {op}, call {it}: {m}")
+                                           rtol=1e-5, atol=1e-5, msg=lambda m, op=op, it=it: f"reduce {op}, call {it}: {m}")
                 if op == "lse":
                     torch.testing.assert_close(res[1].double().cpu(), want[1][rank], rtol=1e-5, atol=1e-5)
             if it == 3:  # grow the symmetric buffer between graph replays

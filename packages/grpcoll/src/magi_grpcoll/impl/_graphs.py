@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 import torch
 
