@@ -78,18 +78,38 @@ def test_no_graphs_when_switched_off_inside_a_capture_or_after_a_failed_capture(
 
 
 def test_a_failed_capture_runs_the_call_eagerly_and_turns_graphs_off(cuda_faked, monkeypatch):
+    ended = []
+
     class _Failing:
         def capture_begin(self, pool=None, capture_error_mode=None):
             pass
 
         def capture_end(self):
+            ended.append(True)  # always ended, so the stream leaves capture mode
             raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _Failing)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
-    monkeypatch.setattr(_graphs, "_pools", {})
     graphs, calls = LaunchGraphs(min_sightings=1), []
     with pytest.warns(RuntimeWarning, match="launch eagerly"):
         graphs.run("a", _recording(calls, "x"), 0)
     # the launch ran once into the (failed) capture, then once for real
-    assert calls == ["x", "x"] and graphs.captures == 0 and not _graphs.graphs_enabled()
+    assert calls == ["x", "x"] and ended == [True] and graphs.captures == 0 and not _graphs.graphs_enabled()
+
+
+def test_a_launch_failing_inside_the_capture_still_ends_it(cuda_faked, monkeypatch):
+    ended = []
+
+    class _Graph:
+        def capture_begin(self, pool=None, capture_error_mode=None):
+            pass
+
+        def capture_end(self):
+            ended.append(True)
+
+    def launch():
+        raise RuntimeError("a launch failed")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _Graph)
+    with pytest.warns(RuntimeWarning, match="a launch failed"):
+        assert _graphs._capture(launch, 0) is None
+    assert ended == [True] and not _graphs.graphs_enabled()

@@ -35,23 +35,30 @@ def graphs_enabled() -> bool:
             and os.environ.get("TRITON_INTERPRET") != "1")
 
 
-_pools: dict = {}  # device index -> one memory pool shared by every graph (they allocate nothing)
-
-
 def _capture(launch: Callable[[], None], device_index: int):
-    """A CUDA graph of ``launch()`` captured on the current stream (recorded, not run), or None."""
-    pool = _pools.get(device_index)
-    if pool is None:
-        pool = _pools[device_index] = torch.cuda.graph_pool_handle()
+    """A CUDA graph of ``launch()`` captured on the current stream (recorded, not run), or None.
+
+    Each graph gets its own (empty: the launches allocate nothing) private memory pool: a pool
+    shared through ``graph_pool_handle()`` is deleted with the last graph using it, and capturing
+    into it again later trips the caching allocator.
+    """
     graph = torch.cuda.CUDAGraph()
+    error = None
     try:
-        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+        graph.capture_begin(capture_error_mode="thread_local")
+    except Exception as e:  # noqa: BLE001 - nothing was captured
+        error = e
+    else:
         try:
             launch()
-        finally:
+        except Exception as e:  # noqa: BLE001 - end the capture first, then fall back
+            error = e
+        try:
             graph.capture_end()
-    except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly from now on
-        _disabled_reason.append(f"{type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001
+            error = error or e
+    if error is not None:
+        _disabled_reason.append(f"{type(error).__name__}: {error}")
         warnings.warn(f"magi_grpcoll: capturing a native op into a CUDA graph failed ({_disabled_reason[0]}); "
                       "native ops launch eagerly from now on (MAGI_GRPCOLL_CUDA_GRAPHS=0 silences this).",
                       RuntimeWarning, stacklevel=3)
