@@ -375,7 +375,7 @@ class NativeImpl(GrpCollImpl):
                               peer_lse_offset_bytes=offs[3] if lse else 0)
 
         key = ("reduce", gen, offs, reduce_op, bool(acc_reduce), x.data_ptr(), x.dtype, output.data_ptr(),
-               output.dtype, *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
+               output.dtype, *rbs, row_bytes(output), *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
         ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
                              lambda: b.graphs.run(key, launch, input.device.index))
         self._buffers.settle(ev)
