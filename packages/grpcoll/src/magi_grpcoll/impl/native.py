@@ -23,7 +23,9 @@ Everything runs on a side CUDA stream (after the current stream's prior work); t
 work's ``wait_post_process()`` makes the current stream wait for it and returns the tensors given
 to the call. Until then, do not touch ``output`` (a reduce reads it on the comm stream). Binding a
 plan the first time needs remote meta: one all_to_all (cast) or all_gather (reduce) of small int
-tensors plus an all_reduce for the buffer size; the binding is cached on the plan.
+tensors plus an all_reduce for the buffer size; the binding is cached on the plan. A bound plan
+called again on tensors at the same addresses replays its launches from a CUDA graph
+(``impl._graphs``): the same kernels in the same order, for ~0.05 ms of host time instead of 0.1-0.3.
 """
 
 from __future__ import annotations
