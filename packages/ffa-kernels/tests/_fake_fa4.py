@@ -59,23 +59,29 @@ def _visible(bst, mask_mod, aux, sq, sk, transposed):
     return vis, visited
 
 
-def _native_visible(sq, sk, causal, window_size_left, window_size_right, cu_seqlens_q, **_):
-    """FA4's own masking, from its documented semantics (not from the backend's code): key c is
-    visible from row r iff r + (sk - sq) - left <= c <= r + (sk - sq) + right (causal: right 0),
-    within one document when cu_seqlens is given (same documents for q and k)."""
+def _native_visible(sq, sk, causal, window_size_left, window_size_right, cu_seqlens_q, cu_seqlens_k=None, **_):
+    """FA4's own masking, from its documented semantics (not from the backend's code): in a
+    sequence (a varlen document) of lq rows and lk keys, key c is visible from row r iff
+    r + (lk - lq) - left <= c <= r + (lk - lq) + right (causal: right 0; the diagonal is
+    bottom-right aligned)."""
     left, right = window_size_left, 0 if causal else window_size_right
-    bounds = [(0, sq)] if cu_seqlens_q is None else list(zip(cu_seqlens_q[:-1].tolist(), cu_seqlens_q[1:].tolist()))
+    if cu_seqlens_q is None:
+        docs = [((0, sq), (0, sk))]
+    else:
+        cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+        assert len(cq) == len(ck) and cq[-1] == sq and ck[-1] == sk, "FA4 reads cu_seqlens over the whole tensors"
+        docs = list(zip(zip(cq[:-1], cq[1:]), zip(ck[:-1], ck[1:])))
     vis = torch.zeros(sq, sk, dtype=torch.bool)
-    for s0, s1 in bounds:
-        n = s1 - s0
-        r = torch.arange(n)[:, None]
-        c = torch.arange(n)[None, :]
-        ok = torch.ones(n, n, dtype=torch.bool)
+    for (q0, q1), (k0, k1) in docs:
+        lq, lk = q1 - q0, k1 - k0
+        r = torch.arange(lq)[:, None] + (lk - lq)
+        c = torch.arange(lk)[None, :]
+        ok = torch.ones(lq, lk, dtype=torch.bool)
         if left is not None:
             ok &= c >= r - left
         if right is not None:
             ok &= c <= r + right
-        vis[s0:s1, s0:s1] = ok
+        vis[q0:q1, k0:k1] = ok
     return vis
 
 
@@ -124,7 +130,7 @@ def _flash_attn_fwd(q, k, v, *, softmax_scale, softcap, return_lse, mask_mod=Non
     sq, sk = q.shape[1], k.shape[1]
     vis, _ = _mask(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, False, dict(
         causal=causal, window_size_left=window_size_left, window_size_right=window_size_right,
-        cu_seqlens_q=cu_seqlens_q))
+        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k))
     s, _, _ = _scores(q, k, softmax_scale, softcap)
     s = s.masked_fill(~vis, float("-inf"))
     lse = torch.logsumexp(s, -1)  # [hq, Sq]; -inf where nothing is visible
@@ -151,7 +157,7 @@ def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod
     assert lse.shape == (1, hq, sq)
     vis, visited = _mask(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, True, dict(
         causal=causal, window_size_left=window_size_left, window_size_right=window_size_right,
-        cu_seqlens_q=cu_seqlens_q))
+        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k))
     s, t, kh = _scores(q, k, softmax_scale, softcap)
     # like a kernel: masked cells of a visited tile are exp(-inf - lse) (NaN if lse = -inf)
     p = torch.exp(s.masked_fill(~vis, float("-inf")) - lse[0].double()[..., None])

@@ -87,12 +87,15 @@ def test_empty_rows_are_normalised_whatever_the_kernel_leaves(fake_fa4, monkeypa
 
 def test_stages_accumulate_like_the_runtime(fake_fa4):
     """The distributed runtime's use: each stage merges into fp32 accumulators (not fresh); the
-    backward of each stage runs under the final out/lse. Stage 1 is native (causal), stage 2 not."""
+    backward of each stage runs under the final out/lse. Stage 1 is native (causal); stage 2 is
+    native documents with rows that see nothing and keys nobody reads (FA4 varlen with filler
+    documents); stage 3 has two key runs per row (block lists)."""
     g = torch.Generator().manual_seed(7)
     q = torch.randn(20, 2, 64, generator=g, dtype=torch.float64)
     k, v = (torch.randn(20, 1, 64, generator=g, dtype=torch.float64) for _ in range(2))
     dout = torch.randn(20, 2, 64, generator=g, dtype=torch.float64)
-    stages = [([[0, 20]], [[0, 20]], [1]), ([[0, 10]], [[12, 20]], [0])]  # causal, then keys above it
+    stages = [([[0, 20]], [[0, 20]], [1]), ([[0, 10]], [[12, 20]], [0]),  # causal, then keys above it
+              ([[10, 14], [10, 14]], [[15, 17], [18, 20]], [0, 0])]
     out = lse = None
     for qr, kr, ts in stages:
         out, lse, _ = ffa_forward(q, k, v, qr, kr, ts, softmax_scale=0.125, out=out, lse=lse, backend="fa4")
@@ -107,7 +110,7 @@ def test_stages_accumulate_like_the_runtime(fake_fa4):
                              **(dict(zip(("dq", "dk", "dv"), grads)) if grads else {}), backend="fa4")
     for a, b in zip(grads, torch.autograd.grad(ref_out, (qa, ka, va), dout)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert fake_fa4["native"] == 2 and fake_fa4["fwd"] == fake_fa4["bwd"] == 2
+    assert fake_fa4["native"] == 4 and fake_fa4["fwd"] == fake_fa4["bwd"] == 3
 
 
 @pytest.mark.parametrize("api", ["flex_flash_attn_func", "ffa_forward/backward"])

@@ -17,12 +17,12 @@ from magi_ffa.testing import make_dense_mask, random_slices, varlen_slices
 
 def _recognise(qr, kr, ts, sq, sk):
     lo, hi = row_intervals(qr, kr, ts, sq)
-    return recognise_native(qr, kr, ts, lo, hi, sq, sk)
+    return recognise_native(lo, hi, sq, sk)
 
 
 def _means(native, sq, sk):
     return _native_visible(sq, sk, native.causal, native.window_left, native.window_right,
-                           native.cu_seqlens)
+                           native.cu_seqlens_q, native.cu_seqlens_k)
 
 
 def _window(s, left, right):
@@ -33,35 +33,46 @@ def _window(s, left, right):
 
 
 def _expected_native():
-    yield "full", ([[0, 24]], [[0, 24]], [0]), 24
-    yield "causal", ([[0, 24]], [[0, 24]], [1]), 24
-    yield "inv-causal", ([[0, 24]], [[0, 24]], [2]), 24  # row r sees [r, S): a window (0, None)
-    yield "bi-causal", ([[0, 24]], [[0, 24]], [3]), 24  # the diagonal alone: a window (0, 0)
-    yield "causal-split", ([[0, 10], [10, 24]], [[0, 10], [0, 24]], [1, 1]), 24
+    yield "full", ([[0, 24]], [[0, 24]], [0]), 24, 24
+    yield "causal", ([[0, 24]], [[0, 24]], [1]), 24, 24
+    yield "inv-causal", ([[0, 24]], [[0, 24]], [2]), 24, 24  # row r sees [r, S): a window (0, None)
+    yield "bi-causal", ([[0, 24]], [[0, 24]], [3]), 24, 24  # the diagonal alone: a window (0, 0)
+    yield "causal-split", ([[0, 10], [10, 24]], [[0, 10], [0, 24]], [1, 1]), 24, 24
     yield "swa-as-ffa-slices", ([[0, 8], [8, 16], [8, 16], [16, 24], [16, 24]],
-                                [[0, 8], [8, 16], [1, 8], [16, 24], [9, 16]], [1, 1, 2, 1, 2]), 24
+                                [[0, 8], [8, 16], [1, 8], [16, 24], [9, 16]], [1, 1, 2, 1, 2]), 24, 24
     for left, right in ((3, 0), (3, 2), (None, 2), (0, 5), (4, None), (0, 0)):
-        yield f"window-{left}-{right}", _window(24, left, right), 24
-    yield "varlen-causal", varlen_slices([5, 1, 9, 9], 1), 24
-    yield "varlen-full-shuffled", ([[6, 15], [0, 6], [15, 24]], [[6, 15], [0, 6], [15, 24]], [0] * 3), 24
+        yield f"window-{left}-{right}", _window(24, left, right), 24, 24
+    yield "varlen-causal", varlen_slices([5, 1, 9, 9], 1), 24, 24
+    yield "varlen-full-shuffled", ([[6, 15], [0, 6], [15, 24]], [[6, 15], [0, 6], [15, 24]], [0] * 3), 24, 24
+    # documents with rows that see nothing and keys nobody reads (documents without keys / rows)
+    yield "varlen-with-gap", ([[0, 5], [7, 12]], [[0, 5], [7, 12]], [1, 1]), 12, 12
+    yield "empty-rows", ([[0, 4]], [[0, 4]], [1]), 8, 8
+    yield "causal-q-shorter", ([[0, 8]], [[0, 12]], [1]), 8, 12  # bottom-right aligned
+    yield "pairs-as-windows", ([[r, r + 1] for r in range(6)], [[r - r % 2, r + 1] for r in range(6)],
+                               [0] * 6), 6, 6  # causal documents of two rows
+    # a runtime host stage: each document's local chunks back to back, sliced per chunk
+    yield "host-stage", ([[0, 3], [3, 6], [6, 8], [8, 11]], [[0, 3], [0, 6], [6, 8], [6, 11]], [1] * 4), 11, 11
+    # a remote stage: rows of later chunks see earlier chunks of their document, received back to back
+    yield "remote-stage", ([[2, 5], [5, 8]], [[0, 2], [3, 6]], [0, 0]), 8, 6
 
 
-@pytest.mark.parametrize("name,slices,s", list(_expected_native()), ids=lambda x: x if isinstance(x, str) else "")
-def test_common_masks_run_natively_and_mean_the_same(name, slices, s):
-    native = _recognise(*slices, s, s)
+@pytest.mark.parametrize("name,slices,sq,sk", list(_expected_native()), ids=lambda x: x if isinstance(x, str) else "")
+def test_common_masks_run_natively_and_mean_the_same(name, slices, sq, sk):
+    native = _recognise(*slices, sq, sk)
     assert native is not None, name
-    assert torch.equal(_means(native, s, s), make_dense_mask(*slices, s, s))
+    assert torch.equal(_means(native, sq, sk), make_dense_mask(*slices, sq, sk))
 
 
 def _not_native():
-    yield "varlen-with-gap", ([[0, 5], [7, 12]], [[0, 5], [7, 12]], [1, 1]), 12, 12
     yield "varlen-mixed-types", ([[0, 5], [5, 12]], [[0, 5], [5, 12]], [0, 1]), 12, 12
-    yield "causal-q-shorter", ([[0, 8]], [[0, 12]], [1]), 8, 12
     yield "block-causal", ([[0, 4], [4, 8], [8, 12]], [[0, 4], [0, 8], [0, 12]], [0, 0, 0]), 12, 12
     yield "two-runs", ([[4, 8], [4, 8]], [[0, 1], [4, 8]], [0, 1]), 8, 8
-    yield "empty-rows", ([[0, 4]], [[0, 4]], [1]), 8, 8
-    yield "uneven-window", ([[r, r + 1] for r in range(6)], [[max(0, r - (r % 2)), r + 1] for r in range(6)],
-                            [0] * 6), 6, 6
+    yield "window-on-more-keys", ([[r, r + 1] for r in range(6)], [[r, r + 3] for r in range(6)], [0] * 6), 6, 8
+    yield "remote-overlapping-keys", ([[0, 4], [4, 8]], [[0, 2], [0, 6]], [0, 0]), 8, 6
+    yield "keys-going-back", ([[0, 4], [4, 8]], [[4, 6], [0, 2]], [0, 0]), 8, 6
+    yield "nothing-visible", ([[0, 4]], [[0, 0]], [0]), 4, 4
+    # 64 one-row documents (a shifted diagonal): FA4 would give each its own tile
+    yield "too-many-documents", ([[0, 64]], [[1, 65]], [3]), 64, 65
 
 
 @pytest.mark.parametrize("name,slices,sq,sk", list(_not_native()), ids=lambda x: x if isinstance(x, str) else "")
@@ -69,27 +80,54 @@ def test_other_masks_keep_the_block_lists(name, slices, sq, sk):
     assert _recognise(*slices, sq, sk) is None, name
 
 
+def _random_documents(rng):
+    """Slices of random documents in order, some without rows or keys, all full or all causal (causal
+    documents have at least as many keys as rows), each document cut into random row pieces."""
+    causal = rng.random() < 0.5
+    qr, kr, ts, q, k = [], [], [], 0, 0
+    for _ in range(rng.randint(1, 5)):
+        lq, lk = rng.randint(0, 5), rng.randint(0, 5)
+        if causal:
+            lk = max(lk, lq)
+        if lq and lk:
+            cut = rng.randint(0, lq)  # two row pieces of one document
+            for a, b in ((0, cut), (cut, lq)):
+                if b > a:
+                    qr.append([q + a, q + b]), ts.append(int(causal))
+                    kr.append([k, k + lk - (lq - b)] if causal else [k, k + lk])
+        q, k = q + lq, k + lk
+    return (qr, kr, ts), max(q, 1), max(k, 1)
+
+
 def test_whatever_is_recognised_means_the_dense_mask():
     rng = random.Random(3)
     seen = 0
-    for case in range(400):
+    for case in range(500):
         s = rng.randint(1, 20)
-        kind = case % 4
+        sq = sk = s
+        kind = case % 5
         if kind == 0:
-            slices = random_slices(rng, s, s, rng.randint(1, 4))
+            sq, sk = s, rng.randint(1, 20)
+            slices = random_slices(rng, sq, sk, rng.randint(1, 4))
         elif kind == 1:
             lens = [rng.randint(1, 6) for _ in range(rng.randint(1, 4))]
             slices = varlen_slices(lens, rng.choice([0, 1]))
-            s = sum(lens)
+            sq = sk = sum(lens)
         elif kind == 2:
             slices = _window(s, rng.choice([None, *range(4)]), rng.choice([None, *range(4)]))
-        else:  # a window with one row nudged: must be refused or still mean the same
+        elif kind == 3:  # a window with one row nudged: must be refused or still mean the same
             qr, kr, ts = _window(s, rng.randint(0, 3), rng.randint(0, 3))
             r = rng.randrange(s)
             kr[r] = [kr[r][0], max(kr[r][0] + 1, kr[r][1] - 1)]
             slices = (qr, kr, ts)
-        native = _recognise(*slices, s, s)
+        else:
+            slices, sq, sk = _random_documents(rng)
+        if not slices[0]:
+            continue
+        native = _recognise(*slices, sq, sk)
         if native is not None:
             seen += 1
-            assert torch.equal(_means(native, s, s), make_dense_mask(*slices, s, s)), (case, slices)
-    assert seen > 150  # the windows and documents above were recognised
+            assert torch.equal(_means(native, sq, sk), make_dense_mask(*slices, sq, sk)), (case, slices)
+        elif kind == 4 and sum(q[1] - q[0] for q in slices[0]) > 0:
+            raise AssertionError(f"documents in order were not recognised: {slices} {sq} {sk}")
+    assert seen > 250  # the windows and documents above were recognised

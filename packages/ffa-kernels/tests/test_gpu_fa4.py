@@ -44,15 +44,50 @@ def test_fa4_vs_float64(family, softcap):
         assert_close_to_ref(name, got[name], lowp[name], ref[name])
 
 
-@pytest.mark.parametrize("family", ["causal", "sliding_window"])
-def test_fa4_stages_accumulate_like_the_runtime(family):
+# Documents FA4 runs as varlen with filler documents (native.py): rows that see nothing become
+# documents without keys, keys nobody reads documents without rows.
+DOCUMENTS = {
+    # causal documents with fewer rows than keys (bottom-right aligned), unread keys, empty tail rows
+    "causal_docs_fewer_rows": ([[0, 1000], [1000, 3000]], [[0, 1500], [1700, 4096]], [1, 1]),
+    # full documents with empty rows and unread keys around them (a runtime remote stage)
+    "full_docs_with_gaps": ([[100, 1100], [1500, 4000]], [[0, 700], [900, 3000]], [0, 0]),
+    # a runtime host stage: a rank's chunks of each document back to back, sliced per chunk
+    "host_stage": ([[0, 512], [512, 1024], [1024, 1536], [1536, 4096]],
+                   [[0, 512], [0, 1024], [1024, 1536], [1024, 4096]], [1, 1, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("name", list(DOCUMENTS))
+def test_fa4_documents_vs_float64(name):
+    from magi_ffa.backends.fa4.block_sparse import row_intervals
+    from magi_ffa.backends.fa4.native import recognise_native
+
+    total, hq, hk, d = 4096, 8, 2, 128
+    qr, kr, tm = DOCUMENTS[name]
+    assert recognise_native(*row_intervals(qr, kr, tm, total), total, total) is not None, "not native"
+    q, k, v, dout = _inputs(total, hq, hk, d, torch.bfloat16, seed=9)
+    qr_t, kr_t = (torch.tensor(x, dtype=torch.int32, device="cuda").reshape(-1, 2) for x in (qr, kr))
+    tm_t = torch.tensor(tm, dtype=torch.int32, device="cuda")
+    got = _run("fa4", torch.bfloat16, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    ref = _run("torch", torch.float64, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    lowp = _dense_lowp(q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    for key in ("out", "lse", "dq", "dk", "dv"):
+        assert_close_to_ref(key, got[key], lowp[key], ref[key])
+
+
+@pytest.mark.parametrize("family,second", [
+    ("causal", "documents"), ("sliding_window", "documents"), ("causal", "block_lists")])
+def test_fa4_stages_accumulate_like_the_runtime(family, second):
     """The distributed runtime's path on real FA4: two stages over disjoint cells merged into fp32
     accumulators (not fresh), then each stage's backward under the final out/lse, added up. Stage 1
-    runs on FA4's own masking; stage 2 on block lists with partial tiles and empty rows."""
+    runs on FA4's own masking; stage 2 on FA4 varlen with filler documents (empty rows, unread
+    keys) or on block lists with partial tiles and empty rows (two key runs per row)."""
     total, hq, hk, d = 4096, 8, 2, 128
     q, k, v, dout = _inputs(total, hq, hk, d, torch.bfloat16, seed=5)
-    second = {"causal": ([[0, 2048]], [[2100, 4096]], [0]),  # above the diagonal
-              "sliding_window": ([[2048, 4096]], [[0, 500]], [0])}[family]  # left of the window
+    second = {("causal", "documents"): ([[0, 2048]], [[2100, 4096]], [0]),  # above the diagonal
+              ("sliding_window", "documents"): ([[2048, 4096]], [[0, 500]], [0]),  # left of the window
+              ("causal", "block_lists"): ([[0, 2048], [0, 2048]], [[2100, 2500], [3000, 4096]], [0, 0]),
+              }[family, second]
     stages = [mask_family(family, total, seed=6), second]
     stages = [[torch.tensor(x, dtype=torch.int32, device="cuda").reshape(shape)
                for x, shape in zip(st, ((-1, 2), (-1, 2), (-1,)))] for st in stages]

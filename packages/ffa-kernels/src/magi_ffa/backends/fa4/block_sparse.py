@@ -187,5 +187,4 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
     return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), _row_major(lo), _row_major(hi), partial, full,
                           fwd=_lists(partial, full), bwd=_lists(partial.T, full.T),
                           empty_rows=torch.from_numpy(empty).to(device) if empty.any() else None,
-                          native=recognise_native(q_ranges, k_ranges, attn_type_map, lo_np, hi_np,
-                                                  seqlen_q, seqlen_k, device))
+                          native=recognise_native(lo_np, hi_np, seqlen_q, seqlen_k, device))

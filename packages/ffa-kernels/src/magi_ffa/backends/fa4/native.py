@@ -4,14 +4,18 @@ FA4's mask function costs: it is evaluated per cell of every partial tile and re
 interval from global memory each time, so on an H100 it doubled the kernel time of a 1k sliding
 window (16k tokens) and added 12% to causal. FA4's built-in causal, local-window and varlen
 masking costs almost nothing. The common masks are exactly those, so they are recognised here,
-on the host, once per mask (the result is cached with the block lists):
+on the host, once per mask (the result is cached with the block lists), from each row's visible key
+interval (not from the slices, so any slicing of the same mask is recognised):
 
 * one sequence (Sq == Sk) where row r sees ``[max(0, r - left), min(S, r + right + 1))``: full (no
   bound), causal (right 0, no left bound) or a sliding window (FA4 "local");
-* documents: slices that are squares ``(d, d)`` of one type, full or causal, tiling ``[0, S)``
-  (FA4 varlen, ``cu_seqlens``).
+* documents (FA4 varlen, ``cu_seqlens_q`` / ``cu_seqlens_k``): runs of rows that see one key range,
+  all full or all causal (bottom-right aligned, so a run may have fewer rows than keys), with key
+  ranges that neither overlap nor go backwards. Rows that see nothing and keys nobody reads become
+  documents with no keys or no rows. Beyond the square documents of a varlen mask, this covers what
+  the context-parallel runtime hands one stage: a rank's chunks of each document, back to back.
 
-Anything else (or a document list with a gap) goes through the block lists and the mask function.
+Anything else goes through the block lists and the mask function.
 """
 
 from __future__ import annotations
@@ -31,20 +35,22 @@ class NativeMask:
     causal: bool = False
     window_left: int | None = None
     window_right: int | None = None
-    cu_seqlens: torch.Tensor | None = None  # int32 [docs + 1]: varlen documents (q and k alike)
-    max_seqlen: int | None = None
+    cu_seqlens_q: torch.Tensor | None = None  # int32 [docs + 1]: varlen documents' rows
+    cu_seqlens_k: torch.Tensor | None = None  # int32 [docs + 1]: their keys
+    max_seqlen_q: int | None = None
+    max_seqlen_k: int | None = None
 
     @property
     def varlen(self) -> bool:
-        return self.cu_seqlens is not None
+        return self.cu_seqlens_q is not None
 
     def fa4_kwargs(self) -> dict:
         kw: dict = {"causal": self.causal}
         if self.window_left is not None or self.window_right is not None:
             kw.update(window_size_left=self.window_left, window_size_right=self.window_right)
         if self.varlen:
-            kw.update(cu_seqlens_q=self.cu_seqlens, cu_seqlens_k=self.cu_seqlens,
-                      max_seqlen_q=self.max_seqlen, max_seqlen_k=self.max_seqlen)
+            kw.update(cu_seqlens_q=self.cu_seqlens_q, cu_seqlens_k=self.cu_seqlens_k,
+                      max_seqlen_q=self.max_seqlen_q, max_seqlen_k=self.max_seqlen_k)
         return kw
 
 
@@ -74,31 +80,68 @@ def _window(lo: np.ndarray, hi: np.ndarray, seqlen: int) -> NativeMask | None:
     return NativeMask(window_left=left, window_right=right)
 
 
-def _documents(q_ranges: np.ndarray, k_ranges: np.ndarray, types: np.ndarray, seqlen: int, device):
-    """Square full-or-causal documents tiling [0, seqlen) (in any order), or None."""
-    if len(types) < 2 or not np.array_equal(q_ranges, k_ranges) or (types != types[0]).any():
-        return None
-    if types[0] not in (0, 1):
-        return None
-    order = np.argsort(q_ranges[:, 0], kind="stable")
-    starts, ends = q_ranges[order, 0], q_ranges[order, 1]
-    if starts[0] != 0 or ends[-1] != seqlen or (ends <= starts).any() or (starts[1:] != ends[:-1]).any():
-        return None
-    cu = torch.tensor(np.concatenate([starts, ends[-1:]]), dtype=torch.int32, device=device)
-    return NativeMask(causal=bool(types[0] == 1), cu_seqlens=cu, max_seqlen=int((ends - starts).max()))
+#: a mask read as more documents than one per this many rows keeps the block lists: FA4 gives each
+#: document its own tiles, while block lists pack short documents into shared tiles
+MIN_ROWS_PER_DOCUMENT = 16
 
 
-def recognise_native(q_ranges, k_ranges, attn_type_map, lo: np.ndarray, hi: np.ndarray, seqlen_q: int,
-                     seqlen_k: int, device=None) -> NativeMask | None:
-    """The FA4-native form of a mask, or None. `lo`/`hi` are its merged row intervals [K, Sq]
-    (``block_sparse.row_intervals``)."""
-    if seqlen_q != seqlen_k or seqlen_q == 0:
+def _runs(lo: np.ndarray, hi: np.ndarray, causal: bool):
+    """Maximal runs of rows one document expresses: (q start, q end, k start, k end, sees keys) per
+    run, or None when the key ranges of the runs that see keys overlap or go backwards.
+
+    Full: consecutive rows with the same interval. Causal (bottom-right aligned): the same start and
+    an end one further each row. Rows that see nothing form runs of their own.
+    """
+    n = lo.shape[0]
+    empty = hi <= lo
+    step = (hi[1:] == hi[:-1] + 1) if causal else (hi[1:] == hi[:-1])
+    joins = (empty[1:] & empty[:-1]) | (~empty[1:] & ~empty[:-1] & (lo[1:] == lo[:-1]) & step)
+    qs = np.flatnonzero(np.concatenate([[True], ~joins]))
+    qe = np.append(qs[1:], n)
+    sees = ~empty[qs]
+    ks, ke = lo[qs], hi[qe - 1]
+    if (ks[sees][1:] < ke[sees][:-1]).any():
         return None
-    if lo.shape[0] == 1 and (hi[0] > lo[0]).all():
+    return qs, qe, ks, ke, sees
+
+
+def _documents(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: int, device) -> NativeMask | None:
+    """One row interval per row, read as FA4 varlen documents (see the module docstring), or None."""
+    lo, hi = lo.astype(np.int64), hi.astype(np.int64)
+    for causal in (True, False):
+        runs = _runs(lo, hi, causal)
+        if runs is not None:
+            break
+    else:
+        return None
+    qs, qe, ks, ke, sees = runs
+    if not sees.any() or len(qs) > max(MIN_ROWS_PER_DOCUMENT, seqlen_q // MIN_ROWS_PER_DOCUMENT):
+        return None
+    q_len, k_len, cursor = [], [], 0
+    for a, b, c, d, s in zip(qs.tolist(), qe.tolist(), ks.tolist(), ke.tolist(), sees.tolist()):
+        if not s:  # rows that see nothing: a document without keys
+            q_len.append(b - a), k_len.append(0)
+            continue
+        if c > cursor:  # keys no row reads: a document without rows
+            q_len.append(0), k_len.append(c - cursor)
+        q_len.append(b - a), k_len.append(d - c)
+        cursor = d
+    if cursor < seqlen_k:
+        q_len.append(0), k_len.append(seqlen_k - cursor)
+    cu_q = np.concatenate([[0], np.cumsum(q_len)])
+    cu_k = np.concatenate([[0], np.cumsum(k_len)])
+    as_tensor = lambda a: torch.tensor(a, dtype=torch.int32, device=device)  # noqa: E731
+    return NativeMask(causal=causal, cu_seqlens_q=as_tensor(cu_q), cu_seqlens_k=as_tensor(cu_k),
+                      max_seqlen_q=max(q_len), max_seqlen_k=max(k_len))
+
+
+def recognise_native(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: int, device=None) -> NativeMask | None:
+    """The FA4-native form of a mask given its merged row intervals `lo`/`hi` [K, Sq]
+    (``block_sparse.row_intervals``), or None."""
+    if seqlen_q == 0 or seqlen_k == 0 or lo.shape[0] != 1:
+        return None
+    if seqlen_q == seqlen_k and (hi[0] > lo[0]).all():
         found = _window(lo[0], hi[0], seqlen_q)
         if found is not None:
             return found
-    qr = np.asarray(q_ranges, dtype=np.int64).reshape(-1, 2)
-    kr = np.asarray(k_ranges, dtype=np.int64).reshape(-1, 2)
-    types = np.asarray(attn_type_map, dtype=np.int64).reshape(-1)
-    return _documents(qr, kr, types, seqlen_q, device)
+    return _documents(lo[0], hi[0], seqlen_q, seqlen_k, device)
