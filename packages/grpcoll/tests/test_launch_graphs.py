@@ -35,81 +35,85 @@ def _recording(calls, tag):
 def test_a_key_is_captured_on_its_second_sighting_and_replayed_after(cuda_faked):
     captured = []
 
-    def capture(launch, device_index):
-        captured.append(device_index)
+    def capture(launch):
+        captured.append(launch)
         return _Graph(launch)
 
     graphs, calls = LaunchGraphs(capture=capture), []
-    graphs.run("a", _recording(calls, "a1"), 0)  # first sighting: eager, nothing captured
+    graphs.run("a", _recording(calls, "a1"))  # first sighting: eager, nothing captured
     assert calls == ["a1"] and graphs.captures == 0 and graphs.replays == 0
-    graphs.run("b", _recording(calls, "b1"), 0)  # another key does not count for "a"
-    graphs.run("a", _recording(calls, "a2"), 0)  # second: captured, then replayed once (the call's work)
-    assert calls == ["a1", "b1", "a2"] and captured == [0] and graphs.captures == 1 and graphs.replays == 1
-    graphs.run("a", _recording(calls, "never"), 0)  # later: the graph, not the new launch function
+    graphs.run("b", _recording(calls, "b1"))  # another key does not count for "a"
+    graphs.run("a", _recording(calls, "a2"))  # second: captured, then replayed once (the call's work)
+    assert calls == ["a1", "b1", "a2"] and len(captured) == 1 and graphs.captures == 1 and graphs.replays == 1
+    graphs.run("a", _recording(calls, "never"))  # later: the graph, not the new launch function
     assert calls[-1] == "a2" and graphs.replays == 2 and graphs.captures == 1
 
 
 def test_least_recently_used_graphs_are_dropped(cuda_faked):
-    graphs = LaunchGraphs(capacity=2, min_sightings=1, capture=lambda launch, dev: _Graph(launch))
+    graphs = LaunchGraphs(capacity=2, min_sightings=1, capture=_Graph)
     calls = []
     for key in ("a", "b", "a", "c"):  # "b" is the least recently used when "c" arrives
-        graphs.run(key, _recording(calls, key), 0)
+        graphs.run(key, _recording(calls, key))
     assert list(graphs._graphs) == ["a", "c"]
-    graphs.run("b", _recording(calls, "b-again"), 0)  # recaptured from the new launch function
+    graphs.run("b", _recording(calls, "b-again"))  # recaptured from the new launch function
     assert calls[-1] == "b-again" and graphs.captures == 4
 
 
 def test_no_graphs_when_switched_off_inside_a_capture_or_after_a_failed_capture(cuda_faked, monkeypatch):
-    def never(launch, dev):
+    def never(launch):
         raise AssertionError("must not capture")
 
     calls = []
     monkeypatch.setenv("MAGI_GRPCOLL_CUDA_GRAPHS", "0")
     graphs = LaunchGraphs(min_sightings=1, capture=never)
-    graphs.run("a", _recording(calls, 1), 0)
+    graphs.run("a", _recording(calls, 1))
     monkeypatch.setenv("MAGI_GRPCOLL_CUDA_GRAPHS", "1")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)  # the caller captures
-    graphs.run("a", _recording(calls, 2), 0)
+    graphs.run("a", _recording(calls, 2))
     assert calls == [1, 2]
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(_graphs, "_disabled_reason", ["an earlier capture failed"])
-    graphs.run("a", _recording(calls, 3), 0)
+    graphs.run("a", _recording(calls, 3))
     assert calls == [1, 2, 3] and graphs.captures == 0
 
 
-def test_a_failed_capture_runs_the_call_eagerly_and_turns_graphs_off(cuda_faked, monkeypatch):
-    ended = []
+class _CaptureRecorder:
+    """Stands in for torch.cuda.CUDAGraph: records that the capture was ended; ``end_error``, when
+    set, is what ending it raises."""
 
-    class _Failing:
-        def capture_begin(self, pool=None, capture_error_mode=None):
-            pass
+    ended: list = []
+    end_error: Exception | None = None
 
-        def capture_end(self):
-            ended.append(True)  # always ended, so the stream leaves capture mode
-            raise RuntimeError("operation not permitted when stream is capturing")
+    def capture_begin(self, pool=None, capture_error_mode=None):
+        pass
 
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _Failing)
+    def capture_end(self):
+        type(self).ended.append(True)  # always ended, so the stream leaves capture mode
+        if self.end_error is not None:
+            raise self.end_error
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    monkeypatch.setattr(_CaptureRecorder, "ended", [])
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _CaptureRecorder)
+    return _CaptureRecorder
+
+
+def test_a_failed_capture_runs_the_call_eagerly_and_turns_graphs_off(cuda_faked, recorder, monkeypatch):
+    monkeypatch.setattr(recorder, "end_error", RuntimeError("operation not permitted when stream is capturing"))
     graphs, calls = LaunchGraphs(min_sightings=1), []
     with pytest.warns(RuntimeWarning, match="launch eagerly"):
-        graphs.run("a", _recording(calls, "x"), 0)
+        graphs.run("a", _recording(calls, "x"))
     # the launch ran once into the (failed) capture, then once for real
-    assert calls == ["x", "x"] and ended == [True] and graphs.captures == 0 and not _graphs.graphs_enabled()
+    assert calls == ["x", "x"] and recorder.ended == [True] and graphs.captures == 0
+    assert not _graphs.graphs_enabled()
 
 
-def test_a_launch_failing_inside_the_capture_still_ends_it(cuda_faked, monkeypatch):
-    ended = []
-
-    class _Graph:
-        def capture_begin(self, pool=None, capture_error_mode=None):
-            pass
-
-        def capture_end(self):
-            ended.append(True)
-
+def test_a_launch_failing_inside_the_capture_still_ends_it(cuda_faked, recorder):
     def launch():
         raise RuntimeError("a launch failed")
 
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _Graph)
     with pytest.warns(RuntimeWarning, match="a launch failed"):
-        assert _graphs._capture(launch, 0) is None
-    assert ended == [True] and not _graphs.graphs_enabled()
+        assert _graphs._capture(launch) is None
+    assert recorder.ended == [True] and not _graphs.graphs_enabled()

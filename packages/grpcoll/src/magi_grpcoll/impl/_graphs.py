@@ -35,7 +35,7 @@ def graphs_enabled() -> bool:
             and os.environ.get("TRITON_INTERPRET") != "1")
 
 
-def _capture(launch: Callable[[], None], device_index: int):
+def _capture(launch: Callable[[], None]):
     """A CUDA graph of ``launch()`` captured on the current stream (recorded, not run), or None.
 
     Each graph gets its own (empty: the launches allocate nothing) private memory pool: a pool
@@ -79,7 +79,7 @@ class LaunchGraphs:
         self._capacity, self._min_sightings, self._capture = capacity, min_sightings, capture
         self.replays = self.captures = 0
 
-    def run(self, key: Hashable, launch: Callable[[], None], device_index: int) -> None:
+    def run(self, key: Hashable, launch: Callable[[], None]) -> None:
         """Issue ``launch()``'s work on the current stream: from a graph of ``key`` when there is one."""
         if not graphs_enabled() or torch.cuda.is_current_stream_capturing():
             launch()
@@ -97,7 +97,7 @@ class LaunchGraphs:
                 self._sightings.popitem(last=False)
             launch()
             return
-        graph = self._capture(launch, device_index)
+        graph = self._capture(launch)
         if graph is None:
             launch()
             return

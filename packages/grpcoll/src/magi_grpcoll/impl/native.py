@@ -343,7 +343,7 @@ class NativeImpl(GrpCollImpl):
 
         key = ("cast", gen, offs, *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
         ev = _on_comm_stream(input.device, [t for pair in pairs for t in pair],
-                             lambda: b.graphs.run(key, launch, input.device.index))
+                             lambda: b.graphs.run(key, launch))
         self._buffers.settle(ev)
         defaults = tuple(d for _, d in pairs)
 
@@ -379,7 +379,7 @@ class NativeImpl(GrpCollImpl):
         key = ("reduce", gen, offs, reduce_op, bool(acc_reduce), x.data_ptr(), x.dtype, output.data_ptr(),
                output.dtype, *rbs, row_bytes(output), *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
         ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
-                             lambda: b.graphs.run(key, launch, input.device.index))
+                             lambda: b.graphs.run(key, launch))
         self._buffers.settle(ev)
 
         def post(*outs):
