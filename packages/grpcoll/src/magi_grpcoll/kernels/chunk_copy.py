@@ -15,7 +15,6 @@ import math
 
 import torch
 
-from magi_grpcoll.kernels._launch import FastLaunch
 from magi_grpcoll.kernels._select import triton_available
 
 __all__ = ["CHUNK_BYTES", "build_chunks", "copy_chunks", "row_bytes"]
@@ -97,8 +96,6 @@ if triton_available():
             m = o < total
             tl.store(dst + o, tl.load(src + o, mask=m), mask=m)
 
-    _copy_chunks_launch = FastLaunch(_copy_chunks_kernel)
-
 
 def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | None = None,
                 peer_bufs_addr: int = 0, dst_offset_bytes: int = 0, peer_align_16: bool = True,
@@ -127,5 +124,5 @@ def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | 
     out_addr = out.data_ptr() if out is not None else 0
     aligned = (rb % 16 == 0 and src_addr % 16 == 0 and out_addr % 16 == 0
                and dst_offset_bytes % 16 == 0 and peer_align_16)
-    _copy_chunks_launch((n_chunks,), chunks, src_addr, peer_bufs_addr, out_addr, dst_offset_bytes, rb // 4,
-                        ALIGNED=aligned, BLOCK=block_words, num_warps=num_warps)
+    _copy_chunks_kernel[(n_chunks,)](chunks, src_addr, peer_bufs_addr, out_addr, dst_offset_bytes, rb // 4,
+                                     ALIGNED=aligned, BLOCK=block_words, num_warps=num_warps)

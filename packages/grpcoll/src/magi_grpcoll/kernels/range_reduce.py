@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import torch
 
-from magi_grpcoll.kernels._launch import FastLaunch
 from magi_grpcoll.kernels._select import triton_available, use_triton
 
 __all__ = ["REDUCE_OPS", "FoldSources", "OWN", "RECEIVED", "reduce_rows", "fold_from_sources", "lse_merge_"]
@@ -203,9 +202,6 @@ if triton_available():
         tl.store(out_ptr + out_offs, o.to(out_ptr.dtype.element_ty), mask=m2)
         tl.store(out_lse_ptr + orow * n_heads + h, lo, mask=mh)
 
-    _reduce_sum_launch = FastLaunch(_reduce_sum_kernel)
-    _reduce_lse_launch = FastLaunch(_reduce_lse_kernel)
-
 
 _MAX_UNROLL = 8  # rows with more contributors than this loop at run time
 
@@ -227,20 +223,20 @@ def _reduce_triton(output, recv, touched, contrib, count, op, acc_reduce, output
         block_d = triton.next_power_of_2(max(head_elems, 1))
         block_h = min(triton.next_power_of_2(max(n_heads, 1)), max(1, 2048 // block_d))
         grid = (n_t, triton.cdiv(n_heads, block_h))
-        _reduce_lse_launch(grid, output, output_lse, recv, recv_lse, touched, contrib, n_heads, head_elems,
-                           n_contrib, who, peer_bufs, peer_off, peer_lse_off, recv.data_ptr(),
-                           recv_lse.data_ptr(), received, received_lse, ACC=acc_reduce, PULL=pull,
-                           BLOCK_H=block_h, BLOCK_D=block_d)
+        _reduce_lse_kernel[grid](output, output_lse, recv, recv_lse, touched, contrib, n_heads, head_elems,
+                                 n_contrib, who, peer_bufs, peer_off, peer_lse_off, recv.data_ptr(),
+                                 recv_lse.data_ptr(), received, received_lse, ACC=acc_reduce, PULL=pull,
+                                 BLOCK_H=block_h, BLOCK_D=block_d)
         return
     row_elems = math.prod(output.shape[1:])
     if row_elems == 0:
         return
     block = min(block_elems, triton.next_power_of_2(row_elems))
     grid = (n_t, triton.cdiv(row_elems, block))
-    _reduce_sum_launch(grid, output, recv, touched, contrib, count, row_elems, n_contrib, who, peer_bufs,
-                       peer_off, recv.data_ptr(), received, IS_AVG=(op == "avg"), ACC=acc_reduce,
-                       PULL=pull, UNROLL=n_contrib if n_contrib <= _MAX_UNROLL else 0, BLOCK=block,
-                       num_warps=num_warps)
+    _reduce_sum_kernel[grid](output, recv, touched, contrib, count, row_elems, n_contrib, who, peer_bufs,
+                             peer_off, recv.data_ptr(), received, IS_AVG=(op == "avg"), ACC=acc_reduce,
+                             PULL=pull, UNROLL=n_contrib if n_contrib <= _MAX_UNROLL else 0, BLOCK=block,
+                             num_warps=num_warps)
 
 
 def reduce_rows(output: torch.Tensor, recv: torch.Tensor, rmap, op: str = "sum", *, acc_reduce: bool = True,
