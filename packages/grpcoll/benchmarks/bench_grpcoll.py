@@ -17,6 +17,7 @@ from CUDA graphs, the default); and eager / graphs, the native ops' bandwidth la
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import random
@@ -45,6 +46,20 @@ def _meta(world, tokens, seed):
 
 
 WARMUP = int(os.environ.get("BENCH_GRPCOLL_WARMUP", "5"))  # calls before timing, per op and size
+
+
+@contextlib.contextmanager
+def cuda_graphs(on: bool):
+    """Native ops replayed from CUDA graphs (on, the default) or launched one by one, within the block."""
+    before = os.environ.get("MAGI_GRPCOLL_CUDA_GRAPHS")
+    os.environ["MAGI_GRPCOLL_CUDA_GRAPHS"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MAGI_GRPCOLL_CUDA_GRAPHS")
+        else:
+            os.environ["MAGI_GRPCOLL_CUDA_GRAPHS"] = before
 
 
 def _time(fn, iters=20, warmup=None, repeats=5):
@@ -82,16 +97,16 @@ def _bench_one(tokens, rank, world, dev):
     t_cast = _time(lambda: plan.cast(x, out, async_op=True).wait_post_process())
     t_red = _time(lambda: rplan.reduce(out, red, async_op=True).wait_post_process())
     native = {}
-    for graphs in ("0", "1"):  # launched one by one, then (the default) replayed from CUDA graphs
-        os.environ["MAGI_GRPCOLL_CUDA_GRAPHS"] = graphs
+    for graphs in (False, True):  # launched one by one, then (the default) replayed from CUDA graphs
         try:
-            native[graphs] = (_time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process()),
-                              _time(lambda: rplan.reduce(out, red, async_op=True, impl="native").wait_post_process()))
+            with cuda_graphs(graphs):
+                native[graphs] = (
+                    _time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process()),
+                    _time(lambda: rplan.reduce(out, red, async_op=True, impl="native").wait_post_process()))
         except Exception as e:  # noqa: BLE001 - report, keep the other columns
             print(f"rank {rank}: native failed: {type(e).__name__}: {e}", file=sys.stderr)
             native[graphs] = (float("nan"), float("nan"))
-    os.environ.pop("MAGI_GRPCOLL_CUDA_GRAPHS")
-    (t_ecast, t_ered), (t_ncast, t_nred) = native["0"], native["1"]
+    (t_ecast, t_ered), (t_ncast, t_nred) = native[False], native[True]
     t_raw = _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
                                                  list(plan.send_counts)))
     return (tokens, nbytes, t_cast, t_red, t_ncast, t_nred, t_raw, t_ecast, t_ered)

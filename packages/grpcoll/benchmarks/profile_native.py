@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_grpcoll import ROW, _meta, _time  # noqa: E402
+from bench_grpcoll import ROW, _meta, _time, cuda_graphs  # noqa: E402
 
 
 def _profile_one(tokens, rank, world, dev):
@@ -95,14 +95,13 @@ def _profile_one(tokens, rank, world, dev):
         t["host: fold launch"] = host(lambda: fold_from_sources(
             red, src, rbind.sources, "sum", acc_reduce=True, received_addr=rbuf.data_ptr() + roffs[0],
             peer_bufs_addr=rpeers, peer_offset_bytes=roffs[1]), n=10)
-        for graphs in ("0", "1"):  # launches issued one by one, then replayed from a CUDA graph
-            os.environ["MAGI_GRPCOLL_CUDA_GRAPHS"] = graphs
-            tag = "graphs" if graphs == "1" else "eager"
-            t[f"host: cast {tag} (5 batches, median)"] = sorted(
-                host(lambda: plan.cast(x, out, async_op=True, impl="native"), n=10) for _ in range(5))[2]
-            t[f"host: reduce {tag} (5 batches, median)"] = sorted(
-                host(lambda: rplan.reduce(src, red, async_op=True, impl="native"), n=10) for _ in range(5))[2]
-        os.environ.pop("MAGI_GRPCOLL_CUDA_GRAPHS")
+        for graphs in (False, True):  # launches issued one by one, then replayed from a CUDA graph
+            tag = "graphs" if graphs else "eager"
+            with cuda_graphs(graphs):
+                t[f"host: cast {tag} (5 batches, median)"] = sorted(
+                    host(lambda: plan.cast(x, out, async_op=True, impl="native"), n=10) for _ in range(5))[2]
+                t[f"host: reduce {tag} (5 batches, median)"] = sorted(
+                    host(lambda: rplan.reduce(src, red, async_op=True, impl="native"), n=10) for _ in range(5))[2]
     tiny = push[:1].contiguous()
     t["host busy: copy_chunks"] = host(lambda: copy_chunks(x, tiny, out=out, peer_bufs_addr=peer_bufs,
                                                            dst_offset_bytes=offs[0]), busy=True)
