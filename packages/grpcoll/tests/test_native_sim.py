@@ -114,10 +114,9 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
             if lse_op:
                 torch.testing.assert_close(got_l[p].double(), ref[1][p], rtol=1e-5, atol=1e-5)
         results[frac, op, acc] = got + got_l
-        # the a2a-v implementation's fold (plain receive buffer, same kernel backend) gives the same bits
-        recvs = [torch.cat([ins[r][_sent_rows(rplans[r], p)] for r in range(world)]) for p in range(world)]
-        recvs_l = [torch.cat([ins_l[r][_sent_rows(rplans[r], p)] for r in range(world)]) for p in range(world)]
-        if frac == 0.5:
+        if frac == 0.5:  # the a2a-v implementation's fold (plain receive buffer, same kernel backend): same bits
+            recvs = [torch.cat([ins[r][_sent_rows(rplans[r], p)] for r in range(world)]) for p in range(world)]
+            recvs_l = [torch.cat([ins_l[r][_sent_rows(rplans[r], p)] for r in range(world)]) for p in range(world)]
             for p, pl in enumerate(rplans):
                 o, lo = olds[p].clone(), olds_l[p].clone()
                 reduce_rows(o, recvs[p], pl.rmap, op, acc_reduce=acc, output_lse=lo if lse_op else None,
