@@ -4,7 +4,7 @@
 #                                     plus fa4-libs, fa4 and bench-fa4 (the FA4 backend, calls back to back: the
 #                                     first carries .carry/fa4-libs and runs fa4-libs, the next ones carry
 #                                     .carry/fa4 and run fa4 (tests, profile), bench-fa4 and/or bench-dist-fa4 (the
-#                                     runtime on the fa4 backend, >= 2 GPUs); see
+#                                     runtime on the fa4 backend, >= 2 GPUs) and profile-dist-fa4; see
 #                                     scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out); set GIT_COMMIT=<hash> in the command (the
 # machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
@@ -14,6 +14,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 STEPS=${*:-"setup tests bench-ffa bench-grpcoll bench-dist bench-qo"}
+# FA4 compiles each kernel variant in tens of seconds; its disk cache lets later processes on the same warm
+# machine (tests, then benchmarks) load them instead
+export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=${FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED:-1} \
+  FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=${FLASH_ATTENTION_CUTE_DSL_CACHE_DIR:-/tmp/fa4-jit-cache}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}
 PY=${PYTHON:-python3}
 status=0
@@ -43,7 +47,7 @@ if has fa4-libs; then  # FA4 arrives in two calls: first its CUDA libraries (tar
   mkdir -p /tmp/site && $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
     .carry/fa4-libs/*.tar.xz /tmp/site && echo "FA4 libraries unpacked" || status=1
 fi
-if has fa4 || has bench-fa4 || has bench-dist-fa4; then  # then the small wheels; a wheel is a zip of site-packages: unpacking installs it
+if has fa4 || has profile-fa4 || has bench-fa4 || has bench-dist-fa4 || has profile-dist-fa4; then  # then the small wheels; a wheel is a zip of site-packages: unpacking installs it
   for w in .carry/fa4/*.whl; do $PY -m zipfile -e "$w" /tmp/site || status=1; done
   # nvidia-cutlass-dsl puts its modules on sys.path through a .pth file, which PYTHONPATH does not read
   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
@@ -62,6 +66,8 @@ fi
 if has fa4; then
   run smoke-fa4 $PY scripts/fa4_smoke.py
   run test-fa4 $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests/test_gpu_fa4.py
+fi
+if has fa4 || has profile-fa4; then
   run profile-fa4 $PY packages/ffa-kernels/benchmarks/profile_fa4.py ${PROFILE_FA4_ARGS:-}
 fi
 if has bench-fa4; then
@@ -81,6 +87,12 @@ fi
 if has bench-dist-fa4 && [ "$NGPU" -ge 2 ]; then  # the runtime and its FFA baselines on the fa4 backend
   MAGI_ATTENTION_FA4_BACKEND=1 run bench-dist-fa4 $PY -m torch.distributed.run --standalone \
     --nproc-per-node "$NGPU" packages/magi-attn/benchmarks/bench_dist.py ${BENCH_DIST_ARGS:-} --out "$OUT/bench_dist_fa4"
+fi
+if has profile-dist-fa4 && [ "$NGPU" -ge 2 ]; then  # where one calc_attn's time goes, per mask (PROFILE_DIST_MASKS)
+  for m in ${PROFILE_DIST_MASKS:-causal varlen_causal}; do
+    MAGI_ATTENTION_FA4_BACKEND=1 run "profile-dist-fa4-$m" $PY -m torch.distributed.run --standalone \
+      --nproc-per-node 2 packages/magi-attn/benchmarks/profile_dist.py --mask "$m" ${PROFILE_DIST_ARGS:-}
+  done
 fi
 if has bench-qo && [ "$NGPU" -ge 2 ]; then
   run bench-qo $PY -m torch.distributed.run --standalone --nproc-per-node 2 \

@@ -6,6 +6,8 @@ time (torch.profiler, summed per call) and do_bench time, for
                  not the mask, a floor for the block-sparse path)
   fa4_sparse     FA4 with our block lists and interval mask function (kernel.fa4_forward/backward)
   fa4_native     FA4's own causal / window / varlen masking, where native.py recognises the mask
+  ffa_fa4_impl   the same op bodies called directly (ops._fwd_impl / _bwd_impl): the wrapper's own cost,
+                 without torch's autograd engine
   ffa_fa4        flex_flash_attn_func(backend="fa4"): what users call
   ffa_triton     flex_flash_attn_func(backend="triton")
 
@@ -88,6 +90,14 @@ def _variants(mask_name, q, k, v, dout, qr, kr, tm):
     if mask.native is not None:
         yield "fa4_native", (lambda: fa4_forward(q, k, v, mask, scale, 0.0),
                              lambda: fa4_backward(q, k, v, out, dout, lse, mask, scale, 0.0))
+    # our wrapper without torch's autograd engine (which runs a CUDA backward on its device thread)
+    from magi_ffa import ops
+
+    o_i, lse_i, _ = ops._fwd_impl(q, k, v, qr_t, kr_t, tm_t, None, "sh", scale, 0.0, False, False, "fa4")
+    yield "ffa_fa4_impl", (
+        lambda: ops._fwd_impl(q, k, v, qr_t, kr_t, tm_t, None, "sh", scale, 0.0, False, False, "fa4"),
+        lambda: ops._bwd_impl(dout, q, k, v, o_i, lse_i, qr_t, kr_t, tm_t, None, "sh", scale, 0.0, False,
+                              "fa4"))
     for backend in ("fa4", "triton"):
         leaves = [x.detach().requires_grad_() for x in (q, k, v)]
         fwd = lambda be=backend, lv=leaves: flex_flash_attn_func(*lv, qr_t, kr_t, tm_t, backend=be)[0]  # noqa: E731
@@ -100,10 +110,10 @@ def main() -> None:
     ap.add_argument("--masks", default="causal,swa_1k,varlen_causal,shared_question")
     ap.add_argument("--total", type=int, default=16384)
     ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--host-profile", action="store_true", help="cProfile the ffa_fa4 forward")
+    ap.add_argument("--host-profile", action="store_true", help="cProfile the ffa_fa4 calls (forward, and backward without autograd)")
     a = ap.parse_args()
     print(f"{torch.cuda.get_device_name()}  total {a.total}  heads {a.heads}  d 128  bf16   (ms per call)")
-    print(f"{'mask':14} {'variant':11} {'pass':4} {'host':>7} {'gpu':>7} {'bench':>7} {'TF/s':>6}")
+    print(f"{'mask':14} {'variant':12} {'pass':4} {'host':>7} {'gpu':>7} {'bench':>7} {'TF/s':>6}")
     for mname in a.masks.split(","):
         qr, kr, tm, _ = build_mask(mname, a.total, "cuda")
         area = mask_area(qr, kr, tm)
@@ -115,11 +125,11 @@ def main() -> None:
                     host, gpu = _host_ms(fn), _gpu_ms(fn)
                     bench = triton.testing.do_bench(fn, quantiles=[0.5])
                     tf = mult * 4 * area * 128 * a.heads / bench / 1e9
-                    print(f"{mname:14} {name:11} {pname:4} {host:7.3f} {gpu:7.3f} {bench:7.3f} {tf:6.0f}")
-                    if a.host_profile and name == "ffa_fa4" and pname == "fwd":
+                    print(f"{mname:14} {name:12} {pname:4} {host:7.3f} {gpu:7.3f} {bench:7.3f} {tf:6.0f}")
+                    if a.host_profile and name in ("ffa_fa4", "ffa_fa4_impl"):
                         _host_profile(fn)
                 except Exception as e:  # keep profiling the other variants
-                    print(f"{mname:14} {name:11} {pname:4} failed: {type(e).__name__}: {str(e)[:160]}")
+                    print(f"{mname:14} {name:12} {pname:4} failed: {type(e).__name__}: {str(e)[:160]}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 Uses bench_dist's masks and setup (bf16, hq=hk=16, d=128, chunk 512); the kernel backend and
 group collectives follow the environment (MAGI_ATTENTION_FA4_BACKEND, MAGI_ATTENTION_NATIVE_GRPCOLL).
-Prints: host ms per forward (no sync inside), device ms per forward and backward, the top host
+Prints: host ms per forward and per backward (no sync inside), device ms per forward and backward, the top host
 functions of five forwards, and the top device kernels of two forward+backward passes.
 """
 
@@ -61,6 +61,13 @@ def main(argv=None) -> int:
         out = calc_attn(lq, lk, lv, key)[0]
     host_fwd = (time.perf_counter() - t0) / n
     torch.cuda.synchronize()
+    host_bwd = 0.0
+    for _ in range(n):
+        out = calc_attn(lq, lk, lv, key)[0]
+        t0 = time.perf_counter()
+        out.backward(ldo)
+        host_bwd += (time.perf_counter() - t0) / n
+    torch.cuda.synchronize()
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
     ev[0].record()
     for _ in range(n):
@@ -73,7 +80,7 @@ def main(argv=None) -> int:
     fwd_ms = ev[0].elapsed_time(ev[1]) / n
     step_ms = ev[1].elapsed_time(ev[2]) / n
     if rank == 0:
-        print(f"{args.mask} T={T} world={world}: host {host_fwd * 1e3:.3f} ms/forward (no sync); back to back: "
+        print(f"{args.mask} T={T} world={world}: host {host_fwd * 1e3:.3f} ms/forward, {host_bwd * 1e3:.3f} ms/backward (no sync); back to back: "
               f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms", flush=True)
     prof = cProfile.Profile()
     dist.barrier()
