@@ -172,3 +172,106 @@ def test_sink_correction_equals_extra_keys(layout):
     torch.testing.assert_close(lse, exp_lse)
     torch.testing.assert_close(lse[0], lse_sink[0])
     assert magi_ffa.calc_lse_sink(sink, layout).shape == ((3,) if layout == "sh" else (9, 3))
+
+
+# ------------------------------------------------------------------ interface 1.3: overwrite, q-dtype buffers
+@pytest.fixture(params=["torch", "fa4"])
+def writer_backend(request, monkeypatch):
+    """The torch reference (accumulates into initialised fp32 buffers) and the fa4 backend on CPU
+    through the FA4 stand-in (writes whole buffers, SUPPORTS_FRESH): both paths of the interface."""
+    if request.param == "fa4":
+        import _fake_fa4
+        from magi_ffa.backends import fa4 as fa4_backend
+
+        _fake_fa4.install_backend_on_cpu(monkeypatch)
+        yield "fa4"
+        fa4_backend.clear_mask_cache()
+    else:
+        yield "torch"
+
+
+def _two_calls():
+    """Two calls over disjoint key sets of every query row (rows 14.. see only the second), all
+    four mask types, plus rows 28..32 that no call reaches."""
+    first = ([[0, 14], [14, 28]], [[0, 14], [20, 30]], [1, 0])
+    second = ([[0, 14], [14, 28], [4, 10]], [[16, 30], [0, 14], [14, 16]], [3, 2, 0])
+    return first, second
+
+
+def test_overwrite_and_low_precision_buffers_match_fp32_accumulators(writer_backend):
+    """The runtime's pattern with two contributors: the first call writes buffers that hold NaN
+    (overwrite: nothing is read), the second merges / adds into them, all in q's dtype (fp16). The
+    result equals the fp32-accumulator path converted at the end (one rounding either way) and the
+    float64 reference."""
+    be = writer_backend
+    q, k, v = _qkv(32, 30, 4, 2, 64, seed=11, dtype=torch.float16)
+    dout = torch.randn(32, 4, 64, generator=torch.Generator().manual_seed(12)).half()
+    first, second = _two_calls()
+    # reference path: fp32 accumulators, then one cast
+    out32, lse32, _ = ffa_forward(q, k, v, *first, softmax_scale=SCALE, backend=be)
+    ffa_forward(q, k, v, *second, softmax_scale=SCALE, out=out32, lse=lse32, backend=be)
+    # interface 1.3 path: fp16 out written by the first call, merged into by the second
+    out = torch.full((32, 4, 64), float("nan"), dtype=torch.float16)
+    lse = torch.full((32, 4), float("nan"))
+    r = ffa_forward(q, k, v, *first, softmax_scale=SCALE, out=out, lse=lse, overwrite=True, backend=be)
+    assert r[0] is out and r[1] is lse
+    ffa_forward(q, k, v, *second, softmax_scale=SCALE, out=out, lse=lse, backend=be)
+    torch.testing.assert_close(out, out32.half(), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(lse, lse32, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[28:], torch.zeros_like(out[28:])) and torch.isneginf(lse[28:]).all()
+    union = [a + b for a, b in zip(first, second)]
+    ref = [x.double().requires_grad_() for x in (q, k, v)]
+    ref_out, ref_lse, _ = ref_attn_dense(*ref, *union, softmax_scale=SCALE)
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-3, rtol=2e-3)
+
+    o, l_ = out.float(), lse  # the final forward results every backward call uses
+    g32 = ffa_backward(dout, q, k, v, o, l_, *first, softmax_scale=SCALE, backend=be)
+    ffa_backward(dout, q, k, v, o, l_, *second, softmax_scale=SCALE, dq=g32[0], dk=g32[1], dv=g32[2], backend=be)
+    dq = torch.full(q.shape, float("nan"), dtype=torch.float16)
+    dk1, dv1, dk2, dv2 = (torch.full(k.shape, float("nan"), dtype=torch.float16) for _ in range(4))
+    ffa_backward(dout, q, k, v, o, l_, *first, softmax_scale=SCALE, dq=dq, dk=dk1, dv=dv1,
+                 overwrite=True, backend=be)
+    # the second call adds into dq and writes its own dK/dV (a stage's payload)
+    ffa_backward(dout, q, k, v, o, l_, *second, softmax_scale=SCALE, dq=dq, dk=dk2, dv=dv2,
+                 overwrite=("dk", "dv"), backend=be)
+    torch.testing.assert_close(dq, g32[0].half(), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(dk1.float() + dk2.float(), g32[1], atol=4e-3, rtol=4e-3)
+    torch.testing.assert_close(dv1.float() + dv2.float(), g32[2], atol=4e-3, rtol=4e-3)
+    ref_grads = torch.autograd.grad(ref_out, ref, dout.double())
+    for got, want in zip((dq, dk1.double() + dk2.double(), dv1.double() + dv2.double()), ref_grads):
+        torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)
+
+
+def test_overwrite_on_fp32_buffers_ignores_their_contents(writer_backend):
+    """overwrite=True on fp32 buffers full of garbage gives exactly the fresh call's result."""
+    be = writer_backend
+    q, k, v = _qkv(32, 30, 4, 2, 64, seed=5)
+    dout = torch.randn(32, 4, 64, generator=torch.Generator().manual_seed(6))
+    first, _ = _two_calls()
+    fresh = ffa_forward(q, k, v, *first, softmax_scale=SCALE, backend=be)
+    out, lse = torch.randn(32, 4, 64), torch.full((32, 4), 3.0)
+    ffa_forward(q, k, v, *first, softmax_scale=SCALE, out=out, lse=lse, overwrite=True, backend=be)
+    torch.testing.assert_close(out, fresh[0], atol=0, rtol=0)
+    torch.testing.assert_close(lse, fresh[1], atol=0, rtol=0)
+    want = ffa_backward(dout, q, k, v, out, lse, *first, softmax_scale=SCALE, backend=be)
+    got = [torch.randn(t.shape) for t in (q, k, v)]
+    ffa_backward(dout, q, k, v, out, lse, *first, softmax_scale=SCALE, dq=got[0], dk=got[1], dv=got[2],
+                 overwrite=True, backend=be)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_overwrite_argument_errors_name_the_argument():
+    from magi_ffa.errors import FFAInputError, FFATypeError
+
+    q, k, v = _qkv(16, 16, 2, 2, 8)
+    out, lse, _ = ffa_forward(q, k, v, [[0, 16]], [[0, 16]], [1], softmax_scale=SCALE, backend="torch")
+    with pytest.raises(FFAInputError, match=r"ffa_backward\(\): overwrite names \['dx'\] are not among"):
+        ffa_backward(q, q, k, v, out, lse, [[0, 16]], [[0, 16]], [1], softmax_scale=SCALE,
+                     overwrite=("dq", "dx"), backend="torch")
+    with pytest.raises(FFATypeError, match=r"ffa_backward\(\): overwrite must be a bool or a collection"):
+        ffa_backward(q, q, k, v, out, lse, [[0, 16]], [[0, 16]], [1], softmax_scale=SCALE,
+                     overwrite=3, backend="torch")
+    with pytest.raises(FFATypeError, match=r"ffa_backward\(\): dq must be a float32 buffer, got torch.float16"):
+        ffa_backward(q, q, k, v, out, lse, [[0, 16]], [[0, 16]], [1], softmax_scale=SCALE,
+                     dq=torch.zeros(16, 2, 8, dtype=torch.float16), backend="torch")

@@ -152,7 +152,7 @@ def test_accumulation_interface_checks():
             lse=torch.zeros(16, 2),
             backend="torch",
         )
-    with pytest.raises(FFATypeError, match=r"ffa_forward\(\): out must be a float32 accumulator"):
+    with pytest.raises(FFATypeError, match=r"ffa_forward\(\): out must be a float32 buffer, got torch.float16"):
         ffa_forward(
             q,
             k,

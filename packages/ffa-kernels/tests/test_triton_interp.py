@@ -608,16 +608,18 @@ def test_api_triton_fresh_path_matches_reference_and_reads_once(host_reads):
 
 
 @kernel_test
-@pytest.mark.parametrize("part_dtype", [torch.float32, torch.float16])
-def test_fused_lse_merge_matches_torch_merge(part_dtype):
+@pytest.mark.parametrize("part_dtype,acc_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32),
+                                                  (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16)])
+def test_fused_lse_merge_matches_torch_merge(part_dtype, acc_dtype):
     """The fa4 backend's one-pass merge equals merge.correct_attn_out_lse (float64), including
-    -inf lse on either side, rows marked empty and a transposed part lse (FA4's layout)."""
+    -inf lse on either side, rows marked empty and a transposed part lse (FA4's layout); a
+    low-precision accumulator (the runtime's two-contributor buffers) is read and rounded once."""
     from magi_ffa.backends.triton.merge import merge_into_
     from magi_ffa.merge import correct_attn_out_lse
 
     gen = torch.Generator().manual_seed(3)
     sq, h, d = 37, 3, 40
-    acc = torch.randn(sq, h, d, generator=gen)
+    acc = torch.randn(sq, h, d, generator=gen).to(acc_dtype)
     acc_lse = torch.randn(sq, h, generator=gen)
     part = torch.randn(sq, h, d, generator=gen).to(part_dtype)
     part_lse = torch.randn(h, sq, generator=gen).t()  # a view with strides (1, sq)
@@ -633,10 +635,11 @@ def test_fused_lse_merge_matches_torch_merge(part_dtype):
     ref_part = torch.where(empty[:, None, None], 0.0, part.double())
     want_o, want_l = correct_attn_out_lse(acc.double(), acc_lse.double(), ref_part, ref_part_lse.double())
     assert merge_into_(acc, acc_lse, part, part_lse, empty)
-    assert not torch.isnan(acc).any()
-    torch.testing.assert_close(acc.double(), want_o, rtol=1e-5, atol=1e-5)
+    assert not torch.isnan(acc).any() and acc.dtype == acc_dtype
+    tol = 1e-5 if acc_dtype == torch.float32 else (1e-3 if acc_dtype == torch.float16 else 8e-3)
+    torch.testing.assert_close(acc.double(), want_o.to(acc_dtype).double(), rtol=tol, atol=tol)
     torch.testing.assert_close(acc_lse.double(), want_l, rtol=1e-5, atol=1e-5)
-    assert torch.equal(acc[5], torch.zeros(h, d)) and (acc_lse[5] == float("-inf")).all()
+    assert torch.equal(acc[5], torch.zeros(h, d, dtype=acc_dtype)) and (acc_lse[5] == float("-inf")).all()
     # not its case: fp64 accumulators fall back (returns False, touches nothing)
     a64 = acc.double()
     assert not merge_into_(a64, acc_lse.double(), part.double(), part_lse.double())

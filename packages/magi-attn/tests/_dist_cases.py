@@ -74,10 +74,10 @@ def run_cases(cases, group=None, rank_label=""):
         T, hq, hk, d, chunk = case["T"], case["hq"], case["hk"], case["d"], case["chunk"]
         qr, kr, tm = case_mask(case)
         torch.manual_seed(case.get("seed", 0))
-        q = torch.randn(T, hq, d, dtype=torch.float64, requires_grad=True)
-        k = torch.randn(T, hk, d, dtype=torch.float64, requires_grad=True)
-        v = torch.randn(T, hk, d, dtype=torch.float64, requires_grad=True)
-        do = torch.randn(T, hq, d, dtype=torch.float64)
+        dt = getattr(torch, case.get("dtype", "float64"))  # low-precision cases: the reference
+        q, k, v = (torch.randn(T, h, d, dtype=torch.float64).to(dt).requires_grad_()  # runs on the
+                   for h in (hq, hk, hk))  # same rounded inputs, in float64
+        do = torch.randn(T, hq, d, dtype=torch.float64).to(dt)
         sink = (torch.randn(2, hq, dtype=torch.float64, requires_grad=True)
                 if case.get("sink") else None)
         softcap = case.get("softcap", 0.0)
@@ -91,14 +91,16 @@ def run_cases(cases, group=None, rank_label=""):
         want_ml = case.get("max_logits", True)  # the fa4 backend refuses max_logits
         lout, meta = calc_attn(lq, lk, lv, key, sink=sink, softcap=softcap,
                                return_max_logits=want_ml)
-        out = undispatch(lout, key)
+        assert lout.dtype == dt, f"{case['name']}: out is {lout.dtype}, not the input dtype {dt}"
+        out = undispatch(lout, key).double()
         lse = undispatch(meta.lse, key)
-        (out * do).sum().backward()
-        grads = [q.grad, k.grad, v.grad] + ([sink.grad] if sink is not None else [])
-        q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        undispatch(lout, key).backward(do)
+        grads = [x.grad.double() for x in (q, k, v)] + ([sink.grad] if sink is not None else [])
+        assert all(x.grad.dtype == dt for x in (q, k, v)), f"{case['name']}: gradient dtypes"
+        q2, k2, v2 = (t.detach().double().requires_grad_() for t in (q, k, v))
         s2 = sink.detach().clone().requires_grad_() if sink is not None else None
         ro, rl, rml = ref_attn_dense(q2, k2, v2, qr, kr, tm, softcap=softcap, sink=s2)
-        (ro * do).sum().backward()
+        (ro * do.double()).sum().backward()
         refs = [q2.grad, k2.grad, v2.grad] + ([s2.grad] if s2 is not None else [])
         errs = {"out": (out - ro).abs().max().item()}
         fin = torch.isfinite(rl)

@@ -158,6 +158,12 @@ def run_gpu_cases(rank: int, world: int, cases: list[dict]) -> dict:
             if reason:
                 results[case["name"]] = ("skip", f"native grpcoll unsupported: {reason}")
                 continue
+        if env.get("MAGI_ATTENTION_FA4_BACKEND") == "1":
+            try:
+                import flash_attn.cute.interface  # noqa: F401
+            except ImportError as e:
+                results[case["name"]] = ("skip", f"Flash-Attention 4 not importable: {e}")
+                continue
         os.environ.update(env)
         try:
             results[case["name"]] = ("ok", _run_one(case, device))

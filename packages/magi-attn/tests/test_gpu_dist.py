@@ -2,7 +2,8 @@
 
 Forward and backward of causal, varlen causal, sliding window and block causal masks (16k tokens,
 GQA 8/2, d 128), each tensor checked on every rank with the FFA criterion (see _gpu_cases), plus
-one case through magi_grpcoll's native implementation when it can run. All cases share one
+one case through magi_grpcoll's native implementation when it can run, and three on the fa4 kernel
+backend when Flash-Attention 4 is importable. All cases share one
 2-rank spawn. Skips unless at least two CUDA devices are visible.
 """
 
@@ -24,6 +25,14 @@ CASES = [
     dict(_BASE, name="block_causal", mask="block_causal", block=2048, degree="dynamic"),
     dict(_BASE, name="native_grpcoll_causal", mask="varlen_causal", seed=6, degree=2,
          env={"MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
+    # the fa4 kernel backend (skipped without FA4): out/dq in bf16 with two contributors
+    # (degree 1), fp32 with three (degree 2); dK/dV reduced into the host's, or (hide tail) apart
+    dict(_BASE, name="fa4_causal", mask="causal", degree=1, env={"MAGI_ATTENTION_FA4_BACKEND": "1"}),
+    dict(_BASE, name="fa4_varlen_causal", mask="varlen_causal", seed=7, degree=2,
+         env={"MAGI_ATTENTION_FA4_BACKEND": "1"}),
+    dict(_BASE, name="fa4_native_grpcoll_hide_tail", mask="causal", degree=2,
+         env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
+              "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
 ]
 ENV = {"MAGI_ATTENTION_KERNEL_BACKEND": "triton"}
 

@@ -146,18 +146,56 @@ def flex_flash_attn_func(
     return out, AttnForwardMeta(lse=lse, max_logits=max_logits if return_max_logits else None)
 
 
-def _check_buffer(fn: str, name: str, buf, shape, device, allow_f64: bool) -> None:
+def _check_buffer(fn: str, name: str, buf, shape, device, dtypes: tuple) -> None:
     if buf is None:
         return
     if not isinstance(buf, torch.Tensor):
         raise FFATypeError(f"{fn}(): {name} must be a torch.Tensor or None, got {type(buf).__name__}.")
-    ok_dtypes = (torch.float32, torch.float64) if allow_f64 else (torch.float32,)
-    if buf.dtype not in ok_dtypes:
-        raise FFATypeError(f"{fn}(): {name} must be a float32 accumulator, got {buf.dtype}.")
+    if buf.dtype not in dtypes:
+        names = " or ".join(str(d).replace("torch.", "") for d in dict.fromkeys(dtypes))
+        raise FFATypeError(f"{fn}(): {name} must be a {names} buffer, got {buf.dtype}.")
     if list(buf.shape) != list(shape):
         raise FFAInputError(f"{fn}(): {name} must have shape {list(shape)}, got {list(buf.shape)}.")
     if buf.device != device:
         raise FFAInputError(f"{fn}(): {name} is on {buf.device} but q is on {device}.")
+
+
+def _stat_dtypes(q: torch.Tensor) -> tuple:
+    """dtypes of the fp32 statistics buffers (lse, max_logits, delta): fp64 too for fp64 inputs."""
+    return (torch.float32, torch.float64) if q.dtype == torch.float64 else (torch.float32,)
+
+
+def _value_dtypes(q: torch.Tensor) -> tuple:
+    """dtypes of out / dq / dk / dv buffers: the fp32 accumulators, or q's own dtype (interface 1.3:
+    a runtime with one or two contributors per buffer keeps no fp32 copy; see ffa_forward)."""
+    return (*_stat_dtypes(q), q.dtype)
+
+
+def _overwrite_names(fn: str, overwrite, names: tuple[str, ...]) -> frozenset:
+    """`overwrite` (True, False, or a collection of buffer names) as the set of names it covers."""
+    if overwrite is True or overwrite is False:
+        return frozenset(names) if overwrite else frozenset()
+    if isinstance(overwrite, str):
+        overwrite = (overwrite,)
+    try:
+        chosen = frozenset(overwrite)
+    except TypeError:
+        raise FFATypeError(f"{fn}(): overwrite must be a bool or a collection of {list(names)}, got "
+                           f"{type(overwrite).__name__}.") from None
+    unknown = sorted(str(n) for n in chosen - set(names))
+    if unknown:
+        raise FFAInputError(f"{fn}(): overwrite names {unknown} are not among {list(names)}.")
+    return chosen
+
+
+def _merge_partial_(out, lse, part, part_lse) -> None:
+    """lse-merge (part, part_lse) into (out, lse) in place: one Triton pass where it applies (a
+    CUDA device, or the interpreter), else the torch merge (fp32 arithmetic, written back)."""
+    from magi_ffa.backends.triton.merge import merge_into_
+    from magi_ffa.merge import correct_attn_out_lse
+
+    if not merge_into_(out, lse, part, part_lse):
+        correct_attn_out_lse(out, lse, part, part_lse, inplace=True)
 
 
 def ffa_forward(
@@ -176,14 +214,20 @@ def ffa_forward(
     return_max_logits: bool = False,
     deterministic: bool = False,
     backend: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Accumulating forward (no autograd, no sink): lse-merge this call into `out`/`lse`.
 
     Args:
-        out: fp32 [Sq, hq, d] and lse: fp32 [Sq, hq], merged in place when given (rows this call
+        out: [Sq, hq, d] and lse: fp32 [Sq, hq], merged in place when given (rows this call
             does not reach stay as they were); fresh buffers start at out 0, lse -inf. Pass
-            both or neither.
+            both or neither. `out` is an fp32 accumulator, or (interface 1.3) in q's dtype: the
+            merge then runs in fp32 and rounds once per call, so a buffer with at most two
+            contributors ends exactly as an fp32 accumulator converted at the end would.
         max_logits: fp32 [hq], maxed in place when given (implies it is returned).
+        overwrite: (interface 1.3) the given out/lse hold nothing yet: this call writes them
+            whole, as if they started at out 0, lse -inf, without reading them (no fill pass on
+            backends that write whole buffers).
 
     Returns:
         (out, lse, max_logits or None): the buffers, fp32 (fp64 for fp64 inputs when fresh).
@@ -195,23 +239,39 @@ def ffa_forward(
     if (out is None) != (lse is None):
         raise FFAInputError(f"{fn}(): pass both out and lse to accumulate into, or neither.")
     sq, hq, d = q.shape
-    f64 = q.dtype == torch.float64
-    _check_buffer(fn, "out", out, (sq, hq, d), q.device, f64)
-    _check_buffer(fn, "lse", lse, (sq, hq), q.device, f64)
-    _check_buffer(fn, "max_logits", max_logits, (hq,), q.device, f64)
+    _check_buffer(fn, "out", out, (sq, hq, d), q.device, _value_dtypes(q))
+    _check_buffer(fn, "lse", lse, (sq, hq), q.device, _stat_dtypes(q))
+    _check_buffer(fn, "max_logits", max_logits, (hq,), q.device, _stat_dtypes(q))
     adt = acc_dtype(q.dtype)
     inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
     impl = select_backend(inp, backend)
-    fresh = out is None and impl.SUPPORTS_FRESH  # fresh buffers written whole: no zero-fill
-    if fresh:
-        out = torch.empty(sq, hq, d, dtype=adt, device=q.device)
-        lse = torch.empty((sq, hq), dtype=adt, device=q.device)
-    elif out is None:
-        out = torch.zeros(sq, hq, d, dtype=adt, device=q.device)
-        lse = torch.full((sq, hq), float("-inf"), dtype=adt, device=q.device)
     if max_logits is None and return_max_logits:
         max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
-    run_forward(impl, inp, out, lse, max_logits, fresh=fresh)
+    if out is None:
+        fresh = impl.SUPPORTS_FRESH  # fresh buffers written whole: no zero-fill
+        out = (torch.empty if fresh else torch.zeros)(sq, hq, d, dtype=adt, device=q.device)
+        lse = (torch.empty((sq, hq), dtype=adt, device=q.device) if fresh
+               else torch.full((sq, hq), float("-inf"), dtype=adt, device=q.device))
+        run_forward(impl, inp, out, lse, max_logits, fresh=fresh)
+        return out, lse, max_logits
+    if overwrite and impl.SUPPORTS_FRESH:
+        run_forward(impl, inp, out, lse, max_logits, fresh=True)
+        return out, lse, max_logits
+    if overwrite:
+        out.zero_()
+        lse.fill_(float("-inf"))
+    if out.dtype in _stat_dtypes(q):  # an fp32 (fp64) accumulator: the backend merges in place
+        run_forward(impl, inp, out, lse, max_logits)
+        return out, lse, max_logits
+    # a low-precision out: this call's result in temporaries, then one lse merge in fp32
+    fresh = impl.SUPPORTS_FRESH
+    part = torch.empty(out.shape, dtype=q.dtype if fresh else adt, device=q.device)
+    part_lse = torch.empty(lse.shape, dtype=lse.dtype, device=q.device)
+    if not fresh:
+        part.zero_()
+        part_lse.fill_(float("-inf"))
+    run_forward(impl, inp, part, part_lse, max_logits, fresh=fresh)
+    _merge_partial_(out, lse, part, part_lse)
     return out, lse, max_logits
 
 
@@ -234,46 +294,76 @@ def ffa_backward(
     delta: torch.Tensor | None = None,
     deterministic: bool = False,
     backend: str | None = None,
+    overwrite=False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Accumulating backward (no autograd): add this call's dq, dk, dv into the given buffers.
 
     Args:
         dout: [Sq, hq, d] gradient of the final output.
         out, lse: the *final* merged forward results (sink included), [Sq, hq, d] and fp32 [Sq, hq].
-        dq: fp32 [Sq, hq, d]; dk, dv: fp32 [Sk, hk, d]; added into in place, fresh zeros if None.
+        dq: [Sq, hq, d]; dk, dv: [Sk, hk, d]; fp32 accumulators or (interface 1.3) in q's dtype;
+            added into in place, fresh if None.
         delta: fp32 [Sq, hq] = rowsum(out * dout); computed when None (pass it to reuse it
             across calls).
+        overwrite: (interface 1.3) True, or the names among "dq", "dk", "dv" whose buffers hold
+            nothing yet: this call writes them whole (0 where it reaches nothing) instead of
+            adding into them, without a fill pass on backends that write whole buffers.
 
     Returns:
-        (dq, dk, dv) fp32 (fp64 for fp64 inputs when fresh).
+        (dq, dk, dv): the buffers (fresh ones fp32, fp64 for fp64 inputs).
     """
     fn = "ffa_backward"
     q, k, v, qr, kr, tm, scale, cap = _prepare(
         fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap
     )
     sq, hq, d = q.shape
-    f64 = q.dtype == torch.float64
     for name, t, shape in (("dout", dout, q.shape), ("out", out, q.shape)):
         if not isinstance(t, torch.Tensor) or list(t.shape) != list(shape):
             got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise FFAInputError(f"{fn}(): {name} must be a tensor of shape {list(shape)}, got {got}.")
-    _check_buffer(fn, "lse", lse, (sq, hq), q.device, True)
+    _check_buffer(fn, "lse", lse, (sq, hq), q.device, (torch.float32, torch.float64))
     if lse is None:
         raise FFAInputError(f"{fn}(): lse is required (the final forward lse).")
-    _check_buffer(fn, "dq", dq, q.shape, q.device, f64)
-    _check_buffer(fn, "dk", dk, k.shape, q.device, f64)
-    _check_buffer(fn, "dv", dv, v.shape, q.device, f64)
-    _check_buffer(fn, "delta", delta, (sq, hq), q.device, True)
+    bufs = {"dq": dq, "dk": dk, "dv": dv}
+    like = {"dq": q, "dk": k, "dv": v}
+    for name, buf in bufs.items():
+        _check_buffer(fn, name, buf, like[name].shape, q.device, _value_dtypes(q))
+    _check_buffer(fn, "delta", delta, (sq, hq), q.device, (torch.float32, torch.float64))
+    written = _overwrite_names(fn, overwrite, tuple(bufs))
     adt = acc_dtype(q.dtype)
     inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
     impl = select_backend(inp, backend)
-    # no buffer given: fresh fp32 buffers written whole by a SUPPORTS_FRESH backend (no zero-fill)
-    fresh = dq is None and dk is None and dv is None and impl.SUPPORTS_FRESH
-    alloc = torch.empty if fresh else torch.zeros
-    dq = alloc(q.shape, dtype=adt, device=q.device) if dq is None else dq
-    dk = alloc(k.shape, dtype=adt, device=q.device) if dk is None else dk
-    dv = alloc(v.shape, dtype=adt, device=q.device) if dv is None else dv
     if delta is None and impl.USES_DELTA:
         delta = rowsum_out_dout(out, dout)
-    run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
-    return dq, dk, dv
+    if all(b is None for b in bufs.values()) or (
+            not written and all(b.dtype in _stat_dtypes(q) for b in bufs.values() if b is not None)):
+        # no buffer given: fresh fp32 buffers written whole by a SUPPORTS_FRESH backend (no zero-fill)
+        fresh = all(b is None for b in bufs.values()) and impl.SUPPORTS_FRESH
+        alloc = torch.empty if fresh else torch.zeros
+        dq, dk, dv = (alloc(like[n].shape, dtype=adt, device=q.device) if b is None else b
+                      for n, b in bufs.items())
+        run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
+        return dq, dk, dv
+    # Some buffers are written whole or kept in q's dtype: a writing backend (SUPPORTS_FRESH) gets
+    # those to write and temporaries in q's dtype for the rest, which are then added; the others
+    # accumulate into zeroed fp32 buffers that are then copied or added.
+    fresh = impl.SUPPORTS_FRESH
+    targets, after = {}, []
+    for name, buf in bufs.items():
+        writes = name in written or buf is None
+        if buf is None:
+            buf = bufs[name] = torch.empty(like[name].shape, dtype=adt, device=q.device)
+        if fresh and writes:
+            targets[name] = buf
+        elif fresh:
+            targets[name] = torch.empty(buf.shape, dtype=q.dtype, device=q.device)
+            after.append((buf.add_, targets[name]))
+        elif writes and buf.dtype == adt:
+            targets[name] = buf.zero_()
+        else:
+            targets[name] = torch.zeros(buf.shape, dtype=adt, device=q.device)
+            after.append((buf.copy_ if writes else buf.add_, targets[name]))
+    run_backward(impl, inp, dout, out, lse, delta, targets["dq"], targets["dk"], targets["dv"], fresh=fresh)
+    for op, t in after:
+        op(t)
+    return bufs["dq"], bufs["dk"], bufs["dv"]

@@ -20,7 +20,7 @@ from magi_attention import _compat
 from magi_attention.common.host_collective import run_and_release
 
 __all__ = ["_acc_dtype", "_optional_kwargs", "_Calc", "_FFARuntimeMixin", "_save_for_backward",
-           "_saved_inputs", "_default_scale", "kernel_backend"]
+           "_saved_inputs", "_default_scale", "kernel_backend", "value_dtype", "writes_buffers"]
 
 
 def kernel_backend(flags: Any) -> str | None:
@@ -34,6 +34,21 @@ def kernel_backend(flags: Any) -> str | None:
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 accumulators, fp64 when the inputs are fp64 (reference runs)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def writes_buffers() -> bool:
+    """Whether the loaded magi_ffa can write a call's result over a buffer and keep out/dq/dk/dv in
+    the input dtype (interface 1.3, ``overwrite=``): then a buffer's first contributor writes it
+    (no zero-fill) and one with at most two contributors needs no fp32 copy and no final cast."""
+    return _compat.version_satisfies(str(getattr(_compat.ffa, "INTERFACE_VERSION", "0")), ">=1.3")
+
+
+def value_dtype(dtype: torch.dtype, contributors: int) -> torch.dtype:
+    """dtype of an out/dq buffer summed from ``contributors`` calls: the input dtype when that is
+    exact (fp32/fp64 inputs, or fp16/bf16 with at most two contributors: one fp32 sum, one rounding,
+    as an fp32 accumulator converted at the end), else the fp32 accumulator."""
+    acc = _acc_dtype(dtype)
+    return dtype if dtype == acc or contributors <= 2 else acc
 
 
 @functools.cache
@@ -77,11 +92,14 @@ class _FFARuntimeMixin:
     cp_group: Any
     _dsink_warned = False
 
-    def _fwd(self, q, k, v, calc: _Calc, out, lse, max_logits, scale, softcap):
+    def _fwd(self, q, k, v, calc: _Calc, out, lse, max_logits, scale, softcap, overwrite: bool = False):
+        """lse-merge ``calc``'s attention into out/lse (or write them whole: ``overwrite``)."""
         if calc.empty:
             return
         fn = _compat.ffa.ffa_forward
         extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge)
+        if overwrite:
+            extra["overwrite"] = True
         fn(q, k, v, calc.q_ranges, calc.k_ranges, calc.types, softmax_scale=scale,
            softcap=softcap, out=out, lse=lse, max_logits=max_logits,
            return_max_logits=max_logits is not None, deterministic=self.flags.deterministic,
@@ -96,12 +114,16 @@ class _FFARuntimeMixin:
         acc = _acc_dtype(out.dtype)
         return (out.to(acc) * dout.to(acc)).sum(-1)
 
-    def _bwd(self, dout, q, k, v, out, lse, delta, calc: _Calc, dq, dk, dv, scale, softcap):
+    def _bwd(self, dout, q, k, v, out, lse, delta, calc: _Calc, dq, dk, dv, scale, softcap,
+             overwrite: tuple[str, ...] = ()):
+        """Add ``calc``'s dq/dk/dv into the buffers (or write those named in ``overwrite`` whole)."""
         if calc.empty:
             return
         fn = _compat.ffa.ffa_backward
         extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge,
                                  cat_gqa=self.flags.cat_gqa)
+        if overwrite:
+            extra["overwrite"] = overwrite
         fn(dout, q, k, v, out, lse, calc.q_ranges, calc.k_ranges, calc.types,
            softmax_scale=scale, softcap=softcap, dq=dq, dk=dk, dv=dv, delta=delta,
            deterministic=self.flags.deterministic, backend=self.backend, **extra)

@@ -32,6 +32,8 @@ from magi_attention.runtime._common import (
     _save_for_backward,
     _saved_inputs,
     kernel_backend,
+    value_dtype,
+    writes_buffers,
 )
 
 __all__ = ["DistAttnRuntime", "DistAttnFunc", "dist_attn_func"]
@@ -54,6 +56,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self.backend = kernel_backend(flags)
         self.save_tail = flags.bwd_hide_tail_reduce and self.num_stages > 0
         self.stage_by_stage = flags.prefetch_stage_by_stage or flags.native_grpcoll
+        self.writes = writes_buffers()  # calls write their buffers; out/dq in q's dtype where exact
         self._plans: dict[int, tuple[Any, Any]] = {}
 
     # ---------------------------------------------------------------- communication
@@ -88,6 +91,10 @@ class DistAttnRuntime(_FFARuntimeMixin):
                                                           reduce_op="sum", **self.comm_kwargs)
 
     # ---------------------------------------------------------------- forward
+    def _contributors(self) -> int:
+        """How many kernel calls reach this rank's out/dq: the non-empty host and stage calcs."""
+        return sum(not c.empty for c in [self.host_calc, *self.stage_calcs])
+
     def forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool):
         """Returns (out [Sq,hq,d] q.dtype, lse [Sq,hq] fp32|fp64, max_logits [hq] | None, tail kv)."""
         D = self.num_stages
@@ -98,12 +105,26 @@ class DistAttnRuntime(_FFARuntimeMixin):
 
         acc = _acc_dtype(q.dtype)
         sq, hq, d = q.shape
-        out = torch.zeros((sq, hq, v.shape[-1]), dtype=acc, device=q.device)
-        lse = torch.full((sq, hq), float("-inf"), dtype=acc, device=q.device)
+        # Written by the first call that reaches them, in q's dtype where that is exact (see
+        # value_dtype); the sink and max_logits still work on fp32 accumulators.
+        direct = self.writes and sink is None and not return_max_logits
+        if direct:
+            out = torch.empty((sq, hq, v.shape[-1]), dtype=value_dtype(q.dtype, self._contributors()),
+                              device=q.device)
+            lse = torch.empty((sq, hq), dtype=acc, device=q.device)
+        else:
+            out = torch.zeros((sq, hq, v.shape[-1]), dtype=acc, device=q.device)
+            lse = torch.full((sq, hq), float("-inf"), dtype=acc, device=q.device)
         max_logits = (torch.full((hq,), float("-inf"), dtype=acc, device=q.device)
                       if return_max_logits else None)
+        unwritten = direct  # out/lse still hold nothing
 
-        self._fwd(q, k, v, self.host_calc, out, lse, max_logits, scale, softcap)
+        def attend(k_, v_, calc):
+            nonlocal unwritten
+            self._fwd(q, k_, v_, calc, out, lse, max_logits, scale, softcap, overwrite=unwritten)
+            unwritten = unwritten and calc.empty
+
+        attend(k, v, self.host_calc)
         tail = None
         for s in range(D):
             work, buf = works.pop(s)
@@ -111,27 +132,37 @@ class DistAttnRuntime(_FFARuntimeMixin):
             if self.stage_by_stage and s + 1 < D:
                 works[s + 1] = self._cast_kv(kv, s + 1)
             r = kv_s.shape[0] // 2
-            self._fwd(q, kv_s[:r], kv_s[r:], self.stage_calcs[s], out, lse, max_logits,
-                      scale, softcap)
+            attend(kv_s[:r], kv_s[r:], self.stage_calcs[s])
             if self.save_tail and s == D - 1:
                 tail = kv_s
+        if unwritten:  # no call reached this rank's rows
+            out.zero_()
+            lse.fill_(float("-inf"))
         self._finish_forward(out, lse, sink, max_logits)
         return out.to(q.dtype), lse, max_logits, tail
 
     # ---------------------------------------------------------------- backward
     def backward(self, dout, q, k, v, out, lse, sink, tail, scale: float, softcap: float,
                  need_dsink: bool):
-        """Returns (dq, dk, dv, dsink | None), local to this rank."""
+        """Returns (dq, dk, dv, dsink | None), local to this rank.
+
+        With a magi_ffa that writes buffers (``writes_buffers``), the first call reaching dq writes
+        it (in q's dtype where exact), the host calc writes this rank's dK/dV and each stage
+        writes its dK/dV payload in the communication dtype, and the stages' reduces add into the
+        host's dK/dV: no zero-fills, no fp32 copies of the payloads, no final casts.
+        """
         D = self.num_stages
         acc = _acc_dtype(q.dtype)
         dout = dout.contiguous()
         delta = self._delta(out, dout)
         sk = k.shape[0]
-        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-        dkv_host = torch.zeros((2 * sk, *k.shape[1:]), dtype=acc, device=k.device)
         hp = self.flags.bwd_high_precision_reduce or acc == torch.float64
-        dkv_red = torch.zeros((2 * sk, *k.shape[1:]), dtype=acc if hp else k.dtype,
-                              device=k.device) if D > 0 else None
+        comm_dtype = acc if hp else k.dtype  # the dK/dV payloads' dtype
+        w = self.writes
+        dq = (torch.empty(q.shape, dtype=value_dtype(q.dtype, self._contributors()), device=q.device)
+              if w else torch.zeros(q.shape, dtype=acc, device=q.device))
+        dkv_host = (torch.empty((2 * sk, *k.shape[1:]), dtype=comm_dtype, device=k.device) if w
+                    else torch.zeros((2 * sk, *k.shape[1:]), dtype=acc, device=k.device))
 
         if self.save_tail and tail is not None:
             order = [D - 1] + list(range(D - 1)) + [None]
@@ -139,6 +170,11 @@ class DistAttnRuntime(_FFARuntimeMixin):
         else:
             order = [None] + list(range(D))
             fetched = list(range(D))
+        # The reduces add into the host's dK/dV when the host calc has written them before the
+        # first reduce is issued; otherwise (host last, or the old interface) into a zeroed buffer.
+        reduce_into_host = w and order[0] is None
+        dkv_red = (dkv_host if reduce_into_host else
+                   torch.zeros((2 * sk, *k.shape[1:]), dtype=comm_dtype, device=k.device)) if D > 0 else None
         kv = torch.cat([k, v], 0) if fetched else None
         works: dict[int, Any] = {}
         pending = list(fetched)
@@ -147,11 +183,16 @@ class DistAttnRuntime(_FFARuntimeMixin):
             works[s] = self._cast_kv(kv, s)
         next_issue = n_issue
 
+        dq_unwritten = w
         reduces = []
         for s in order:
             if s is None:
+                names = (("dk", "dv") + (("dq",) if dq_unwritten else ())) if w else ()
                 self._bwd(dout, q, k, v, out, lse, delta, self.host_calc, dq,
-                          dkv_host[:sk], dkv_host[sk:], scale, softcap)
+                          dkv_host[:sk], dkv_host[sk:], scale, softcap, overwrite=names)
+                if w and self.host_calc.empty:
+                    dkv_host.zero_()
+                dq_unwritten = dq_unwritten and self.host_calc.empty
                 continue
             if s in works:
                 work, buf = works.pop(s)
@@ -162,18 +203,33 @@ class DistAttnRuntime(_FFARuntimeMixin):
             else:
                 kv_s = tail
             r = kv_s.shape[0] // 2
-            dkv_s = torch.zeros((2 * r, *k.shape[1:]), dtype=acc, device=k.device)
-            self._bwd(dout, q, kv_s[:r], kv_s[r:], out, lse, delta, self.stage_calcs[s], dq,
-                      dkv_s[:r], dkv_s[r:], scale, softcap)
-            payload = dkv_s if hp else dkv_s.to(k.dtype)
+            calc = self.stage_calcs[s]
+            if w:  # the payload, written by the call in the communication dtype
+                dkv_s = (torch.empty if not calc.empty else torch.zeros)(
+                    (2 * r, *k.shape[1:]), dtype=comm_dtype, device=k.device)
+                names = ("dk", "dv") + (("dq",) if dq_unwritten else ())
+            else:
+                dkv_s = torch.zeros((2 * r, *k.shape[1:]), dtype=acc, device=k.device)
+                names = ()
+            self._bwd(dout, q, kv_s[:r], kv_s[r:], out, lse, delta, calc, dq,
+                      dkv_s[:r], dkv_s[r:], scale, softcap, overwrite=names)
+            dq_unwritten = dq_unwritten and calc.empty
+            payload = dkv_s if dkv_s.dtype == comm_dtype else dkv_s.to(comm_dtype)
             reduces.append(self._reduce_dkv(payload, dkv_red, s))
+        if dq_unwritten:  # no call reached this rank's rows
+            dq.zero_()
 
         dsink = None
         if need_dsink and sink is not None:
             dsink = self._dsink(sink, lse, out.to(acc), dout)
         for work in reduces:
             work.wait_post_process(dkv_red)
-        dkv = dkv_host if dkv_red is None else dkv_host + dkv_red.to(acc)
+        if dkv_red is None or dkv_red is dkv_host:
+            dkv = dkv_host
+        elif w:
+            dkv = dkv_host.add_(dkv_red)
+        else:
+            dkv = dkv_host + dkv_red.to(acc)
         return dq.to(q.dtype), dkv[:sk].to(k.dtype), dkv[sk:].to(v.dtype), dsink
 
 

@@ -1,4 +1,4 @@
-"""One-pass LSE merge of a partial result into fp32 accumulators (a Triton kernel).
+"""One-pass LSE merge of a partial result into accumulators (a Triton kernel).
 
 Why: backends that cannot accumulate inside their kernel (fa4) return each call's (out, lse) and
 merge it into the caller's accumulators. ``magi_ffa.merge.correct_attn_out_lse`` does that in
@@ -17,6 +17,9 @@ import torch
 __all__ = ["merge_into_"]
 
 _ROWS = 16  # (token, head) rows per program
+# fp32 accumulators, or a low-precision one (the runtime's buffers with at most two contributors):
+# the arithmetic is fp32 either way, the result rounded once when stored
+_ACC_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _kernel():
@@ -63,14 +66,14 @@ def merge_into_(acc: torch.Tensor, acc_lse: torch.Tensor, part: torch.Tensor, pa
     """Merge (part, part_lse) into (acc, acc_lse) in place; returns False (and does nothing) when
     the tensors are not the kernel's case, so the caller falls back to the torch merge.
 
-    acc: fp32 [Sq, h, d]; acc_lse: fp32 [Sq, h]; part: [Sq, h, d] any float dtype; part_lse: fp32
+    acc: fp32, fp16 or bf16 [Sq, h, d]; acc_lse: fp32 [Sq, h]; part: [Sq, h, d] any float dtype; part_lse: fp32
     [Sq, h], any strides (FA4 gives a transposed view); empty_rows: bool [Sq] rows whose part
     counts as empty (lse -inf). The others contiguous, on one device, d <= 256.
     """
     global _compiled
     if not (acc.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
         return False
-    if acc.dtype != torch.float32 or acc_lse.dtype != torch.float32 or part_lse.dtype != torch.float32:
+    if acc.dtype not in _ACC_DTYPES or acc_lse.dtype != torch.float32 or part_lse.dtype != torch.float32:
         return False
     if acc.dim() != 3 or part.shape != acc.shape or acc_lse.shape != acc.shape[:2] or part_lse.shape != acc_lse.shape:
         return False
