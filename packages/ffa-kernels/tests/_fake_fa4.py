@@ -51,6 +51,7 @@ def _visible(bst, mask_mod, aux, sq, sk, transposed):
                 if full:
                     vis[q0:q1, k0:k1] = True
                     continue
+                assert mask_mod is not None, "a partial tile without a mask function would be computed whole"
                 kv = torch.arange(k0, k1, dtype=torch.int32)
                 for q in range(q0, q1):
                     CALLS["mask_rows"] += 1

@@ -113,6 +113,37 @@ def test_stages_accumulate_like_the_runtime(fake_fa4):
     assert fake_fa4["native"] == 4 and fake_fa4["fwd"] == fake_fa4["bwd"] == 3
 
 
+def test_block_aligned_masks_run_without_the_mask_function(fake_fa4, monkeypatch):
+    """Slices on whole tiles (here 4 x 8, the stand-in's block size), as the runtime's remote
+    stages of causal masks are: FA4 gets the block lists alone (its plain block-sparse kernel),
+    no mask function, and the result is still the mask's. A mask with one partial tile keeps it."""
+    seen = []
+    real_fwd = sys.modules["flash_attn.cute.interface"]._flash_attn_fwd
+
+    def spy(*a, **kw):
+        seen.append(kw.get("mask_mod") is not None)
+        return real_fwd(*a, **kw)
+
+    monkeypatch.setattr(sys.modules["flash_attn.cute.interface"], "_flash_attn_fwd", spy)
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(16, 2, 64, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(32, 1, 64, generator=g, dtype=torch.float64) for _ in range(2))
+    dout = torch.randn(16, 2, 64, generator=g, dtype=torch.float64)
+    aligned = ([[0, 8], [8, 16], [4, 8]], [[8, 16], [0, 24], [24, 32]], [0, 0, 0])  # staircase-like
+    partial = ([[0, 8], [8, 16]], [[8, 13], [0, 24]], [0, 0])
+    for (qr, kr, ts), masked in ((aligned, False), (partial, True)):
+        rows_before = fake_fa4["mask_rows"]
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        out, _ = flex_flash_attn_func(*leaves, qr, kr, ts, backend="fa4")
+        grads = torch.autograd.grad(out, leaves, dout)
+        assert seen[-1] is masked and (fake_fa4["mask_rows"] > rows_before) is masked
+        ref = [x.clone().requires_grad_() for x in (q, k, v)]
+        ref_out, _, _ = ref_attn_dense(*ref, qr, kr, ts, softmax_scale=None)
+        torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6)
+        for a, b in zip(grads, torch.autograd.grad(ref_out, ref, dout)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("api", ["flex_flash_attn_func", "ffa_forward/backward"])
 def test_half_precision_buffers(fake_fa4, api):
     """fp16 inputs: flex_flash_attn_func's buffers have q's dtype and FA4 writes them itself;

@@ -104,6 +104,7 @@ class SliceBlockMask:
     bwd: BlockLists  # per k block
     empty_rows: torch.Tensor | None = None  # bool [Sq]: rows that see no key (None: there are none)
     native: NativeMask | None = None  # set when FA4's own masking expresses the mask (native.py)
+    has_partial: bool = True  # False: every visible tile is whole (block-aligned masks)
 
     @property
     def num_intervals(self) -> int:
@@ -187,4 +188,5 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
     return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), _row_major(lo), _row_major(hi), partial, full,
                           fwd=_lists(partial, full), bwd=_lists(partial.T, full.T),
                           empty_rows=torch.from_numpy(empty).to(device) if empty.any() else None,
-                          native=recognise_native(lo_np, hi_np, seqlen_q, seqlen_k, device))
+                          native=recognise_native(lo_np, hi_np, seqlen_q, seqlen_k, device),
+                          has_partial=bool(partial.any()))

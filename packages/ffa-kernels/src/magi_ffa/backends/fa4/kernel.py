@@ -78,9 +78,13 @@ def _fa4_lists(lists: BlockLists, block_size: tuple[int, int]):
 
 
 def _mask_args(mask: SliceBlockMask, lists: BlockLists) -> dict:
-    """FA4's own masking where it expresses the mask (native.py), else block lists + mask function."""
+    """FA4's own masking where it expresses the mask (native.py), else block lists, with the mask
+    function only when some tile is partial (block-aligned masks, such as the runtime's remote
+    stages of causal masks, run FA4's plain block-sparse kernel: no per-tile mask evaluation)."""
     if mask.native is not None:
         return mask.native.fa4_kwargs()
+    if not mask.has_partial:
+        return {"block_sparse_tensors": _fa4_lists(lists, mask.block_size)}
     return {"mask_mod": _interval_mask_mod(mask.num_intervals), "aux_tensors": [mask.lo, mask.hi],
             "block_sparse_tensors": _fa4_lists(lists, mask.block_size)}
 
