@@ -260,7 +260,7 @@ def ffa_forward(
     if overwrite:
         out.zero_()
         lse.fill_(float("-inf"))
-    if out.dtype in _stat_dtypes(q):  # an fp32 (fp64) accumulator: the backend merges in place
+    if out.dtype in _stat_dtypes(q) or impl.MERGES_INPUT_DTYPE:  # the backend merges in place
         run_forward(impl, inp, out, lse, max_logits)
         return out, lse, max_logits
     # a low-precision out: this call's result in temporaries, then one lse merge in fp32

@@ -61,6 +61,9 @@ class Backend:
     IS_DETERMINISTIC: bool = True
     SUPPORTS_FRESH: bool = False  # honours fresh=True (see the module docstring)
     USES_DELTA: bool = True  # backward reads the caller's delta; False: pass None (it derives its own)
+    # forward(fresh=False) also merges into an out in q's dtype (fp32 arithmetic, one rounding);
+    # False: ffa_forward hands it fp32 temporaries and merges them itself
+    MERGES_INPUT_DTYPE: bool = False
 
     def is_available(self) -> bool:
         """Whether the backend's own dependencies can be imported on this machine."""

@@ -63,6 +63,7 @@ class FA4Backend(Backend):
     IS_DETERMINISTIC = False
     SUPPORTS_FRESH = True
     USES_DELTA = False  # FA4's backward preprocess computes rowsum(out * dout) itself
+    MERGES_INPUT_DTYPE = True  # its partial result is lse-merged by one pass, whatever out's dtype
 
     def require(self) -> None:
         from magi_ffa.backends.fa4.kernel import import_fa4
