@@ -92,9 +92,10 @@ def run_cases(cases, group=None, rank_label=""):
         lout, meta = calc_attn(lq, lk, lv, key, sink=sink, softcap=softcap,
                                return_max_logits=want_ml)
         assert lout.dtype == dt, f"{case['name']}: out is {lout.dtype}, not the input dtype {dt}"
-        out = undispatch(lout, key).double()
+        gout = undispatch(lout, key)
+        out = gout.detach().double()
         lse = undispatch(meta.lse, key)
-        undispatch(lout, key).backward(do)
+        gout.backward(do)
         grads = [x.grad.double() for x in (q, k, v)] + ([sink.grad] if sink is not None else [])
         assert all(x.grad.dtype == dt for x in (q, k, v)), f"{case['name']}: gradient dtypes"
         q2, k2, v2 = (t.detach().double().requires_grad_() for t in (q, k, v))

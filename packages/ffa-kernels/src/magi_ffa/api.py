@@ -18,7 +18,7 @@ import torch
 from magi_ffa import checks, range_cache
 from magi_ffa.backends.base import FFAInputs
 from magi_ffa.errors import FFAInputError, FFATypeError
-from magi_ffa.ops import acc_dtype, ffa_attention, rowsum_out_dout, run_backward, run_forward
+from magi_ffa.ops import acc_dtype, ffa_attention, result_buffers, rowsum_out_dout, run_backward, run_forward
 from magi_ffa.select import select_backend
 from magi_ffa.types import AttnForwardMeta
 
@@ -249,9 +249,7 @@ def ffa_forward(
         max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
     if out is None:
         fresh = impl.SUPPORTS_FRESH  # fresh buffers written whole: no zero-fill
-        out = (torch.empty if fresh else torch.zeros)(sq, hq, d, dtype=adt, device=q.device)
-        lse = (torch.empty((sq, hq), dtype=adt, device=q.device) if fresh
-               else torch.full((sq, hq), float("-inf"), dtype=adt, device=q.device))
+        out, lse = result_buffers((sq, hq, d), adt, adt, q.device, written_whole=fresh)
         run_forward(impl, inp, out, lse, max_logits, fresh=fresh)
         return out, lse, max_logits
     if overwrite and impl.SUPPORTS_FRESH:
@@ -265,11 +263,7 @@ def ffa_forward(
         return out, lse, max_logits
     # a low-precision out: this call's result in temporaries, then one lse merge in fp32
     fresh = impl.SUPPORTS_FRESH
-    part = torch.empty(out.shape, dtype=q.dtype if fresh else adt, device=q.device)
-    part_lse = torch.empty(lse.shape, dtype=lse.dtype, device=q.device)
-    if not fresh:
-        part.zero_()
-        part_lse.fill_(float("-inf"))
+    part, part_lse = result_buffers(out.shape, q.dtype if fresh else adt, lse.dtype, q.device, written_whole=fresh)
     run_forward(impl, inp, part, part_lse, max_logits, fresh=fresh)
     _merge_partial_(out, lse, part, part_lse)
     return out, lse, max_logits
@@ -335,10 +329,11 @@ def ffa_backward(
     impl = select_backend(inp, backend)
     if delta is None and impl.USES_DELTA:
         delta = rowsum_out_dout(out, dout)
-    if all(b is None for b in bufs.values()) or (
-            not written and all(b.dtype in _stat_dtypes(q) for b in bufs.values() if b is not None)):
-        # no buffer given: fresh fp32 buffers written whole by a SUPPORTS_FRESH backend (no zero-fill)
-        fresh = all(b is None for b in bufs.values()) and impl.SUPPORTS_FRESH
+    none_given = all(b is None for b in bufs.values())
+    if none_given or (not written and all(b.dtype in _stat_dtypes(q) for b in bufs.values() if b is not None)):
+        # fp32 accumulators added into; none given: fresh ones, written whole by a SUPPORTS_FRESH
+        # backend (no zero-fill)
+        fresh = none_given and impl.SUPPORTS_FRESH
         alloc = torch.empty if fresh else torch.zeros
         dq, dk, dv = (alloc(like[n].shape, dtype=adt, device=q.device) if b is None else b
                       for n, b in bufs.items())

@@ -30,13 +30,23 @@ from magi_ffa.backends.base import Backend, FFAInputs
 from magi_ffa.select import select_backend
 from magi_ffa.sink import apply_sink, sink_backward
 
-__all__ = ["acc_dtype", "ffa_attention", "ffa_bwd_op", "ffa_fwd_op", "rowsum_out_dout", "run_backward",
-           "run_forward"]
+__all__ = ["acc_dtype", "ffa_attention", "ffa_bwd_op", "ffa_fwd_op", "result_buffers", "rowsum_out_dout",
+           "run_backward", "run_forward"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulator dtype: fp32, or fp64 for fp64 inputs (the oracle keeps full precision)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def result_buffers(shape, out_dtype: torch.dtype, lse_dtype: torch.dtype, device, *, written_whole: bool):
+    """(out [*shape], lse [*shape[:-1]]) for one forward call: left empty when the backend writes
+    them whole (``fresh``), else initialised to what no key gives (out 0, lse -inf) to merge into."""
+    if written_whole:
+        return (torch.empty(shape, dtype=out_dtype, device=device),
+                torch.empty(shape[:-1], dtype=lse_dtype, device=device))
+    return (torch.zeros(shape, dtype=out_dtype, device=device),
+            torch.full(shape[:-1], float("-inf"), dtype=lse_dtype, device=device))
 
 
 def rowsum_out_dout(out: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
@@ -85,12 +95,9 @@ def _fwd_impl(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, sof
     sq, hq, d = q.shape
     adt = acc_dtype(q.dtype)
     fresh = impl.SUPPORTS_FRESH
-    if fresh:  # written whole by the kernel; in q's dtype unless the sink still has to merge in
-        out = torch.empty(sq, hq, d, dtype=q.dtype if sink is None else adt, device=q.device)
-        lse = torch.empty((sq, hq), dtype=adt, device=q.device)
-    else:
-        out = torch.zeros(sq, hq, d, dtype=adt, device=q.device)
-        lse = torch.full((sq, hq), float("-inf"), dtype=adt, device=q.device)
+    # written whole by the kernel when fresh: in q's dtype unless the sink still has to merge in
+    out_dtype = q.dtype if fresh and sink is None else adt
+    out, lse = result_buffers((sq, hq, d), out_dtype, adt, q.device, written_whole=fresh)
     max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
     run_forward(impl, inp, out, lse, max_logits if return_max_logits else None, fresh=fresh)
     if sink is not None:

@@ -57,6 +57,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self.save_tail = flags.bwd_hide_tail_reduce and self.num_stages > 0
         self.stage_by_stage = flags.prefetch_stage_by_stage or flags.native_grpcoll
         self.writes = writes_buffers()  # calls write their buffers; out/dq in q's dtype where exact
+        # kernel calls reaching this rank's out/dq: the non-empty host and stage calcs
+        self.contributors = sum(not c.empty for c in [self.host_calc, *self.stage_calcs])
         self._plans: dict[int, tuple[Any, Any]] = {}
 
     # ---------------------------------------------------------------- communication
@@ -91,10 +93,6 @@ class DistAttnRuntime(_FFARuntimeMixin):
                                                           reduce_op="sum", **self.comm_kwargs)
 
     # ---------------------------------------------------------------- forward
-    def _contributors(self) -> int:
-        """How many kernel calls reach this rank's out/dq: the non-empty host and stage calcs."""
-        return sum(not c.empty for c in [self.host_calc, *self.stage_calcs])
-
     def forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool):
         """Returns (out [Sq,hq,d] q.dtype, lse [Sq,hq] fp32|fp64, max_logits [hq] | None, tail kv)."""
         D = self.num_stages
@@ -109,7 +107,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         # value_dtype); the sink and max_logits still work on fp32 accumulators.
         direct = self.writes and sink is None and not return_max_logits
         if direct:
-            out = torch.empty((sq, hq, v.shape[-1]), dtype=value_dtype(q.dtype, self._contributors()),
+            out = torch.empty((sq, hq, v.shape[-1]), dtype=value_dtype(q.dtype, self.contributors),
                               device=q.device)
             lse = torch.empty((sq, hq), dtype=acc, device=q.device)
         else:
@@ -159,7 +157,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         hp = self.flags.bwd_high_precision_reduce or acc == torch.float64
         comm_dtype = acc if hp else k.dtype  # the dK/dV payloads' dtype
         w = self.writes
-        dq = (torch.empty(q.shape, dtype=value_dtype(q.dtype, self._contributors()), device=q.device)
+        dq = (torch.empty(q.shape, dtype=value_dtype(q.dtype, self.contributors), device=q.device)
               if w else torch.zeros(q.shape, dtype=acc, device=q.device))
         dkv_host = (torch.empty((2 * sk, *k.shape[1:]), dtype=comm_dtype, device=k.device) if w
                     else torch.zeros((2 * sk, *k.shape[1:]), dtype=acc, device=k.device))
@@ -214,7 +212,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
             self._bwd(dout, q, kv_s[:r], kv_s[r:], out, lse, delta, calc, dq,
                       dkv_s[:r], dkv_s[r:], scale, softcap, overwrite=names)
             dq_unwritten = dq_unwritten and calc.empty
-            payload = dkv_s if dkv_s.dtype == comm_dtype else dkv_s.to(comm_dtype)
+            payload = dkv_s.to(comm_dtype)  # itself when already written in that dtype
             reduces.append(self._reduce_dkv(payload, dkv_red, s))
         if dq_unwritten:  # no call reached this rank's rows
             dq.zero_()
