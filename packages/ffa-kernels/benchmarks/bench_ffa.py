@@ -4,7 +4,8 @@ Times forward and backward on identical non-zero bf16 inputs (d = 128) with
 triton.testing.do_bench (median), over mask families expressed both as FFA slices and as a
 FlexAttention mask_mod (BlockMask creation and torch.compile warm-up excluded from timing).
 TFLOP/s come from the exact mask area: fwd 4 * area * d * hq, bwd 2.5x that.
-SDPA runs only where its own masks express the family (full, causal).
+SDPA runs only where its own masks express the family (full, causal). Impl ffa_fa4_noreplay is
+the fa4 backend with FA4's launch replay off (MAGI_FFA_FA4_LAUNCH_REPLAY=0), its own peer.
 
     python benchmarks/bench_ffa.py --out results/ffa_h100 [--quick]
     python benchmarks/bench_ffa.py --sweep results/sweep   # tile configs of the Triton kernels
@@ -28,6 +29,8 @@ import subprocess
 import sys
 
 import torch
+
+REPLAY_ENV = "MAGI_FFA_FA4_LAUNCH_REPLAY"  # magi_ffa.backends.fa4.replay.ENV (read here without importing FA4)
 
 D = 128
 MASKS = ["full", "causal", "varlen_full", "varlen_causal", "swa_1k", "swa_4k", "block_causal",
@@ -438,9 +441,12 @@ def main(argv=None) -> int:
                 for impl in impls:
                     row = {"card": card, "total": total, "hq": hq, "hk": hk, "d": D, "mask": mname,
                            "impl": impl, "area": area, "note": f"{n} tokens" if n != total else ""}
+                    replay_off = impl == "ffa_fa4_noreplay"  # the fa4 backend with FA4's own launch path
+                    if replay_off:
+                        os.environ[REPLAY_ENV] = "0"
                     try:
-                        if impl in ("ffa_triton", "ffa_fa4"):
-                            fwd, bwd = ffa_runner(qm, km, vm, dm, qr, kr, tm, backend=impl[4:])
+                        if impl in ("ffa_triton", "ffa_fa4", "ffa_fa4_noreplay"):
+                            fwd, bwd = ffa_runner(qm, km, vm, dm, qr, kr, tm, backend="triton" if impl == "ffa_triton" else "fa4")
                         elif impl.startswith("sdpa_"):
                             fwd, bwd = sdpa_runner(impl[5:], mname, qm, km, vm, dm)
                         elif impl == "flex":
@@ -456,6 +462,9 @@ def main(argv=None) -> int:
                             row.update(bwd_ms=round(tb, 4), bwd_tflops=round(2.5 * fl_fwd / tb / 1e9, 1))
                     except Exception as exc:  # noqa: BLE001 - a refusal is a result ("n/a")
                         row["note"] = f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else "n/a"
+                    finally:
+                        if replay_off:
+                            os.environ.pop(REPLAY_ENV, None)
                     torch.cuda.empty_cache()
                     rows.append(row)
                     print(f"[{len(rows)}] {total} h{hq}/{hk} {mname:16s} {impl:11s} "
@@ -470,7 +479,7 @@ def main(argv=None) -> int:
 
 def ratio_lines(rows: list[dict]) -> list[str]:
     """Markdown ratios of each FFA impl to each peer measured beside it (same total, heads, mask)."""
-    peers = ("flex", "sdpa_cudnn", "sdpa_flash", "fa4")
+    peers = ("flex", "sdpa_cudnn", "sdpa_flash", "fa4", "ffa_fa4_noreplay")
     by = {(r["total"], r["hq"], r["hk"], r["mask"], r["impl"]): r for r in rows}
     lines = []
     for (total, hq, hk, mask, impl), r in by.items():
@@ -478,7 +487,7 @@ def ratio_lines(rows: list[dict]) -> list[str]:
             continue
         for peer in peers:
             p = by.get((total, hq, hk, mask, peer))
-            if p is None:
+            if p is None or peer == impl:
                 continue
             cells = [_ratio(r, p, d) for d in ("fwd", "bwd")]
             if cells != ["–", "–"]:  # the peer refused the mask: no ratio

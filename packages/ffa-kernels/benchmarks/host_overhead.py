@@ -1,19 +1,21 @@
-"""Host time of one flex_flash_attn_func call through the fa4 backend, FA4 itself replaced by a no-op:
+"""Host time of one flex_flash_attn_func call through the fa4 backend, FA4's kernels replaced by no-ops:
 what our wrapper costs per call (checks, backend selection, mask lookup, autograd), on any CPU.
 
 Short kernels are host-bound (a 1k sliding window at 16k tokens runs ~0.3 ms on an H200, and the
 call's host path was longer), so this cost decides them; it is measured here without a GPU. The
-peer, run side by side: the same call forced through the torch.library custom op (the path
-torch.compile traces), against the eager autograd.Function path that eager calls take.
+peers, run side by side with the eager autograd.Function path that eager calls take: the same call
+forced through the torch.library custom op (the path torch.compile traces), and the eager path with
+FA4's launch replay off (the stand-in's host code then runs on every call, as FA4's would).
 
     python benchmarks/host_overhead.py [--masks swa_1k,causal,shared_question] [--calls 300] [--repeats 7]
 
-Prints microseconds per call (best of --repeats runs of --calls calls) and the ratio op / eager.
+Prints microseconds per call (best of --repeats runs of --calls calls).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import timeit
 from contextlib import contextmanager
@@ -21,28 +23,30 @@ from pathlib import Path
 
 import torch
 from bench_ffa import build_mask
+from magi_ffa.backends.fa4.replay import ENV
 
 SEQLEN, HEADS, HEAD_DIM = 2048, 1, 64  # small: the no-op kernel's buffers cost next to nothing
 
 
 def _install_noop_fa4() -> None:
     """The tests' stand-in flash_attn.cute / cutlass modules and the fa4 backend allowed on CPU
-    (tests/_fake_fa4.py: the one place that knows which FA4 names the backend uses), with kernels
-    that only hand back right-shaped buffers."""
+    (tests/_fake_fa4.py: the one place that knows which FA4 names the backend uses). Its entry points
+    keep their host code (allocations, compile-cache lookups, launches, as FA4's do, so the launch
+    replay records and replays them); its kernels only write their outputs."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
     import _fake_fa4
 
-    def fwd(q, k, v, out=None, **kw):
-        o = out if out is not None else torch.empty_like(q)
-        lse_shape = (q.shape[1], q.shape[0]) if q.dim() == 3 else (q.shape[0], q.shape[2], q.shape[1])
-        return o, torch.empty(lse_shape, dtype=torch.float32), None
+    def fwd_kernel(block_size, mask_mod, causal, q, k, v, out, lse, *rest):
+        out.zero_(), lse.zero_()
 
-    def bwd(q, k, v, out, dout, lse, dq=None, dk=None, dv=None, **kw):
-        return tuple(g if g is not None else torch.empty_like(t) for g, t in ((dq, q), (dk, k), (dv, v)))
+    def bwd_pre(varlen, out, dout, dpsum, dq_accum):
+        dpsum.zero_(), dq_accum.zero_()
+
+    def bwd_main(block_size, mask_mod, causal, q, k, v, dout, lse, dpsum, dq_accum, dk, dv, *rest):
+        dk.zero_(), dv.zero_()
 
     _fake_fa4.install_backend_on_cpu(_fake_fa4.KeepForTheProcess, block_size=None)
-    interface = sys.modules["flash_attn.cute.interface"]
-    interface._flash_attn_fwd, interface._flash_attn_bwd = fwd, bwd
+    _fake_fa4._fwd_kernel, _fake_fa4._bwd_pre_kernel, _fake_fa4._bwd_main_kernel = fwd_kernel, bwd_pre, bwd_main
 
 
 @contextmanager
@@ -82,10 +86,12 @@ def measure(mask: str, calls: int, repeats: int) -> dict[str, float]:
         torch.autograd.grad(fwd(), (q, k, v), dout)
 
     res = {}
-    for path in ("eager", "op"):
+    for path in ("eager", "op", "no replay"):
+        os.environ[ENV] = "0" if path == "no replay" else "1"
         with _through_custom_op(path == "op"):
             res[f"{path} fwd"] = _best_us(fwd, calls, repeats)
             res[f"{path} fwd+bwd"] = _best_us(fwd_bwd, calls, repeats)
+    os.environ.pop(ENV)
     return res
 
 
@@ -98,12 +104,12 @@ def main(argv=None) -> int:
     _install_noop_fa4()
     print(f"torch {torch.__version__}, q/k/v [{SEQLEN}, {HEADS}, {HEAD_DIM}] float32 on CPU, FA4 a no-op; "
           f"µs per call, best of {a.repeats} x {a.calls}")
-    print("| mask | eager fwd | op fwd | op / eager | eager fwd+bwd | op fwd+bwd | op / eager |")
+    print("| mask | eager fwd | op fwd | no replay fwd | eager fwd+bwd | op fwd+bwd | no replay fwd+bwd |")
     print("|---|---|---|---|---|---|---|")
     for mask in a.masks.split(","):
         r = measure(mask, a.calls, a.repeats)
-        print(f"| {mask} | {r['eager fwd']:.0f} | {r['op fwd']:.0f} | {r['op fwd'] / r['eager fwd']:.2f} | "
-              f"{r['eager fwd+bwd']:.0f} | {r['op fwd+bwd']:.0f} | {r['op fwd+bwd'] / r['eager fwd+bwd']:.2f} |")
+        cells = [f"{r[f'{p} {d}']:.0f}" for d in ("fwd", "fwd+bwd") for p in ("eager", "op", "no replay")]
+        print(f"| {mask} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -11,6 +11,7 @@ check is the translation and the calling convention, not FA4's kernels (the GPU 
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from typing import NamedTuple
@@ -30,6 +31,8 @@ class BlockSparseTensorsTorch(NamedTuple):
 
 CALLS = {"fwd": 0, "bwd": 0, "mask_rows": 0, "native": 0}
 EMPTY_ROWS_AS_GARBAGE = False  # tests set it: empty rows come back as out NaN, lse +inf
+HOST_WORK = None  # tests set it: f(q, out, lse) run by the forward's host code before its launch
+LAUNCH_UNCACHED = False  # tests set it: the forward launches its kernel without the compile cache
 
 
 def _visible(bst, mask_mod, aux, sq, sk, transposed):
@@ -111,52 +114,110 @@ def _scores(q, k, scale, softcap):
     return s, t, kh
 
 
-def _write(dst, val):
-    """FA4's out= / dq= contract: a given buffer (of the input dtype) is written and returned."""
-    if dst is None:
-        return val
-    assert dst.dtype == val.dtype and dst.shape == val.shape, "FA4 checks the buffers it is given"
-    dst.copy_(val)
-    return dst
+class _JITCache:
+    """FA4's compile cache interface (cache_utils.JITCache): compile key -> launchable kernel."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def __getitem__(self, key):
+        return self.cache[key]
+
+    def __setitem__(self, key, fn):
+        self.cache[key] = fn
+
+    def __contains__(self, key):
+        return key in self.cache
+
+
+class AuxData(NamedTuple):
+    tensors: tuple | list | None = None
+    scalars: tuple | None = None
+
+
+def _lists(bst):
+    return None if bst is None else (bst.mask_block_cnt, bst.mask_block_idx, bst.full_block_cnt, bst.full_block_idx)
+
+
+def _as_bst(lists, block_size):
+    return None if lists is None else BlockSparseTensorsTorch(*lists, block_size=block_size)
+
+
+# Like FA4, each entry point is host code that picks a "compiled kernel" from its compile cache by a
+# key of compile-time choices and launches it with tensors and scalars; all tensor math happens in
+# the kernels (what magi_ffa's launch replay relies on and records).
+
+def _fwd_kernel(block_size, mask_mod, causal, q, k, v, out, lse, softmax_scale, softcap, cu_seqlens_q,
+                cu_seqlens_k, window_size_left, window_size_right, lists, aux):
+    CALLS["fwd"] += 1
+    varlen = cu_seqlens_q is not None
+    q, k, v = (_with_batch(x, varlen) for x in (q, k, v))
+    assert q.dim() == 4 and q.shape[0] == 1
+    sq, sk = q.shape[1], k.shape[1]
+    vis, _ = _mask(_as_bst(lists, block_size), mask_mod, aux.tensors, sq, sk, False, dict(
+        causal=causal, window_size_left=window_size_left, window_size_right=window_size_right,
+        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k))
+    s, _, _ = _scores(q, k, softmax_scale, softcap)
+    s = s.masked_fill(~vis, float("-inf"))
+    lse_v = torch.logsumexp(s, -1)  # [hq, Sq]; -inf where nothing is visible
+    p = torch.exp(s - torch.where(torch.isneginf(lse_v), 0.0, lse_v)[..., None])
+    hq, hk = q.shape[2], k.shape[2]
+    vh = v[0].double().transpose(0, 1).repeat_interleave(hq // hk, 0)
+    o = torch.matmul(p, vh).transpose(0, 1).to(q.dtype)  # [Sq, hq, d]
+    if EMPTY_ROWS_AS_GARBAGE:  # what a kernel may leave in rows that see nothing
+        empty = torch.isneginf(lse_v).transpose(0, 1)
+        o = o.masked_fill(empty.unsqueeze(-1), float("nan"))
+        lse_v = lse_v.masked_fill(torch.isneginf(lse_v), float("inf"))
+    out.copy_(o if varlen else o[None])
+    lse.copy_(lse_v if varlen else lse_v[None])
 
 
 def _flash_attn_fwd(q, k, v, *, softmax_scale, softcap, return_lse, mask_mod=None, block_sparse_tensors=None,
                     aux_tensors=None, out=None, causal=False, window_size_left=None, window_size_right=None,
                     cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, **_):
-    CALLS["fwd"] += 1
     varlen = cu_seqlens_q is not None
     assert (cu_seqlens_k is not None) == varlen and return_lse
-    q, k, v = (_with_batch(x, varlen) for x in (q, k, v))
-    assert q.dim() == 4 and q.shape[0] == 1
-    sq, sk = q.shape[1], k.shape[1]
-    vis, _ = _mask(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, False, dict(
-        causal=causal, window_size_left=window_size_left, window_size_right=window_size_right,
-        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k))
-    s, _, _ = _scores(q, k, softmax_scale, softcap)
-    s = s.masked_fill(~vis, float("-inf"))
-    lse = torch.logsumexp(s, -1)  # [hq, Sq]; -inf where nothing is visible
-    p = torch.exp(s - torch.where(torch.isneginf(lse), 0.0, lse)[..., None])
-    hq, hk = q.shape[2], k.shape[2]
-    vh = v[0].double().transpose(0, 1).repeat_interleave(hq // hk, 0)
-    o = torch.matmul(p, vh).transpose(0, 1).to(q.dtype)  # [Sq, hq, d]
-    if EMPTY_ROWS_AS_GARBAGE:  # what a kernel may leave in rows that see nothing
-        empty = torch.isneginf(lse).transpose(0, 1)
-        o = o.masked_fill(empty.unsqueeze(-1), float("nan"))
-        lse = lse.masked_fill(torch.isneginf(lse), float("inf"))
-    o, lse = (o, lse.float()) if varlen else (o[None], lse[None].float())
-    return _write(out, o), lse, None, None, None
+    if out is None:
+        out = torch.empty_like(q)
+    assert out.dtype == q.dtype and out.shape == q.shape, "FA4 checks the buffers it is given"
+    lse_shape = (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1])
+    lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    block_size = None if block_sparse_tensors is None else block_sparse_tensors.block_size
+    key = (block_size, mask_mod, causal, q.dtype, varlen)
+    if key not in _flash_attn_fwd.compile_cache:
+        _flash_attn_fwd.compile_cache[key] = functools.partial(_fwd_kernel, block_size, mask_mod, causal)
+    if HOST_WORK is not None:
+        HOST_WORK(q, out, lse)
+    kernel = _flash_attn_fwd.compile_cache[key]
+    if LAUNCH_UNCACHED:  # as opaque as a compiled kernel: no torch function sees its work
+        uncached = functools.partial(_fwd_kernel, block_size, mask_mod, causal)
+
+        def kernel(*args):
+            with torch._C.DisableTorchFunction():
+                uncached(*args)
+    kernel(
+        q.detach(), k.detach(), v.detach(), out.detach(), lse, softmax_scale, softcap, cu_seqlens_q,
+        cu_seqlens_k, window_size_left, window_size_right, _lists(block_sparse_tensors),
+        AuxData(aux_tensors, None))
+    return out, lse, None, None, None
 
 
-def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod=None, aux_tensors=None,
-                    block_sparse_tensors=None, dq=None, dk=None, dv=None, causal=False, window_size_left=None,
-                    window_size_right=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                    max_seqlen_k=None, **_):
+def _bwd_pre_kernel(varlen, out, dout, dpsum, dq_accum):
+    """rowsum(out * dout) per head, [hq, Sq]; the dq accumulator zeroed (FA4's preprocess)."""
+    o, do = (_with_batch(x, varlen)[0].double() for x in (out, dout))
+    (dpsum if varlen else dpsum[0]).copy_((o * do).sum(-1).transpose(0, 1))
+    dq_accum.zero_()
+
+
+def _bwd_main_kernel(block_size, mask_mod, causal, q, k, v, dout, lse, dpsum, dq_accum, dk_out, dv_out,
+                     softmax_scale, softcap, cu_seqlens_q, cu_seqlens_k, window_size_left, window_size_right,
+                     lists, aux):
     CALLS["bwd"] += 1
     varlen = cu_seqlens_q is not None
-    q, k, v, out, dout, lse = (_with_batch(x, varlen) for x in (q, k, v, out, dout, lse))
+    q, k, v, dout, lse, dpsum = (_with_batch(x, varlen) for x in (q, k, v, dout, lse, dpsum))
     sq, sk, hq, hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
     assert lse.shape == (1, hq, sq)
-    vis, visited = _mask(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, True, dict(
+    vis, visited = _mask(_as_bst(lists, block_size), mask_mod, aux.tensors, sq, sk, True, dict(
         causal=causal, window_size_left=window_size_left, window_size_right=window_size_right,
         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k))
     s, t, kh = _scores(q, k, softmax_scale, softcap)
@@ -164,10 +225,9 @@ def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod
     p = torch.exp(s.masked_fill(~vis, float("-inf")) - lse[0].double()[..., None])
     p = p.masked_fill(~visited, 0.0)  # [hq, Sq, Sk]
     do = dout[0].double().transpose(0, 1)  # [hq, Sq, d]
-    o = out[0].double().transpose(0, 1)
     vh = v[0].double().transpose(0, 1).repeat_interleave(hq // hk, 0)
     gv = torch.matmul(p.transpose(1, 2), do)
-    ds = p * (torch.matmul(do, vh.transpose(1, 2)) - (do * o).sum(-1, keepdim=True))
+    ds = p * (torch.matmul(do, vh.transpose(1, 2)) - dpsum[0][..., None])
     if t is not None:
         ds = ds * (1 - t * t)
     gq = torch.matmul(ds, kh) * softmax_scale
@@ -175,9 +235,48 @@ def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod
     g = hq // hk
     gk = gk.reshape(hk, g, sk, -1).sum(1)
     gv = gv.reshape(hk, g, sk, -1).sum(1)
-    res = (x.transpose(0, 1).to(q.dtype) for x in (gq, gk, gv))
-    res = res if varlen else (x[None] for x in res)
-    return tuple(_write(dst, x) for dst, x in zip((dq, dk, dv), res))
+    dq_accum.add_(gq.transpose(0, 1).reshape(dq_accum.shape))
+    for dst, x in ((dk_out, gk), (dv_out, gv)):  # the GQA accumulators are added into, else written
+        x = x.transpose(0, 1).to(dst.dtype).reshape(dst.shape)
+        dst.add_(x) if dst.dtype == torch.float64 and g > 1 else dst.copy_(x)
+
+
+def _bwd_post_kernel(accum, output):
+    output.copy_(accum.reshape(output.shape).to(output.dtype))
+
+
+def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod=None, aux_tensors=None,
+                    block_sparse_tensors=None, dq=None, dk=None, dv=None, causal=False, window_size_left=None,
+                    window_size_right=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                    max_seqlen_k=None, **_):
+    varlen = cu_seqlens_q is not None
+    dq, dk, dv = (torch.empty_like(t) if g is None else g for g, t in ((dq, q), (dk, k), (dv, v)))
+    for g, t in ((dq, q), (dk, k), (dv, v)):
+        assert g.dtype == t.dtype and g.shape == t.shape, "FA4 checks the buffers it is given"
+    dpsum = torch.empty(lse.shape, dtype=torch.float64, device=q.device)
+    dq_accum = torch.empty(q.shape, dtype=torch.float64, device=q.device)  # zeroed by the preprocess
+    gqa = q.shape[-2] != k.shape[-2]
+    dk_accum, dv_accum = (torch.zeros(t.shape, dtype=torch.float64, device=t.device) if gqa else None
+                          for t in (k, v))
+    block_size = None if block_sparse_tensors is None else block_sparse_tensors.block_size
+    caches = _flash_attn_bwd.compile_cache
+    for key, kernel in ((("pre", varlen), functools.partial(_bwd_pre_kernel, varlen)),
+                        (("main", block_size, mask_mod, causal), functools.partial(
+                            _bwd_main_kernel, block_size, mask_mod, causal)),
+                        (("post",), _bwd_post_kernel)):
+        if key not in caches:
+            caches[key] = kernel
+    caches[("pre", varlen)](out.detach(), dout.detach(), dpsum, dq_accum)
+    caches[("main", block_size, mask_mod, causal)](
+        q.detach(), k.detach(), v.detach(), dout.detach(), lse.detach(), dpsum, dq_accum,
+        dk_accum if gqa else dk, dv_accum if gqa else dv, softmax_scale, softcap, cu_seqlens_q,
+        cu_seqlens_k, window_size_left, window_size_right, _lists(block_sparse_tensors),
+        AuxData(aux_tensors, None))
+    caches[("post",)](dq_accum, dq)
+    if gqa:
+        caches[("post",)](dk_accum, dk)
+        caches[("post",)](dv_accum, dv)
+    return dq, dk, dv
 
 
 def install(monkeypatch) -> None:
@@ -192,11 +291,13 @@ def install(monkeypatch) -> None:
     module("flash_attn.cute")
     module("flash_attn.cute.interface", _flash_attn_fwd=_flash_attn_fwd, _flash_attn_bwd=_flash_attn_bwd)
     module("flash_attn.cute.block_sparsity", BlockSparseTensorsTorch=BlockSparseTensorsTorch)
-    module("flash_attn.cute.utils", scalar_to_ssa=lambda x, dtype: x)
+    module("flash_attn.cute.utils", scalar_to_ssa=lambda x, dtype: x, AuxData=AuxData)
     module("cutlass", range_constexpr=range, Int32=torch.int32)
     module("cutlass.cute", jit=lambda f: f)
     for k in CALLS:
         CALLS[k] = 0
+    _flash_attn_fwd.compile_cache = _JITCache()
+    _flash_attn_bwd.compile_cache = _JITCache()
 
 
 class KeepForTheProcess:

@@ -104,3 +104,27 @@ def test_fa4_stages_accumulate_like_the_runtime(family, second):
     got = {"out": out.to(q.dtype), "lse": lse, "dq": grads[0], "dk": grads[1], "dv": grads[2]}
     for name in ("out", "lse", "dq", "dk", "dv"):
         assert_close_to_ref(name, got[name], lowp[name], ref[name], slack=3.0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fa4_replayed_launches_vs_float64(family):
+    """FA4's launches recorded on the second call of a mask and replayed on the third (replay.py),
+    on new data: every mask family is replayed, not refused, and stays within tolerance."""
+    from magi_ffa.backends.fa4 import replay
+
+    total, hq, hk, d = 4096, 8, 2, 128
+    qr, kr, tm = mask_family(family, total, seed=4)
+    qr_t, kr_t = (torch.tensor(x, dtype=torch.int32, device="cuda").reshape(-1, 2) for x in (qr, kr))
+    tm_t = torch.tensor(tm, dtype=torch.int32, device="cuda")
+    first = _inputs(total, hq, hk, d, torch.bfloat16, seed=5)
+    replay.clear()
+    for _ in range(2):  # compiles, then records
+        _run("fa4", torch.bfloat16, *first, qr_t, kr_t, tm_t, 0.0)
+    q, k, v, dout = _inputs(total, hq, hk, d, torch.bfloat16, seed=6)
+    got = _run("fa4", torch.bfloat16, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    s = replay.stats()
+    assert s["refused"] == 0 and s["replayed"] == 2, s
+    ref = _run("torch", torch.float64, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    lowp = _dense_lowp(q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    for name in ("out", "lse", "dq", "dk", "dv"):
+        assert_close_to_ref(name, got[name], lowp[name], ref[name])

@@ -31,7 +31,11 @@ _masks = LRUCache(32)  # (ranges bytes, Sq, Sk, block, device) -> SliceBlockMask
 
 
 def clear_mask_cache() -> None:
+    """Forget the translated masks (and the FA4 launches recorded for them)."""
+    from magi_ffa.backends.fa4 import replay
+
     _masks.clear()
+    replay.clear()
 
 
 @functools.cache

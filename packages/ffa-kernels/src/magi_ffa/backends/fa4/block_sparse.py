@@ -16,6 +16,7 @@ Everything here is plain torch (runs on any device) so it is tested on CPU again
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,6 +110,14 @@ class SliceBlockMask:
     @property
     def num_intervals(self) -> int:
         return int(self.lo.shape[0])
+
+    @functools.cached_property
+    def device_tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor FA4 may be handed for this mask (constant while the mask is cached)."""
+        lists = tuple(t for b in (self.fwd, self.bwd) for t in (b.mask_cnt, b.mask_idx, b.full_cnt, b.full_idx))
+        native = () if self.native is None or not self.native.varlen else (
+            self.native.cu_seqlens_q, self.native.cu_seqlens_k)
+        return (self.lo, self.hi, *lists, *native)
 
     def cell_mask(self, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
         """The mask function in torch (what the FA4 mask_mod computes): broadcasting bool."""

@@ -15,6 +15,7 @@ import importlib
 
 import torch
 
+from magi_ffa.backends.fa4 import replay
 from magi_ffa.backends.fa4.block_sparse import BlockLists, SliceBlockMask
 
 __all__ = ["FA4_REQUIREMENT", "fa4_backward", "fa4_forward", "import_fa4", "sparse_block_size"]
@@ -100,12 +101,20 @@ def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: fl
     """(out [Sq, hq, d] in q's dtype, written into `out` when given; lse fp32 [Sq, hq], a view).
 
     Rows that see no key (``mask.empty_rows``) are left as FA4 wrote them: the caller normalises.
+    Repeated calls replay FA4's recorded launches (replay.py).
     """
     iface = import_fa4()[0]
     to_fa4, from_fa4 = _layout(mask)
-    o, lse, *_ = iface._flash_attn_fwd(
-        to_fa4(q), to_fa4(k), to_fa4(v), softmax_scale=softmax_scale, softcap=softcap or None,
-        return_lse=True, out=to_fa4(out), **_mask_args(mask, mask.fwd))
+
+    def call(q_, k_, v_, out_):
+        o, lse, *_ = iface._flash_attn_fwd(
+            q_, k_, v_, softmax_scale=softmax_scale, softcap=softcap or None, return_lse=True, out=out_,
+            **_mask_args(mask, mask.fwd))
+        return o, lse
+
+    o, lse = replay.launch(("fwd", softmax_scale, softcap), mask, call,
+                           (to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out)), written=(3,),
+                           constants=mask.device_tensors, module=iface)
     return from_fa4(o), from_fa4(lse).transpose(0, 1)
 
 
@@ -121,8 +130,13 @@ def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: f
     lse_t = torch.nan_to_num(lse.t(), nan=float("nan"), posinf=inf, neginf=inf,
                              out=lse.new_empty(lse.shape[::-1]))
     dq, dk, dv = grads if grads is not None else (None, None, None)
-    res = iface._flash_attn_bwd(
-        to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out.to(q.dtype)), to_fa4(dout.to(q.dtype)),
-        to_fa4(lse_t), softmax_scale=softmax_scale, softcap=softcap,
-        dq=to_fa4(dq), dk=to_fa4(dk), dv=to_fa4(dv), **_mask_args(mask, mask.bwd))
-    return tuple(from_fa4(g) for g in res[:3])
+
+    def call(q_, k_, v_, out_, dout_, lse_, dq_, dk_, dv_):
+        return tuple(iface._flash_attn_bwd(
+            q_, k_, v_, out_, dout_, lse_, softmax_scale=softmax_scale, softcap=softcap,
+            dq=dq_, dk=dk_, dv=dv_, **_mask_args(mask, mask.bwd))[:3])
+
+    res = replay.launch(("bwd", softmax_scale, softcap), mask, call,
+                        tuple(to_fa4(t) for t in (q, k, v, out.to(q.dtype), dout.to(q.dtype), lse_t, dq, dk, dv)),
+                        written=(6, 7, 8), constants=mask.device_tensors, module=iface)
+    return tuple(from_fa4(g) for g in res)
