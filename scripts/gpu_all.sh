@@ -10,6 +10,8 @@
 # machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
+# Extra arguments per step: TEST_PKGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, BENCH_FA4_ARGS,
+# BENCH_FFA_ARGS, BENCH_GRPCOLL_ARGS, BENCH_DIST_ARGS, PROFILE_DIST_MASKS / PROFILE_DIST_ARGS, BENCH_QO_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
@@ -65,7 +67,7 @@ if has tests; then  # TEST_PKGS picks packages (default: all three with GPU test
 fi
 if has fa4; then
   run smoke-fa4 $PY scripts/fa4_smoke.py
-  run test-fa4 $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests/test_gpu_fa4.py
+  run test-fa4 $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests/test_gpu_fa4.py ${TEST_FA4_ARGS:-}
 fi
 if has fa4 || has profile-fa4; then
   run profile-fa4 $PY packages/ffa-kernels/benchmarks/profile_fa4.py ${PROFILE_FA4_ARGS:-}

@@ -474,6 +474,8 @@ def main(argv=None) -> int:
             del q, k, v, dout
     pngs = plot_results(args.out, rows)
     print(f"wrote {args.out}.csv, {args.out}.md and {len(pngs)} charts")
+    if "magi_ffa.backends.fa4.replay" in sys.modules:
+        print(f"fa4 launch replay: {sys.modules['magi_ffa.backends.fa4.replay'].stats()}")
     return 0
 
 

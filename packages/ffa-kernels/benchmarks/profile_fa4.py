@@ -130,6 +130,9 @@ def main() -> None:
                         _host_profile(fn)
                 except Exception as e:  # keep profiling the other variants
                     print(f"{mname:14} {name:12} {pname:4} failed: {type(e).__name__}: {str(e)[:160]}")
+    from magi_ffa.backends.fa4 import replay
+
+    print(f"fa4 launch replay: {replay.stats()}")
 
 
 if __name__ == "__main__":
