@@ -196,3 +196,27 @@ def test_range_checks_follow_the_cached_host_copy():
     tm[1] = 0
     out, _ = flex_flash_attn_func(q, k, v, qr, kr, tm, backend="torch")
     assert out.shape == q.shape
+
+
+def test_repeated_calls_skip_the_checks_until_an_argument_changes(monkeypatch):
+    """A call with the same range tensors (unchanged) and the same q/k/v signature reuses the first
+    call's checked, normalised arguments (api._prepare); anything else is checked again."""
+    from magi_ffa import api, checks
+
+    seen = []
+    real = checks.check_qkv
+    monkeypatch.setattr(checks, "check_qkv", lambda *a: seen.append(1) or real(*a))
+    api._prepared.clear()
+    q, k, v = _qkv()
+    qr, kr = torch.tensor(QR, dtype=torch.int32), torch.tensor(KR, dtype=torch.int32)
+    first = flex_flash_attn_func(q, k, v, qr, kr, None, backend="torch")[0]  # type map None: all full
+    again = flex_flash_attn_func(q, k, v, qr, kr, None, backend="torch")[0]
+    assert len(seen) == 1 and torch.equal(first, again)
+    q2, k2, v2 = _qkv(hk=3)  # 4 q heads over 3 kv heads: checked, and refused
+    with pytest.raises(FFAInputError, match="multiple of k/v heads"):
+        flex_flash_attn_func(q2, k2, v2, qr, kr, None, backend="torch")
+    with pytest.raises(FFAInputError, match=r"k_ranges\[1\]=\(0, 16\) is out of bounds"):
+        flex_flash_attn_func(q, k[:12], v[:12], qr, kr, None, backend="torch")
+    assert len(seen) == 3
+    flex_flash_attn_func(q, k, v, qr.clone(), kr, None, backend="torch")  # a new tensor: checked
+    assert len(seen) == 4

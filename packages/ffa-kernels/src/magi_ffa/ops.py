@@ -14,8 +14,9 @@ Both run the same ``_fwd_impl`` / ``_bwd_impl``.
   magi_ffa::ffa_fwd(q, k, v, q_ranges, k_ranges, attn_type_map, sink, ...) -> (out, lse, max_logits)
   magi_ffa::ffa_bwd(dout, q, k, v, out, lse, ..., sink, ...) -> (dq, dk, dv, dsink)
 
-out has q's dtype; lse and max_logits are fp32 (fp64 for fp64 inputs); max_logits is all -inf
-unless requested; dsink is empty [0] without a sink.
+out has q's dtype; lse and max_logits are fp32 (fp64 for fp64 inputs); max_logits is left
+unset unless requested (flex_flash_attn_func then returns None for it); dsink is empty [0] without a
+sink.
 
 Each op is the only contributor to its buffers, so a backend with SUPPORTS_FRESH gets empty
 buffers in the output dtype and writes them whole (``fresh=True``): no zero-fill, no read-merge,
@@ -98,7 +99,9 @@ def _fwd_impl(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, sof
     # written whole by the kernel when fresh: in q's dtype unless the sink still has to merge in
     out_dtype = q.dtype if fresh and sink is None else adt
     out, lse = result_buffers((sq, hq, d), out_dtype, adt, q.device, written_whole=fresh)
-    max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
+    max_logits = torch.empty((hq,), dtype=adt, device=q.device)  # no fill pass unless requested
+    if return_max_logits:
+        max_logits.fill_(float("-inf"))
     run_forward(impl, inp, out, lse, max_logits if return_max_logits else None, fresh=fresh)
     if sink is not None:
         apply_sink(out, lse, sink.detach(), sink_layout)

@@ -253,11 +253,30 @@ def _build(tpl, inputs, slots):
     return seq_type(*built) if hasattr(seq_type, "_fields") else seq_type(built)
 
 
+def _varies(tpl) -> bool:
+    """Whether a template depends on the call (an input or a buffer made per replay)."""
+    return tpl[0] in ("in", "new") or (tpl[0] == "seq" and any(_varies(t) for t in tpl[2]))
+
+
+def _split_args(tpl) -> tuple[list, tuple]:
+    """A launch's argument list made once (everything fixed built now) and the positions that are
+    built per replay: the replay then touches only the tensors that change."""
+    _, _, items = tpl
+    fixed = [None if _varies(t) else _build(t, (), ()) for t in items]
+    return fixed, tuple((i, t) for i, t in enumerate(items) if _varies(t))
+
+
 class _Tape:
     """The recorded launches of one key, and where the call's results come from."""
 
     def __init__(self, rec: _Recorder, outputs_tpl, owner):
-        self.steps = tuple(rec.steps)
+        steps = []
+        for step in rec.steps:
+            if step[0] == "launch":
+                fixed, holes = _split_args(step[2])
+                step = ("launch", step[1], fixed, holes)
+            steps.append(step)
+        self.steps = tuple(steps)
         self.n_new = len(rec.created)
         self.outputs = outputs_tpl
         self.owner = owner  # keeps the mask (and so its tensors and its id) alive with the key
@@ -267,7 +286,11 @@ class _Tape:
         for step in self.steps:
             kind = step[0]
             if kind == "launch":
-                step[1](*_build(step[2], inputs, slots))
+                _, fn, fixed, holes = step
+                args = fixed.copy()
+                for i, tpl in holes:
+                    args[i] = _build(tpl, inputs, slots)
+                fn(*args)
             elif kind == "alloc":
                 _, i, shape, stride, dtype, device, zero = step
                 buf = torch.empty_strided(shape, stride, dtype=dtype, device=device)
