@@ -220,3 +220,20 @@ def test_repeated_calls_skip_the_checks_until_an_argument_changes(monkeypatch):
     assert len(seen) == 3
     flex_flash_attn_func(q, k, v, qr.clone(), kr, None, backend="torch")  # a new tensor: checked
     assert len(seen) == 4
+
+
+def test_forgetting_the_host_copies_forgets_the_checked_calls():
+    """range_cache.clear() (the remedy after writing range tensors behind autograd's back) also
+    drops the memo of checked calls, which trusts the same identities."""
+    from magi_ffa import api, range_cache
+
+    q, k, v = _qkv()
+    qr, kr, tm = (torch.tensor(x, dtype=torch.int32) for x in (QR, KR, TM))
+    flex_flash_attn_func(q, k, v, qr, kr, tm, backend="torch")
+    assert api._prepared
+    with torch.no_grad():
+        kr.data[0, 0] = 9  # .data: invisible to the version counter
+    range_cache.clear()
+    assert not api._prepared
+    with pytest.raises(FFAInputError, match=r"k_ranges\[0\]=\(9, 8\) is inverted"):
+        flex_flash_attn_func(q, k, v, qr, kr, tm, backend="torch")

@@ -101,7 +101,7 @@ def test_eager_path_skips_the_custom_ops_and_matches_them_bitwise(monkeypatch):
 
 
 def test_traced_calls_take_the_custom_op(monkeypatch):
-    monkeypatch.setattr(ops, "_fwd_impl", _boom)  # a real kernel run would fail: only the fake may run
+    monkeypatch.setattr(ops, "_fwd_body", _boom)  # a real kernel run would fail: only the fake may run
     with FakeTensorMode():
         q, k, v, qr, kr, tm = (torch.empty(t.shape, dtype=t.dtype) for t in _args())
         out, lse, _ = ops.ffa_attention(q, k, v, qr, kr, tm, None, "sh", 0.35, 0.0, False, False, "torch")

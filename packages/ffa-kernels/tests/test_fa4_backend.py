@@ -228,6 +228,28 @@ def test_selection_by_env_and_never_by_auto(fake_fa4, monkeypatch):
     assert select_backend(inp).NAME == "torch"  # auto: fa4 is opt-in only
 
 
+def test_repeated_calls_reuse_the_choice_but_follow_the_environment(fake_fa4, monkeypatch):
+    """Calls with the same range tensors share one memo (FFAInputs.memo): the backend is chosen and
+    the mask translated once, yet a changed MAGI_ATTENTION_FA4_BACKEND still takes effect."""
+    from magi_ffa import select
+
+    chosen = []
+    real = select._select
+    monkeypatch.setattr(select, "_select", lambda inp, name: chosen.append(name) or real(inp, name))
+    monkeypatch.delenv("MAGI_ATTENTION_KERNEL_BACKEND", raising=False)
+    q, k, v = (torch.randn(16, 2, 64, dtype=torch.float64) for _ in range(3))
+    r = torch.tensor([[0, 16]], dtype=torch.int32)
+    t = torch.tensor([1], dtype=torch.int32)
+    monkeypatch.setenv("MAGI_ATTENTION_FA4_BACKEND", "1")
+    for _ in range(3):
+        fa4_out = flex_flash_attn_func(q, k, v, r, r, t)[0]
+    assert chosen == ["fa4"] and fake_fa4["fwd"] == 3 + replay.stats()["recorded"]
+    monkeypatch.setenv("MAGI_ATTENTION_FA4_BACKEND", "0")
+    torch_out = flex_flash_attn_func(q, k, v, r, r, t)[0]
+    assert chosen == ["fa4", "auto"] and fake_fa4["fwd"] == 3 + replay.stats()["recorded"]
+    torch.testing.assert_close(fa4_out, torch_out, atol=1e-10, rtol=1e-10)
+
+
 def test_missing_fa4_is_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # import flash_attn -> ImportError
     kernel.import_fa4.cache_clear()

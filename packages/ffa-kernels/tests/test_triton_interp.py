@@ -468,7 +468,7 @@ def test_list_ranges_need_no_device_read(host_reads):
     q, k = torch.randn(96, 2, 16), torch.randn(80, 2, 16)
     qr, kr, tm = random_slices(6, 96, 80, 6)
     for _ in range(2):
-        _, _, _, qt, kt, tt, _, _ = api._prepare("f", q, k, k, qr, kr, tm, None, 0.0)
+        _, _, _, qt, kt, tt, _, _, _ = api._prepare("f", q, k, k, qr, kr, tm, None, 0.0)
         _wl(qt, kt, tt)
     assert host_reads == []
 

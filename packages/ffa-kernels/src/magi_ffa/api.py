@@ -39,6 +39,7 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 _PREPARED_MAX = 32
 _prepared: OrderedDict = OrderedDict()  # key -> (weakrefs, stamps, prepared tuple)
 _prepared_lock = threading.Lock()
+range_cache.on_clear(_prepared.clear)  # the memo trusts range tensors by identity as range_cache does
 
 
 def _prepared_key(fn, q, k, v, raw, softmax_scale, softcap):
@@ -61,24 +62,28 @@ def _stamps(raw) -> tuple:
 
 
 def _prepare(fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap):
+    """(q, k, v, q_ranges, k_ranges, attn_type_map, scale, softcap) checked and normalised, and the
+    memo dict of this call signature (FFAInputs.memo; None when the call is not memoised)."""
     raw = (q_ranges, k_ranges, attn_type_map)
     key = _prepared_key(fn, q, k, v, raw, softmax_scale, softcap)
     if key is not None:
         with _prepared_lock:
             hit = _prepared.get(key)
         if hit is not None:
-            refs, stamps, prepared = hit
+            refs, stamps, prepared, memo = hit
             if all(x is None if r is None else r() is x for r, x in zip(refs, raw)) and stamps == _stamps(raw):
-                return (_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), *prepared)
+                return (_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), *prepared, memo)
     result = _prepare_checked(fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap)
-    if key is not None:
-        refs = tuple(None if x is None else weakref.ref(x) for x in raw)
-        with _prepared_lock:
-            _prepared[key] = (refs, _stamps(raw), result[3:])
-            _prepared.move_to_end(key)
-            while len(_prepared) > _PREPARED_MAX:
-                _prepared.popitem(last=False)
-    return result
+    if key is None:
+        return (*result, None)
+    memo: dict = {}  # FFAInputs.memo of this signature's calls
+    refs = tuple(None if x is None else weakref.ref(x) for x in raw)
+    with _prepared_lock:
+        _prepared[key] = (refs, _stamps(raw), result[3:], memo)
+        _prepared.move_to_end(key)
+        while len(_prepared) > _PREPARED_MAX:
+            _prepared.popitem(last=False)
+    return (*result, memo)
 
 
 def _prepare_checked(fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap):
@@ -169,7 +174,7 @@ def flex_flash_attn_func(
         >>> out, meta = flex_flash_attn_func(q, k, v, [[0, 128]], [[0, 128]], [1])  # causal
     """
     fn = "flex_flash_attn_func"
-    q, k, v, qr, kr, tm, scale, cap = _prepare(
+    q, k, v, qr, kr, tm, scale, cap, memo = _prepare(
         fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap
     )
     checks.check_sink(fn, sink, sink_layout, q)
@@ -194,7 +199,7 @@ def flex_flash_attn_func(
     if backend is not None and not isinstance(backend, str):
         raise FFATypeError(f"{fn}(): backend must be a str or None, got {type(backend).__name__}.")
     out, lse, max_logits = ffa_attention(
-        q, k, v, qr, kr, tm, sink, sink_layout, scale, cap, deterministic, return_max_logits, backend
+        q, k, v, qr, kr, tm, sink, sink_layout, scale, cap, deterministic, return_max_logits, backend, memo=memo
     )
     return out, AttnForwardMeta(lse=lse, max_logits=max_logits if return_max_logits else None)
 
@@ -286,7 +291,7 @@ def ffa_forward(
         (out, lse, max_logits or None): the buffers, fp32 (fp64 for fp64 inputs when fresh).
     """
     fn = "ffa_forward"
-    q, k, v, qr, kr, tm, scale, cap = _prepare(
+    q, k, v, qr, kr, tm, scale, cap, memo = _prepare(
         fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap
     )
     if (out is None) != (lse is None):
@@ -296,7 +301,7 @@ def ffa_forward(
     _check_buffer(fn, "lse", lse, (sq, hq), q.device, _stat_dtypes(q))
     _check_buffer(fn, "max_logits", max_logits, (hq,), q.device, _stat_dtypes(q))
     adt = acc_dtype(q.dtype)
-    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
+    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic, memo=memo)
     impl = select_backend(inp, backend)
     if max_logits is None and return_max_logits:
         max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
@@ -360,7 +365,7 @@ def ffa_backward(
         (dq, dk, dv): the buffers (fresh ones fp32, fp64 for fp64 inputs).
     """
     fn = "ffa_backward"
-    q, k, v, qr, kr, tm, scale, cap = _prepare(
+    q, k, v, qr, kr, tm, scale, cap, memo = _prepare(
         fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap
     )
     sq, hq, d = q.shape
@@ -378,7 +383,7 @@ def ffa_backward(
     _check_buffer(fn, "delta", delta, (sq, hq), q.device, (torch.float32, torch.float64))
     written = _overwrite_names(fn, overwrite, tuple(bufs))
     adt = acc_dtype(q.dtype)
-    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic)
+    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic, memo=memo)
     impl = select_backend(inp, backend)
     if delta is None and impl.USES_DELTA:
         delta = rowsum_out_dout(out, dout)

@@ -75,7 +75,7 @@ def run_backward(backend: Backend, inp: FFAInputs, dout, out, lse, delta, dq, dk
         backend.backward(inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
 
 
-def _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic) -> FFAInputs:
+def _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic, memo=None) -> FFAInputs:
     return FFAInputs(
         q=q,
         k=k,
@@ -86,12 +86,20 @@ def _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, 
         softmax_scale=softmax_scale,
         softcap=softcap,
         deterministic=deterministic,
+        memo=memo,
     )
 
 
 def _fwd_impl(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
               deterministic, return_max_logits, backend):
-    inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic)
+    return _fwd_body(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
+                     deterministic, return_max_logits, backend, None)
+
+
+def _fwd_body(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
+              deterministic, return_max_logits, backend, memo):
+    """The forward op's body; `memo` (FFAInputs.memo) is given on the eager path only."""
+    inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic, memo)
     impl = select_backend(inp, backend)
     sq, hq, d = q.shape
     adt = acc_dtype(q.dtype)
@@ -139,7 +147,14 @@ def _(
 
 def _bwd_impl(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale,
               softcap, deterministic, backend):
-    inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic)
+    return _bwd_body(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout,
+                     softmax_scale, softcap, deterministic, backend, None)
+
+
+def _bwd_body(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale,
+              softcap, deterministic, backend, memo):
+    """The backward op's body; `memo` as in _fwd_body."""
+    inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic, memo)
     impl = select_backend(inp, backend)
     adt = acc_dtype(q.dtype)
     fresh = impl.SUPPORTS_FRESH
@@ -198,24 +213,12 @@ def _backward(ctx, dout, dlse, dmax):
     sink_layout, scale, softcap, det, backend = ctx.params
     if dout is None:
         dout = torch.zeros_like(out)
-    bwd = _bwd_impl if _can_run_eagerly(dout, q, k, v, out, lse, sink) else ffa_bwd_op
-    dq, dk, dv, dsink = bwd(
-        dout.contiguous(),
-        q,
-        k,
-        v,
-        out,
-        lse,
-        q_ranges,
-        k_ranges,
-        attn_type_map,
-        sink,
-        sink_layout,
-        scale,
-        softcap,
-        det,
-        backend,
-    )
+    args = (dout.contiguous(), q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout, scale,
+            softcap, det, backend)
+    if _can_run_eagerly(dout, q, k, v, out, lse, sink):
+        dq, dk, dv, dsink = _bwd_body(*args, getattr(ctx, "memo", None))
+    else:
+        dq, dk, dv, dsink = ffa_bwd_op(*args)
     return (
         dq,
         dk,
@@ -256,24 +259,26 @@ class _EagerFFA(torch.autograd.Function):
     tensors, same backward)."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        output = _fwd_impl(*inputs)
+    def forward(ctx, *inputs_and_memo):
+        *inputs, memo = inputs_and_memo
+        output = _fwd_body(*inputs, memo)
         _setup_context(ctx, inputs, output)
+        ctx.memo = memo
         ctx.set_materialize_grads(False)  # lse / max_logits get no gradient: don't build zeros for them
         return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlse, dmax):
-        return _backward(ctx, dout, dlse, dmax)
+        return (*_backward(ctx, dout, dlse, dmax), None)
 
 
 def ffa_attention(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
-                  deterministic, return_max_logits, backend):
+                  deterministic, return_max_logits, backend, memo=None):
     """(out, lse, max_logits) with autograd, as ffa_fwd_op: eagerly through _EagerFFA, traced through
-    the custom op."""
+    the custom op. memo: FFAInputs.memo of the call's signature (eager path only)."""
     args = (q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
             deterministic, return_max_logits, backend)
     if _can_run_eagerly(q, k, v, q_ranges, k_ranges, attn_type_map, sink):
-        return _EagerFFA.apply(*args)
+        return _EagerFFA.apply(*args, memo)
     return ffa_fwd_op(*args)

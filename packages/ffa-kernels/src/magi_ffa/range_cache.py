@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["HostRanges", "clear", "host_ranges", "identity_enabled", "remember"]
+__all__ = ["HostRanges", "clear", "host_ranges", "identity_enabled", "on_clear", "remember"]
 
 _MAX_ENTRIES = 64
 _lock = threading.Lock()
@@ -65,10 +65,21 @@ def identity_enabled() -> bool:
     return os.environ.get("MAGI_FFA_WORKLIST_IDENTITY_CACHE", "1") != "0"
 
 
+_dependents: list = []  # clear() of caches keyed by the same identities (api's call memo)
+
+
+def on_clear(fn) -> None:
+    """Have `fn()` run by every clear(): a cache that trusts range tensors by identity as this one
+    does must forget them at the same time."""
+    _dependents.append(fn)
+
+
 def clear() -> None:
     """Forget every stored copy (tests; or after mutating range tensors behind autograd)."""
     with _lock:
         _by_identity.clear()
+    for fn in _dependents:
+        fn()
 
 
 def _read_to_host(flat: torch.Tensor) -> torch.Tensor:

@@ -89,8 +89,20 @@ def _reasons(name: str, inp: FFAInputs) -> list[str]:
 
 
 def select_backend(inp: FFAInputs, backend: str | None = None) -> Backend:
-    """Pick the backend for `inp` (see module docstring); raise if a forced one cannot run it."""
+    """Pick the backend for `inp` (see module docstring); raise if a forced one cannot run it.
+
+    The choice depends on the name (argument or environment, read every call) and on q/k's
+    shapes, dtype and device, so calls sharing ``inp.memo`` reuse it."""
     name = resolve_backend_name(backend)
+    if inp.memo is None:
+        return _select(inp, name)
+    chosen = inp.memo.get(("backend", name))
+    if chosen is None:
+        chosen = inp.memo[("backend", name)] = _select(inp, name)
+    return chosen
+
+
+def _select(inp: FFAInputs, name: str) -> Backend:
     if name != "auto":
         forced = get_backend(name)
         if forced is not None:

@@ -15,7 +15,7 @@ Shape legend: Sq / Sk total query / key tokens, hq / hk query / kv heads, d head
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,10 @@ class FFAInputs:
     softmax_scale: float
     softcap: float = 0.0
     deterministic: bool = False
+    # Host-derived data (the backend chosen, a translated mask) shared by every call of one
+    # signature: the same unchanged range tensors and q/k/v shapes, dtypes and device (api._prepare
+    # keeps one dict per signature). None: derive everything again.
+    memo: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_slices(self) -> int:

@@ -15,6 +15,7 @@ works with this backend too.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -51,6 +52,11 @@ def slice_block_mask(inp: FFAInputs) -> SliceBlockMask:
     from magi_ffa.backends.fa4.kernel import sparse_block_size
 
     block_size = sparse_block_size(_arch(inp.q.device))
+    if inp.memo is not None:  # the calls of one signature share the lookup
+        found = inp.memo.get(("fa4 mask", block_size))
+        if found is None:
+            found = inp.memo[("fa4 mask", block_size)] = slice_block_mask(dataclasses.replace(inp, memo=None))
+        return found
     hr = range_cache.host_ranges(inp.q_ranges, inp.k_ranges, inp.attn_type_map)
     sq, sk = inp.q.shape[0], inp.k.shape[0]
     return _masks.get_or_build(

@@ -303,7 +303,8 @@ class _Tape:
 def _signature(t: torch.Tensor | None):
     if t is None:
         return None
-    return (tuple(t.shape), t.stride(), t.dtype, t.device, t.data_ptr() % 16)
+    # requires_grad too: FA4 reads it (its MLA and sparse-KV paths choose kernels by it)
+    return (tuple(t.shape), t.stride(), t.dtype, t.device, t.data_ptr() % 16, t.requires_grad)
 
 
 def _remember(key, value) -> None:
