@@ -98,9 +98,10 @@ def test_off_by_env(fake_fa4, monkeypatch):
 
 @pytest.mark.parametrize("host_work,reason", [
     (lambda q, out, lse: torch.empty_like(lse).fill_(0.0), "writes tensor data"),
+    (lambda q, out, lse: torch.empty_like(lse).__iadd__(1.0), "writes tensor data"),
     (lambda q, out, lse: q.sum(), "computes a new tensor"),
     (lambda q, out, lse: q.tolist(), "reads tensor data"),
-], ids=["writes", "computes", "reads"])
+], ids=["writes", "writes-in-place-operator", "computes", "reads"])
 def test_host_work_on_tensors_is_never_replayed(fake_fa4, monkeypatch, host_work, reason):
     monkeypatch.setattr(_fake_fa4, "HOST_WORK", host_work)
     _forward_four_times()

@@ -81,6 +81,13 @@ _METADATA = frozenset({
 })
 
 
+# in-place operators (``t += x``): they write like ``add_`` but are named like dunders
+_INPLACE_DUNDERS = frozenset({
+    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+    "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__",
+})
+
+
 class _NotReplayable(Exception):
     pass
 
@@ -149,10 +156,14 @@ class _Recorder(TorchFunctionMode):
             slot = next((i for i, c in enumerate(self.created) if _same_storage(c, args[0])), None)
             if slot is None:
                 self.fail("zero_ on a tensor FA4 did not allocate")
-            else:
+                return
+            try:
                 self.steps.append(("zero", slot, self._where(args[0])))
+            except _NotReplayable as e:  # never raise into FA4's call: refuse the key instead
+                self.fail(str(e))
             return
-        if "out" in kwargs or name == "__setitem__" or (name.endswith("_") and not name.startswith("__")):
+        writes = name.endswith("_") and not name.startswith("__")
+        if writes or "out" in kwargs or name == "__setitem__" or name in _INPLACE_DUNDERS:
             self.fail(f"{name} writes tensor data")
             return
         outs = list(_tensors_in(result))
@@ -318,6 +329,7 @@ def _remember(key, value) -> None:
 def _refuse(key, why: str) -> None:
     _counts["refused"] += 1
     _refusals.append(why)
+    del _refusals[:-8]  # the last few reasons are enough to diagnose
     _remember(key, why)
 
 
