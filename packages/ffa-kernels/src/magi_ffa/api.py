@@ -14,7 +14,6 @@ counted twice in the softmax (not checked, it would need a dense mask).
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 
 import torch
@@ -33,11 +32,11 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-# _prepare's result per call signature, for range tensors seen before (the range_cache identity
-# rule: same objects, unchanged version counters and data): a training step repeats its calls, and
-# the checks and normalisation cost more host time than an 8k FA4 kernel takes on the GPU.
+# _prepare's result per call signature, for range tensors seen before (range_cache's identity rule:
+# same objects, unchanged version counters and data): a training step repeats its calls, and the
+# checks and normalisation cost more host time than an 8k FA4 kernel takes on the GPU.
 _PREPARED_MAX = 32
-_prepared: OrderedDict = OrderedDict()  # key -> (weakrefs, stamps, prepared tuple)
+_prepared: OrderedDict = OrderedDict()  # key -> (identity record, prepared tuple, memo)
 _prepared_lock = threading.Lock()
 range_cache.on_clear(_prepared.clear)  # the memo trusts range tensors by identity as range_cache does
 
@@ -48,17 +47,10 @@ def _prepared_key(fn, q, k, v, raw, softmax_scale, softcap):
         return None
     if not all(isinstance(x, (float, int, type(None))) for x in (softmax_scale, softcap)):
         return None
-    if not range_cache.identity_enabled():
+    if not all(x is None or (isinstance(x, torch.Tensor) and x.device == q.device) for x in raw):
         return None
-    for x in raw:
-        if x is not None and (not isinstance(x, torch.Tensor) or x.device != q.device or x.is_inference()):
-            return None
     return (fn, *(id(x) for x in raw), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device,
             k.device, v.device, softmax_scale, softcap)
-
-
-def _stamps(raw) -> tuple:
-    return tuple(None if x is None else (x._version, x.data_ptr(), x.shape, x.dtype) for x in raw)
 
 
 def _prepare(fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap):
@@ -69,17 +61,15 @@ def _prepare(fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, soft
     if key is not None:
         with _prepared_lock:
             hit = _prepared.get(key)
-        if hit is not None:
-            refs, stamps, prepared, memo = hit
-            if all(x is None if r is None else r() is x for r, x in zip(refs, raw)) and stamps == _stamps(raw):
-                return (_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), *prepared, memo)
+        if hit is not None and range_cache.still_identical(hit[0], raw):
+            return (_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), *hit[1], hit[2])
+    record = range_cache.identity(raw) if key is not None else None
     result = _prepare_checked(fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap)
-    if key is None:
+    if record is None:
         return (*result, None)
     memo: dict = {}  # FFAInputs.memo of this signature's calls
-    refs = tuple(None if x is None else weakref.ref(x) for x in raw)
     with _prepared_lock:
-        _prepared[key] = (refs, _stamps(raw), result[3:], memo)
+        _prepared[key] = (record, result[3:], memo)
         _prepared.move_to_end(key)
         while len(_prepared) > _PREPARED_MAX:
             _prepared.popitem(last=False)

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["HostRanges", "clear", "host_ranges", "identity_enabled", "on_clear", "remember"]
+__all__ = ["HostRanges", "clear", "host_ranges", "identity", "identity_enabled", "on_clear", "remember",
+           "still_identical"]
 
 _MAX_ENTRIES = 64
 _lock = threading.Lock()
-_by_identity: OrderedDict = OrderedDict()  # (id, id, id) -> (weakrefs, stamps, HostRanges)
+_by_identity: OrderedDict = OrderedDict()  # (id, id, id) -> (identity record, HostRanges)
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,20 +110,41 @@ def _make(q: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> HostRanges:
 
 
 def _stamps(srcs) -> tuple | None:
-    """Per tensor (version, data_ptr, shape, dtype, device); None when identity can't be trusted."""
-    if any(t.is_inference() for t in srcs):
+    """Per tensor (version, data_ptr, shape, dtype, device), None for an absent (None) entry; None
+    when identity can't be trusted (inference tensors have no version counter)."""
+    if any(t is not None and t.is_inference() for t in srcs):
         return None
-    return tuple((t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device) for t in srcs)
+    return tuple(None if t is None else (t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device)
+                 for t in srcs)
 
 
-def _store(srcs, stamps, hr: HostRanges) -> None:
+def identity(srcs) -> tuple | None:
+    """A record that `srcs` (tensors, or None) are these objects with these contents, for
+    :func:`still_identical`; None when they can't be recognised so (identity caching off, inference
+    tensors, objects without weak references). The rule of this module, for every cache that keys
+    data derived from range tensors by the tensors themselves."""
+    if not identity_enabled():
+        return None
+    stamps = _stamps(srcs)
+    if stamps is None:
+        return None
     try:
-        refs = tuple(weakref.ref(t) for t in srcs)
+        refs = tuple(None if t is None else weakref.ref(t) for t in srcs)
     except TypeError:
-        return
-    key = tuple(id(t) for t in srcs)
+        return None
+    return refs, stamps
+
+
+def still_identical(record: tuple, srcs) -> bool:
+    """Whether `srcs` are the very objects `record` was made of, unchanged since (touches no data)."""
+    refs, stamps = record
+    return (identity_enabled() and all(t is None if r is None else r() is t for r, t in zip(refs, srcs))
+            and _stamps(srcs) == stamps)
+
+
+def _store(key, record, hr: HostRanges) -> None:
     with _lock:
-        _by_identity[key] = (refs, stamps, hr)
+        _by_identity[key] = (record, hr)
         _by_identity.move_to_end(key)
         while len(_by_identity) > _MAX_ENTRIES:
             _by_identity.popitem(last=False)
@@ -131,23 +153,19 @@ def _store(srcs, stamps, hr: HostRanges) -> None:
 def host_ranges(q_ranges: torch.Tensor, k_ranges: torch.Tensor, attn_type_map: torch.Tensor) -> HostRanges:
     """The host copy of int [N, 2], [N, 2], [N] tensors: stored (no device access) or made now."""
     srcs = (q_ranges, k_ranges, attn_type_map)
-    use_id = identity_enabled()
-    stamps = _stamps(srcs) if use_id else None
-    if stamps is not None:
-        key = tuple(id(t) for t in srcs)
-        with _lock:
-            ent = _by_identity.get(key)
-            if ent is not None:
-                refs, old, hr = ent
-                if old == stamps and all(r() is t for r, t in zip(refs, srcs)):
-                    _by_identity.move_to_end(key)
-                    return hr
+    key = tuple(id(t) for t in srcs)
+    with _lock:
+        ent = _by_identity.get(key)
+        if ent is not None and still_identical(ent[0], srcs):
+            _by_identity.move_to_end(key)
+            return ent[1]
+    record = identity(srcs)  # taken before the read: what the copy is a copy of
     n = q_ranges.shape[0]
     flat = torch.cat([x.reshape(-1).to(torch.int32) for x in srcs])
     host = _read_to_host(flat)  # torch.cat made a new tensor: the copy never aliases a source
     hr = _make(host[: 2 * n], host[2 * n : 4 * n], host[4 * n :])
-    if stamps is not None:
-        _store(srcs, stamps, hr)
+    if record is not None:
+        _store(key, record, hr)
     return hr
 
 
@@ -160,7 +178,7 @@ def remember(
     """Store `host` (CPU int32 copies the caller built, e.g. from nested lists) as the copy of
     the three device tensors, so that no device read is needed for them."""
     srcs = (q_ranges, k_ranges, attn_type_map)
-    stamps = _stamps(srcs) if identity_enabled() else None
-    if stamps is None:
+    record = identity(srcs)
+    if record is None:
         return
-    _store(srcs, stamps, _make(*(h.to(torch.int32) for h in host)))
+    _store(tuple(id(t) for t in srcs), record, _make(*(h.to(torch.int32) for h in host)))

@@ -50,7 +50,7 @@ _refusals: list[str] = []
 
 def stats() -> dict:
     """Counts of recorded, replayed and refused calls, and the last refusal reasons (tests, benches)."""
-    return {**_counts, "refusals": list(_refusals[-8:])}
+    return {**_counts, "refusals": list(_refusals)}
 
 
 def clear() -> None:
@@ -153,12 +153,11 @@ class _Recorder(TorchFunctionMode):
                 self.fail(f"{name} returned {type(result).__name__}")
             return
         if name == "zero_" and args and isinstance(args[0], torch.Tensor):
-            slot = next((i for i, c in enumerate(self.created) if _same_storage(c, args[0])), None)
-            if slot is None:
+            if not any(_same_storage(c, args[0]) for c in self.created):
                 self.fail("zero_ on a tensor FA4 did not allocate")
                 return
             try:
-                self.steps.append(("zero", slot, self._where(args[0])))
+                self.steps.append(("zero", self._where(args[0])))
             except _NotReplayable as e:  # never raise into FA4's call: refuse the key instead
                 self.fail(str(e))
             return
@@ -307,7 +306,7 @@ class _Tape:
                 buf = torch.empty_strided(shape, stride, dtype=dtype, device=device)
                 slots[i] = buf.zero_() if zero else buf
             else:  # zero
-                _build(step[2], inputs, slots).zero_()
+                _build(step[1], inputs, slots).zero_()
         return _build(self.outputs, inputs, slots)
 
 
@@ -395,10 +394,10 @@ def launch(key: tuple, owner, call: Callable, inputs: Sequence[torch.Tensor | No
         entry = _tapes.get(full_key)
         if entry is not None:
             _tapes.move_to_end(full_key)
-    if isinstance(entry, _Tape) and entry.owner is owner:
+    if isinstance(entry, _Tape):  # it keeps `owner` alive, so id(owner) in the key is still owner's
         _counts["replayed"] += 1
         return entry.run(list(inputs))
-    if entry is None or (isinstance(entry, _Tape) and entry.owner is not owner):
+    if entry is None:
         _remember(full_key, _SEEN_ONCE)
         return call(*inputs)
     if entry is _SEEN_ONCE:
