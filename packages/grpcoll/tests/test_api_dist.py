@@ -85,8 +85,42 @@ def _job_random_cases(rank, world, n_cases, seed):
                 torch.testing.assert_close(out_l.double(), ref[1][rank], rtol=1e-5, atol=1e-5)
 
 
+def list_cast_cases(rank, world, n_cases, seed, **kw):
+    """A cast of a list of tensors (different row shapes and dtypes, e.g. K and V) moves each as its
+    own cast would; with lse, through the functional API and a plan, waited with and without the
+    outputs passed back (`kw`: the impl and its groups)."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    for case in range(n_cases):
+        meta = random_cast_meta(world, rng)
+        args = (meta.in_sizes, meta.dst_indices, meta.out_sizes, meta.src_index)
+        ks = _tensors(gen, meta.in_sizes, (2, 3), torch.float32)
+        vs = _tensors(gen, meta.in_sizes, (5,), _DTYPES[case % 3])
+        ls = _lses(gen, meta.in_sizes, 2)
+        n_out = sum(meta.out_sizes[rank])
+        outs = [torch.full((n_out, 2, 3), 7.0), torch.full((n_out, 5), 7.0, dtype=vs[0].dtype)]
+        out_l = torch.full((n_out, 2), 7.0)
+        with_lse = case % 2 == 0
+        lse_kw = dict(cast_lse=True, input_lse=ls[rank], output_lse=out_l) if with_lse else {}
+        if case % 3 == 2:  # a plan, run directly
+            plan = GroupCastPlan.build(*meta.of(rank), rank=rank, world_size=world)
+            lse_kw.pop("cast_lse", None)
+            work = plan.cast([ks[rank], vs[rank]], outs, async_op=case % 2 == 1, **lse_kw, **kw)
+        else:
+            work = group_cast([ks[rank], vs[rank]], outs, *meta.of(rank), None, case % 2 == 1, **lse_kw, **kw)
+        passed = ((outs, out_l) if with_lse else (outs,)) if case % 2 else ()
+        res = work.wait_post_process(*passed)
+        got, got_l = res if with_lse else (res, None)
+        assert isinstance(got, list) and len(got) == 2 and got[0] is outs[0] and got[1] is outs[1]
+        for g, xs in zip(got, (ks, vs)):
+            assert torch.equal(g, ref_group_cast(xs, *args)[rank]), f"list cast case {case}"
+        if with_lse:
+            assert got_l is out_l and torch.equal(got_l, ref_group_cast(ls, *args)[rank])
+
+
 def _job_world(rank, world, n_cases, seed):
     _job_random_cases(rank, world, n_cases, seed)
+    list_cast_cases(rank, world, 3, seed + 7)
     if world == 2:
         _job_plans_and_errors(rank, world)
         os.environ["MAGI_ATTENTION_SANITY_CHECK"] = "1"
@@ -96,6 +130,8 @@ def _job_world(rank, world, n_cases, seed):
         hier_cases(rank, world, 4, seed)
         hier_cases(rank, world, 3, seed + 1, regroup=True)
         hier_cases(rank, world, 3, seed + 2, regroup=True, flat=True)
+        intra, inter = make_hier_groups(2)
+        list_cast_cases(rank, world, 3, seed + 3, impl="hier", intra_group=intra, inter_group=inter)
 
 
 @pytest.mark.parametrize("world, n_cases", [(2, 6), (3, 3), (4, 4)])
@@ -145,6 +181,20 @@ def _job_plans_and_errors(rank, world):
         group_reduce(torch.zeros(2, 2), torch.zeros(0, 2), [2], [], [rank], [], reduce_op="max")
     with pytest.raises(GrpCollError, match="out of range"):
         group_cast(torch.zeros(2, 2), torch.zeros(0, 2), [2], [], [[world]], [])
+    # lists of tensors: one output per input, each shaped like its input
+    with pytest.raises(GrpCollError, match="both be tensors or lists of the same length"):
+        group_cast([torch.zeros(2, 2), torch.zeros(2, 3)], [torch.zeros(0, 2)], [2], [], [[]], [])
+    with pytest.raises(GrpCollError, match="both be tensors or lists"):
+        group_cast([torch.zeros(2, 2)], torch.zeros(0, 2), [2], [], [[]], [])
+    with pytest.raises(GrpCollError, match=r"output\[1\] row shape \[4\] differs from input row shape \[3\]"):
+        group_cast([torch.zeros(2, 2), torch.zeros(2, 3)], [torch.zeros(0, 2), torch.zeros(0, 4)], [2], [],
+                   [[]], [])
+    with pytest.raises(GrpCollError, match=r"input\[1\] has 3 rows along dim 0; expected 9"):
+        plan.cast([torch.zeros(9, 4), torch.zeros(3, 4)], [torch.zeros(sum(out_sizes), 4)] * 2)
+    with pytest.raises(GrpCollError, match="empty list"):
+        group_cast([], [], [0], [], [[]], [])
+    with pytest.raises(GrpCollError, match="input must be a torch.Tensor"):
+        group_reduce([torch.zeros(2, 2)], torch.zeros(0, 2), [2], [], [rank], [])
     dist.barrier()
 
 

@@ -1,5 +1,5 @@
-"""GPU checks (2 CUDA devices, NCCL): a2a-v and native give exactly the reference (cast bitwise;
-reduce within rounding), lse and avg included; Triton kernels on CUDA match the torch ones."""
+"""GPU checks (2 CUDA devices, NCCL): a2a-v and native give exactly the reference (cast bitwise, a
+list of tensors too; reduce within rounding), lse and avg included; Triton kernels on CUDA match the torch ones."""
 
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def _nccl_job(rank, world, port, impl):
             args = (meta.in_sizes, meta.dst_indices, meta.out_sizes, meta.src_index)
             assert torch.equal(got.cpu(), ref_group_cast(xs, *args)[rank])
             assert torch.equal(got_l.cpu(), ref_group_cast(ls, *args)[rank])
+            # K and V as a list (V with another row shape and dtype), no concatenation
+            vs = [torch.randn((sum(s), 2, 96), generator=gen) for s in meta.in_sizes]
+            n_out = sum(meta.out_sizes[rank])
+            outs = [torch.empty((n_out, 4, 64), dtype=dtype, device=dev), torch.empty((n_out, 2, 96), device=dev)]
+            got_k, got_v = group_cast([xs[rank].to(dev), vs[rank].to(dev)], outs, *meta.of(rank), None,
+                                      bool(case % 2), impl=impl).wait_post_process()
+            assert torch.equal(got_k.cpu(), ref_group_cast(xs, *args)[rank])
+            assert torch.equal(got_v.cpu(), ref_group_cast(vs, *args)[rank])
             rm = reduce_meta_of(meta)
             ins_, outs_, dsti, srci = ([m[i] for m in rm] for i in range(4))
             for op in ("sum", "avg", "lse"):

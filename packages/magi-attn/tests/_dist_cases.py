@@ -68,9 +68,14 @@ def run_cases(cases, group=None, rank_label=""):
     else:  # a DeviceMesh over the whole world (hierarchical comm)
         world, rank = group.size(), dist.get_rank()
     report = []
+    from magi_attention.runtime import dist_attn
+
+    list_casts = dist_attn.cast_lists
     for case in cases:
         for k_, v_ in case.get("env", {}).items():
             os.environ[k_] = v_
+        if "cast_lists" in case:  # runtimes built for this case take K/V as a list or concatenated
+            dist_attn.cast_lists = lambda want=case["cast_lists"]: want and list_casts()
         T, hq, hk, d, chunk = case["T"], case["hq"], case["hk"], case["d"], case["chunk"]
         qr, kr, tm = case_mask(case)
         torch.manual_seed(case.get("seed", 0))
@@ -92,6 +97,11 @@ def run_cases(cases, group=None, rank_label=""):
         lout, meta = calc_attn(lq, lk, lv, key, sink=sink, softcap=softcap,
                                return_max_logits=want_ml)
         assert lout.dtype == dt, f"{case['name']}: out is {lout.dtype}, not the input dtype {dt}"
+        if "cast_lists" in case:
+            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+            runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+            assert runtime.cast_lists == case["cast_lists"], f"{case['name']}: K/V cast path not taken"
         gout = undispatch(lout, key)
         out = gout.detach().double()
         lse = undispatch(meta.lse, key)
@@ -118,6 +128,7 @@ def run_cases(cases, group=None, rank_label=""):
             assert e < tol, f"{case['name']} world {world} rank {rank}: {name} max error {e:.3e} (fp64)"
         for k_ in case.get("env", {}):
             del os.environ[k_]
+        dist_attn.cast_lists = list_casts
         report.append((case["name"], errs))
     return report
 

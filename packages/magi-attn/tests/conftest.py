@@ -36,6 +36,9 @@ def dist_cases(world: int) -> list[dict]:
         dict(base, name="mha-odd-pad", mask="causal", hq=2, hk=2, T=83, degree=1, sink=True),
         dict(base, name="hide-tail", mask="varlen_causal", cu=[0, 40, 96], degree=3,
              env={"MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
+        # the runtime's path for a magi_grpcoll without list casts (interface < 1.2): cat([k, v])
+        dict(base, name="kv-concatenated", mask="varlen_causal", cu=[0, 29, 70, 96], degree=2,
+             cast_lists=False),
     ]
     return cases[::2] if world in (1, 3) else cases
 

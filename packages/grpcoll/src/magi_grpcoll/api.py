@@ -85,6 +85,8 @@ def _cached(kind, builder, key, *args, **kw):
 
 def _plan_for(kind, builder, ins, outs, dsts, srcs, rank: int, world: int, input):
     """The plan for these lists on ``input``'s device, built once and cached."""
+    if isinstance(input, (list, tuple)) and input:
+        input = input[0]  # a cast of several tensors: they share the rows, so the plan
     device = input.device if isinstance(input, torch.Tensor) else None
     key = (kind, _freeze(ins), _freeze(outs), _freeze(dsts), _freeze(srcs), rank, world,
            str(device) if device is not None else None)
@@ -93,6 +95,10 @@ def _plan_for(kind, builder, ins, outs, dsts, srcs, rank: int, world: int, input
 
 def _length_error(fn: str, plan, input, output):
     """The error for input/output row counts that disagree with the plan's splits, or None."""
+    if isinstance(input, (list, tuple)) and input:
+        input = input[0]
+    if isinstance(output, (list, tuple)) and output:
+        output = output[0]
     if isinstance(input, torch.Tensor) and input.dim() > 0 and plan.input_len != input.shape[0]:
         return GrpCollError(f"{fn}(): sum(input_split_sizes)={plan.input_len} does not match "
                             f"input.shape[0]={input.shape[0]}.")
@@ -148,28 +154,78 @@ def _finish(fn, plan, err, group, row_info):
         raise err
 
 
+def _as_tensors(fn: str, name: str, x) -> tuple[tuple, bool]:
+    """(tensors, given as a list): a cast moves one tensor or a list of tensors with the same rows."""
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise GrpCollError(f"{fn}(): {name} is an empty list; give a tensor or a non-empty list of tensors.")
+        return tuple(x), True
+    return (x,), False
+
+
+def _check_cast_tensors(fn: str, plan, input, output):
+    """Checked (inputs, outputs, input given as a list): one output per input, each [S_out, *row of
+    its input] with its input's dtype and device."""
+    inputs, listed = _as_tensors(fn, "input", input)
+    outputs, out_listed = _as_tensors(fn, "output", output)
+    if listed != out_listed or len(inputs) != len(outputs):
+        raise GrpCollError(f"{fn}(): input and output must both be tensors or lists of the same length; got "
+                           f"{len(inputs) if listed else 'a tensor'} and "
+                           f"{len(outputs) if out_listed else 'a tensor'}.")
+    for i, (x, y) in enumerate(zip(inputs, outputs)):
+        tag = f"[{i}]" if listed else ""
+        check_tensor(fn, f"input{tag}", x, dim0=plan.input_len)
+        check_tensor(fn, f"output{tag}", y, dim0=plan.output_len, like=x)
+        if x.device != inputs[0].device:
+            raise GrpCollError(f"{fn}(): input{tag} is on {x.device} but input[0] is on {inputs[0].device}.")
+    return inputs, outputs, listed
+
+
+def _cast_result(work, n: int, listed: bool, lse: bool):
+    """Give a cast's result the caller's shape: the impls return the outputs of every moved tensor
+    (lse last) as one tensor or a tuple; a list input gets a list back (and the lse beside it)."""
+    if not listed:
+        return work
+
+    def flatten(*outputs):  # wait_post_process(outputs_list[, output_lse]) -> the impl's flat form
+        if not outputs:
+            return ()
+        data, rest = outputs[0], outputs[1:]
+        return (*data, *rest)
+
+    def shape(result):
+        result = result if isinstance(result, tuple) else (result,)
+        data = list(result[:n])
+        return (data, result[n]) if lse else data
+
+    work.wrap_post_process(flatten, shape)
+    return work
+
+
 def _run_cast(plan, input, output, group, *, async_op=False, input_lse=None, output_lse=None, impl=None,
               _fn="GroupCastPlan.cast", _err=None, **kwargs):
     fn, err, obj = _fn, _err, None
     row_info = None
+    inputs, outputs, listed = (), (), False
     try:
         if err is not None:
             raise err
         _check_plan_group(fn, plan, group)
-        check_tensor(fn, "input", input, dim0=plan.input_len)
-        check_tensor(fn, "output", output, dim0=plan.output_len, like=input)
-        row_info = (str(input.dtype), tuple(input.shape[1:]), input_lse is not None)
+        inputs, outputs, listed = _check_cast_tensors(fn, plan, input, output)
+        row_info = (tuple((str(x.dtype), tuple(x.shape[1:])) for x in inputs), listed, input_lse is not None)
         if (input_lse is None) != (output_lse is None):
             raise GrpCollError(f"{fn}(): give both input_lse and output_lse (cast_lse) or neither.")
         if input_lse is not None:
-            check_lse(fn, "input_lse", input_lse, input)
-            check_lse(fn, "output_lse", output_lse, output)
-        obj = _select(fn, impl, input, group, input_lse is not None, None, kwargs)
+            check_lse(fn, "input_lse", input_lse, inputs[0])
+            check_lse(fn, "output_lse", output_lse, outputs[0])
+        for x in inputs:  # each row layout must suit the impl (answers are cached per layout)
+            obj = _select(fn, impl, x, group, input_lse is not None, None, kwargs)
     except GrpCollError as e:
         err = e
     _finish(fn, plan if err is None else None, err, group, row_info)
-    return obj.cast(plan, input, output, group, async_op=async_op, input_lse=input_lse,
+    work = obj.cast(plan, inputs, outputs, group, async_op=async_op, input_lse=input_lse,
                     output_lse=output_lse, **kwargs)
+    return _cast_result(work, len(inputs), listed, input_lse is not None)
 
 
 def _run_reduce(plan, input, output, group, *, async_op=False, reduce_op="sum", acc_reduce=True,
@@ -222,6 +278,9 @@ def group_cast(input, output, input_split_sizes, output_split_sizes, dst_indices
 
     Args:
         input: [S_in, ...] any dtype, contiguous. output: [S_out, ...] same dtype and row shape.
+            Either may instead be a list of such tensors (the same rows of several tensors, e.g. K and
+            V, moved in one call without concatenating them first; row shapes and dtypes may differ
+            between the entries); output is then a list of the same length.
         input_split_sizes: n ints summing to S_in. output_split_sizes: m ints summing to S_out.
         dst_indices: n lists of distinct ranks (empty allowed; self allowed), or a [n, W] int tensor
             padded with -1. src_index: m ranks (or a 1-D int tensor; trailing size-0 slots whose rank
@@ -233,8 +292,9 @@ def group_cast(input, output, input_split_sizes, output_split_sizes, dst_indices
             implementation (``intra_group``/``inter_group`` for "hier").
     Returns:
         :class:`~magi_grpcoll.work.GrpCollWork`; ``work.wait_post_process()`` returns ``output`` (or
-        ``(output, output_lse)``) filled. It must be called exactly once; the current stream waits,
-        the CPU does not (gloo blocks).
+        ``(output, output_lse)``) filled; for a list input, the list of outputs (or ``(outputs,
+        output_lse)``). It must be called exactly once; the current stream waits, the CPU does not
+        (gloo blocks).
 
     Example::
 

@@ -40,6 +40,13 @@ class GrpCollWork:
             if w is not None:
                 w.wait()
 
+    def wrap_post_process(self, before: Callable[..., tuple], after: Callable[[Any], Any]) -> None:
+        """Reshape what :meth:`wait_post_process` takes and returns: the arguments pass through
+        ``before`` on their way to the post-pass, its result through ``after`` (used to hand a list
+        input's outputs back as a list)."""
+        inner = self._post_process
+        self._post_process = lambda *outputs: after(inner(*before(*outputs)))
+
     @property
     def async_op(self) -> bool:
         return self._async

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from magi_grpcoll.impl._a2a import a2a_rows
-from magi_grpcoll.impl.base import GrpCollImpl, register_impl
+from magi_grpcoll.impl.base import GrpCollImpl, cast_pairs, register_impl
 from magi_grpcoll.kernels import gather_rows, reduce_rows
 
 __all__ = ["A2AVImpl"]
@@ -32,10 +32,10 @@ class A2AVImpl(GrpCollImpl):
 
     NAME = "a2av"
 
-    def cast(self, plan, input, output, group, *, async_op, input_lse=None, output_lse=None, **kwargs):
+    def cast(self, plan, inputs, outputs, group, *, async_op, input_lse=None, output_lse=None, **kwargs):
         from magi_grpcoll.work import GrpCollWork
 
-        pairs = [(input, output)] + ([(input_lse, output_lse)] if input_lse is not None else [])
+        pairs = cast_pairs(inputs, outputs, input_lse, output_lse)
         works, keep, recvs = [], [], []
         n_recv = sum(plan.recv_counts)
         for src, dst in pairs:

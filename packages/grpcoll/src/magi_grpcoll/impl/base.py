@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["GrpCollImpl", "get_impl", "registered_impls", "register_impl", "backend_of"]
+__all__ = ["GrpCollImpl", "cast_pairs", "get_impl", "registered_impls", "register_impl", "backend_of"]
 
 _REGISTRY: dict[str, GrpCollImpl] = {}
 
@@ -41,12 +41,19 @@ class GrpCollImpl:
             reasons.append(f"reduce_op={reduce_op!r} (supported: {sorted(self.REDUCE_OPS)})")
         return reasons
 
-    def cast(self, plan, input, output, group, *, async_op, input_lse, output_lse, **kwargs):
+    def cast(self, plan, inputs, outputs, group, *, async_op, input_lse, output_lse, **kwargs):
+        """Move the plan's rows of every tensor in ``inputs`` into the matching ``outputs`` (and the
+        lse when given); the work's result is the outputs (lse last): one tensor, or a tuple."""
         raise NotImplementedError
 
     def reduce(self, plan, input, output, group, *, async_op, reduce_op, acc_reduce, comm_dtype,
                input_lse, output_lse, **kwargs):
         raise NotImplementedError
+
+
+def cast_pairs(inputs, outputs, input_lse=None, output_lse=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (source, destination) tensors one cast moves: every input and, last, the lse."""
+    return list(zip(inputs, outputs)) + ([(input_lse, output_lse)] if input_lse is not None else [])
 
 
 def register_impl(impl: GrpCollImpl) -> GrpCollImpl:

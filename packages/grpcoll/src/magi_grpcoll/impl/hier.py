@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from magi_grpcoll.errors import GrpCollError
 from magi_grpcoll.impl._a2a import a2a_rows
-from magi_grpcoll.impl.base import GrpCollImpl, register_impl
+from magi_grpcoll.impl.base import GrpCollImpl, cast_pairs, register_impl
 from magi_grpcoll.kernels import gather_rows, reduce_rows
 from magi_grpcoll.plan import ReduceMap, ranges_to_rows
 
@@ -251,12 +251,12 @@ class HierImpl(GrpCollImpl):
         self._layouts[key_plan] = ((n_nodes, n_local), lay)
         return lay
 
-    def cast(self, plan, input, output, group, *, async_op, input_lse=None, output_lse=None,
+    def cast(self, plan, inputs, outputs, group, *, async_op, input_lse=None, output_lse=None,
              intra_group=None, inter_group=None, **kwargs):
         from magi_grpcoll.work import GrpCollWork
 
         lay = self._layout(plan, plan, group, intra_group, inter_group)
-        pairs = [(input, output)] + ([(input_lse, output_lse)] if input_lse is not None else [])
+        pairs = cast_pairs(inputs, outputs, input_lse, output_lse)
         n_a = sum(lay.a.recv_counts)
         state = []
         works = []

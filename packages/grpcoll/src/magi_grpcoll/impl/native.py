@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from magi_grpcoll.impl._graphs import LaunchGraphs
-from magi_grpcoll.impl.base import GrpCollImpl, register_impl
+from magi_grpcoll.impl.base import GrpCollImpl, cast_pairs, register_impl
 from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, copy_chunks, row_bytes
 from magi_grpcoll.kernels.range_reduce import OWN, RECEIVED, FoldSources, fold_from_sources
@@ -324,14 +324,15 @@ class NativeImpl(GrpCollImpl):
         buf, hdl, peer_bufs, half_off, gen = self._buffers.half(group, total, device)
         return buf, hdl, peer_bufs, tuple(half_off + o for o in offs), gen
 
-    def cast(self, plan, input, output, group, *, async_op, input_lse=None, output_lse=None, **kwargs):
+    def cast(self, plan, inputs, outputs, group, *, async_op, input_lse=None, output_lse=None, **kwargs):
         from magi_grpcoll.work import GrpCollWork
 
         b = self._bind_cast(plan, group)
-        pairs = [(input, output)] + ([(input_lse, output_lse)] if input_lse is not None else [])
+        pairs = cast_pairs(inputs, outputs, input_lse, output_lse)
+        dev = inputs[0].device
         cap = b.regions[0]
         rbs = [row_bytes(s) for s, _ in pairs]
-        buf, hdl, peer_bufs, offs, gen = self._regions(group, input.device, [cap * rb for rb in rbs])
+        buf, hdl, peer_bufs, offs, gen = self._regions(group, dev, [cap * rb for rb in rbs])
         tables = [(b.table("push", rb), b.table("post", rb)) for rb in rbs]  # never made inside a capture
 
         def launch():
@@ -342,7 +343,7 @@ class NativeImpl(GrpCollImpl):
                 copy_chunks(buf[off:off + cap * rb].view(cap, rb), post_table, out=dst)
 
         key = ("cast", gen, offs, *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
-        ev = _on_comm_stream(input.device, [t for pair in pairs for t in pair],
+        ev = _on_comm_stream(dev, [t for pair in pairs for t in pair],
                              lambda: b.graphs.run(key, launch))
         self._buffers.settle(ev)
         defaults = tuple(d for _, d in pairs)
@@ -350,7 +351,7 @@ class NativeImpl(GrpCollImpl):
         def post(*outs):
             return defaults[0] if len(defaults) == 1 else defaults
 
-        return GrpCollWork([_StreamWork(ev, input.device)], post, async_op, (buf,))
+        return GrpCollWork([_StreamWork(ev, dev)], post, async_op, (buf,))
 
     def reduce(self, plan, input, output, group, *, async_op, reduce_op="sum", acc_reduce=True,
                comm_dtype=None, input_lse=None, output_lse=None, **kwargs):

@@ -20,7 +20,7 @@ from magi_attention import _compat
 from magi_attention.common.host_collective import run_and_release
 
 __all__ = ["_acc_dtype", "_optional_kwargs", "_Calc", "_FFARuntimeMixin", "_save_for_backward",
-           "_saved_inputs", "_default_scale", "kernel_backend", "value_dtype", "writes_buffers"]
+           "_saved_inputs", "_default_scale", "cast_lists", "kernel_backend", "value_dtype", "writes_buffers"]
 
 
 def kernel_backend(flags: Any) -> str | None:
@@ -41,6 +41,12 @@ def writes_buffers() -> bool:
     the input dtype (interface 1.3, ``overwrite=``): then a buffer's first contributor writes it
     (no zero-fill) and one with at most two contributors needs no fp32 copy and no final cast."""
     return _compat.version_satisfies(str(getattr(_compat.ffa, "INTERFACE_VERSION", "0")), ">=1.3")
+
+
+def cast_lists() -> bool:
+    """Whether the loaded magi_grpcoll casts a list of tensors in one call (interface 1.2): then K
+    and V travel without being concatenated first (a copy of both on every forward and backward)."""
+    return _compat.version_satisfies(str(getattr(_compat.grpcoll, "INTERFACE_VERSION", "0")), ">=1.2")
 
 
 def value_dtype(dtype: torch.dtype, contributors: int) -> torch.dtype:

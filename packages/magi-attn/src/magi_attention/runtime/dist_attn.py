@@ -1,7 +1,9 @@
 """The distributed attention runtime: a host stage plus ``degree`` remote K/V stages.
 
-Forward (design §5.2): K and V travel *fused* as one ``[2*Sk, hk, d]`` tensor (k rows, then v
-rows) so each stage is a single group_cast with doubled split lists; every stage's cast is issued
+Forward (design §5.2): each stage receives K and V into one ``[2*R, hk, d]`` buffer (k rows, then
+v rows) with a single group_cast: of the list [k, v] where magi_grpcoll takes lists (interface
+1.2; no concatenation of k and v first), else of ``cat([k, v])`` with doubled split lists; the
+dK/dV reduce always runs on the doubled lists (the payload is one buffer). Every stage's cast is issued
 up front, asynchronously (stage by stage when CUDA_DEVICE_MAX_CONNECTIONS=1), so on CUDA the
 NCCL stream overlaps the FFA of the previous stage and on CPU gloo's worker threads do. Partial
 results are merged by ffa_forward's accumulation into one out/lse pair; the sink is applied once
@@ -31,6 +33,7 @@ from magi_attention.runtime._common import (
     _FFARuntimeMixin,
     _save_for_backward,
     _saved_inputs,
+    cast_lists,
     kernel_backend,
     value_dtype,
     writes_buffers,
@@ -56,6 +59,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self.backend = kernel_backend(flags)
         self.save_tail = flags.bwd_hide_tail_reduce and self.num_stages > 0
         self.stage_by_stage = flags.prefetch_stage_by_stage or flags.native_grpcoll
+        self.cast_lists = cast_lists()
         self.writes = writes_buffers()  # calls write their buffers; out/dq in q's dtype where exact
         # kernel calls reaching this rank's out/dq: the non-empty host and stage calcs
         self.contributors = sum(not c.empty for c in [self.host_calc, *self.stage_calcs])
@@ -63,7 +67,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
 
     # ---------------------------------------------------------------- communication
     def _stage_plans(self, s: int, device: torch.device):
-        """Stage ``s``'s fused K/V cast plan and its transpose (the dK/dV reduce), built once.
+        """Stage ``s``'s K/V cast plan (of k and v as a list, or of the doubled split lists) and its
+        dK/dV reduce (the transpose of the doubled cast), built once.
 
         Why plans and not the functional group_cast: the functional API keys its plan cache on the
         split lists, which costs hashing them (and building the lists) on every call.
@@ -71,20 +76,30 @@ class DistAttnRuntime(_FFARuntimeMixin):
         plans = self._plans.get(s)
         if plans is None:
             c = self.stages[s].cast
-            cast = _compat.grpcoll.GroupCastPlan.build(
-                list(c.input_split_sizes) * 2, list(c.output_split_sizes) * 2,
-                [list(d) for d in c.dst_indices] * 2, list(c.src_index) * 2,
-                rank=dist.get_rank(self.cp_group), world_size=dist.get_world_size(self.cp_group),
-                device=device)
-            plans = self._plans[s] = (cast, cast.transpose())
+            rank, world = dist.get_rank(self.cp_group), dist.get_world_size(self.cp_group)
+
+            def build(times: int):
+                return _compat.grpcoll.GroupCastPlan.build(
+                    list(c.input_split_sizes) * times, list(c.output_split_sizes) * times,
+                    [list(d) for d in c.dst_indices] * times, list(c.src_index) * times,
+                    rank=rank, world_size=world, device=device)
+
+            doubled = build(2)
+            plans = self._plans[s] = (build(1) if self.cast_lists else doubled, doubled.transpose())
         return plans
 
-    def _cast_kv(self, kv: torch.Tensor, s: int):
-        """Issue stage ``s``'s fused K/V group_cast; returns (work, recv buffer [2R, hk, d])."""
+    def _kv_source(self, k: torch.Tensor, v: torch.Tensor):
+        """What the stages' casts read: [k, v], or one ``cat([k, v])`` shared by every stage."""
+        return [k, v] if self.cast_lists else torch.cat([k, v], 0)
+
+    def _cast_kv(self, kv, s: int):
+        """Issue stage ``s``'s K/V group_cast from ``_kv_source``; returns (work, recv buffer
+        [2R, hk, d]: k rows, then v rows). Read the buffer after ``work.wait_post_process()``."""
         n_recv = int(self.stages[s].num_recv_tokens)
-        buf = kv.new_empty((2 * n_recv, *kv.shape[1:]))
-        work = self._stage_plans(s, kv.device)[0].cast(kv, buf, self.cp_group, async_op=True,
-                                                       **self.comm_kwargs)
+        k = kv[0] if self.cast_lists else kv
+        buf = k.new_empty((2 * n_recv, *k.shape[1:]))
+        dst = [buf[:n_recv], buf[n_recv:]] if self.cast_lists else buf
+        work = self._stage_plans(s, k.device)[0].cast(kv, dst, self.cp_group, async_op=True, **self.comm_kwargs)
         return work, buf
 
     def _reduce_dkv(self, dkv: torch.Tensor, out: torch.Tensor, s: int):
@@ -96,7 +111,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
     def forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool):
         """Returns (out [Sq,hq,d] q.dtype, lse [Sq,hq] fp32|fp64, max_logits [hq] | None, tail kv)."""
         D = self.num_stages
-        kv = torch.cat([k, v], 0) if D > 0 else None
+        kv = self._kv_source(k, v) if D > 0 else None
         works: dict[int, Any] = {}
         for s in range(D if not self.stage_by_stage else min(D, 1)):
             works[s] = self._cast_kv(kv, s)
@@ -125,8 +140,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         attend(k, v, self.host_calc)
         tail = None
         for s in range(D):
-            work, buf = works.pop(s)
-            kv_s = work.wait_post_process(buf)
+            work, kv_s = works.pop(s)
+            work.wait_post_process()
             if self.stage_by_stage and s + 1 < D:
                 works[s + 1] = self._cast_kv(kv, s + 1)
             r = kv_s.shape[0] // 2
@@ -173,7 +188,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         reduce_into_host = w and order[0] is None
         dkv_red = (dkv_host if reduce_into_host else
                    torch.zeros((2 * sk, *k.shape[1:]), dtype=comm_dtype, device=k.device)) if D > 0 else None
-        kv = torch.cat([k, v], 0) if fetched else None
+        kv = self._kv_source(k, v) if fetched else None
         works: dict[int, Any] = {}
         pending = list(fetched)
         n_issue = len(pending) if not self.stage_by_stage else min(1, len(pending))
@@ -193,8 +208,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
                 dq_unwritten = dq_unwritten and self.host_calc.empty
                 continue
             if s in works:
-                work, buf = works.pop(s)
-                kv_s = work.wait_post_process(buf)
+                work, kv_s = works.pop(s)
+                work.wait_post_process()
                 if next_issue < len(pending):
                     works[pending[next_issue]] = self._cast_kv(kv, pending[next_issue])
                     next_issue += 1
