@@ -6,7 +6,11 @@
 Uses bench_dist's masks and setup (bf16, hq=hk=16, d=128, chunk 512); the kernel backend and
 group collectives follow the environment (MAGI_ATTENTION_FA4_BACKEND, MAGI_ATTENTION_NATIVE_GRPCOLL).
 Prints: host ms per forward and per backward (no sync inside), device ms per forward and backward, the top host
-functions of five forwards, and the top device kernels of two forward+backward passes.
+functions of five forwards, and the top device kernels of two forward+backward passes. ``--stages`` adds,
+on rank 0, each kernel call of the rank's plan (host stage, remote stages) timed alone, with its area,
+TFLOP/s and, on the fa4 backend, the form FA4 runs it in; beside it the whole mask on one GPU, the
+efficiency reference. ``--cat-kv`` runs the K/V casts on ``cat([k, v])`` (the path for a magi_grpcoll
+without list casts), for a same-run comparison.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_dist import MASKS, build_mask  # noqa: E402
+from bench_dist import MASKS, build_mask, mask_area  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,7 +34,13 @@ def main(argv=None) -> int:
     ap.add_argument("--mask", choices=MASKS, default="varlen_causal")
     ap.add_argument("--seqlen", type=int, default=32768)
     ap.add_argument("--chunk-size", type=int, default=512)
+    ap.add_argument("--stages", action="store_true", help="time each kernel call of rank 0's plan alone")
+    ap.add_argument("--cat-kv", action="store_true", help="cast cat([k, v]) instead of the list [k, v]")
     args = ap.parse_args(argv)
+    if args.cat_kv:
+        from magi_attention.runtime import dist_attn
+
+        dist_attn.cast_lists = lambda: False
     from magi_attention.api import calc_attn, compute_pad_size, dispatch, magi_attn_flex_key
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -82,6 +92,9 @@ def main(argv=None) -> int:
     if rank == 0:
         print(f"{args.mask} T={T} world={world}: host {host_fwd * 1e3:.3f} ms/forward, {host_bwd * 1e3:.3f} ms/backward (no sync); back to back: "
               f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms", flush=True)
+    if args.stages and rank == 0:
+        print_stage_kernels(key, (q, k, v, do), (qr, kr, tm), (lq, lk, lv, ldo))
+    dist.barrier()
     prof = cProfile.Profile()
     dist.barrier()
     prof.enable()
@@ -104,6 +117,92 @@ def main(argv=None) -> int:
     dist.barrier()
     dist.destroy_process_group()
     return 0
+
+
+def _timed(fn, n: int = 20) -> float:
+    """Median ms of ``fn`` over ``n`` runs, each between CUDA events (after 3 warm-ups)."""
+    for _ in range(3):
+        fn()
+    times = []
+    if not torch.cuda.is_available():  # a CPU dry run of the script's logic
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return sorted(times)[n // 2]
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[n // 2]
+
+
+def _fa4_form(q, k, calc) -> str:
+    """How FA4 runs one call's slices: its own causal/window/varlen masking, or block lists."""
+    from magi_ffa.backends.base import FFAInputs
+    from magi_ffa.backends.fa4 import slice_block_mask
+
+    m = slice_block_mask(FFAInputs(q=q, k=k, v=k, q_ranges=calc.q_ranges, k_ranges=calc.k_ranges,
+                                   attn_type_map=calc.types, softmax_scale=1.0, softcap=0.0,
+                                   deterministic=False))
+    n = m.native
+    if n is None:
+        return f"block lists{' + mask fn' if m.has_partial else ''}"
+    if n.varlen:
+        return (f"varlen {'causal' if n.causal else 'full'} {n.cu_seqlens_q.numel() - 1} docs "
+                f"(max q {n.max_seqlen_q}, max k {n.max_seqlen_k})")
+    return "causal" if n.causal else f"window ({n.window_left}, {n.window_right})"
+
+
+def print_stage_kernels(key, global_qkvdo, global_mask, local_qkvdo) -> None:
+    """Each kernel call of this rank's plan timed alone (forward, and backward through autograd),
+    and the whole mask on one GPU: where the runtime's FA4 time goes, per stage."""
+    from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+    from magi_ffa import flex_flash_attn_func
+
+    runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+    backend = runtime.backend
+    h, d = global_qkvdo[0].shape[1:]
+
+    def measure(q, k, v, do, qr, kr, tm):
+        q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+        fwd = _timed(lambda: flex_flash_attn_func(q, k, v, qr, kr, tm, backend=backend))
+        out = flex_flash_attn_func(q, k, v, qr, kr, tm, backend=backend)[0]
+        bwd = _timed(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+        return fwd, bwd
+
+    rows = []
+    gq, gk, gv, gdo = global_qkvdo
+    area = mask_area(*global_mask)
+    gqr, gkr, gtm = (torch.tensor(x, dtype=torch.int32, device=gq.device) for x in global_mask)
+    rows.append(("whole mask, 1 GPU", area, *measure(gq, gk, gv, gdo, gqr, gkr, gtm), "-"))
+    lq, lk, lv, ldo = local_qkvdo
+    gen = torch.Generator(device=lq.device).manual_seed(7)
+    calcs = [("host stage", runtime.host_calc, lk.shape[0])]
+    calcs += [(f"remote stage {i}", c, int(st.num_recv_tokens))
+              for i, (c, st) in enumerate(zip(runtime.stage_calcs, runtime.stages))]
+    for name, calc, n_k in calcs:
+        if calc.empty:
+            rows.append((name, 0, 0.0, 0.0, "empty"))
+            continue
+        k_s, v_s = (torch.randn((n_k, *lk.shape[1:]), device=lk.device, dtype=lk.dtype, generator=gen)
+                    for _ in range(2))
+        form = _fa4_form(lq, k_s, calc) if backend == "fa4" else "-"
+        rows.append((name, calc.area, *measure(lq, k_s, v_s, ldo, calc.q_ranges, calc.k_ranges, calc.types), form))
+    print(f"kernel calls of rank 0's plan, each alone (backend {backend or 'auto'}; ms, TFLOP/s "
+          f"= 4 * area * d * h / t, backward 2.5x):")
+    print(f"{'call':<20} {'area':>14} {'fwd ms':>8} {'TF/s':>6} {'bwd ms':>8} {'TF/s':>6}  form")
+    for name, area, fwd, bwd, form in rows:
+        flops = 4.0 * area * d * h
+        tf = lambda ms, f=flops: f / (ms * 1e9) if ms > 0 else 0.0  # noqa: E731
+        print(f"{name:<20} {area:>14,} {fwd:>8.3f} {tf(fwd):>6.0f} {bwd:>8.3f} {tf(bwd) * 2.5:>6.0f}  {form}")
+    stage_fwd = sum(r[2] for r in rows[1:])
+    stage_bwd = sum(r[3] for r in rows[1:])
+    print(f"sum of rank 0's calls: fwd {stage_fwd:.3f} ms, bwd {stage_bwd:.3f} ms; half the 1-GPU time: "
+          f"fwd {rows[0][2] / 2:.3f} ms, bwd {rows[0][3] / 2:.3f} ms", flush=True)
 
 
 if __name__ == "__main__":
