@@ -106,13 +106,37 @@ def run_magi(cfg, mask, q, k, v, do, timer):
     T, world = q.shape[0], dist.get_world_size()
     qr, kr, tm = mask
     pad = compute_pad_size(T, world, cfg.chunk_size)
-    dcfg = (DistAttnConfig(overlap_config=OverlapConfig(degree=cfg.degree)) if cfg.degree
-            else DistAttnConfig())
+    dcfg = DistAttnConfig(dispatch_config=dispatch_config(cfg.dispatch_alg),
+                          **({"overlap_config": OverlapConfig(degree=cfg.degree)} if cfg.degree else {}))
     key = magi_attn_flex_key(qr, kr, tm, T, T, q.shape[1], k.shape[1], q.shape[2], pad,
                              cfg.chunk_size, dist.group.WORLD, dcfg)
     lq, lk, lv = (_leaf(dispatch(x, key)) for x in (q, k, v))
     ldo = dispatch(do, key)
     return timer.measure(lambda: calc_attn(lq, lk, lv, key)[0], [lq, lk, lv], ldo)
+
+
+#: --dispatch-alg names: magi_attention's dispatch algorithms (a float after ':' is top_p /
+#: allocation_ratio where the algorithm takes one)
+DISPATCH_ALGS = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap")
+
+
+def dispatch_config(spec: str):
+    """DispatchConfig of a --dispatch-alg spec such as ``sequential`` or ``topp_heap:0.5``."""
+    from magi_attention.api import DispatchConfig
+    from magi_attention.config import (
+        MinHeapDispatchAlg,
+        SequentialDispatchAlg,
+        SortedSequentialSelectAlg,
+        ToppHeapDispatchAlg,
+    )
+
+    name, _, arg = spec.partition(":")
+    if name not in DISPATCH_ALGS:
+        raise ValueError(f"--dispatch-alg {spec!r}: expected one of {DISPATCH_ALGS} (optionally ':<float>')")
+    algs = {"min_heap": lambda: MinHeapDispatchAlg(), "sequential": lambda: SequentialDispatchAlg(),
+            "sorted_sequential_select": lambda: SortedSequentialSelectAlg(allocation_ratio=float(arg or 1.0)),
+            "topp_heap": lambda: ToppHeapDispatchAlg(top_p=float(arg or 0.0))}
+    return DispatchConfig(alg=algs[name]())
 
 
 def _ranges(mask, device):
@@ -351,6 +375,9 @@ def parse_args(argv=None):
     p.add_argument("--head-dim", type=int, default=None, help="d (default 128 GPU, 32 CPU)")
     p.add_argument("--chunk-size", type=int, default=None, help="dispatch chunk (512 GPU, 32 CPU)")
     p.add_argument("--degree", type=int, default=None, help="overlap degree (default: library)")
+    p.add_argument("--dispatch-alg", default="min_heap",
+                   help=f"dispatch algorithm of magi's key: {', '.join(DISPATCH_ALGS)} (':<float>' sets "
+                        f"top_p / allocation_ratio); default min_heap, the library's")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     return p.parse_args(argv)
@@ -503,7 +530,7 @@ def main(argv=None) -> int:
                                        "torch.distributed.run", f"--nproc-per-node {world}"]
                                       + sys.argv),
                   "world size": world, "dtype": str(dtype).replace("torch.", ""),
-                  "heads (hq/hk)": f"{hq}/{hk}", "head dim": d, "chunk size": a.chunk_size,
+                  "heads (hq/hk)": f"{hq}/{hk}", "head dim": d, "chunk size": a.chunk_size, "dispatch alg": a.dispatch_alg,
                   "overlap degree": a.degree or "library default",
                   "ffa kernel backend": _ffa_backend_name(),
                   "group collectives": _grpcoll_impl_name(),

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_dist import MASKS, build_mask, mask_area  # noqa: E402
+from bench_dist import MASKS, build_mask, dispatch_config, mask_area  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mask", choices=MASKS, default="varlen_causal")
     ap.add_argument("--seqlen", type=int, default=32768)
     ap.add_argument("--chunk-size", type=int, default=512)
+    ap.add_argument("--dispatch-alg", default="min_heap", help="as bench_dist.py's")
     ap.add_argument("--stages", action="store_true", help="time each kernel call of rank 0's plan alone")
     ap.add_argument("--cat-kv", action="store_true", help="cast cat([k, v]) instead of the list [k, v]")
     args = ap.parse_args(argv)
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
         from magi_attention.runtime import dist_attn
 
         dist_attn.cast_lists = lambda: False
-    from magi_attention.api import calc_attn, compute_pad_size, dispatch, magi_attn_flex_key
+    from magi_attention.api import DistAttnConfig, calc_attn, compute_pad_size, dispatch, magi_attn_flex_key
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local_rank)
@@ -53,7 +54,8 @@ def main(argv=None) -> int:
     gen = torch.Generator(device="cuda").manual_seed(1234 + T)
     q, k, v, do = (torch.randn(T, h, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
     key = magi_attn_flex_key(qr, kr, tm, T, T, h, h, d, compute_pad_size(T, world, args.chunk_size),
-                             args.chunk_size, dist.group.WORLD)
+                             args.chunk_size, dist.group.WORLD,
+                             DistAttnConfig(dispatch_config=dispatch_config(args.dispatch_alg)))
     lq, lk, lv = (dispatch(x, key).detach().requires_grad_(True) for x in (q, k, v))
     ldo = dispatch(do, key)
 
