@@ -117,13 +117,14 @@ def run_magi(cfg, mask, q, k, v, do, timer):
 
 #: --dispatch-alg names: magi_attention's dispatch algorithms (a float after ':' is top_p /
 #: allocation_ratio where the algorithm takes one)
-DISPATCH_ALGS = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap")
+DISPATCH_ALGS = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "cost_aware")
 
 
 def dispatch_config(spec: str):
     """DispatchConfig of a --dispatch-alg spec such as ``sequential`` or ``topp_heap:0.5``."""
     from magi_attention.api import DispatchConfig
     from magi_attention.config import (
+        CostAwareDispatchAlg,
         MinHeapDispatchAlg,
         SequentialDispatchAlg,
         SortedSequentialSelectAlg,
@@ -135,7 +136,8 @@ def dispatch_config(spec: str):
         raise ValueError(f"--dispatch-alg {spec!r}: expected one of {DISPATCH_ALGS} (optionally ':<float>')")
     algs = {"min_heap": lambda: MinHeapDispatchAlg(), "sequential": lambda: SequentialDispatchAlg(),
             "sorted_sequential_select": lambda: SortedSequentialSelectAlg(allocation_ratio=float(arg or 1.0)),
-            "topp_heap": lambda: ToppHeapDispatchAlg(top_p=float(arg or 0.0))}
+            "topp_heap": lambda: ToppHeapDispatchAlg(top_p=float(arg or 0.0)),
+            "cost_aware": lambda: CostAwareDispatchAlg(**({"remote_cost": float(arg)} if arg else {}))}
     return DispatchConfig(alg=algs[name]())
 
 
@@ -377,7 +379,7 @@ def parse_args(argv=None):
     p.add_argument("--degree", type=int, default=None, help="overlap degree (default: library)")
     p.add_argument("--dispatch-alg", default="min_heap",
                    help=f"dispatch algorithm of magi's key: {', '.join(DISPATCH_ALGS)} (':<float>' sets "
-                        f"top_p / allocation_ratio); default min_heap, the library's")
+                        f"top_p / allocation_ratio / remote_cost); default min_heap, the library's")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     return p.parse_args(argv)

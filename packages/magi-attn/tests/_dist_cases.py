@@ -90,8 +90,13 @@ def run_cases(cases, group=None, rank_label=""):
         oc = (OverlapConfig(mode=AttnOverlapMode.DYNAMIC, degree=None) if deg == "dynamic"
               else OverlapConfig(degree=deg, max_num_chunks=max(64, deg)))
         pad = compute_pad_size(T, world, chunk)
+        dc = {}
+        if case.get("dispatch") == "cost_aware":
+            from magi_attention.api import CostAwareDispatchAlg, DispatchConfig
+
+            dc = {"dispatch_config": DispatchConfig(alg=CostAwareDispatchAlg())}
         key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, pad, chunk, group,
-                                 DistAttnConfig(overlap_config=oc))
+                                 DistAttnConfig(overlap_config=oc, **dc))
         lq, lk, lv = dispatch(q, key), dispatch(k, key), dispatch(v, key)
         want_ml = case.get("max_logits", True)  # the fa4 backend refuses max_logits
         lout, meta = calc_attn(lq, lk, lv, key, sink=sink, softcap=softcap,

@@ -39,6 +39,8 @@ def dist_cases(world: int) -> list[dict]:
         # the runtime's path for a magi_grpcoll without list casts (interface < 1.2): cat([k, v])
         dict(base, name="kv-concatenated", mask="varlen_causal", cu=[0, 29, 70, 96], degree=2,
              cast_lists=False),
+        dict(base, name="cost-aware-dispatch", mask="sliding_window", cu=[0, 61, 96], window=(12, 0),
+             degree=2, dispatch="cost_aware"),
     ]
     return cases[::2] if world in (1, 3) else cases
 

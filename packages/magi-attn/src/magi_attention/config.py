@@ -16,7 +16,7 @@ __all__ = [
     "DistAttnConfig", "DispatchConfig", "DispatchAlg", "LBDispatchAlg", "DPDispatchAlg",
     "BSDispatchAlg", "MinHeapDispatchAlg", "BTPDispatchAlg", "ToppHeapDispatchAlg",
     "RandomSelectDispatchAlg", "SequentialDispatchAlg", "BatchToppHeapDispatchAlg",
-    "SortedSequentialSelectAlg", "OverlapConfig", "OverlapAlg", "UniformOverlapAlg",
+    "SortedSequentialSelectAlg", "CostAwareDispatchAlg", "OverlapConfig", "OverlapAlg", "UniformOverlapAlg",
     "GreedyOverlapAlg", "GrpCollConfig",
 ]
 
@@ -120,6 +120,37 @@ class SortedSequentialSelectAlg(DispatchAlg):
 
     def solver_kwargs(self) -> dict:
         return {"allocation_ratio": float(self.allocation_ratio)}
+
+
+@dataclass(frozen=True)
+class CostAwareDispatchAlg(DispatchAlg):
+    """Solve the dispatch with each of ``candidates``, plan every rank's stages for each, and keep the
+    candidate whose busiest rank has the least work: host-stage area plus ``remote_cost`` times
+    remote-stage area (magi-attn's addition; not in the anchor).
+
+    Why: min_heap balances area exactly but scatters a sequence's chunks over the ranks, so most of
+    a sliding window's or a document mask's work becomes remote-stage fragments, which ran at about
+    half the kernel throughput of the host stage (2 x H200, FA4; BENCHMARKS.md "Dispatch
+    algorithms"), while sequential keeps neighbours together at the price of imbalance. Which one
+    wins depends on the mask; this measures it on the plan. Pure and deterministic: every rank
+    makes the same choice without communication. Costs one dispatch solve and plan per candidate,
+    once per key.
+    """
+
+    candidates: tuple[str, ...] = ("min_heap", "sequential", "sorted_sequential_select")
+    remote_cost: float = 2.0
+    type = DispatchAlgType.COST_AWARE
+    is_partitions_returned = True
+    is_equal_num_workloads = True
+    is_affinity_considered = True
+
+    def __post_init__(self):
+        known = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "random_select")
+        if not self.candidates or any(c not in known for c in self.candidates):
+            raise MagiAttentionError(f"CostAwareDispatchAlg(candidates={self.candidates!r}): give one or "
+                                     f"more of {known}")
+        if not self.remote_cost > 0:
+            raise MagiAttentionError(f"CostAwareDispatchAlg(remote_cost={self.remote_cost!r}) must be > 0")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from magi_attention.api.interface import (
 from magi_attention.common.enum import AttnOverlapMode
 from magi_attention.common.ranges import AttnMaskType, AttnRanges
 from magi_attention.config import (
+    CostAwareDispatchAlg,
     DispatchConfig,
     DistAttnConfig,
     GrpCollConfig,
@@ -46,6 +47,6 @@ __all__ = [
     "infer_varlen_mask_from_batch", "infer_attn_mask_from_sliding_window",
     "infer_attn_mask_from_cu_seqlens", "pad_at_dim", "unpad_at_dim", "apply_padding",
     "AttnMaskType", "AttnOverlapMode", "AttnRanges", "DistAttnConfig", "DispatchConfig",
-    "MinHeapDispatchAlg", "SequentialDispatchAlg", "SortedSequentialSelectAlg",
+    "MinHeapDispatchAlg", "SequentialDispatchAlg", "SortedSequentialSelectAlg", "CostAwareDispatchAlg",
     "ToppHeapDispatchAlg", "OverlapConfig", "UniformOverlapAlg", "GrpCollConfig",
 ]

@@ -43,6 +43,7 @@ class DispatchAlgType(Enum):
     SEQUENTIAL = "sequential"
     BATCH_TOPP_HEAP = "batch_topp_heap"
     SORTED_SEQUENTIAL_SELECT = "sorted_sequential_select"
+    COST_AWARE = "cost_aware"  # magi-attn's addition: the best of several algorithms by planned work
 
 
 class OverlapAlgType(Enum):

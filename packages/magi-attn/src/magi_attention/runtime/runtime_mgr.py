@@ -14,10 +14,11 @@ import torch.distributed as dist
 from magi_attention import _compat
 from magi_attention.common.enum import AttnOverlapMode, AttnRole
 from magi_attention.common.ranges import mask_type_codes, naive_ranges
-from magi_attention.config import DistAttnConfig
+from magi_attention.config import CostAwareDispatchAlg, DistAttnConfig
 from magi_attention.env import check_flag_comb
 from magi_attention.errors import MagiAttentionError
 from magi_attention.functional.dispatch import ChunkLayout, dispatch_func, undispatch_func
+from magi_attention.meta.dispatch_choice import solve_dispatch
 from magi_attention.meta.key import DistAttnRuntimeKey, resolve_cp_group
 from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
 from magi_attention.runtime.dist_attn import DistAttnRuntime, dist_attn_func
@@ -54,11 +55,12 @@ def init_dist_attn_runtime_key(q_ranges, k_ranges, attn_mask_type, total_seqlen_
         raise MagiAttentionError(f"{fn}(): dist_attn_config must be a DistAttnConfig, got "
                                  f"{type(cfg).__name__}")
     alg = cfg.dispatch_config.alg
-    if alg.solver_name is None or not (alg.is_partitions_returned and alg.is_equal_num_workloads):
+    solvable = alg.solver_name is not None or isinstance(alg, CostAwareDispatchAlg)
+    if not (solvable and alg.is_partitions_returned and alg.is_equal_num_workloads):
         raise MagiAttentionError(
             f"{fn}(): dispatch alg {type(alg).__name__} does not return equal-size partitions; "
             "use MinHeapDispatchAlg, SequentialDispatchAlg, ToppHeapDispatchAlg, "
-            "SortedSequentialSelectAlg, RandomSelectDispatchAlg or BTPDispatchAlg")
+            "SortedSequentialSelectAlg, RandomSelectDispatchAlg, BTPDispatchAlg or CostAwareDispatchAlg")
     tq = _check_int(fn, "total_seqlen_q", total_seqlen_q, 1)
     tk = _check_int(fn, "total_seqlen_k", total_seqlen_k, 1)
     hq = _check_int(fn, "num_heads_q", num_heads_q, 1)
@@ -227,11 +229,9 @@ def init_dist_attn_runtime_mgr(key: DistAttnRuntimeKey,
     cp_size = dist.get_world_size(key.cp_group)
     qr, kr, types = list(key.q_ranges), list(key.k_ranges), list(key.attn_mask_type)
     if ref_dispatch_meta is None:
-        alg = key.dist_attn_config.dispatch_config.alg
         chunk = key.chunk_size if cp_size > 1 else key.total_seqlen_q
-        kw = alg.solver_kwargs()
-        dispatch_meta = _compat.solver.make_dispatch_meta(
-            qr, kr, types, key.total_seqlen_q, chunk, cp_size, alg.solver_name, **kw)
+        dispatch_meta = solve_dispatch(key.dist_attn_config.dispatch_config.alg, qr, kr, types,
+                                       key.total_seqlen_q, chunk, cp_size, _overlap_params(key.dist_attn_config))
     else:
         dispatch_meta = ref_dispatch_meta
     rank = dist.get_rank(key.cp_group)

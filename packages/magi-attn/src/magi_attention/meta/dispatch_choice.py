@@ -1,0 +1,45 @@
+"""Solving a key's dispatch: one magi_solver algorithm, or the cheapest of several (CostAwareDispatchAlg).
+
+Why a module: the cost-aware choice plans every rank's stages for each candidate dispatch and
+weighs their work, which is neither the solver's job (it has no notion of how fast a remote
+fragment runs) nor the runtime manager's (it runs one plan).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magi_attention import _compat
+from magi_attention.config import CostAwareDispatchAlg, DispatchAlg
+
+__all__ = ["planned_work", "solve_dispatch"]
+
+
+def planned_work(plan: Any, cp_size: int, remote_cost: float) -> list[float]:
+    """Per rank: host-stage area + ``remote_cost`` x remote-stage area of a plan built for every rank."""
+    work = []
+    for r in range(cp_size):
+        rp = plan.rank_plan(r)
+        remote = sum(int(s.calc.area) for s in rp.stages)
+        work.append(int(rp.host_calc.area) + remote_cost * remote)
+    return work
+
+
+def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: int, chunk_size: int,
+                   cp_size: int, overlap_params: Any) -> Any:
+    """The dispatch meta of ``alg``; for CostAwareDispatchAlg, that of the candidate whose busiest
+    rank has the least planned work (the first candidate on ties)."""
+    solver = _compat.solver
+    if not isinstance(alg, CostAwareDispatchAlg):
+        return solver.make_dispatch_meta(q_ranges, k_ranges, types, total_seqlen, chunk_size, cp_size,
+                                         alg.solver_name, **alg.solver_kwargs())
+    best, best_cost = None, None
+    for name in alg.candidates:
+        meta = solver.make_dispatch_meta(q_ranges, k_ranges, types, total_seqlen, chunk_size, cp_size, name)
+        if cp_size == 1:
+            return meta
+        plan = solver.make_dist_attn_plan(q_ranges, k_ranges, types, meta, overlap_params)
+        cost = max(planned_work(plan, cp_size, alg.remote_cost))
+        if best_cost is None or cost < best_cost:
+            best, best_cost = meta, cost
+    return best
