@@ -98,6 +98,10 @@ def run_cases(cases, group=None, rank_label=""):
         key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, pad, chunk, group,
                                  DistAttnConfig(overlap_config=oc, **dc))
         lq, lk, lv = dispatch(q, key), dispatch(k, key), dispatch(v, key)
+        if case.get("kv_views"):  # k and v as strided views of one buffer, as from a fused projection
+            lkv = torch.stack([lk, lv], dim=2)  # [S, hk, 2, d]
+            lk, lv = lkv[:, :, 0], lkv[:, :, 1]
+            assert not lk.is_contiguous()
         want_ml = case.get("max_logits", True)  # the fa4 backend refuses max_logits
         lout, meta = calc_attn(lq, lk, lv, key, sink=sink, softcap=softcap,
                                return_max_logits=want_ml)

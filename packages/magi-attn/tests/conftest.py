@@ -41,6 +41,7 @@ def dist_cases(world: int) -> list[dict]:
              cast_lists=False),
         dict(base, name="cost-aware-dispatch", mask="sliding_window", cu=[0, 61, 96], window=(12, 0),
              degree=2, dispatch="cost_aware"),
+        dict(base, name="kv-strided-views", mask="causal", degree=2, kv_views=True),
     ]
     return cases[::2] if world in (1, 3) else cases
 

@@ -89,8 +89,9 @@ class DistAttnRuntime(_FFARuntimeMixin):
         return plans
 
     def _kv_source(self, k: torch.Tensor, v: torch.Tensor):
-        """What the stages' casts read: [k, v], or one ``cat([k, v])`` shared by every stage."""
-        return [k, v] if self.cast_lists else torch.cat([k, v], 0)
+        """What the stages' casts read: [k, v] (contiguous: k and v are often views of one
+        projection), or one ``cat([k, v])`` shared by every stage."""
+        return [k.contiguous(), v.contiguous()] if self.cast_lists else torch.cat([k, v], 0)
 
     def _cast_kv(self, kv, s: int):
         """Issue stage ``s``'s K/V group_cast from ``_kv_source``; returns (work, recv buffer
