@@ -96,7 +96,6 @@ def main(argv=None) -> int:
               f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms", flush=True)
     if args.stages and rank == 0:
         print_stage_kernels(key, (q, k, v, do), (qr, kr, tm), (lq, lk, lv, ldo))
-    dist.barrier()
     prof = cProfile.Profile()
     dist.barrier()
     prof.enable()
@@ -122,23 +121,24 @@ def main(argv=None) -> int:
 
 
 def _timed(fn, n: int = 20) -> float:
-    """Median ms of ``fn`` over ``n`` runs, each between CUDA events (after 3 warm-ups)."""
+    """Median ms of ``fn`` over ``n`` runs, each between CUDA events (after 3 warm-ups); on a
+    machine without CUDA (a dry run of the script's logic) by the host clock."""
     for _ in range(3):
         fn()
+    cuda = torch.cuda.is_available()
     times = []
-    if not torch.cuda.is_available():  # a CPU dry run of the script's logic
-        for _ in range(n):
+    for _ in range(n):
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-        return sorted(times)[n // 2]
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
     return sorted(times)[n // 2]
 
 

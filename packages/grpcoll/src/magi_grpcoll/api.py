@@ -83,10 +83,15 @@ def _cached(kind, builder, key, *args, **kw):
     return plan
 
 
+def _first(x):
+    """A cast of a list of tensors moves the same rows of each: the first one stands for all where
+    only the row count or the device matters (the plan, the length check)."""
+    return x[0] if isinstance(x, (list, tuple)) and x else x
+
+
 def _plan_for(kind, builder, ins, outs, dsts, srcs, rank: int, world: int, input):
     """The plan for these lists on ``input``'s device, built once and cached."""
-    if isinstance(input, (list, tuple)) and input:
-        input = input[0]  # a cast of several tensors: they share the rows, so the plan
+    input = _first(input)
     device = input.device if isinstance(input, torch.Tensor) else None
     key = (kind, _freeze(ins), _freeze(outs), _freeze(dsts), _freeze(srcs), rank, world,
            str(device) if device is not None else None)
@@ -95,10 +100,7 @@ def _plan_for(kind, builder, ins, outs, dsts, srcs, rank: int, world: int, input
 
 def _length_error(fn: str, plan, input, output):
     """The error for input/output row counts that disagree with the plan's splits, or None."""
-    if isinstance(input, (list, tuple)) and input:
-        input = input[0]
-    if isinstance(output, (list, tuple)) and output:
-        output = output[0]
+    input, output = _first(input), _first(output)
     if isinstance(input, torch.Tensor) and input.dim() > 0 and plan.input_len != input.shape[0]:
         return GrpCollError(f"{fn}(): sum(input_split_sizes)={plan.input_len} does not match "
                             f"input.shape[0]={input.shape[0]}.")

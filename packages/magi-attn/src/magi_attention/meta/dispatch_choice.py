@@ -30,16 +30,18 @@ def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: in
     """The dispatch meta of ``alg``; for CostAwareDispatchAlg, that of the candidate whose busiest
     rank has the least planned work (the first candidate on ties)."""
     solver = _compat.solver
-    if not isinstance(alg, CostAwareDispatchAlg):
+
+    def solve(name: str, **kwargs):
         return solver.make_dispatch_meta(q_ranges, k_ranges, types, total_seqlen, chunk_size, cp_size,
-                                         alg.solver_name, **alg.solver_kwargs())
-    best, best_cost = None, None
-    for name in alg.candidates:
-        meta = solver.make_dispatch_meta(q_ranges, k_ranges, types, total_seqlen, chunk_size, cp_size, name)
-        if cp_size == 1:
-            return meta
+                                         name, **kwargs)
+
+    if not isinstance(alg, CostAwareDispatchAlg):
+        return solve(alg.solver_name, **alg.solver_kwargs())
+    if cp_size == 1:  # one rank holds everything whichever candidate solves it
+        return solve(alg.candidates[0])
+
+    def busiest(meta) -> float:
         plan = solver.make_dist_attn_plan(q_ranges, k_ranges, types, meta, overlap_params)
-        cost = max(planned_work(plan, cp_size, alg.remote_cost))
-        if best_cost is None or cost < best_cost:
-            best, best_cost = meta, cost
-    return best
+        return max(planned_work(plan, cp_size, alg.remote_cost))
+
+    return min((solve(name) for name in alg.candidates), key=busiest)  # min keeps the first on ties
