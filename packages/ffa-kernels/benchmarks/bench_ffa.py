@@ -4,8 +4,10 @@ Times forward and backward on identical non-zero bf16 inputs (d = 128) with
 triton.testing.do_bench (median), over mask families expressed both as FFA slices and as a
 FlexAttention mask_mod (BlockMask creation and torch.compile warm-up excluded from timing).
 TFLOP/s come from the exact mask area: fwd 4 * area * d * hq, bwd 2.5x that.
-SDPA runs only where its own masks express the family (full, causal). Impl ffa_fa4_noreplay is
-the fa4 backend with FA4's launch replay off (MAGI_FFA_FA4_LAUNCH_REPLAY=0), its own peer.
+SDPA runs only where its own masks express the family (full, causal). The impls ffa_fa4_noreplay,
+ffa_fa4_nodecomp and ffa_fa4_decomp_all are the fa4 backend with FA4's launch replay off
+(MAGI_FFA_FA4_LAUNCH_REPLAY=0), with decomposed masks off (MAGI_FFA_FA4_DECOMPOSE=0) and with them
+on in both directions (=all): its own peers, one switch each.
 
     python benchmarks/bench_ffa.py --out results/ffa_h100 [--quick]
     python benchmarks/bench_ffa.py --sweep results/sweep   # tile configs of the Triton kernels
@@ -31,6 +33,10 @@ import sys
 import torch
 
 REPLAY_ENV = "MAGI_FFA_FA4_LAUNCH_REPLAY"  # magi_ffa.backends.fa4.replay.ENV (read here without importing FA4)
+DECOMPOSE_ENV = "MAGI_FFA_FA4_DECOMPOSE"  # magi_ffa.backends.fa4.decompose.ENV
+#: the fa4 backend's same-run peers: impl -> the environment it runs under
+FA4_VARIANTS = {"ffa_fa4": {}, "ffa_fa4_noreplay": {REPLAY_ENV: "0"}, "ffa_fa4_nodecomp": {DECOMPOSE_ENV: "0"},
+                "ffa_fa4_decomp_all": {DECOMPOSE_ENV: "all"}}
 
 D = 128
 MASKS = ["full", "causal", "varlen_full", "varlen_causal", "swa_1k", "swa_4k", "block_causal",
@@ -441,11 +447,11 @@ def main(argv=None) -> int:
                 for impl in impls:
                     row = {"card": card, "total": total, "hq": hq, "hk": hk, "d": D, "mask": mname,
                            "impl": impl, "area": area, "note": f"{n} tokens" if n != total else ""}
-                    replay_off = impl == "ffa_fa4_noreplay"  # the fa4 backend with FA4's own launch path
-                    if replay_off:
-                        os.environ[REPLAY_ENV] = "0"
+                    variant_env = FA4_VARIANTS.get(impl, {})
+                    saved_env = {name: os.environ.get(name) for name in variant_env}
+                    os.environ.update(variant_env)
                     try:
-                        if impl in ("ffa_triton", "ffa_fa4", "ffa_fa4_noreplay"):
+                        if impl == "ffa_triton" or impl in FA4_VARIANTS:
                             fwd, bwd = ffa_runner(qm, km, vm, dm, qr, kr, tm, backend="triton" if impl == "ffa_triton" else "fa4")
                         elif impl.startswith("sdpa_"):
                             fwd, bwd = sdpa_runner(impl[5:], mname, qm, km, vm, dm)
@@ -463,8 +469,11 @@ def main(argv=None) -> int:
                     except Exception as exc:  # noqa: BLE001 - a refusal is a result ("n/a")
                         row["note"] = f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else "n/a"
                     finally:
-                        if replay_off:
-                            os.environ.pop(REPLAY_ENV, None)
+                        for name, value in saved_env.items():
+                            if value is None:
+                                os.environ.pop(name, None)
+                            else:
+                                os.environ[name] = value
                     torch.cuda.empty_cache()
                     rows.append(row)
                     print(f"[{len(rows)}] {total} h{hq}/{hk} {mname:16s} {impl:11s} "
@@ -481,7 +490,7 @@ def main(argv=None) -> int:
 
 def ratio_lines(rows: list[dict]) -> list[str]:
     """Markdown ratios of each FFA impl to each peer measured beside it (same total, heads, mask)."""
-    peers = ("flex", "sdpa_cudnn", "sdpa_flash", "fa4", "ffa_fa4_noreplay")
+    peers = ("flex", "sdpa_cudnn", "sdpa_flash", "fa4", "ffa_fa4_noreplay", "ffa_fa4_nodecomp")
     by = {(r["total"], r["hq"], r["hk"], r["mask"], r["impl"]): r for r in rows}
     lines = []
     for (total, hq, hk, mask, impl), r in by.items():

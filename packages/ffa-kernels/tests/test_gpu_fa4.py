@@ -128,3 +128,44 @@ def test_fa4_replayed_launches_vs_float64(family):
     lowp = _dense_lowp(q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
     for name in ("out", "lse", "dq", "dk", "dv"):
         assert_close_to_ref(name, got[name], lowp[name], ref[name])
+
+
+def _shared_question(prompt: int, answers: list[int]):
+    qr, kr, tm, s = [[0, prompt]], [[0, prompt]], [1], prompt
+    for n in answers:
+        qr += [[s, s + n], [s, s + n]]
+        kr += [[0, prompt], [s, s + n]]
+        tm += [0, 1]
+        s += n
+    return qr, kr, tm
+
+
+# masks that are sums of native parts (decompose.py): a shared question (varlen causal + the
+# answers-times-prompt rectangle), and one whose largest part leaves rows to the other and empty
+DECOMPOSED = {
+    "shared_question": _shared_question(512, [700, 1300, 333, 1251]),
+    "partial_cover_empty_rows": ([[0, 1500], [2000, 4096]], [[0, 1500], [0, 1100]], [1, 0]),
+}
+
+
+@pytest.mark.parametrize("mode", ["bwd", "all"])
+@pytest.mark.parametrize("name", list(DECOMPOSED))
+def test_fa4_decomposed_masks_vs_float64(name, mode, monkeypatch):
+    from magi_ffa.backends.fa4 import decompose
+    from magi_ffa.backends.fa4.block_sparse import build_slice_block_mask
+
+    monkeypatch.setenv(decompose.ENV, mode)
+    total, hq, hk, d = 4096, 8, 2, 128
+    qr, kr, tm = DECOMPOSED[name]
+    assert build_slice_block_mask(qr, kr, tm, total, total).parts is not None, "not decomposed"
+    q, k, v, dout = _inputs(total, hq, hk, d, torch.bfloat16, seed=13)
+    qr_t, kr_t = (torch.tensor(x, dtype=torch.int32, device="cuda").reshape(-1, 2) for x in (qr, kr))
+    tm_t = torch.tensor(tm, dtype=torch.int32, device="cuda")
+    for softcap in (0.0, 30.0):
+        for _ in range(2):  # compiles, records: the checked third call replays FA4's launches
+            _run("fa4", torch.bfloat16, q, k, v, dout, qr_t, kr_t, tm_t, softcap)
+        got = _run("fa4", torch.bfloat16, q, k, v, dout, qr_t, kr_t, tm_t, softcap)
+        ref = _run("torch", torch.float64, q, k, v, dout, qr_t, kr_t, tm_t, softcap)
+        lowp = _dense_lowp(q, k, v, dout, qr_t, kr_t, tm_t, softcap)
+        for key in ("out", "lse", "dq", "dk", "dv"):
+            assert_close_to_ref(key, got[key], lowp[key], ref[key])

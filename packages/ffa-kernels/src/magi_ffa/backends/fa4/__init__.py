@@ -2,7 +2,8 @@
 
 The slices become per-row key intervals (``block_sparse``, built once per mask and cached). Masks
 FA4 expresses itself (full, causal, sliding window, varlen documents: ``native``) run on FA4's own
-masking; any other runs on block lists plus an interval mask function for partial tiles (``kernel``).
+masking; any other runs on block lists plus an interval mask function for partial tiles (``kernel``),
+unless it is a sum of native masks (``decompose``: one call per part, by default in the backward).
 A single call (``fresh``) lets FA4 write the caller's buffers directly; the distributed runtime's
 stages are lse-merged into its accumulators like every backend's. Opt-in only (``backend="fa4"``
 or ``MAGI_ATTENTION_FA4_BACKEND=1``), never picked by auto selection.
@@ -22,6 +23,7 @@ import torch
 
 from magi_ffa import range_cache
 from magi_ffa.backends.base import Backend, FFAInputs
+from magi_ffa.backends.fa4 import decompose
 from magi_ffa.backends.fa4.block_sparse import SliceBlockMask, build_slice_block_mask
 from magi_ffa.lru import LRUCache
 from magi_ffa.merge import correct_attn_out_lse
@@ -97,7 +99,6 @@ class FA4Backend(Backend):
 
     def forward(self, inp, out, lse, max_logits, *, fresh=False):
         from magi_ffa.backends.fa4.kernel import fa4_forward
-        from magi_ffa.backends.triton.merge import merge_into_
 
         self._refuse(inp, max_logits)
         if inp.num_slices == 0:
@@ -106,21 +107,48 @@ class FA4Backend(Backend):
                 lse.fill_(float("-inf"))
             return
         mask = slice_block_mask(inp)
+        if mask.parts is not None and decompose.enabled("fwd"):
+            return self._forward_parts(inp, mask.parts, out, lse, fresh)
         direct = fresh and out.dtype == inp.q.dtype  # FA4 writes the caller's buffer itself
         o, l_ = fa4_forward(inp.q, inp.k, inp.v, mask, inp.softmax_scale, inp.softcap,
                             out=out if direct else None)
-        o = out if direct else o
-        if not fresh and merge_into_(out, lse, o, l_, mask.empty_rows):  # one pass, empty rows skipped
+        self._store(out if direct else o, l_, mask.empty_rows, out, lse, fresh, direct)
+
+    @staticmethod
+    def _store(o, l_, empty_rows, out, lse, fresh: bool, direct: bool) -> None:
+        """Write (fresh) or lse-merge one call's (o, l_) into (out, lse); FA4 leaves the rows that see
+        nothing undefined, so they count as out 0, lse -inf."""
+        from magi_ffa.backends.triton.merge import merge_into_
+
+        if not fresh and merge_into_(out, lse, o, l_, empty_rows):  # one pass, empty rows skipped
             return
-        if mask.empty_rows is not None:  # out 0, lse -inf, whatever the kernel left there
-            o.masked_fill_(mask.empty_rows[:, None, None], 0.0)
-            l_.masked_fill_(mask.empty_rows[:, None], float("-inf"))
+        if empty_rows is not None:  # out 0, lse -inf, whatever the kernel left there
+            o.masked_fill_(empty_rows[:, None, None], 0.0)
+            l_.masked_fill_(empty_rows[:, None], float("-inf"))
         if fresh:
             if not direct:
                 out.copy_(o)
             lse.copy_(l_)
         else:
             correct_attn_out_lse(out, lse, o, l_, inplace=True)
+
+    def _forward_parts(self, inp, parts, out, lse, fresh: bool) -> None:
+        """A decomposed mask (decompose.py): each native part on row/key views, lse-merged. The
+        first (largest) part is stored fresh when it covers every row; otherwise out starts empty."""
+        from magi_ffa.backends.fa4.kernel import fa4_forward
+
+        sq = inp.q.shape[0]
+        if fresh and parts[0].q != (0, sq):
+            out.zero_()
+            lse.fill_(float("-inf"))
+            fresh = False
+        for part in parts:
+            (a, b), (c, d) = part.q, part.k
+            direct = fresh and out.dtype == inp.q.dtype
+            o, l_ = fa4_forward(inp.q[a:b], inp.k[c:d], inp.v[c:d], part.mask, inp.softmax_scale, inp.softcap,
+                                out=out[a:b] if direct else None)
+            self._store(o, l_, part.mask.empty_rows, out[a:b], lse[a:b], fresh, direct)
+            fresh = False
 
     def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False):
         from magi_ffa.backends.fa4.kernel import fa4_backward
@@ -132,10 +160,21 @@ class FA4Backend(Backend):
                     g.zero_()
             return
         mask = slice_block_mask(inp)
-        bufs = (dq, dk, dv)
-        direct = fresh and all(b.dtype == inp.q.dtype for b in bufs)  # FA4 writes them itself
-        grads = fa4_backward(inp.q, inp.k, inp.v, out, dout, lse, mask, inp.softmax_scale, inp.softcap,
-                             grads=bufs if direct else None)
-        if not direct:
-            for acc, g in zip(bufs, grads):
-                acc.copy_(g) if fresh else acc.add_(g)
+        if mask.parts is not None and decompose.enabled("bwd"):
+            parts = mask.parts
+        else:  # the whole mask as one part
+            parts = (decompose.MaskPart((0, inp.q.shape[0]), (0, inp.k.shape[0]), mask),)
+        if fresh and parts[0].covers != (inp.q.shape[0], inp.k.shape[0]):
+            for g in (dq, dk, dv):
+                g.zero_()
+            fresh = False
+        for part in parts:  # gradients of disjoint parts add up
+            (a, b), (c, d) = part.q, part.k
+            bufs = (dq[a:b], dk[c:d], dv[c:d])
+            direct = fresh and all(t.dtype == inp.q.dtype for t in bufs)  # FA4 writes them itself
+            grads = fa4_backward(inp.q[a:b], inp.k[c:d], inp.v[c:d], out[a:b], dout[a:b], lse[a:b], part.mask,
+                                 inp.softmax_scale, inp.softcap, grads=bufs if direct else None)
+            if not direct:
+                for acc, g in zip(bufs, grads):
+                    acc.copy_(g) if fresh else acc.add_(g)
+            fresh = False

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from magi_ffa.backends.fa4.decompose import decompose as decompose_mask
 from magi_ffa.backends.fa4.native import NativeMask, recognise_native
 
 __all__ = ["BlockLists", "SliceBlockMask", "build_slice_block_mask", "row_intervals"]
@@ -106,6 +107,7 @@ class SliceBlockMask:
     empty_rows: torch.Tensor | None = None  # bool [Sq]: rows that see no key (None: there are none)
     native: NativeMask | None = None  # set when FA4's own masking expresses the mask (native.py)
     has_partial: bool = True  # False: every visible tile is whole (block-aligned masks)
+    parts: tuple | None = None  # decompose.MaskPart per native part, when the mask is their sum
 
     @property
     def num_intervals(self) -> int:
@@ -184,8 +186,10 @@ def _tile_classes(lo: torch.Tensor, hi: torch.Tensor, seqlen_k: int, bm: int, bn
 
 
 def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seqlen_k: int,
-                           block_size: tuple[int, int] = (128, 128), device=None) -> SliceBlockMask:
-    """Translate slices into FA4's block-sparse form (see the module docstring)."""
+                           block_size: tuple[int, int] = (128, 128), device=None,
+                           decompose: bool = True) -> SliceBlockMask:
+    """Translate slices into FA4's block-sparse form (see the module docstring). A mask that needs
+    the mask function is also split into native parts where it is their sum (``decompose``)."""
     bm, bn = block_size
     if bm <= 0 or bn <= 0:
         raise ValueError(f"build_slice_block_mask(): block_size must be positive, got {block_size}.")
@@ -194,8 +198,13 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
     hi = torch.from_numpy(hi_np).to(device)
     partial, full = _tile_classes(lo, hi, seqlen_k, bm, bn)
     empty = (hi_np <= lo_np).all(0)
+    native = recognise_native(lo_np, hi_np, seqlen_q, seqlen_k, device)
+    has_partial = bool(partial.any())
+    parts = None
+    if decompose and native is None and has_partial:
+        parts = decompose_mask(q_ranges, k_ranges, attn_type_map, functools.partial(
+            build_slice_block_mask, block_size=block_size, device=device, decompose=False))
     return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), _row_major(lo), _row_major(hi), partial, full,
                           fwd=_lists(partial, full), bwd=_lists(partial.T, full.T),
                           empty_rows=torch.from_numpy(empty).to(device) if empty.any() else None,
-                          native=recognise_native(lo_np, hi_np, seqlen_q, seqlen_k, device),
-                          has_partial=bool(partial.any()))
+                          native=native, has_partial=has_partial, parts=parts)

@@ -7,6 +7,7 @@ masking costs almost nothing. The common masks are exactly those, so they are re
 on the host, once per mask (the result is cached with the block lists), from each row's visible key
 interval (not from the slices, so any slicing of the same mask is recognised):
 
+* every row seeing every key (full, Sq and Sk free: a rectangle of a decomposed mask, decompose.py);
 * one sequence (Sq == Sk) where row r sees ``[max(0, r - left), min(S, r + right + 1))``: full (no
   bound), causal (right 0, no left bound) or a sliding window (FA4 "local");
 * documents (FA4 varlen, ``cu_seqlens_q`` / ``cu_seqlens_k``): runs of rows that see one key range,
@@ -140,6 +141,8 @@ def recognise_native(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: in
     (``block_sparse.row_intervals``), or None."""
     if seqlen_q == 0 or seqlen_k == 0 or lo.shape[0] != 1:
         return None
+    if (lo[0] == 0).all() and (hi[0] == seqlen_k).all():  # every row sees every key: full, any Sq/Sk
+        return NativeMask()
     if seqlen_q == seqlen_k and (hi[0] > lo[0]).all():
         found = _window(lo[0], hi[0], seqlen_q)
         if found is not None:
