@@ -45,11 +45,18 @@ if has setup; then
 else
   [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if has fa4-libs; then  # FA4 arrives in two calls: first its CUDA libraries (tar.xz), kept on the warm machine
-  mkdir -p /tmp/site && $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
-    .carry/fa4-libs/*.tar.xz /tmp/site && echo "FA4 libraries unpacked" || status=1
+unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first call's, then this call's)
+  mkdir -p /tmp/site && cat /tmp/fa4-libs-parts/*.part-* "$@" | $PY -c \
+    "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall(sys.argv[1])" /tmp/site \
+    && echo "FA4 libraries unpacked" || status=1
+}
+if has fa4-libs; then  # FA4 arrives in two calls: the first keeps its CUDA libraries' first part on the warm machine
+  mkdir -p /tmp/fa4-libs-parts && cp .carry/fa4-libs/*.part-* /tmp/fa4-libs-parts/ && echo "FA4 libraries, part 1 kept" || status=1
 fi
-if has fa4 || has profile-fa4 || has bench-fa4 || has bench-dist-fa4 || has profile-dist-fa4; then  # then the small wheels; a wheel is a zip of site-packages: unpacking installs it
+if has fa4 || has profile-fa4 || has bench-fa4 || has bench-dist-fa4 || has profile-dist-fa4; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
+  if [ ! -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
+    unpack_fa4_libs .carry/fa4/*.part-*
+  fi
   for w in .carry/fa4/*.whl; do $PY -m zipfile -e "$w" /tmp/site || status=1; done
   # nvidia-cutlass-dsl puts its modules on sys.path through a .pth file, which PYTHONPATH does not read
   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
