@@ -31,6 +31,7 @@ import subprocess
 import sys
 
 import torch
+from magi_ffa.testing import shared_question_slices
 
 REPLAY_ENV = "MAGI_FFA_FA4_LAUNCH_REPLAY"  # magi_ffa.backends.fa4.replay.ENV (read here without importing FA4)
 DECOMPOSE_ENV = "MAGI_FFA_FA4_DECOMPOSE"  # magi_ffa.backends.fa4.decompose.ENV
@@ -90,12 +91,7 @@ def build_mask(name: str, total: int, device):
     if name == "shared_question":
         qlen = total // 8
         lens = _doc_lengths(total - qlen, rng)
-        qr, kr, tm, s = [[0, qlen]], [[0, qlen]], [1], qlen
-        for n in lens:
-            qr += [[s, s + n], [s, s + n]]
-            kr += [[0, qlen], [s, s + n]]
-            tm += [0, 1]
-            s += n
+        qr, kr, tm = shared_question_slices(qlen, lens)
         doc = torch.repeat_interleave(torch.arange(len(lens) + 1, device=device),
                                       torch.tensor([qlen, *lens], device=device))
         return qr, kr, tm, lambda b, h, q, kv: (q >= kv) & ((kv < qlen) | (doc[q] == doc[kv]))

@@ -18,16 +18,6 @@ from magi_ffa.select import resolve_backend_name, select_backend
 from magi_ffa.testing import overlapping_slices, random_slices, ref_attn_dense, varlen_slices
 
 
-@pytest.fixture
-def fake_fa4(monkeypatch):
-    """FA4 importable (the stand-in), the backend allowed on CPU in float64, tiny sparse blocks."""
-    _fake_fa4.install_backend_on_cpu(monkeypatch)
-    yield _fake_fa4.CALLS
-    kernel.import_fa4.cache_clear()
-    kernel._interval_mask_mod.cache_clear()
-    fa4_backend.clear_mask_cache()
-
-
 def _window_slices(s, left, right):
     """A sliding window as one slice per row: row r sees keys [r - left, r + right]."""
     qr = [[r, r + 1] for r in range(s)]

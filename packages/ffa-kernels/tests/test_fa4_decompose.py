@@ -5,39 +5,16 @@ mask whose parts would share a cell keeps the single masked call."""
 
 from __future__ import annotations
 
-import _fake_fa4
 import numpy as np
 import pytest
 import torch
 from magi_ffa import ffa_backward, ffa_forward, flex_flash_attn_func
-from magi_ffa.backends import fa4 as fa4_backend
-from magi_ffa.backends.fa4 import decompose, kernel
+from magi_ffa.backends.fa4 import decompose
 from magi_ffa.backends.fa4.block_sparse import build_slice_block_mask
-from magi_ffa.testing import ref_attn_dense
-
-
-@pytest.fixture
-def fake_fa4(monkeypatch):
-    _fake_fa4.install_backend_on_cpu(monkeypatch)
-    yield _fake_fa4.CALLS
-    kernel.import_fa4.cache_clear()
-    kernel._interval_mask_mod.cache_clear()
-    fa4_backend.clear_mask_cache()
-
-
-def shared_question(prompt: int, answers: list[int]):
-    """The prompt causal; each answer sees the whole prompt (full) and itself (causal)."""
-    qr, kr, ts, s = [[0, prompt]], [[0, prompt]], [1], prompt
-    for n in answers:
-        qr += [[s, s + n], [s, s + n]]
-        kr += [[0, prompt], [s, s + n]]
-        ts += [0, 1]
-        s += n
-    return qr, kr, ts, s
-
+from magi_ffa.testing import ref_attn_dense, shared_question_slices
 
 # (name, slices, Sq, Sk, number of parts or None)
-SQ = shared_question(9, [5, 11, 6, 3])
+SQ = (*shared_question_slices(9, [5, 11, 6, 3]), 9 + 5 + 11 + 6 + 3)
 CASES = [
     ("shared-question", SQ[:3], SQ[3], SQ[3], 2),
     # the largest part does not cover every row; rows 6-9 see nothing
@@ -111,7 +88,8 @@ def test_accumulating_stages_with_a_decomposed_stage(fake_fa4, monkeypatch, mode
     """The runtime's use (not fresh, fp32 accumulators): a plain causal stage, then a stage whose
     mask splits (answers x prompt and the answers' own causal blocks)."""
     monkeypatch.setenv(decompose.ENV, mode)
-    qr, kr, ts, total = shared_question(6, [7, 5, 4])
+    qr, kr, ts = shared_question_slices(6, [7, 5, 4])
+    total = 6 + 7 + 5 + 4
     q, k, v, dout = _inputs(total, total, seed=11)
     stages = [(qr[:1], kr[:1], ts[:1]), (qr[1:], kr[1:], ts[1:])]
     out = lse = None

@@ -10,7 +10,7 @@ import pytest
 import torch
 from magi_ffa import ffa_backward, ffa_forward, flex_flash_attn_func
 from magi_ffa.backends.fa4 import FA4Backend
-from magi_ffa.testing import assert_close_to_ref
+from magi_ffa.testing import assert_close_to_ref, shared_question_slices
 from test_gpu import FAMILIES, _dense_lowp, _inputs, mask_family
 
 pytestmark = [
@@ -130,20 +130,10 @@ def test_fa4_replayed_launches_vs_float64(family):
         assert_close_to_ref(name, got[name], lowp[name], ref[name])
 
 
-def _shared_question(prompt: int, answers: list[int]):
-    qr, kr, tm, s = [[0, prompt]], [[0, prompt]], [1], prompt
-    for n in answers:
-        qr += [[s, s + n], [s, s + n]]
-        kr += [[0, prompt], [s, s + n]]
-        tm += [0, 1]
-        s += n
-    return qr, kr, tm
-
-
 # masks that are sums of native parts (decompose.py): a shared question (varlen causal + the
 # answers-times-prompt rectangle), and one whose largest part leaves rows to the other and empty
 DECOMPOSED = {
-    "shared_question": _shared_question(512, [700, 1300, 333, 1251]),
+    "shared_question": shared_question_slices(512, [700, 1300, 333, 1251]),
     "partial_cover_empty_rows": ([[0, 1500], [2000, 4096]], [[0, 1500], [0, 1100]], [1, 0]),
 }
 

@@ -19,6 +19,7 @@ __all__ = [
     "overlapping_slices",
     "random_slices",
     "ref_attn_dense",
+    "shared_question_slices",
     "varlen_slices",
 ]
 
@@ -194,6 +195,20 @@ def varlen_slices(
         q.append([start, start + n])
         k.append([start, start + n])
         t.append(mask_type)
+        start += n
+    return q, k, t
+
+
+def shared_question_slices(
+    prompt: int, answers: list[int]
+) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """One prompt seen by many answers: the prompt causal; each answer sees the whole prompt (full)
+    and itself (causal). Answers follow the prompt back to back."""
+    q, k, t, start = [[0, prompt]], [[0, prompt]], [1], prompt
+    for n in answers:
+        q += [[start, start + n], [start, start + n]]
+        k += [[0, prompt], [start, start + n]]
+        t += [0, 1]
         start += n
     return q, k, t
 
