@@ -94,12 +94,7 @@ def select_backend(inp: FFAInputs, backend: str | None = None) -> Backend:
     The choice depends on the name (argument or environment, read every call) and on q/k's
     shapes, dtype and device, so calls sharing ``inp.memo`` reuse it."""
     name = resolve_backend_name(backend)
-    if inp.memo is None:
-        return _select(inp, name)
-    chosen = inp.memo.get(("backend", name))
-    if chosen is None:
-        chosen = inp.memo[("backend", name)] = _select(inp, name)
-    return chosen
+    return inp.memoised(("backend", name), lambda: _select(inp, name))
 
 
 def _select(inp: FFAInputs, name: str) -> Backend:

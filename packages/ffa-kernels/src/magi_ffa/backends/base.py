@@ -15,7 +15,9 @@ Shape legend: Sq / Sk total query / key tokens, hq / hk query / kv heads, d head
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -45,6 +47,16 @@ class FFAInputs:
     @property
     def num_slices(self) -> int:
         return int(self.q_ranges.shape[0])
+
+    def memoised(self, key, build: Callable[[], Any]) -> Any:
+        """``build()``, made once per call signature: kept in ``memo`` under ``key`` when the call
+        has a memo, made every time otherwise."""
+        if self.memo is None:
+            return build()
+        found = self.memo.get(key)
+        if found is None:
+            found = self.memo[key] = build()
+        return found
 
     def describe(self) -> str:
         """A one-line summary used in refusal messages."""

@@ -16,7 +16,6 @@ works with this backend too.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import torch
@@ -54,17 +53,30 @@ def slice_block_mask(inp: FFAInputs) -> SliceBlockMask:
     from magi_ffa.backends.fa4.kernel import sparse_block_size
 
     block_size = sparse_block_size(_arch(inp.q.device))
-    if inp.memo is not None:  # the calls of one signature share the lookup
-        found = inp.memo.get(("fa4 mask", block_size))
-        if found is None:
-            found = inp.memo[("fa4 mask", block_size)] = slice_block_mask(dataclasses.replace(inp, memo=None))
-        return found
+    return inp.memoised(("fa4 mask", block_size), lambda: _translated(inp, block_size))  # once per signature
+
+
+def _translated(inp: FFAInputs, block_size: tuple[int, int]) -> SliceBlockMask:
     hr = range_cache.host_ranges(inp.q_ranges, inp.k_ranges, inp.attn_type_map)
     sq, sk = inp.q.shape[0], inp.k.shape[0]
     return _masks.get_or_build(
         (hr.key, sq, sk, block_size, str(inp.q.device)),
         lambda: build_slice_block_mask(hr.q.numpy(), hr.k.numpy(), hr.types.numpy(), sq, sk, block_size,
                                        device=inp.q.device))
+
+
+def _rows(t: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows [start, end) of t: t itself when that is all of it (the one-call path makes no views)."""
+    return t if start == 0 and end == t.shape[0] else t[start:end]
+
+
+def _call_parts(inp: FFAInputs, direction: str) -> tuple[decompose.MaskPart, ...]:
+    """The FA4 calls that run `inp`'s mask in `direction` ("fwd" / "bwd"): its native parts where
+    the mask is their sum and decomposition is on for that direction, else the whole mask as one."""
+    mask = slice_block_mask(inp)
+    if mask.parts is not None and decompose.enabled(direction):
+        return mask.parts
+    return (decompose.MaskPart((0, inp.q.shape[0]), (0, inp.k.shape[0]), mask),)
 
 
 class FA4Backend(Backend):
@@ -106,13 +118,19 @@ class FA4Backend(Backend):
                 out.zero_()
                 lse.fill_(float("-inf"))
             return
-        mask = slice_block_mask(inp)
-        if mask.parts is not None and decompose.enabled("fwd"):
-            return self._forward_parts(inp, mask.parts, out, lse, fresh)
-        direct = fresh and out.dtype == inp.q.dtype  # FA4 writes the caller's buffer itself
-        o, l_ = fa4_forward(inp.q, inp.k, inp.v, mask, inp.softmax_scale, inp.softcap,
-                            out=out if direct else None)
-        self._store(out if direct else o, l_, mask.empty_rows, out, lse, fresh, direct)
+        parts = _call_parts(inp, "fwd")
+        if fresh and parts[0].q != (0, inp.q.shape[0]):  # rows the first call leaves start empty
+            out.zero_()
+            lse.fill_(float("-inf"))
+            fresh = False
+        for part in parts:  # disjoint parts: each call's result is lse-merged into the others'
+            (a, b), (c, d) = part.q, part.k
+            out_p, lse_p = _rows(out, a, b), _rows(lse, a, b)
+            direct = fresh and out.dtype == inp.q.dtype  # FA4 writes the caller's buffer itself
+            o, l_ = fa4_forward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), part.mask,
+                                inp.softmax_scale, inp.softcap, out=out_p if direct else None)
+            self._store(out_p if direct else o, l_, part.mask.empty_rows, out_p, lse_p, fresh, direct)
+            fresh = False
 
     @staticmethod
     def _store(o, l_, empty_rows, out, lse, fresh: bool, direct: bool) -> None:
@@ -132,24 +150,6 @@ class FA4Backend(Backend):
         else:
             correct_attn_out_lse(out, lse, o, l_, inplace=True)
 
-    def _forward_parts(self, inp, parts, out, lse, fresh: bool) -> None:
-        """A decomposed mask (decompose.py): each native part on row/key views, lse-merged. The
-        first (largest) part is stored fresh when it covers every row; otherwise out starts empty."""
-        from magi_ffa.backends.fa4.kernel import fa4_forward
-
-        sq = inp.q.shape[0]
-        if fresh and parts[0].q != (0, sq):
-            out.zero_()
-            lse.fill_(float("-inf"))
-            fresh = False
-        for part in parts:
-            (a, b), (c, d) = part.q, part.k
-            direct = fresh and out.dtype == inp.q.dtype
-            o, l_ = fa4_forward(inp.q[a:b], inp.k[c:d], inp.v[c:d], part.mask, inp.softmax_scale, inp.softcap,
-                                out=out[a:b] if direct else None)
-            self._store(o, l_, part.mask.empty_rows, out[a:b], lse[a:b], fresh, direct)
-            fresh = False
-
     def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False):
         from magi_ffa.backends.fa4.kernel import fa4_backward
 
@@ -159,21 +159,18 @@ class FA4Backend(Backend):
                 for g in (dq, dk, dv):
                     g.zero_()
             return
-        mask = slice_block_mask(inp)
-        if mask.parts is not None and decompose.enabled("bwd"):
-            parts = mask.parts
-        else:  # the whole mask as one part
-            parts = (decompose.MaskPart((0, inp.q.shape[0]), (0, inp.k.shape[0]), mask),)
+        parts = _call_parts(inp, "bwd")
         if fresh and parts[0].covers != (inp.q.shape[0], inp.k.shape[0]):
             for g in (dq, dk, dv):
                 g.zero_()
             fresh = False
         for part in parts:  # gradients of disjoint parts add up
             (a, b), (c, d) = part.q, part.k
-            bufs = (dq[a:b], dk[c:d], dv[c:d])
+            bufs = (_rows(dq, a, b), _rows(dk, c, d), _rows(dv, c, d))
             direct = fresh and all(t.dtype == inp.q.dtype for t in bufs)  # FA4 writes them itself
-            grads = fa4_backward(inp.q[a:b], inp.k[c:d], inp.v[c:d], out[a:b], dout[a:b], lse[a:b], part.mask,
-                                 inp.softmax_scale, inp.softcap, grads=bufs if direct else None)
+            grads = fa4_backward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), _rows(out, a, b),
+                                 _rows(dout, a, b), _rows(lse, a, b), part.mask, inp.softmax_scale, inp.softcap,
+                                 grads=bufs if direct else None)
             if not direct:
                 for acc, g in zip(bufs, grads):
                     acc.copy_(g) if fresh else acc.add_(g)

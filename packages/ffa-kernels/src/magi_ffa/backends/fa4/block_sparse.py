@@ -202,7 +202,8 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
     has_partial = bool(partial.any())
     parts = None
     if decompose and native is None and has_partial:
-        parts = decompose_mask(q_ranges, k_ranges, attn_type_map, functools.partial(
+        visible = np.maximum(hi_np.astype(np.int64) - lo_np, 0).sum(0)
+        parts = decompose_mask(q_ranges, k_ranges, attn_type_map, visible, functools.partial(
             build_slice_block_mask, block_size=block_size, device=device, decompose=False))
     return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), _row_major(lo), _row_major(hi), partial, full,
                           fwd=_lists(partial, full), bwd=_lists(partial.T, full.T),

@@ -49,26 +49,12 @@ class MaskPart:
         return self.q[1] - self.q[0], self.k[1] - self.k[0]
 
 
-def _disjoint(boxes, intervals) -> bool:
-    """No row sees a key in two parts. boxes: (qs, qe, ks, ke); intervals: (lo, hi) [Sq_part] local."""
-    for i in range(len(boxes)):
-        for j in range(i + 1, len(boxes)):
-            (qa, qb, ka, _), (qc, qd, kc, _) = boxes[i], boxes[j]
-            lo_r, hi_r = max(qa, qc), min(qb, qd)
-            if lo_r >= hi_r:
-                continue
-            lo1, hi1 = (x[lo_r - qa:hi_r - qa].astype(np.int64) + ka for x in intervals[i])
-            lo2, hi2 = (x[lo_r - qc:hi_r - qc].astype(np.int64) + kc for x in intervals[j])
-            both = (hi1 > lo1) & (hi2 > lo2)
-            if (np.maximum(lo1, lo2) < np.minimum(hi1, hi2))[both].any():
-                return False
-    return True
-
-
-def decompose(q_ranges, k_ranges, types, build) -> tuple[MaskPart, ...] | None:
+def decompose(q_ranges, k_ranges, types, visible_per_row: np.ndarray, build) -> tuple[MaskPart, ...] | None:
     """The mask's native parts, one per slice type (largest first), or None when it has one type,
-    a part is not native, or two parts share a cell. ``build(q_ranges, k_ranges, types, sq, sk)``
-    translates a sub-problem (block_sparse.build_slice_block_mask without decomposition)."""
+    a part is not native, or two parts share a cell. ``visible_per_row`` [Sq]: how many keys each
+    row of the whole mask sees (the parts share no cell exactly when their counts add up to it,
+    since the mask is their union). ``build(q_ranges, k_ranges, types, sq, sk)`` translates a
+    sub-problem (block_sparse.build_slice_block_mask without decomposition)."""
     qr = np.asarray(q_ranges, dtype=np.int64).reshape(-1, 2)
     kr = np.asarray(k_ranges, dtype=np.int64).reshape(-1, 2)
     ty = np.asarray(types, dtype=np.int64).reshape(-1)
@@ -77,7 +63,7 @@ def decompose(q_ranges, k_ranges, types, build) -> tuple[MaskPart, ...] | None:
     kinds = np.unique(ty)
     if len(kinds) < 2:
         return None
-    parts, boxes, intervals = [], [], []
+    parts, counted = [], np.zeros_like(visible_per_row, dtype=np.int64)
     for t in kinds:
         sel = ty == t
         qs, qe = int(qr[sel, 0].min()), int(qr[sel, 1].max())
@@ -86,9 +72,7 @@ def decompose(q_ranges, k_ranges, types, build) -> tuple[MaskPart, ...] | None:
         if sub.native is None or sub.num_intervals != 1:
             return None
         parts.append(MaskPart((qs, qe), (ks, ke), sub))
-        boxes.append((qs, qe, ks, ke))
-        intervals.append((sub.lo[0].cpu().numpy(), sub.hi[0].cpu().numpy()))
-    if not _disjoint(boxes, intervals):
+        counted[qs:qe] += (sub.hi[0] - sub.lo[0]).clamp(min=0).cpu().numpy()
+    if not np.array_equal(counted, visible_per_row):
         return None
-    order = sorted(range(len(parts)), key=lambda i: -(parts[i].covers[0] * parts[i].covers[1]))
-    return tuple(parts[i] for i in order)
+    return tuple(sorted(parts, key=lambda p: -(p.covers[0] * p.covers[1])))
