@@ -112,12 +112,19 @@ def run_magi(cfg, mask, q, k, v, do, timer):
                              cfg.chunk_size, dist.group.WORLD, dcfg)
     lq, lk, lv = (_leaf(dispatch(x, key)) for x in (q, k, v))
     ldo = dispatch(do, key)
+    if cfg.dispatch_alg.startswith("cost_aware") and dist.get_rank() == 0:
+        from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+        meta = dist_attn_runtime_dict_mgr.get_mgr(key).dispatch_meta
+        print(f"  {cfg.dispatch_alg} dispatch at T={T}: chunk {meta.chunk_size}, rank 0 holds "
+              f"{len(meta.partitions[0])} chunks", flush=True)
     return timer.measure(lambda: calc_attn(lq, lk, lv, key)[0], [lq, lk, lv], ldo)
 
 
 #: --dispatch-alg names: magi_attention's dispatch algorithms (a float after ':' is top_p /
 #: allocation_ratio where the algorithm takes one)
-DISPATCH_ALGS = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "cost_aware")
+DISPATCH_ALGS = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "cost_aware",
+                 "cost_aware_fine")
 
 
 def dispatch_config(spec: str):
@@ -137,7 +144,10 @@ def dispatch_config(spec: str):
     algs = {"min_heap": lambda: MinHeapDispatchAlg(), "sequential": lambda: SequentialDispatchAlg(),
             "sorted_sequential_select": lambda: SortedSequentialSelectAlg(allocation_ratio=float(arg or 1.0)),
             "topp_heap": lambda: ToppHeapDispatchAlg(top_p=float(arg or 0.0)),
-            "cost_aware": lambda: CostAwareDispatchAlg(**({"remote_cost": float(arg)} if arg else {}))}
+            "cost_aware": lambda: CostAwareDispatchAlg(**({"remote_cost": float(arg)} if arg else {})),
+            # the key's chunk size only (no coarser factors): the choice before chunk factors
+            "cost_aware_fine": lambda: CostAwareDispatchAlg(
+                chunk_factors=(1,), **({"remote_cost": float(arg)} if arg else {}))}
     return DispatchConfig(alg=algs[name]())
 
 

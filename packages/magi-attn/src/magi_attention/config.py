@@ -126,19 +126,25 @@ class SortedSequentialSelectAlg(DispatchAlg):
 class CostAwareDispatchAlg(DispatchAlg):
     """Solve the dispatch with each of ``candidates``, plan every rank's stages for each, and keep the
     candidate whose busiest rank has the least work: host-stage area plus ``remote_cost`` times
-    remote-stage area (magi-attn's addition; not in the anchor).
+    remote-stage area (magi-attn's addition; not in the anchor). Each candidate is also solved at
+    the key's chunk size times each of ``chunk_factors`` (where the padded length divides), so the
+    choice covers coarser, less fragmented dispatches. On the fa4 backend the weight goes by call
+    instead: 1 for a call FA4 runs with its own masking (``magi_ffa.fa4_runs_natively``), host or
+    remote, ``remote_cost`` for one that needs the mask function.
 
     Why: min_heap balances area exactly but scatters a sequence's chunks over the ranks, so most of
     a sliding window's or a document mask's work becomes remote-stage fragments, which ran at about
     half the kernel throughput of the host stage (2 x H200, FA4; BENCHMARKS.md "Dispatch
     algorithms"), while sequential keeps neighbours together at the price of imbalance. Which one
     wins depends on the mask; this measures it on the plan. Pure and deterministic: every rank
-    makes the same choice without communication. Costs one dispatch solve and plan per candidate,
-    once per key.
+    makes the same choice without communication. Costs one dispatch solve and plan per candidate
+    and factor, once per key. Why factors: on 2 H200s, varlen causal at 64k ran fastest with
+    min_heap at chunk 4096 (native remote stages), at 32k with sorted_sequential_select at 512.
     """
 
     candidates: tuple[str, ...] = ("min_heap", "sequential", "sorted_sequential_select")
     remote_cost: float = 2.0
+    chunk_factors: tuple[int, ...] = (1, 2, 4, 8, 16)
     type = DispatchAlgType.COST_AWARE
     is_partitions_returned = True
     is_equal_num_workloads = True
@@ -151,6 +157,11 @@ class CostAwareDispatchAlg(DispatchAlg):
                                      f"more of {known}")
         if not self.remote_cost > 0:
             raise MagiAttentionError(f"CostAwareDispatchAlg(remote_cost={self.remote_cost!r}) must be > 0")
+        factors = self.chunk_factors
+        if (not isinstance(factors, tuple) or not factors
+                or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in factors)):
+            raise MagiAttentionError(f"CostAwareDispatchAlg(chunk_factors={factors!r}) must be a non-empty "
+                                     "tuple of ints >= 1")
 
 
 @dataclass(frozen=True)
