@@ -3,15 +3,14 @@
 Pure functions of the mask (no process group): each candidate is solved and planned for every
 rank, and the choice must be the candidate whose busiest rank has the least host + weighted remote
 area; a wrong weighting or a wrong rank would pick another candidate on these masks. Coarser chunk
-factors join the candidates, and on the fa4 backend calls are weighed by whether FA4 runs them with
-its own masking.
+factors join the candidates.
 """
 
 import pytest
 from magi_attention import _compat
 from magi_attention.config import CostAwareDispatchAlg, DistAttnConfig, SequentialDispatchAlg
 from magi_attention.errors import MagiAttentionError
-from magi_attention.meta.dispatch_choice import fa4_call_cost, planned_work, solve_dispatch
+from magi_attention.meta.dispatch_choice import planned_work, solve_dispatch
 from magi_attention.runtime.runtime_mgr import _overlap_params
 
 T, CHUNK = 4096, 128
@@ -24,7 +23,7 @@ def _masks():
                [1] + [3] * ((T - window) // CHUNK))
     causal = ([[0, T]], [[0, T]], [1])
     # long-tailed causal documents (one draw of bench_dist's generator at this size)
-    cu = [0, 118, 279, 344, 408, 513, 794, 912, 1039, 1867, 2891, 3915, 3979, T]
+    cu = [0, 243, 568, 782, 1070, 1224, 3272, 3401, T]
     docs = ([[a, b] for a, b in zip(cu, cu[1:])], [[a, b] for a, b in zip(cu, cu[1:])], [1] * (len(cu) - 1))
     return {"sliding window": sliding, "causal": causal, "documents": docs}
 
@@ -70,7 +69,7 @@ def test_one_candidate_is_that_algorithm_and_bad_arguments_raise():
         CostAwareDispatchAlg(remote_cost=0.0)
 
 
-def _grid_choice(mask, cp, alg, call_cost):
+def _grid_choice(mask, cp, alg):
     """The (chunk, candidate) of least busiest work, factors outer and candidates inner, first on
     ties: what solve_dispatch must return, computed here from the plans."""
     qr, kr, tm = mask
@@ -82,50 +81,27 @@ def _grid_choice(mask, cp, alg, call_cost):
         for name in alg.candidates:
             meta = _compat.solver.make_dispatch_meta(qr, kr, tm, T, CHUNK * f, cp, name)
             plan = _compat.solver.make_dist_attn_plan(qr, kr, tm, meta, params)
-            work = max(planned_work(plan, cp, alg.remote_cost, call_cost, int(meta.shard_seqlen)))
+            work = max(planned_work(plan, cp, alg.remote_cost))
             if best is None or work < best[0]:
                 best = (work, meta)
     return best[1]
 
 
 @pytest.mark.parametrize("cp", [2, 4])
-def test_chunk_factors_and_fa4_weights_decide_the_choice(cp):
+def test_chunk_factors_join_the_candidates(cp):
     mask = _masks()["documents"]
     alg = CostAwareDispatchAlg()
     params = _overlap_params(DistAttnConfig())
-    fa4 = fa4_call_cost(alg.remote_cost)
-    assert fa4 is not None
-    by_area = solve_dispatch(alg, *mask, T, CHUNK, cp, params)
-    by_form = solve_dispatch(alg, *mask, T, CHUNK, cp, params, fa4)
-    for chosen, cost in ((by_area, None), (by_form, fa4)):
-        want = _grid_choice(mask, cp, alg, cost)
-        assert chosen.chunk_size == want.chunk_size
-        assert [list(p) for p in chosen.partitions] == [list(p) for p in want.partitions]
-    # on these documents a coarser chunking wins once FA4's native calls weigh 1, and the two weightings
-    # choose differently: the factors and the per-call weights are both in play
-    assert by_form.chunk_size > CHUNK
-    assert ([list(p) for p in by_form.partitions], by_form.chunk_size) != \
-        ([list(p) for p in by_area.partitions], by_area.chunk_size)
-    # one factor only: the key's chunk size
-    fine = solve_dispatch(CostAwareDispatchAlg(chunk_factors=(1,)), *mask, T, CHUNK, cp, params, fa4)
+    chosen = solve_dispatch(alg, *mask, T, CHUNK, cp, params)
+    want = _grid_choice(mask, cp, alg)
+    assert chosen.chunk_size == want.chunk_size
+    assert [list(p) for p in chosen.partitions] == [list(p) for p in want.partitions]
+    # on these documents a coarser chunking is cheaper than every candidate at the key's chunk size
+    fine = solve_dispatch(CostAwareDispatchAlg(chunk_factors=(1,)), *mask, T, CHUNK, cp, params)
     assert fine.chunk_size == CHUNK
-
-
-def test_fa4_call_cost_weighs_native_calls_by_area(monkeypatch):
-    params = _overlap_params(DistAttnConfig())
-    qr, kr, tm = _masks()["sliding window"]
-    meta = _compat.solver.make_dispatch_meta(qr, kr, tm, T, CHUNK, 2, "min_heap")
-    plan = _compat.solver.make_dist_attn_plan(qr, kr, tm, meta, params)
-    cost = fa4_call_cost(3.0)
-    sh = int(meta.shard_seqlen)
-    for r in range(2):
-        rp = plan.rank_plan(r)
-        for calc, sk in [(rp.host_calc, sh)] + [(s.calc, int(s.num_recv_tokens)) for s in rp.stages]:
-            native = _compat.ffa.fa4_runs_natively(*calc.as_arrays(), sh, sk)
-            assert cost(calc, sh, sk) == int(calc.area) * (1.0 if native else 3.0)
-    # an older magi_ffa that cannot tell: no per-call weights (the area model)
-    monkeypatch.setattr(_compat, "ffa", type("OldFFA", (), {})())
-    assert fa4_call_cost(2.0) is None
+    assert chosen.chunk_size > CHUNK
+    plan = lambda m: _compat.solver.make_dist_attn_plan(*mask, m, params)  # noqa: E731
+    assert max(planned_work(plan(chosen), cp, alg.remote_cost)) < max(planned_work(plan(fine), cp, alg.remote_cost))
 
 
 def test_chunk_factors_that_do_not_divide_are_skipped_and_bad_ones_raise():

@@ -2,8 +2,7 @@
 
 `flex_flash_attn_func` is the autograd entry point (anchor signature plus `backend=`);
 `ffa_forward` / `ffa_backward` are the accumulating interface of the distributed runtime;
-`magi_ffa.testing` ships the float64 reference; `fa4_runs_natively` tells planners which
-slices the fa4 backend runs with its own masking. Backends: "triton" (CUDA) and "torch" (any device).
+`magi_ffa.testing` ships the float64 reference. Backends: "triton" (CUDA) and "torch" (any device).
 """
 
 from magi_ffa._version import INTERFACE_VERSION, __version__
@@ -18,7 +17,6 @@ from magi_ffa.merge import (
     correct_attn_out_lse_with_sink,
     correct_attn_out_with_sink,
 )
-from magi_ffa.planning import fa4_runs_natively
 from magi_ffa.select import get_backend, select_backend
 from magi_ffa.sink import apply_sink, sink_backward
 from magi_ffa.types import AttnForwardMeta, MaskType
@@ -39,7 +37,6 @@ __all__ = [
     "correct_attn_out_lse",
     "correct_attn_out_lse_with_sink",
     "correct_attn_out_with_sink",
-    "fa4_runs_natively",
     "ffa_backward",
     "ffa_forward",
     "flex_flash_attn_func",

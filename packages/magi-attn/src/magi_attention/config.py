@@ -128,9 +128,7 @@ class CostAwareDispatchAlg(DispatchAlg):
     candidate whose busiest rank has the least work: host-stage area plus ``remote_cost`` times
     remote-stage area (magi-attn's addition; not in the anchor). Each candidate is also solved at
     the key's chunk size times each of ``chunk_factors`` (where the padded length divides), so the
-    choice covers coarser, less fragmented dispatches. On the fa4 backend the weight goes by call
-    instead: 1 for a call FA4 runs with its own masking (``magi_ffa.fa4_runs_natively``), host or
-    remote, ``remote_cost`` for one that needs the mask function.
+    choice covers coarser, less fragmented dispatches.
 
     Why: min_heap balances area exactly but scatters a sequence's chunks over the ranks, so most of
     a sliding window's or a document mask's work becomes remote-stage fragments, which ran at about
@@ -138,8 +136,9 @@ class CostAwareDispatchAlg(DispatchAlg):
     algorithms"), while sequential keeps neighbours together at the price of imbalance. Which one
     wins depends on the mask; this measures it on the plan. Pure and deterministic: every rank
     makes the same choice without communication. Costs one dispatch solve and plan per candidate
-    and factor, once per key. Why factors: on 2 H200s, varlen causal at 64k ran fastest with
-    min_heap at chunk 4096 (native remote stages), at 32k with sorted_sequential_select at 512.
+    and factor, once per key. Why factors: on 2 H200s, varlen causal at 64k ran 1.13 / 1.42x faster
+    (forward / backward) with min_heap at chunk 4096, where FA4 runs the remote stage with its own
+    varlen masking, than with the best choice at chunk 512 (BENCHMARKS.md "Coarser chunks").
     """
 
     candidates: tuple[str, ...] = ("min_heap", "sequential", "sorted_sequential_select")

@@ -18,9 +18,8 @@ from magi_attention.config import CostAwareDispatchAlg, DistAttnConfig
 from magi_attention.env import check_flag_comb
 from magi_attention.errors import MagiAttentionError
 from magi_attention.functional.dispatch import ChunkLayout, dispatch_func, undispatch_func
-from magi_attention.meta.dispatch_choice import fa4_call_cost, solve_dispatch
+from magi_attention.meta.dispatch_choice import solve_dispatch
 from magi_attention.meta.key import DistAttnRuntimeKey, resolve_cp_group
-from magi_attention.runtime._common import kernel_backend
 from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
 from magi_attention.runtime.dist_attn import DistAttnRuntime, dist_attn_func
 from magi_attention.runtime.qo_comm import QOCommRuntime, qo_comm_attn_func
@@ -231,11 +230,8 @@ def init_dist_attn_runtime_mgr(key: DistAttnRuntimeKey,
     qr, kr, types = list(key.q_ranges), list(key.k_ranges), list(key.attn_mask_type)
     if ref_dispatch_meta is None:
         chunk = key.chunk_size if cp_size > 1 else key.total_seqlen_q
-        alg = key.dist_attn_config.dispatch_config.alg
-        call_cost = (fa4_call_cost(alg.remote_cost)
-                     if isinstance(alg, CostAwareDispatchAlg) and kernel_backend(key.flags) == "fa4" else None)
-        dispatch_meta = solve_dispatch(alg, qr, kr, types, key.total_seqlen_q, chunk, cp_size,
-                                       _overlap_params(key.dist_attn_config), call_cost)
+        dispatch_meta = solve_dispatch(key.dist_attn_config.dispatch_config.alg, qr, kr, types,
+                                       key.total_seqlen_q, chunk, cp_size, _overlap_params(key.dist_attn_config))
     else:
         dispatch_meta = ref_dispatch_meta
     rank = dist.get_rank(key.cp_group)
