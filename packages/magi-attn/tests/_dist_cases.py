@@ -106,6 +106,16 @@ def run_cases(cases, group=None, rank_label=""):
         lout, meta = calc_attn(lq, lk, lv, key, sink=sink, softcap=softcap,
                                return_max_logits=want_ml)
         assert lout.dtype == dt, f"{case['name']}: out is {lout.dtype}, not the input dtype {dt}"
+        if "dispatch_chunk" in case:  # the dispatch solved coarser than the key's chunk size
+            from magi_attention.api import get_position_ids
+            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+            dm = dist_attn_runtime_dict_mgr.get_mgr(key).dispatch_meta
+            want_chunk = case["dispatch_chunk"].get(world, chunk if world > 1 else T)  # world 1: one chunk
+            assert dm.chunk_size == want_chunk, f"{case['name']}: dispatch chunk {dm.chunk_size} != {want_chunk}"
+            assert pad == 0, f"{case['name']}: the position check assumes no padding"
+            positions = dispatch(torch.arange(T, dtype=torch.float64)[:, None], key)[:, 0]
+            assert torch.equal(get_position_ids(key).long(), positions.long())
         if "cast_lists" in case:
             from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
 

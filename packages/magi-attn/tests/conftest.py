@@ -44,7 +44,7 @@ def dist_cases(world: int) -> list[dict]:
         # cost-aware at world 2 picks chunk 16 for these documents (twice the key's 8): a dispatch
         # whose chunks are coarser than the key's (tests/test_dispatch_choice.py covers the choice)
         dict(base, name="cost-aware-coarse-chunks", mask="varlen_causal", cu=[0, 29, 70, 96], degree=2,
-             dispatch="cost_aware"),
+             dispatch="cost_aware", dispatch_chunk={2: 16}),
         dict(base, name="kv-strided-views", mask="causal", degree=2, kv_views=True),
     ]
     return cases[::2] if world in (1, 3) else cases

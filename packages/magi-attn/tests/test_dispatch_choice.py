@@ -23,7 +23,7 @@ def _masks():
                [1] + [3] * ((T - window) // CHUNK))
     causal = ([[0, T]], [[0, T]], [1])
     # long-tailed causal documents (one draw of bench_dist's generator at this size)
-    cu = [0, 243, 568, 782, 1070, 1224, 3272, 3401, T]
+    cu = [0, 141, 323, 779, 1724, 1898, 2059, 2249, 2389, 2706, 2841, 3033, T]
     docs = ([[a, b] for a, b in zip(cu, cu[1:])], [[a, b] for a, b in zip(cu, cu[1:])], [1] * (len(cu) - 1))
     return {"sliding window": sliding, "causal": causal, "documents": docs}
 

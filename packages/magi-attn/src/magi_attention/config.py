@@ -136,13 +136,14 @@ class CostAwareDispatchAlg(DispatchAlg):
     algorithms"), while sequential keeps neighbours together at the price of imbalance. Which one
     wins depends on the mask; this measures it on the plan. Pure and deterministic: every rank
     makes the same choice without communication. Costs one dispatch solve and plan per candidate
-    and factor, once per key. Why factors: on 2 H200s, varlen causal at 64k ran 1.13 / 1.42x faster
-    (forward / backward) with min_heap at chunk 4096, where FA4 runs the remote stage with its own
-    varlen masking, than with the best choice at chunk 512 (BENCHMARKS.md "Coarser chunks").
+    and factor, once per key. Measured on 2 H200s (BENCHMARKS.md "Coarser chunks"): the factors
+    make varlen causal at 64k pick min_heap at chunk 4096, 1.17-1.20 / 1.35-1.38x (forward /
+    backward) over chunk 512, and ``remote_cost`` 1.75 (2.0 before) makes it at 128k pick a
+    balanced min_heap at chunk 2048 over an unbalanced sorted_sequential_select, 1.24 / 1.28x.
     """
 
     candidates: tuple[str, ...] = ("min_heap", "sequential", "sorted_sequential_select")
-    remote_cost: float = 2.0
+    remote_cost: float = 1.75
     chunk_factors: tuple[int, ...] = (1, 2, 4, 8, 16)
     type = DispatchAlgType.COST_AWARE
     is_partitions_returned = True
