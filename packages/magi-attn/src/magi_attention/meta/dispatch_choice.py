@@ -28,8 +28,9 @@ def planned_work(plan: Any, cp_size: int, remote_cost: float) -> list[float]:
 def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: int, chunk_size: int,
                    cp_size: int, overlap_params: Any) -> Any:
     """The dispatch meta of ``alg``; for CostAwareDispatchAlg, that of the candidate (algorithm and
-    chunk factor) whose busiest rank has the least planned work (the first on ties: factors in
-    order, so the finest chunking of equal cost, and candidates in order within each)."""
+    chunk factor) whose busiest rank has the least planned work (the first on ties: factors in the
+    order given, which the default ascends so the finest chunking of equal cost wins, and
+    candidates in order within each)."""
     solver = _compat.solver
 
     def solve(name: str, chunk: int = chunk_size, **kwargs):
