@@ -34,6 +34,13 @@ def test_check_interface_with_fake_module(version, ok):
         assert "magi_grpcoll" in msg and version in msg and ">=1.0,<2" in msg and "Fix:" in msg
 
 
+def test_offers_reads_the_interface_version():
+    fake = types.ModuleType("magi_ffa")
+    assert not _compat.offers(fake, ">=1.0")  # no INTERFACE_VERSION: offers nothing
+    fake.INTERFACE_VERSION = "1.2"
+    assert _compat.offers(fake, ">=1.2") and not _compat.offers(fake, ">=1.3")
+
+
 def test_installed_lower_wheels_pass():
     for name, mod in (("magi_ffa", _compat.ffa), ("magi_grpcoll", _compat.grpcoll),
                       ("magi_solver", _compat.solver)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["REQUIRED", "DIST_PINS", "check_interface", "parse_spec", "version_satisfies",
+__all__ = ["REQUIRED", "DIST_PINS", "check_interface", "offers", "parse_spec", "version_satisfies",
            "ffa", "grpcoll", "solver", "make_dynamic_plan", "DynamicPlan"]
 
 # Interface-version ranges this magi_attention release is written against (contracts.md).
@@ -67,6 +67,12 @@ def version_satisfies(version: str, spec: str) -> bool:
     ops = {">=": lambda c: c >= 0, "<=": lambda c: c <= 0, "==": lambda c: c == 0,
            "!=": lambda c: c != 0, ">": lambda c: c > 0, "<": lambda c: c < 0}
     return all(ops[op](_cmp(v, bound)) for op, bound in parse_spec(spec))
+
+
+def offers(module: ModuleType, spec: str) -> bool:
+    """Whether ``module.INTERFACE_VERSION`` satisfies ``spec`` (a feature added in that interface
+    is there); a module without one offers nothing."""
+    return version_satisfies(str(getattr(module, "INTERFACE_VERSION", "0")), spec)
 
 
 def check_interface(name: str, module: ModuleType) -> None:

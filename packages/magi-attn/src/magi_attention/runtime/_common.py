@@ -40,13 +40,13 @@ def writes_buffers() -> bool:
     """Whether the loaded magi_ffa can write a call's result over a buffer and keep out/dq/dk/dv in
     the input dtype (interface 1.3, ``overwrite=``): then a buffer's first contributor writes it
     (no zero-fill) and one with at most two contributors needs no fp32 copy and no final cast."""
-    return _compat.version_satisfies(str(getattr(_compat.ffa, "INTERFACE_VERSION", "0")), ">=1.3")
+    return _compat.offers(_compat.ffa, ">=1.3")
 
 
 def cast_lists() -> bool:
     """Whether the loaded magi_grpcoll casts a list of tensors in one call (interface 1.2): then K
     and V travel without being concatenated first (a copy of both on every forward and backward)."""
-    return _compat.version_satisfies(str(getattr(_compat.grpcoll, "INTERFACE_VERSION", "0")), ">=1.2")
+    return _compat.offers(_compat.grpcoll, ">=1.2")
 
 
 def value_dtype(dtype: torch.dtype, contributors: int) -> torch.dtype:

@@ -228,10 +228,11 @@ def init_dist_attn_runtime_mgr(key: DistAttnRuntimeKey,
     """Solve dispatch (or reuse ``ref_dispatch_meta``) and plan this rank's stages."""
     cp_size = dist.get_world_size(key.cp_group)
     qr, kr, types = list(key.q_ranges), list(key.k_ranges), list(key.attn_mask_type)
+    overlap = _overlap_params(key.dist_attn_config)
     if ref_dispatch_meta is None:
         chunk = key.chunk_size if cp_size > 1 else key.total_seqlen_q
         dispatch_meta = solve_dispatch(key.dist_attn_config.dispatch_config.alg, qr, kr, types,
-                                       key.total_seqlen_q, chunk, cp_size, _overlap_params(key.dist_attn_config))
+                                       key.total_seqlen_q, chunk, cp_size, overlap)
     else:
         dispatch_meta = ref_dispatch_meta
     rank = dist.get_rank(key.cp_group)
@@ -242,7 +243,7 @@ def init_dist_attn_runtime_mgr(key: DistAttnRuntimeKey,
             ranks=[rank])
     else:
         plan = _compat.solver.make_dist_attn_plan(
-            qr, kr, types, dispatch_meta, _overlap_params(key.dist_attn_config), ranks=[rank])
+            qr, kr, types, dispatch_meta, overlap, ranks=[rank])
     return DistAttnRuntimeMgr(key, dispatch_meta, plan)
 
 
