@@ -19,12 +19,13 @@ which every peer reached after finishing its reads of half p (its own and its pe
 k-2, so no barrier is needed before the writes. This needs the native ops of one group to be
 issued in the same order on every rank.
 
-Everything runs on a side CUDA stream (after the current stream's prior work); the returned
-work's ``wait_post_process()`` makes the current stream wait for it and returns the tensors given
-to the call. Until then, do not touch ``output`` (a reduce reads it on the comm stream). Binding a
-plan the first time needs remote meta: one all_to_all (cast) or all_gather (reduce) of small int
-tensors plus an all_reduce for the buffer size; the binding is cached on the plan. A bound plan
-called again on tensors at the same addresses replays its launches from a CUDA graph
+Everything runs on a side CUDA stream of high priority (``COMM_STREAM_PRIORITY``), after the
+current stream's prior work; the returned work's ``wait_post_process()`` makes the current stream
+wait for it and returns the tensors given to the call. Until then, do not touch ``output`` (a
+reduce reads it on the comm stream). Binding a plan the first time needs remote meta: one
+all_to_all (cast) or all_gather (reduce) of small int tensors plus an all_reduce for the buffer
+size; the binding is cached on the plan. A bound plan called again on tensors at the same
+addresses replays its launches from a CUDA graph
 (``impl._graphs``): the same kernels in the same order, for ~0.05 ms of host time instead of 0.1-0.3.
 """
 
@@ -170,11 +171,19 @@ class _StreamWork:
 
 _comm_streams: dict = {}
 
+#: CUDA stream priority of the comm stream (lower is higher; torch clamps to the device's range).
+#: Why high: the attention kernels it overlaps (FA4 causal/varlen, Triton FFA) launch one CTA per
+#: tile, and at equal priority the block scheduler hands out every pending CTA of the kernel that
+#: came first before any CTA of a copy queued behind it, so a cast issued before an attention call
+#: ran only as that call drained (measured: each stage's K/V arrived after the previous stage's
+#: kernel, fully exposed). At high priority the copies take SMs as the first CTAs retire.
+COMM_STREAM_PRIORITY = -1
+
 
 def _comm_stream(device):
     s = _comm_streams.get(device)
     if s is None:
-        s = _comm_streams[device] = torch.cuda.Stream(device=device)
+        s = _comm_streams[device] = torch.cuda.Stream(device=device, priority=COMM_STREAM_PRIORITY)
     return s
 
 
