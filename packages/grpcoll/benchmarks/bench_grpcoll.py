@@ -112,12 +112,8 @@ def _bench_one(tokens, rank, world, dev):
     return (tokens, nbytes, t_cast, t_red, t_ncast, t_nred, t_raw, t_ecast, t_ered)
 
 
-def _worker(rank, world, port, q, tokens_list, copy_programs=None):
+def _worker(rank, world, port, q, tokens_list):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if copy_programs is not None:
-        from magi_grpcoll.impl import native
-
-        native.COPY_PROGRAMS = copy_programs or None
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device("cuda", rank))
     dev = torch.device("cuda", rank)
@@ -146,8 +142,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, nargs="+", default=TOKENS, help="tokens per rank")
     ap.add_argument("--out", default=None, help="folder for bench_grpcoll.md")
-    ap.add_argument("--copy-programs", type=int, default=None,
-                    help="programs per native chunk copy (default: the library's; 0: one per chunk)")
     args = ap.parse_args(argv)
     world = min(torch.cuda.device_count(), 2) if torch.cuda.is_available() else 0
     if world < 2:
@@ -158,7 +152,7 @@ def main(argv=None) -> int:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, q, args.tokens, args.copy_programs)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, q, args.tokens)) for r in range(world)]
     for p in procs:
         p.start()
     rows = q.get(timeout=600)

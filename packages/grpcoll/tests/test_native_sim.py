@@ -6,8 +6,7 @@ then the chunk-copy kernel (Triton interpreter) pushes each rank's rows into the
 then each rank runs its post step. This checks the chunk tables, the self-rows-to-output shortcut,
 the buffer-half offsets, the post copy and the reduce's push/stage split and its fold from where
 each contribution lives (every op, with and without acc_reduce, pushing none, half or all of the
-peer-bound rows) against the definition and, bit for bit, against the a2a-v fold, with one program
-per chunk and with a bounded grid whose programs loop over chunks; symmetric
+peer-bound rows) against the definition and, bit for bit, against the a2a-v fold; symmetric
 memory, streams and the barrier are left to the GPU test.
 """
 
@@ -44,8 +43,7 @@ def _addr_table(bufs):
     return table, table.data_ptr()
 
 
-def _simulate(world: int, rng: random.Random, gen: torch.Generator, max_programs: int | None) -> None:
-    """One random cast and reduce; ``max_programs`` bounds the copy grid (programs loop over chunks)."""
+def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     from magi_grpcoll.impl.native import cast_binding, cast_receive_positions, reduce_binding
     from magi_grpcoll.kernels import fold_from_sources, reduce_rows
     from magi_grpcoll.kernels.chunk_copy import copy_chunks, row_bytes
@@ -66,10 +64,10 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator, max_programs
     table, addr = _addr_table(bufs)
     for p in range(world):
         copy_chunks(xs[p], binds[p].table("push", rb), out=outs[p], peer_bufs_addr=addr,
-                    dst_offset_bytes=half * cap * rb, peer_align_16=False, max_programs=max_programs)
+                    dst_offset_bytes=half * cap * rb, peer_align_16=False)
     for p in range(world):  # after the barrier: peer-sourced rows out of the buffer
         region = bufs[p][half * cap * 12:].view(cap, 3, 4)
-        copy_chunks(region, binds[p].table("post", rb), out=outs[p], max_programs=max_programs)
+        copy_chunks(region, binds[p].table("post", rb), out=outs[p])
     ref = ref_group_cast(xs, meta.in_sizes, meta.dst_indices, meta.out_sizes, meta.src_index)
     for p in range(world):
         assert torch.equal(outs[p], ref[p]), f"cast rank {p}"
@@ -97,10 +95,10 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator, max_programs
         lse_op = op == "lse"
         for p in range(world):  # pushes into the owners' receive regions, stage copies into its own
             copy_chunks(ins[p], rbinds[p].table("send", rb), out=bufs[p][offs[1]:], peer_bufs_addr=addr,
-                        dst_offset_bytes=offs[0] * 4, peer_align_16=False, max_programs=max_programs)
+                        dst_offset_bytes=offs[0] * 4, peer_align_16=False)
             if lse_op:
                 copy_chunks(ins_l[p], rbinds[p].table("send", 12), out=bufs[p][offs[3]:], peer_bufs_addr=addr,
-                            dst_offset_bytes=offs[2] * 4, peer_align_16=False, max_programs=max_programs)
+                            dst_offset_bytes=offs[2] * 4, peer_align_16=False)
         for p in range(world):  # after the barrier: one fold reading every contribution where it lives
             base = bufs[p].data_ptr()
             fold_from_sources(got[p], ins[p], rbinds[p].sources, op, acc_reduce=acc, received_addr=base,
@@ -147,6 +145,6 @@ def test_native_data_path_under_interpreter():
 if __name__ == "__main__":  # the Triton interpreter run
     assert os.environ.get("TRITON_INTERPRET") == "1"
     _rng, _gen = random.Random(11), torch.Generator().manual_seed(11)
-    for _world, _programs in ((2, None), (3, 1), (4, 2), (4, None)):
-        _simulate(_world, _rng, _gen, _programs)
+    for _world in (2, 3, 4, 4):
+        _simulate(_world, _rng, _gen)
     print("native data path ok")

@@ -178,10 +178,6 @@ _comm_streams: dict = {}
 #: ran only as that call drained (measured: each stage's K/V arrived after the previous stage's
 #: kernel, fully exposed). At high priority the copies take SMs as the first CTAs retire.
 COMM_STREAM_PRIORITY = -1
-#: Programs per chunk copy (each loops over chunks; None: one per chunk). Why bounded: at high
-#: priority an unbounded copy takes every SM slot the attention kernel frees, which then waits for
-#: the copy; a few programs keep NVLink busy while the attention kernel keeps nearly every SM.
-COPY_PROGRAMS: int | None = 64
 
 
 def _comm_stream(device):
@@ -350,11 +346,10 @@ class NativeImpl(GrpCollImpl):
 
         def launch():
             for (src, dst), off, (push, _) in zip(pairs, offs, tables):
-                copy_chunks(src, push, out=dst, peer_bufs_addr=peer_bufs, dst_offset_bytes=off,
-                            max_programs=COPY_PROGRAMS)
+                copy_chunks(src, push, out=dst, peer_bufs_addr=peer_bufs, dst_offset_bytes=off)
             hdl.barrier(channel=0)  # every peer's rows have landed here
             for (_, dst), off, rb, (_, post_table) in zip(pairs, offs, rbs, tables):
-                copy_chunks(buf[off:off + cap * rb].view(cap, rb), post_table, out=dst, max_programs=COPY_PROGRAMS)
+                copy_chunks(buf[off:off + cap * rb].view(cap, rb), post_table, out=dst)
 
         key = ("cast", gen, offs, *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
         ev = _on_comm_stream(dev, [t for pair in pairs for t in pair],
@@ -382,8 +377,7 @@ class NativeImpl(GrpCollImpl):
 
         def launch():
             for s, table, (recv_off, stage_off) in zip(srcs, tables, (offs[:2], offs[2:])):
-                copy_chunks(s, table, out=buf[stage_off:], peer_bufs_addr=peer_bufs, dst_offset_bytes=recv_off,
-                            max_programs=COPY_PROGRAMS)
+                copy_chunks(s, table, out=buf[stage_off:], peer_bufs_addr=peer_bufs, dst_offset_bytes=recv_off)
             hdl.barrier(channel=0)  # every push has landed, every peer's stage is written
             base = buf.data_ptr()
             fold_from_sources(output, x, b.sources, reduce_op, acc_reduce=acc_reduce, received_addr=base + offs[0],

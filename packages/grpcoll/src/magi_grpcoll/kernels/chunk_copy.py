@@ -71,37 +71,35 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
-    def _copy_chunks_kernel(chunks_ptr, n_chunks, src_addr, peer_bufs_addr, out_addr, dst_offset_bytes,
-                            row_words, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
-        # program p moves chunks p, p + P, p + 2P, ... (P programs); data moves as int32 words (row
-        # sizes are multiples of 4 bytes). Addresses arrive as Python ints (typed i32 when small,
-        # e.g. 0): widen before the cast.
+    def _copy_chunks_kernel(chunks_ptr, src_addr, peer_bufs_addr, out_addr, dst_offset_bytes, row_words,
+                            ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+        # one program per chunk; data moves as int32 words (row sizes are multiples of 4 bytes)
+        c = tl.program_id(0).to(tl.int64)
+        s = tl.load(chunks_ptr + c * 4)
+        d = tl.load(chunks_ptr + c * 4 + 1)
+        n = tl.load(chunks_ptr + c * 4 + 2)
+        who = tl.load(chunks_ptr + c * 4 + 3)
+        # addresses arrive as Python ints (typed i32 when small, e.g. 0): widen before the cast
         peer_bufs = peer_bufs_addr.to(tl.int64).to(tl.pointer_type(tl.int64))
-        src_base = src_addr.to(tl.int64).to(tl.pointer_type(tl.int32))
+        peer_base = tl.load(peer_bufs + tl.maximum(who, 0), mask=who >= 0, other=0) + dst_offset_bytes
+        base = tl.where(who >= 0, peer_base, out_addr.to(tl.int64)).to(tl.pointer_type(tl.int32))
         if ALIGNED:  # every base address and row size is a multiple of 16 bytes: vector accesses
+            base = tl.multiple_of(base, 16)
+        src_base = src_addr.to(tl.int64).to(tl.pointer_type(tl.int32))
+        if ALIGNED:
             src_base = tl.multiple_of(src_base, 16)
-        for i in range(tl.program_id(0), n_chunks, tl.num_programs(0)):
-            c = tl.cast(i, tl.int64)
-            s = tl.load(chunks_ptr + c * 4)
-            d = tl.load(chunks_ptr + c * 4 + 1)
-            n = tl.load(chunks_ptr + c * 4 + 2)
-            who = tl.load(chunks_ptr + c * 4 + 3)
-            peer_base = tl.load(peer_bufs + tl.maximum(who, 0), mask=who >= 0, other=0) + dst_offset_bytes
-            base = tl.where(who >= 0, peer_base, out_addr.to(tl.int64)).to(tl.pointer_type(tl.int32))
-            if ALIGNED:
-                base = tl.multiple_of(base, 16)
-            dst = base + d * row_words
-            src = src_base + s * row_words
-            total = n * row_words
-            for off in range(0, total, BLOCK):
-                o = tl.max_contiguous(tl.multiple_of(off + tl.arange(0, BLOCK), BLOCK), BLOCK)
-                m = o < total
-                tl.store(dst + o, tl.load(src + o, mask=m), mask=m)
+        dst = base + d * row_words
+        src = src_base + s * row_words
+        total = n * row_words
+        for off in range(0, total, BLOCK):
+            o = tl.max_contiguous(tl.multiple_of(off + tl.arange(0, BLOCK), BLOCK), BLOCK)
+            m = o < total
+            tl.store(dst + o, tl.load(src + o, mask=m), mask=m)
 
 
 def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | None = None,
                 peer_bufs_addr: int = 0, dst_offset_bytes: int = 0, peer_align_16: bool = True,
-                block_words: int = _BLOCK_WORDS, num_warps: int = 4, max_programs: int | None = None) -> None:
+                block_words: int = _BLOCK_WORDS, num_warps: int = 4) -> None:
     """Run a chunk table (see :func:`build_chunks`) on the current stream.
 
     Args:
@@ -113,9 +111,6 @@ def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | 
         peer_align_16: the peer buffer addresses are multiples of 16 bytes.
         block_words / num_warps: launch shape (the defaults were measured best; profile_native.py
             sweeps them).
-        max_programs: at most this many programs, each looping over chunks (default: one program
-            per chunk). Why bound it: a copy that overlaps an attention kernel should hold a few
-            SMs for longer rather than take every SM the kernel frees (NVLink, not SMs, sets its pace).
     """
     n_chunks = int(chunks.shape[0])
     if n_chunks == 0:
@@ -129,8 +124,5 @@ def copy_chunks(src: torch.Tensor, chunks: torch.Tensor, *, out: torch.Tensor | 
     out_addr = out.data_ptr() if out is not None else 0
     aligned = (rb % 16 == 0 and src_addr % 16 == 0 and out_addr % 16 == 0
                and dst_offset_bytes % 16 == 0 and peer_align_16)
-    if max_programs is not None and max_programs < 1:
-        raise ValueError(f"copy_chunks(): max_programs must be >= 1, got {max_programs}.")
-    programs = n_chunks if max_programs is None else min(n_chunks, max_programs)
-    _copy_chunks_kernel[(programs,)](chunks, n_chunks, src_addr, peer_bufs_addr, out_addr, dst_offset_bytes,
-                                     rb // 4, ALIGNED=aligned, BLOCK=block_words, num_warps=num_warps)
+    _copy_chunks_kernel[(n_chunks,)](chunks, src_addr, peer_bufs_addr, out_addr, dst_offset_bytes, rb // 4,
+                                     ALIGNED=aligned, BLOCK=block_words, num_warps=num_warps)
