@@ -112,8 +112,12 @@ def _bench_one(tokens, rank, world, dev):
     return (tokens, nbytes, t_cast, t_red, t_ncast, t_nred, t_raw, t_ecast, t_ered)
 
 
-def _worker(rank, world, port, q, tokens_list):
+def _worker(rank, world, port, q, tokens_list, copy_engine=None):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if copy_engine is not None:
+        from magi_grpcoll.impl import native
+
+        native.COPY_ENGINE_CASTS = bool(copy_engine)
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device("cuda", rank))
     dev = torch.device("cuda", rank)
@@ -142,6 +146,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, nargs="+", default=TOKENS, help="tokens per rank")
     ap.add_argument("--out", default=None, help="folder for bench_grpcoll.md")
+    ap.add_argument("--copy-engine", type=int, choices=(0, 1), default=None,
+                    help="native casts through the copy engines (1, the default) or the chunk-copy kernel (0)")
     args = ap.parse_args(argv)
     world = min(torch.cuda.device_count(), 2) if torch.cuda.is_available() else 0
     if world < 2:
@@ -152,7 +158,7 @@ def main(argv=None) -> int:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, q, args.tokens)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, q, args.tokens, args.copy_engine)) for r in range(world)]
     for p in procs:
         p.start()
     rows = q.get(timeout=600)

@@ -1,5 +1,6 @@
-"""GPU checks (2 CUDA devices, NCCL): a2a-v and native give exactly the reference (cast bitwise, a
-list of tensors too; reduce within rounding), lse and avg included; Triton kernels on CUDA match the torch ones."""
+"""GPU checks (2 CUDA devices, NCCL): a2a-v and native (casts through the copy engines, and through the
+chunk-copy kernel) give exactly the reference (cast bitwise, a list of tensors too; reduce within
+rounding), lse and avg included; Triton kernels on CUDA match the torch ones."""
 
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def _spawn_two(job, *args):
 
 def _nccl_job(rank, world, port, impl):
     from magi_grpcoll import group_cast, group_reduce
+    from magi_grpcoll.impl import native
 
+    if impl == "native-kernel-copies":  # casts through the chunk-copy kernel, not the copy engines
+        native.COPY_ENGINE_CASTS, impl = False, "native"
     dist = _init_nccl(rank, world, port)
     try:
         rng = random.Random(3)
@@ -86,7 +90,7 @@ def _nccl_job(rank, world, port, impl):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("impl", ["a2av", "native"])
+@pytest.mark.parametrize("impl", ["a2av", "native", "native-kernel-copies"])
 def test_nccl_impl_matches_reference(impl):
     _spawn_two(_nccl_job, impl)
 

@@ -6,7 +6,8 @@ then the chunk-copy kernel (Triton interpreter) pushes each rank's rows into the
 then each rank runs its post step. This checks the chunk tables, the self-rows-to-output shortcut,
 the buffer-half offsets, the post copy and the reduce's push/stage split and its fold from where
 each contribution lives (every op, with and without acc_reduce, pushing none, half or all of the
-peer-bound rows) against the definition and, bit for bit, against the a2a-v fold; symmetric
+peer-bound rows) against the definition and, bit for bit, against the a2a-v fold; and the cast's
+copy-engine path (whole runs copied as row slices); symmetric
 memory, streams and the barrier are left to the GPU test.
 """
 
@@ -46,7 +47,7 @@ def _addr_table(bufs):
 def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     from magi_grpcoll.impl.native import cast_binding, cast_receive_positions, reduce_binding
     from magi_grpcoll.kernels import fold_from_sources, reduce_rows
-    from magi_grpcoll.kernels.chunk_copy import copy_chunks, row_bytes
+    from magi_grpcoll.kernels.chunk_copy import copy_chunks, copy_runs, row_bytes
     from magi_grpcoll.plan import GroupCastPlan, GroupReducePlan
 
     meta = random_cast_meta(world, rng, max_len=7)
@@ -71,6 +72,17 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     ref = ref_group_cast(xs, meta.in_sizes, meta.dst_indices, meta.out_sizes, meta.src_index)
     for p in range(world):
         assert torch.equal(outs[p], ref[p]), f"cast rank {p}"
+    # the copy-engine path: the same runs, unsplit, as row-slice copies into the peers' regions
+    outs = [torch.full_like(o, float("nan")) for o in outs]
+    bufs = [torch.full_like(b, float("nan")) for b in bufs]
+    regions = [b[half * cap * 12:(half + 1) * cap * 12].view(cap, 12) for b in bufs]
+    for p in range(world):
+        copy_runs(xs[p].view(-1, 12), binds[p].runs("push"), out=outs[p].view(-1, 12),
+                  peer_views={q: regions[q] for q in range(world) if q != p})
+    for p in range(world):
+        copy_runs(regions[p], binds[p].runs("post"), out=outs[p].view(-1, 12), peer_views={})
+    for p in range(world):
+        assert torch.equal(outs[p], ref[p]), f"copy-engine cast rank {p}"
 
     rm = reduce_meta_of(meta)
     rplans = [GroupReducePlan.build(*rm[p], rank=p, world_size=world) for p in range(world)]

@@ -395,6 +395,9 @@ def parse_args(argv=None):
     p.add_argument("--comm-stream-priority", type=int, default=None,
                    help="CUDA priority of the native group collectives' comm stream (default: the "
                         "library's, high; 0 gives the old equal-priority stream, for an A/B)")
+    p.add_argument("--comm-copy-engine", type=int, choices=(0, 1), default=None,
+                   help="native casts through the copy engines (1, the library's default) or the "
+                        "chunk-copy kernel (0), for an A/B")
     return p.parse_args(argv)
 
 
@@ -447,10 +450,13 @@ def main(argv=None) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
-    if a.comm_stream_priority is not None:
+    if a.comm_stream_priority is not None or a.comm_copy_engine is not None:
         from magi_grpcoll.impl import native
 
-        native.COMM_STREAM_PRIORITY = a.comm_stream_priority
+        if a.comm_stream_priority is not None:
+            native.COMM_STREAM_PRIORITY = a.comm_stream_priority
+        if a.comm_copy_engine is not None:
+            native.COPY_ENGINE_CASTS = bool(a.comm_copy_engine)
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
@@ -552,9 +558,9 @@ def main(argv=None) -> int:
                   "heads (hq/hk)": f"{hq}/{hk}", "head dim": d, "chunk size": a.chunk_size, "dispatch alg": a.dispatch_alg,
                   "overlap degree": a.degree or "library default",
                   "ffa kernel backend": _ffa_backend_name(),
-                  "group collectives": _grpcoll_impl_name() + (
-                      f" (comm stream priority {a.comm_stream_priority})"
-                      if a.comm_stream_priority is not None else ""),
+                  "group collectives": _grpcoll_impl_name() + "".join(
+                      f" ({k} {v})" for k, v in (("comm stream priority", a.comm_stream_priority),
+                                                 ("copy engine casts", a.comm_copy_engine)) if v is not None),
                   "warmup/repeats": f"{a.warmup}/{a.repeats}", "torch": torch.__version__,
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}
         write_outputs(Path(a.out), rows, skipped, header)

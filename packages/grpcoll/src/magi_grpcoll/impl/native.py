@@ -6,7 +6,9 @@ the user input in place (no pre-gather) and moves runs of rows in one launch:
 
 * cast: rows bound for a peer go into that peer's buffer at their *final* output positions; rows a
   rank sends itself go straight into its output. After the barrier, each rank copies only its
-  peer-sourced output runs out of its buffer.
+  peer-sourced output runs out of its buffer. By default the runs move through the copy engines
+  (one cudaMemcpyAsync per run into the peer's mapped buffer: ``COPY_ENGINE_CASTS``), not the
+  kernel, so a cast takes no SM from the attention kernel it overlaps.
 * reduce: of the rows bound for a peer, a share is pushed into the owner's receive region and the
   rest is copied into the sender's own stage region, in the same launch. After the barrier one
   float32 fold per rank reads every contribution where it lives (its own input, its receive region,
@@ -39,7 +41,7 @@ import torch.distributed as dist
 from magi_grpcoll.impl._graphs import LaunchGraphs
 from magi_grpcoll.impl.base import GrpCollImpl, cast_pairs, register_impl
 from magi_grpcoll.kernels._select import triton_available
-from magi_grpcoll.kernels.chunk_copy import build_chunks, copy_chunks, row_bytes
+from magi_grpcoll.kernels.chunk_copy import build_chunks, build_runs, copy_chunks, copy_runs, row_bytes
 from magi_grpcoll.kernels.range_reduce import OWN, RECEIVED, FoldSources, fold_from_sources
 
 __all__ = ["NativeImpl"]
@@ -63,6 +65,7 @@ class _Binding:
         self._copies, self.regions, self._device, self.sources = copies, regions, device, sources
         self.push_fraction = push_fraction
         self._tables: dict = {}
+        self._runs: dict = {}
         self.graphs = LaunchGraphs()
 
     def table(self, kind: str, nbytes: int) -> torch.Tensor:
@@ -72,6 +75,13 @@ class _Binding:
         if table is None:
             table = self._tables[key] = build_chunks(*self._copies[kind], nbytes, self._device)
         return table
+
+    def runs(self, kind: str) -> list[tuple[int, int, int, int]]:
+        """The whole runs of copy ``kind`` as host ints (for :func:`copy_runs`), made on first use."""
+        runs = self._runs.get(kind)
+        if runs is None:
+            runs = self._runs[kind] = build_runs(*self._copies[kind])
+        return runs
 
 
 class _Buffers:
@@ -130,6 +140,11 @@ class _Buffers:
         return cur["buf"], cur["hdl"], cur["peer_bufs"], parity * cur["half"], cur["gen"]
 
 
+def _byte_rows(t: torch.Tensor) -> torch.Tensor:
+    """[rows, row bytes] uint8 view of a contiguous tensor (what the copy-engine runs slice)."""
+    return t.view(torch.uint8).view(t.shape[0], row_bytes(t))
+
+
 def _plan_send_layout(plan):
     """send_rows (input rows in a2a send order) and the destination rank of each, as int64 lists/tensors."""
     dev = plan.device
@@ -178,6 +193,12 @@ _comm_streams: dict = {}
 #: ran only as that call drained (measured: each stage's K/V arrived after the previous stage's
 #: kernel, fully exposed). At high priority the copies take SMs as the first CTAs retire.
 COMM_STREAM_PRIORITY = -1
+#: Casts move their rows with the copy engines (one cudaMemcpyAsync per run, see ``copy_runs``)
+#: instead of the chunk-copy kernel. Why: the kernel's programs take SMs, and an attention kernel
+#: that needs a whole SM per CTA (FA4) then waits for the copy; the copy engines take none, so the
+#: cast runs under the attention kernel instead of before or after it. The reduce keeps the kernel
+#: (its fold must read the staged rows anyway).
+COPY_ENGINE_CASTS = True
 
 
 def _comm_stream(device):
@@ -342,16 +363,31 @@ class NativeImpl(GrpCollImpl):
         cap = b.regions[0]
         rbs = [row_bytes(s) for s, _ in pairs]
         buf, hdl, peer_bufs, offs, gen = self._regions(group, dev, [cap * rb for rb in rbs])
-        tables = [(b.table("push", rb), b.table("post", rb)) for rb in rbs]  # never made inside a capture
+        engines = COPY_ENGINE_CASTS
+        if engines:  # never made inside a capture
+            push_runs, post_runs = b.runs("push"), b.runs("post")
+            peers = {who for *_, who in push_runs if who >= 0}
+        else:
+            tables = [(b.table("push", rb), b.table("post", rb)) for rb in rbs]
 
         def launch():
-            for (src, dst), off, (push, _) in zip(pairs, offs, tables):
-                copy_chunks(src, push, out=dst, peer_bufs_addr=peer_bufs, dst_offset_bytes=off)
+            if engines:
+                for (src, dst), off, rb in zip(pairs, offs, rbs):
+                    views = {p: hdl.get_buffer(p, (cap, rb), torch.uint8, off) for p in peers}
+                    copy_runs(_byte_rows(src), push_runs, out=_byte_rows(dst), peer_views=views)
+            else:
+                for (src, dst), off, (push, _) in zip(pairs, offs, tables):
+                    copy_chunks(src, push, out=dst, peer_bufs_addr=peer_bufs, dst_offset_bytes=off)
             hdl.barrier(channel=0)  # every peer's rows have landed here
-            for (_, dst), off, rb, (_, post_table) in zip(pairs, offs, rbs, tables):
-                copy_chunks(buf[off:off + cap * rb].view(cap, rb), post_table, out=dst)
+            for i, ((_, dst), off, rb) in enumerate(zip(pairs, offs, rbs)):
+                region = buf[off:off + cap * rb].view(cap, rb)
+                if engines:
+                    copy_runs(region, post_runs, out=_byte_rows(dst), peer_views={})
+                else:
+                    copy_chunks(region, tables[i][1], out=dst)
 
-        key = ("cast", gen, offs, *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
+        key = ("cast", gen, offs, engines,
+               *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
         ev = _on_comm_stream(dev, [t for pair in pairs for t in pair],
                              lambda: b.graphs.run(key, launch))
         self._buffers.settle(ev)

@@ -17,7 +17,7 @@ import torch
 
 from magi_grpcoll.kernels._select import triton_available
 
-__all__ = ["CHUNK_BYTES", "build_chunks", "copy_chunks", "row_bytes"]
+__all__ = ["CHUNK_BYTES", "build_chunks", "build_runs", "copy_chunks", "copy_runs", "row_bytes"]
 
 CHUNK_BYTES = 64 * 1024  # bytes one program moves at most
 _BLOCK_WORDS = 2048  # 8 KiB per loop step: 16 words, four 16-byte accesses per thread (4 warps)
@@ -29,12 +29,13 @@ def row_bytes(t: torch.Tensor) -> int:
 
 
 def build_chunks(src_rows: torch.Tensor, dst_rows: torch.Tensor, dst: torch.Tensor, row_nbytes: int,
-                 device=None) -> torch.Tensor:
+                 device=None, max_bytes: int | None = CHUNK_BYTES) -> torch.Tensor:
     """Chunk table [C, 4] int64 (src_row, dst_row, n_rows, dst) of a row-by-row copy description.
 
     Row i goes from ``src_rows[i]`` to row ``dst_rows[i]`` of destination ``dst[i]``. Consecutive rows
     that continue each other on both sides and share a destination become one run; runs are cut so
-    that no chunk moves more than :data:`CHUNK_BYTES`. Built on the host, once per bound plan.
+    that no chunk moves more than ``max_bytes`` (None: whole runs). Built on the host, once per
+    bound plan.
     """
     src_rows, dst_rows, dst = (t.detach().to("cpu", torch.int64) for t in (src_rows, dst_rows, dst))
     n = int(src_rows.numel())
@@ -45,11 +46,35 @@ def build_chunks(src_rows: torch.Tensor, dst_rows: torch.Tensor, dst: torch.Tens
     run_first = torch.nonzero(brk).squeeze(1)
     run_of = torch.cumsum(brk.to(torch.int64), 0) - 1
     within = torch.arange(n) - run_first[run_of]
-    max_rows = max(1, CHUNK_BYTES // max(row_nbytes, 1))
+    max_rows = n if max_bytes is None else max(1, max_bytes // max(row_nbytes, 1))
     starts = torch.nonzero(brk | (within % max_rows == 0)).squeeze(1)
     lens = torch.diff(starts, append=torch.tensor([n]))
     table = _interleave(torch.stack([src_rows[starts], dst_rows[starts], lens, dst[starts]], dim=1))
     return table.to(device) if device is not None else table
+
+
+def build_runs(src_rows: torch.Tensor, dst_rows: torch.Tensor, dst: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """The whole runs (src_row, dst_row, n_rows, dst) of a row-by-row copy description, as host
+    ints: what :func:`copy_runs` issues, one copy per run."""
+    return [tuple(r) for r in build_chunks(src_rows, dst_rows, dst, 1, max_bytes=None).tolist()]
+
+
+def copy_runs(src: torch.Tensor, runs, *, out: torch.Tensor | None, peer_views) -> None:
+    """Copy each run with ``Tensor.copy_`` of contiguous row slices: on CUDA one ``cudaMemcpyAsync``
+    per run, which the copy engines carry (over NVLink when the destination is a peer's mapped
+    buffer) without taking an SM from the kernels running beside it.
+
+    Args:
+        src: [S, ...] rows to read (contiguous).
+        runs: (src_row, dst_row, n_rows, dst) from :func:`build_runs`.
+        out: the destination of runs with ``dst == -1`` (rows like ``src``'s).
+        peer_views: ``peer_views[r]`` is peer r's destination, rows like ``src``'s (for CUDA, a
+            tensor on this device mapping the peer's buffer, e.g. a symmetric-memory handle's
+            ``get_buffer``).
+    """
+    for s, d, n, who in runs:
+        target = out if who < 0 else peer_views[who]
+        target[d:d + n].copy_(src[s:s + n])
 
 
 def _interleave(table: torch.Tensor) -> torch.Tensor:
