@@ -23,7 +23,7 @@ def test_bench_dist_cpu_world4(tmp_path):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={WORLD}", str(BENCH), "--device", "cpu", "--quick",
-           "--out", str(tmp_path)]
+           "--comm-stream-priority", "0", "--comm-copy-engine", "0", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
     log = proc.stdout + proc.stderr
     errors = [ln for ln in log.splitlines() if "Error" in ln or "error" in ln][:20]
@@ -47,6 +47,8 @@ def test_bench_dist_cpu_world4(tmp_path):
     md = (tmp_path / "bench_dist.md").read_text()
     assert "world size: 4" in md and "git commit:" in md and "card:" in md
     assert "ffa kernel backend: auto" in md
+    # the native collectives' A/B switches are recorded (gloo runs a2a-v: they change nothing here)
+    assert "(comm stream priority 0) (copy engine casts 0)" in md
     assert "## skipped" in md and "efficiency" in md
     # the full mask's area is exact: T*T cells at every T
     full = [r for r in rows if r["mask"] == "full" and r["method"] == "magi"]
