@@ -9,8 +9,10 @@ Prints: host ms per forward and per backward (no sync inside), device ms per for
 functions of five forwards, and the top device kernels of two forward+backward passes. ``--stages`` adds,
 on rank 0, each kernel call of the rank's plan (host stage, remote stages) timed alone, with its area,
 TFLOP/s and, on the fa4 backend, the form FA4 runs it in; beside it the whole mask on one GPU, the
-efficiency reference. ``--cat-kv`` runs the K/V casts on ``cat([k, v])`` (the path for a magi_grpcoll
-without list casts), for a same-run comparison.
+efficiency reference. ``--trace DIR`` writes each rank's device timeline as CSV and prints its summary
+(``timeline_summary.py``: compute idle time, communication exposed vs under compute). ``--cat-kv``
+runs the K/V casts on ``cat([k, v])`` (the path for a magi_grpcoll without list casts), for a
+same-run comparison.
 """
 
 from __future__ import annotations
@@ -117,7 +119,13 @@ def main(argv=None) -> int:
     if rank == 0:
         print(tp.key_averages().table(sort_by="cuda_time_total", row_limit=18), flush=True)
     if args.trace:
-        write_timeline(tp, os.path.join(args.trace, f"timeline_{args.mask}_{T}_rank{rank}.csv"))
+        from timeline_summary import read_timeline, summarize
+
+        path = os.path.join(args.trace, f"timeline_{args.mask}_{T}_rank{rank}.csv")
+        write_timeline(tp, path)
+        s = summarize(read_timeline(path))
+        print(f"rank {rank} timeline ({path}): {s['span_us']:.0f} us, compute idle {s['compute_idle_us']:.0f} us, "
+              f"communication {s['comm_us']:.0f} us of which {s['comm_exposed_us']:.0f} us exposed", flush=True)
     del out
     dist.barrier()
     dist.destroy_process_group()

@@ -1,0 +1,47 @@
+"""timeline_summary.py (benchmarks): kernel kinds, and comm time split into exposed and overlapped,
+on a hand-made timeline whose answer is known."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).parents[1] / "benchmarks" / "timeline_summary.py"
+
+
+@pytest.fixture(scope="module")
+def ts():
+    spec = importlib.util.spec_from_file_location("timeline_summary", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_kinds(ts):
+    assert ts.kind_of("kernel_cutlass_kernel_flash_attncuteflash_bwd_preprocessFlashAttention") == "attention bwd pre"
+    assert ts.kind_of("kernel_cutlass_kernel_flash_attncuteflash_bwd_sm90FlashAttentionBackward") == "attention bwd"
+    assert ts.kind_of("ffa_bwd_dq_kernel") == "attention"
+    assert ts.kind_of("Memcpy DtoD (Device -> Device)") == "copy engine"
+    assert ts.kind_of("_copy_chunks_kernel") == "copy kernel"
+    assert ts.kind_of("void at::native::vectorized_elementwise_kernel<8>") == "other"
+
+
+def test_exposed_and_overlapped_comm(ts, tmp_path):
+    # compute stream 7: attention [0, 100) and [150, 250); comm stream 9: a copy [50, 170) and a
+    # barrier [240, 300). Overlapped: 50 + 20 + 10 us; exposed: 50 + 50 us. Compute idle: 50 + 50 us.
+    p = tmp_path / "t.csv"
+    p.write_text("stream,start_us,dur_us,name\n"
+                 "7,0.0,100.0,kernel_flash_fwd_a\n"
+                 "9,50.0,120.0,_copy_chunks_kernel\n"
+                 "7,150.0,100.0,kernel_flash_fwd_b\n"
+                 "9,240.0,60.0,barrier_kernel\n")
+    s = ts.summarize(ts.read_timeline(str(p)))
+    assert s["compute_stream"] == "7"
+    assert s["span_us"] == pytest.approx(300.0)
+    assert s["comm_us"] == pytest.approx(180.0)
+    assert s["comm_exposed_us"] == pytest.approx(100.0)
+    assert s["compute_idle_us"] == pytest.approx(100.0)
+    assert s["busy_us"] == pytest.approx({"attention fwd": 200.0, "copy kernel": 120.0, "barrier": 60.0})
+    assert ts.summarize([])["comm_us"] == 0.0
