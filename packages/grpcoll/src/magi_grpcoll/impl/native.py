@@ -364,14 +364,14 @@ class NativeImpl(GrpCollImpl):
         rbs = [row_bytes(s) for s, _ in pairs]
         buf, hdl, peer_bufs, offs, gen = self._regions(group, dev, [cap * rb for rb in rbs])
         engines = COPY_ENGINE_CASTS
-        if engines:  # never made inside a capture
+        if engines:
             push_runs, post_runs = b.runs("push"), b.runs("post")
-            peers = {who for *_, who in push_runs if who >= 0}
         else:
-            tables = [(b.table("push", rb), b.table("post", rb)) for rb in rbs]
+            tables = [(b.table("push", rb), b.table("post", rb)) for rb in rbs]  # never made inside a capture
 
-        def launch():
+        def launch():  # runs eagerly or into a capture; a replay skips it
             if engines:
+                peers = {who for *_, who in push_runs if who >= 0}
                 for (src, dst), off, rb in zip(pairs, offs, rbs):
                     views = {p: hdl.get_buffer(p, (cap, rb), torch.uint8, off) for p in peers}
                     copy_runs(_byte_rows(src), push_runs, out=_byte_rows(dst), peer_views=views)
