@@ -3,7 +3,7 @@
 #   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist bench-qo (default: all),
 #                                     plus fa4-libs, fa4 and bench-fa4 (the FA4 backend, calls back to back: the
 #                                     first carries .carry/fa4-libs and runs fa4-libs, the next ones carry
-#                                     .carry/fa4 and run fa4 (tests, profile), bench-fa4 and/or bench-dist-fa4 (the
+#                                     .carry/fa4 and run fa4 (tests, profile) or test-fa4 (tests only), bench-fa4 and/or bench-dist-fa4 (the
 #                                     runtime on the fa4 backend, >= 2 GPUs) and profile-dist-fa4; see
 #                                     scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out); set GIT_COMMIT=<hash> in the command (the
@@ -53,7 +53,7 @@ unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first
 if has fa4-libs; then  # FA4 arrives in two calls: the first keeps its CUDA libraries' first part on the warm machine
   mkdir -p /tmp/fa4-libs-parts && cp .carry/fa4-libs/*.part-* /tmp/fa4-libs-parts/ && echo "FA4 libraries, part 1 kept" || status=1
 fi
-if has fa4 || has profile-fa4 || has bench-fa4 || has bench-dist-fa4 || has profile-dist-fa4; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
+if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has bench-dist-fa4 || has profile-dist-fa4; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
   if [ ! -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
     unpack_fa4_libs .carry/fa4/*.part-*
   fi
@@ -72,7 +72,7 @@ if has tests; then  # TEST_PKGS picks packages (default: all three with GPU test
     run "test-$pkg" $PY -m pytest -q -m gpu -p no:cacheprovider "packages/$pkg/tests"
   done
 fi
-if has fa4; then
+if has fa4 || has test-fa4; then
   run smoke-fa4 $PY scripts/fa4_smoke.py
   run test-fa4 $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests/test_gpu_fa4.py ${TEST_FA4_ARGS:-}
 fi

@@ -5,7 +5,8 @@ It honours FA4's contract as the backend relies on it: q/k/v [1, S, H, D] and ls
 documents them; with block lists, only listed tiles are visited, *full* tiles need no mask and
 *partial* tiles call the mask function (scalar q index, vector kv index, the aux tensors); the
 backward takes the global out and lse and reads the transposed (per k block) lists; given out= /
-dq= / dk= / dv= buffers are written and returned. The math is plain dense torch, so what the tests
+dq= / dk= / dv= buffers are written and returned; with ``seqused_q`` a varlen document's rows past
+its used count are not computed (out, lse, dq: their unknown values are NaN here). The math is plain dense torch, so what the tests
 check is the translation and the calling convention, not FA4's kernels (the GPU test does that).
 """
 
@@ -99,6 +100,17 @@ def _mask(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, transposed, kw):
     return _visible(block_sparse_tensors, mask_mod, aux_tensors, sq, sk, transposed)
 
 
+def _unused_rows(sq, cu_seqlens_q, seqused_q):
+    """bool [Sq]: rows of varlen documents past their ``seqused_q`` count (FA4 computes none of them)."""
+    unused = torch.zeros(sq, dtype=torch.bool)
+    if seqused_q is not None:
+        assert cu_seqlens_q is not None and seqused_q.shape == (cu_seqlens_q.shape[0] - 1,)
+        for (q0, q1), n in zip(zip(cu_seqlens_q[:-1].tolist(), cu_seqlens_q[1:].tolist()), seqused_q.tolist()):
+            assert 0 <= n <= q1 - q0
+            unused[q0 + n:q1] = True
+    return unused
+
+
 def _with_batch(t, varlen):
     return t if (t is None or not varlen) else t.unsqueeze(0)
 
@@ -148,7 +160,7 @@ def _as_bst(lists, block_size):
 # the kernels (what magi_ffa's launch replay relies on and records).
 
 def _fwd_kernel(block_size, mask_mod, causal, q, k, v, out, lse, softmax_scale, softcap, cu_seqlens_q,
-                cu_seqlens_k, window_size_left, window_size_right, lists, aux):
+                cu_seqlens_k, seqused_q, window_size_left, window_size_right, lists, aux):
     CALLS["fwd"] += 1
     varlen = cu_seqlens_q is not None
     q, k, v = (_with_batch(x, varlen) for x in (q, k, v))
@@ -168,13 +180,16 @@ def _fwd_kernel(block_size, mask_mod, causal, q, k, v, out, lse, softmax_scale, 
         empty = torch.isneginf(lse_v).transpose(0, 1)
         o = o.masked_fill(empty.unsqueeze(-1), float("nan"))
         lse_v = lse_v.masked_fill(torch.isneginf(lse_v), float("inf"))
+    unused = _unused_rows(sq, cu_seqlens_q, seqused_q)  # not computed: unknown values, NaN here
+    o = o.masked_fill(unused[:, None, None], float("nan"))
+    lse_v = lse_v.masked_fill(unused[None], float("nan"))
     out.copy_(o if varlen else o[None])
     lse.copy_(lse_v if varlen else lse_v[None])
 
 
 def _flash_attn_fwd(q, k, v, *, softmax_scale, softcap, return_lse, mask_mod=None, block_sparse_tensors=None,
                     aux_tensors=None, out=None, causal=False, window_size_left=None, window_size_right=None,
-                    cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, **_):
+                    cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, seqused_q=None, **_):
     varlen = cu_seqlens_q is not None
     assert (cu_seqlens_k is not None) == varlen and return_lse
     if out is None:
@@ -197,7 +212,7 @@ def _flash_attn_fwd(q, k, v, *, softmax_scale, softcap, return_lse, mask_mod=Non
                 uncached(*args)
     kernel(
         q.detach(), k.detach(), v.detach(), out.detach(), lse, softmax_scale, softcap, cu_seqlens_q,
-        cu_seqlens_k, window_size_left, window_size_right, _lists(block_sparse_tensors),
+        cu_seqlens_k, seqused_q, window_size_left, window_size_right, _lists(block_sparse_tensors),
         AuxData(aux_tensors, None))
     return out, lse, None, None, None
 
@@ -241,14 +256,18 @@ def _bwd_main_kernel(block_size, mask_mod, causal, q, k, v, dout, lse, dpsum, dq
         dst.add_(x) if dst.dtype == torch.float64 and g > 1 else dst.copy_(x)
 
 
-def _bwd_post_kernel(accum, output):
-    output.copy_(accum.reshape(output.shape).to(output.dtype))
+def _bwd_post_kernel(accum, output, cu_seqlens_q=None, seqused_q=None):
+    """accum -> output; with seqused_q (FA4's dq of a varlen call) the rows past a document's used
+    count are not computed: unknown values, NaN here."""
+    res = accum.reshape(output.shape).to(output.dtype)
+    unused = _unused_rows(output.shape[-3], cu_seqlens_q, seqused_q)
+    output.copy_(res.masked_fill(unused.view(*[1] * (res.dim() - 3), -1, 1, 1), float("nan")))
 
 
 def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod=None, aux_tensors=None,
                     block_sparse_tensors=None, dq=None, dk=None, dv=None, causal=False, window_size_left=None,
                     window_size_right=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                    max_seqlen_k=None, **_):
+                    max_seqlen_k=None, seqused_q=None, **_):
     varlen = cu_seqlens_q is not None
     dq, dk, dv = (torch.empty_like(t) if g is None else g for g, t in ((dq, q), (dk, k), (dv, v)))
     for g, t in ((dq, q), (dk, k), (dv, v)):
@@ -272,7 +291,7 @@ def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod
         dk_accum if gqa else dk, dv_accum if gqa else dv, softmax_scale, softcap, cu_seqlens_q,
         cu_seqlens_k, window_size_left, window_size_right, _lists(block_sparse_tensors),
         AuxData(aux_tensors, None))
-    caches[("post",)](dq_accum, dq)
+    caches[("post",)](dq_accum, dq, cu_seqlens_q, seqused_q)
     if gqa:
         caches[("post",)](dk_accum, dk)
         caches[("post",)](dv_accum, dv)

@@ -131,3 +131,22 @@ def test_whatever_is_recognised_means_the_dense_mask():
         elif kind == 4 and sum(q[1] - q[0] for q in slices[0]) > 0:
             raise AssertionError(f"documents in order were not recognised: {slices} {sq} {sk}")
     assert seen > 250  # the windows and documents above were recognised
+
+
+@pytest.mark.parametrize("name,slices,sq,sk", [c for c in _expected_native() if c[0] in (
+    "varlen-with-gap", "empty-rows", "remote-stage", "varlen-causal")], ids=lambda x: x if isinstance(x, str) else "")
+def test_documents_without_keys_have_no_used_rows(name, slices, sq, sk):
+    """FA4 computes a document's first ``seqused_q`` rows: the rows left out are exactly the rows
+    that see no key, and a mask without such rows passes no seqused_q at all."""
+    native = _recognise(*slices, sq, sk)
+    empty = ~make_dense_mask(*slices, sq, sk).any(1)
+    if not empty.any():
+        assert native.seqused_q is None
+        return
+    cq = native.cu_seqlens_q.tolist()
+    computed = torch.zeros(sq, dtype=torch.bool)
+    for a, n in zip(cq[:-1], native.seqused_q.tolist()):
+        computed[a:a + n] = True
+    assert torch.equal(computed, ~empty), name
+    assert any(t is native.seqused_q for t in native.device_tensors)
+    assert native.fa4_kwargs()["seqused_q"] is native.seqused_q

@@ -626,7 +626,7 @@ def test_fused_lse_merge_matches_torch_merge(part_dtype, acc_dtype):
     acc_lse[torch.rand(sq, h, generator=gen) < 0.3] = float("-inf")
     part_lse[torch.rand(sq, h, generator=gen) < 0.3] = float("-inf")
     acc_lse[5], part_lse[5] = float("-inf"), float("-inf")  # a row nobody sees stays -inf / 0
-    acc[5] = 0.0
+    acc[torch.isneginf(acc_lse)] = 0.0  # an accumulator's rows of lse -inf hold 0 (its contract)
     empty = torch.rand(sq, generator=gen) < 0.2
     empty[5] = False
     part[empty] = float("nan")  # what a kernel leaves in rows that see no key must not leak
@@ -643,3 +643,27 @@ def test_fused_lse_merge_matches_torch_merge(part_dtype, acc_dtype):
     # not its case: fp64 accumulators fall back (returns False, touches nothing)
     a64 = acc.double()
     assert not merge_into_(a64, acc_lse.double(), part.double(), part_lse.double())
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gradient_add_skips_rows_not_computed(dtype):
+    """add_into_ (the fa4 backend's dq add for calls that leave rows unwritten): acc += part on the
+    other rows, the skipped rows untouched whatever the part holds there (NaN); the torch path of a
+    non-contiguous part gives the same."""
+    from magi_ffa.backends.triton.merge import add_into_
+
+    gen = torch.Generator().manual_seed(4)
+    acc = torch.randn(29, 3, 40, generator=gen).to(dtype)
+    part = torch.randn(29, 3, 40, generator=gen).to(dtype)
+    skip = torch.rand(29, generator=gen) < 0.4
+    part[skip] = float("nan")
+    want = torch.where(skip[:, None, None], acc.double(), acc.double() + part.double())
+    fused, by_torch = acc.clone(), acc.clone()
+    add_into_(fused, part, skip)
+    add_into_(by_torch, part.transpose(0, 1).contiguous().transpose(0, 1), skip)  # not contiguous
+    for got in (fused, by_torch):
+        torch.testing.assert_close(got.double(), want.to(dtype).double(), rtol=1e-3, atol=1e-3)
+        assert torch.equal(got[skip], acc[skip])
+    with pytest.raises(ValueError, match="skip_rows"):
+        add_into_(acc, part, skip[:-1])

@@ -152,6 +152,7 @@ class FA4Backend(Backend):
 
     def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False):
         from magi_ffa.backends.fa4.kernel import fa4_backward
+        from magi_ffa.backends.triton.merge import add_into_
 
         self._refuse(inp)
         if inp.num_slices == 0:
@@ -171,7 +172,10 @@ class FA4Backend(Backend):
             grads = fa4_backward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), _rows(out, a, b),
                                  _rows(dout, a, b), _rows(lse, a, b), part.mask, inp.softmax_scale, inp.softcap,
                                  grads=bufs if direct else None)
+            unwritten = part.mask.unwritten_rows  # dq rows FA4 did not compute: they get nothing
             if not direct:
-                for acc, g in zip(bufs, grads):
-                    acc.copy_(g) if fresh else acc.add_(g)
+                for acc, g, skip in zip(bufs, grads, (unwritten, None, None)):
+                    acc.copy_(g) if fresh else add_into_(acc, g, skip)
+            if fresh and unwritten is not None:
+                bufs[0].masked_fill_(unwritten[:, None, None], 0.0)
             fresh = False

@@ -113,12 +113,17 @@ class SliceBlockMask:
     def num_intervals(self) -> int:
         return int(self.lo.shape[0])
 
+    @property
+    def unwritten_rows(self) -> torch.Tensor | None:
+        """bool [Sq]: rows whose dq FA4 leaves unwritten (documents without keys run with no used
+        rows, native.py); None when FA4 writes every row's dq (zeros where a row sees nothing)."""
+        return self.empty_rows if self.native is not None and self.native.seqused_q is not None else None
+
     @functools.cached_property
     def device_tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor FA4 may be handed for this mask (constant while the mask is cached)."""
         lists = tuple(t for b in (self.fwd, self.bwd) for t in (b.mask_cnt, b.mask_idx, b.full_cnt, b.full_idx))
-        native = () if self.native is None or not self.native.varlen else (
-            self.native.cu_seqlens_q, self.native.cu_seqlens_k)
+        native = () if self.native is None else self.native.device_tensors
         return (self.lo, self.hi, *lists, *native)
 
     def cell_mask(self, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:

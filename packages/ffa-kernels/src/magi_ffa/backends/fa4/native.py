@@ -15,6 +15,11 @@ interval (not from the slices, so any slicing of the same mask is recognised):
   ranges that neither overlap nor go backwards. Rows that see nothing and keys nobody reads become
   documents with no keys or no rows. Beyond the square documents of a varlen mask, this covers what
   the context-parallel runtime hands one stage: a rank's chunks of each document, back to back.
+  Documents without keys are given no used rows (FA4 ``seqused_q`` 0): FA4 launches nothing for
+  them and leaves their rows unwritten in the forward's out/lse and the backward's dq, which the
+  caller treats as not computed (``SliceBlockMask.empty_rows``). In a runtime remote stage these
+  are most of the rank's rows, which FA4 would otherwise visit in every kernel: the forward's
+  epilogue, the backward's pre- and post-processing.
 
 Anything else goes through the block lists and the mask function.
 """
@@ -40,6 +45,7 @@ class NativeMask:
     cu_seqlens_k: torch.Tensor | None = None  # int32 [docs + 1]: their keys
     max_seqlen_q: int | None = None
     max_seqlen_k: int | None = None
+    seqused_q: torch.Tensor | None = None  # int32 [docs]: rows FA4 computes (0 for documents without keys)
 
     @property
     def varlen(self) -> bool:
@@ -52,7 +58,15 @@ class NativeMask:
         if self.varlen:
             kw.update(cu_seqlens_q=self.cu_seqlens_q, cu_seqlens_k=self.cu_seqlens_k,
                       max_seqlen_q=self.max_seqlen_q, max_seqlen_k=self.max_seqlen_k)
+        if self.seqused_q is not None:
+            kw["seqused_q"] = self.seqused_q
         return kw
+
+    @property
+    def device_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors of fa4_kwargs (constant while the mask is cached)."""
+        found = (self.cu_seqlens_q, self.cu_seqlens_k, self.seqused_q)
+        return tuple(t for t in found if t is not None)
 
 
 def _bound(offsets: np.ndarray, active: np.ndarray) -> tuple[bool, int | None]:
@@ -118,22 +132,23 @@ def _documents(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: int, dev
     qs, qe, ks, ke, sees = runs
     if not sees.any() or len(qs) > max(MIN_ROWS_PER_DOCUMENT, seqlen_q // MIN_ROWS_PER_DOCUMENT):
         return None
-    q_len, k_len, cursor = [], [], 0
+    q_len, k_len, used, cursor = [], [], [], 0
     for a, b, c, d, s in zip(qs.tolist(), qe.tolist(), ks.tolist(), ke.tolist(), sees.tolist()):
-        if not s:  # rows that see nothing: a document without keys
-            q_len.append(b - a), k_len.append(0)
+        if not s:  # rows that see nothing: a document without keys, and without used rows
+            q_len.append(b - a), k_len.append(0), used.append(0)
             continue
         if c > cursor:  # keys no row reads: a document without rows
-            q_len.append(0), k_len.append(c - cursor)
-        q_len.append(b - a), k_len.append(d - c)
+            q_len.append(0), k_len.append(c - cursor), used.append(0)
+        q_len.append(b - a), k_len.append(d - c), used.append(b - a)
         cursor = d
     if cursor < seqlen_k:
-        q_len.append(0), k_len.append(seqlen_k - cursor)
+        q_len.append(0), k_len.append(seqlen_k - cursor), used.append(0)
     cu_q = np.concatenate([[0], np.cumsum(q_len)])
     cu_k = np.concatenate([[0], np.cumsum(k_len)])
     as_tensor = lambda a: torch.tensor(a, dtype=torch.int32, device=device)  # noqa: E731
     return NativeMask(causal=causal, cu_seqlens_q=as_tensor(cu_q), cu_seqlens_k=as_tensor(cu_k),
-                      max_seqlen_q=max(q_len), max_seqlen_k=max(k_len))
+                      max_seqlen_q=max(q_len), max_seqlen_k=max(k_len),
+                      seqused_q=as_tensor(used) if used != q_len else None)
 
 
 def recognise_native(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: int, device=None) -> NativeMask | None:

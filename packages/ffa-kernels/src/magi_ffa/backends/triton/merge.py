@@ -1,11 +1,13 @@
-"""One-pass LSE merge of a partial result into accumulators (a Triton kernel).
+"""One-pass LSE merge of a partial result into accumulators, and the backward's gradient add
+(Triton kernels).
 
 Why: backends that cannot accumulate inside their kernel (fa4) return each call's (out, lse) and
 merge it into the caller's accumulators. ``magi_ffa.merge.correct_attn_out_lse`` does that in
 about a dozen elementwise torch ops, each a full pass over [Sq, h, d]; in the context-parallel
 runtime, where every stage merges, those passes cost as much GPU time as the attention kernels on
 sparse masks. This kernel reads each operand once and writes the accumulators once, with the
-same arithmetic (terms of weight 0, lse = -inf, are skipped, never multiplied).
+same arithmetic (terms of weight 0, lse = -inf, are skipped, never multiplied). Rows the call
+did not compute (``empty_rows``) are neither read nor written: in a remote stage they are most rows.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 
 import torch
 
-__all__ = ["merge_into_"]
+__all__ = ["add_into_", "merge_into_"]
 
 _ROWS = 16  # (token, head) rows per program
 # fp32 accumulators, or a low-precision one (the runtime's buffers with at most two contributors):
@@ -32,12 +34,12 @@ def _kernel():
                       HAS_EMPTY: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
         rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         live = rows < n_rows
+        if HAS_EMPTY:  # rows that see no key: the kernel's values there are not results, and the
+            # accumulator stays as it is (merged with nothing), so these rows are neither read nor written
+            live = live & (tl.load(empty_ptr + rows // heads, mask=live, other=1) == 0)
         l_acc = tl.load(acc_lse_ptr + rows, mask=live, other=-float("inf"))
         l_part = tl.load(part_lse_ptr + (rows // heads) * part_lse_stride_s + (rows % heads) * part_lse_stride_h,
                          mask=live, other=-float("inf"))
-        if HAS_EMPTY:  # rows that see no key: the kernel's values there are not results
-            empty = tl.load(empty_ptr + rows // heads, mask=live, other=0) != 0
-            l_part = tl.where(empty, -float("inf"), l_part)
         hi = tl.maximum(l_acc, l_part)
         lo = tl.minimum(l_acc, l_part)
         hi_safe = tl.where(hi == -float("inf"), 0.0, hi)
@@ -58,7 +60,54 @@ def _kernel():
     return _merge_kernel
 
 
+def _add_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _add_rows_kernel(acc_ptr, part_ptr, skip_ptr, row_elems, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        if tl.load(skip_ptr + row) != 0:
+            return
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = cols < row_elems
+        offs = row * row_elems + cols
+        a = tl.load(acc_ptr + offs, mask=m).to(tl.float32)
+        b = tl.load(part_ptr + offs, mask=m).to(tl.float32)
+        tl.store(acc_ptr + offs, (a + b).to(acc_ptr.dtype.element_ty), mask=m)
+
+    return _add_rows_kernel
+
+
 _compiled = None
+_compiled_add = None
+
+
+def add_into_(acc: torch.Tensor, part: torch.Tensor, skip_rows: torch.Tensor | None) -> None:
+    """acc += part on the rows not in `skip_rows` (bool [S]; the part's other rows are not results,
+    any values, NaN included); acc and part [S, ...] contiguous. One pass over the added rows on a
+    GPU (or under the Triton interpreter); torch elsewhere."""
+    if skip_rows is None:
+        acc.add_(part)
+        return
+    if acc.shape != part.shape or skip_rows.shape != acc.shape[:1]:
+        raise ValueError(f"add_into_(): acc {tuple(acc.shape)}, part {tuple(part.shape)} and skip_rows "
+                         f"{tuple(skip_rows.shape)} must agree on the rows.")
+    triton_ok = acc.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if not (triton_ok and acc.is_contiguous() and part.is_contiguous() and skip_rows.is_contiguous()):
+        acc.add_(part.masked_fill(skip_rows.view(-1, *[1] * (acc.dim() - 1)), 0))
+        return
+    if acc.numel() == 0:
+        return
+    global _compiled_add
+    if _compiled_add is None:
+        _compiled_add = _add_kernel()
+    import triton
+
+    row_elems = acc[0].numel()
+    block = min(4096, triton.next_power_of_2(row_elems))
+    _compiled_add[(acc.shape[0], triton.cdiv(row_elems, block))](
+        acc, part, skip_rows.view(torch.uint8), row_elems, BLOCK=block)
 
 
 def merge_into_(acc: torch.Tensor, acc_lse: torch.Tensor, part: torch.Tensor, part_lse: torch.Tensor,
@@ -66,7 +115,8 @@ def merge_into_(acc: torch.Tensor, acc_lse: torch.Tensor, part: torch.Tensor, pa
     """Merge (part, part_lse) into (acc, acc_lse) in place; returns False (and does nothing) when
     the tensors are not the kernel's case, so the caller falls back to the torch merge.
 
-    acc: fp32, fp16 or bf16 [Sq, h, d]; acc_lse: fp32 [Sq, h]; part: [Sq, h, d] any float dtype; part_lse: fp32
+    acc: fp32, fp16 or bf16 [Sq, h, d], 0 where acc_lse is -inf (as every accumulator the backends
+    write); acc_lse: fp32 [Sq, h]; part: [Sq, h, d] any float dtype; part_lse: fp32
     [Sq, h], any strides (FA4 gives a transposed view); empty_rows: bool [Sq] rows whose part
     counts as empty (lse -inf). The others contiguous, on one device, d <= 256.
     """
