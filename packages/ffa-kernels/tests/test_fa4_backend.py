@@ -12,7 +12,7 @@ import pytest
 import torch
 from magi_ffa import ffa_backward, ffa_forward, flex_flash_attn_func
 from magi_ffa.backends import fa4 as fa4_backend
-from magi_ffa.backends.fa4 import FA4Backend, kernel, replay
+from magi_ffa.backends.fa4 import FA4Backend, kernel, native, replay
 from magi_ffa.errors import BackendUnavailableError, FFAInputError
 from magi_ffa.select import resolve_backend_name, select_backend
 from magi_ffa.testing import overlapping_slices, random_slices, ref_attn_dense, varlen_slices
@@ -75,11 +75,13 @@ def test_empty_rows_are_normalised_whatever_the_kernel_leaves(fake_fa4, monkeypa
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-def test_stages_accumulate_like_the_runtime(fake_fa4):
+@pytest.mark.parametrize("skip_in", [{"fwd"}, {"fwd", "bwd"}, set()], ids=["skip-fwd", "skip-both", "skip-none"])
+def test_stages_accumulate_like_the_runtime(fake_fa4, monkeypatch, skip_in):
     """The distributed runtime's use: each stage merges into fp32 accumulators (not fresh); the
     backward of each stage runs under the final out/lse. Stage 1 is native (causal); stage 2 is
     native documents with rows that see nothing and keys nobody reads (FA4 varlen with filler
     documents); stage 3 has two key runs per row (block lists)."""
+    monkeypatch.setattr(native, "SKIP_ROWS_WITHOUT_KEYS_IN", frozenset(skip_in))  # seqused_q per direction
     g = torch.Generator().manual_seed(7)
     q = torch.randn(20, 2, 64, generator=g, dtype=torch.float64)
     k, v = (torch.randn(20, 1, 64, generator=g, dtype=torch.float64) for _ in range(2))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from magi_ffa import ffa_backward, ffa_forward, flex_flash_attn_func
-from magi_ffa.backends.fa4 import decompose
+from magi_ffa.backends.fa4 import decompose, native
 from magi_ffa.backends.fa4.block_sparse import build_slice_block_mask
 from magi_ffa.testing import ref_attn_dense, shared_question_slices
 
@@ -83,10 +83,12 @@ def test_every_mode_matches_float64_reference(fake_fa4, monkeypatch, mode, fwd_c
     assert (fake_fa4["mask_rows"] == 0) is (mode == "all")
 
 
+@pytest.mark.parametrize("skip_in", [{"fwd"}, {"fwd", "bwd"}], ids=["skip-fwd", "skip-both"])
 @pytest.mark.parametrize("mode", ["0", "all"])
-def test_accumulating_stages_with_a_decomposed_stage(fake_fa4, monkeypatch, mode):
+def test_accumulating_stages_with_a_decomposed_stage(fake_fa4, monkeypatch, mode, skip_in):
     """The runtime's use (not fresh, fp32 accumulators): a plain causal stage, then a stage whose
     mask splits (answers x prompt and the answers' own causal blocks)."""
+    monkeypatch.setattr(native, "SKIP_ROWS_WITHOUT_KEYS_IN", frozenset(skip_in))  # seqused_q per direction
     monkeypatch.setenv(decompose.ENV, mode)
     qr, kr, ts = shared_question_slices(6, [7, 5, 4])
     total = 6 + 7 + 5 + 4

@@ -117,7 +117,7 @@ class SliceBlockMask:
     def unwritten_rows(self) -> torch.Tensor | None:
         """bool [Sq]: rows whose dq FA4 leaves unwritten (documents without keys run with no used
         rows, native.py); None when FA4 writes every row's dq (zeros where a row sees nothing)."""
-        return self.empty_rows if self.native is not None and self.native.seqused_q is not None else None
+        return self.empty_rows if self.native is not None and self.native.skips_rows("bwd") else None
 
     @functools.cached_property
     def device_tensors(self) -> tuple[torch.Tensor, ...]:

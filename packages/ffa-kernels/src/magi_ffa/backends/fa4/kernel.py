@@ -78,12 +78,13 @@ def _fa4_lists(lists: BlockLists, block_size: tuple[int, int]):
         full_block_cnt=lists.full_cnt, full_block_idx=lists.full_idx, block_size=block_size)
 
 
-def _mask_args(mask: SliceBlockMask, lists: BlockLists) -> dict:
+def _mask_args(mask: SliceBlockMask, direction: str) -> dict:
     """FA4's own masking where it expresses the mask (native.py), else block lists, with the mask
     function only when some tile is partial (block-aligned masks, such as the runtime's remote
     stages of causal masks, run FA4's plain block-sparse kernel: no per-tile mask evaluation)."""
     if mask.native is not None:
-        return mask.native.fa4_kwargs()
+        return mask.native.fa4_kwargs(direction)
+    lists = mask.fwd if direction == "fwd" else mask.bwd
     if not mask.has_partial:
         return {"block_sparse_tensors": _fa4_lists(lists, mask.block_size)}
     return {"mask_mod": _interval_mask_mod(mask.num_intervals), "aux_tensors": [mask.lo, mask.hi],
@@ -109,7 +110,7 @@ def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: fl
     def call(q_, k_, v_, out_):
         o, lse, *_ = iface._flash_attn_fwd(
             q_, k_, v_, softmax_scale=softmax_scale, softcap=softcap or None, return_lse=True, out=out_,
-            **_mask_args(mask, mask.fwd))
+            **_mask_args(mask, "fwd"))
         return o, lse
 
     o, lse = replay.launch(("fwd", softmax_scale, softcap), mask, call,
@@ -134,7 +135,7 @@ def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: f
     def call(q_, k_, v_, out_, dout_, lse_, dq_, dk_, dv_):
         return tuple(iface._flash_attn_bwd(
             q_, k_, v_, out_, dout_, lse_, softmax_scale=softmax_scale, softcap=softcap,
-            dq=dq_, dk=dk_, dv=dv_, **_mask_args(mask, mask.bwd))[:3])
+            dq=dq_, dk=dk_, dv=dv_, **_mask_args(mask, "bwd"))[:3])
 
     res = replay.launch(("bwd", softmax_scale, softcap), mask, call,
                         tuple(to_fa4(t) for t in (q, k, v, out.to(q.dtype), dout.to(q.dtype), lse_t, dq, dk, dv)),

@@ -15,11 +15,12 @@ interval (not from the slices, so any slicing of the same mask is recognised):
   ranges that neither overlap nor go backwards. Rows that see nothing and keys nobody reads become
   documents with no keys or no rows. Beyond the square documents of a varlen mask, this covers what
   the context-parallel runtime hands one stage: a rank's chunks of each document, back to back.
-  Documents without keys are given no used rows (FA4 ``seqused_q`` 0): FA4 launches nothing for
-  them and leaves their rows unwritten in the forward's out/lse and the backward's dq, which the
-  caller treats as not computed (``SliceBlockMask.empty_rows``). In a runtime remote stage these
-  are most of the rank's rows, which FA4 would otherwise visit in every kernel: the forward's
-  epilogue, the backward's pre- and post-processing.
+  Documents without keys are given no used rows (FA4 ``seqused_q`` 0) in the directions of
+  ``SKIP_ROWS_WITHOUT_KEYS_IN``: FA4 launches nothing for them and leaves their rows unwritten (the
+  forward's out/lse, the backward's dq), which the caller treats as not computed
+  (``SliceBlockMask.empty_rows`` / ``unwritten_rows``). In a runtime remote stage these are most of
+  the rank's rows, which FA4 would otherwise visit: the forward's epilogue, the backward's pre- and
+  post-processing.
 
 Anything else goes through the block lists and the mask function.
 """
@@ -32,6 +33,12 @@ import numpy as np
 import torch
 
 __all__ = ["NativeMask", "recognise_native"]
+
+
+#: the directions whose FA4 calls skip the rows of documents without keys (``seqused_q``). Not the
+#: backward: FA4's backward with seqused_q measured slower at the runtime's varlen remote stages
+#: (2 x H200, BENCHMARKS.md), more than its pre- and post-processing of those rows costs.
+SKIP_ROWS_WITHOUT_KEYS_IN = frozenset({"fwd"})
 
 
 @dataclass(frozen=True)
@@ -51,16 +58,21 @@ class NativeMask:
     def varlen(self) -> bool:
         return self.cu_seqlens_q is not None
 
-    def fa4_kwargs(self) -> dict:
+    def fa4_kwargs(self, direction: str = "fwd") -> dict:
+        """FA4's keyword arguments for a forward ("fwd") or backward ("bwd") call."""
         kw: dict = {"causal": self.causal}
         if self.window_left is not None or self.window_right is not None:
             kw.update(window_size_left=self.window_left, window_size_right=self.window_right)
         if self.varlen:
             kw.update(cu_seqlens_q=self.cu_seqlens_q, cu_seqlens_k=self.cu_seqlens_k,
                       max_seqlen_q=self.max_seqlen_q, max_seqlen_k=self.max_seqlen_k)
-        if self.seqused_q is not None:
+        if self.skips_rows(direction):
             kw["seqused_q"] = self.seqused_q
         return kw
+
+    def skips_rows(self, direction: str) -> bool:
+        """Whether FA4 calls in `direction` leave the rows that see no key uncomputed."""
+        return self.seqused_q is not None and direction in SKIP_ROWS_WITHOUT_KEYS_IN
 
     @property
     def device_tensors(self) -> tuple[torch.Tensor, ...]:
