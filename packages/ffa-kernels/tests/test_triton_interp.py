@@ -649,9 +649,9 @@ def test_fused_lse_merge_matches_torch_merge(part_dtype, acc_dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_gradient_add_skips_rows_not_computed(dtype):
     """add_into_ (the fa4 backend's dq add for calls that leave rows unwritten): acc += part on the
-    other rows, the skipped rows untouched whatever the part holds there (NaN); the torch path of a
-    non-contiguous part gives the same."""
-    from magi_ffa.backends.triton.merge import add_into_
+    other rows, the skipped rows untouched whatever the part holds there (NaN); zero_rows_ zeroes
+    exactly the given rows; the torch paths of non-contiguous tensors give the same."""
+    from magi_ffa.backends.triton.merge import add_into_, zero_rows_
 
     gen = torch.Generator().manual_seed(4)
     acc = torch.randn(29, 3, 40, generator=gen).to(dtype)
@@ -667,3 +667,9 @@ def test_gradient_add_skips_rows_not_computed(dtype):
         assert torch.equal(got[skip], acc[skip])
     with pytest.raises(ValueError, match="skip_rows"):
         add_into_(acc, part, skip[:-1])
+    zeroed, by_torch = part.clone(), part.transpose(0, 1).contiguous().transpose(0, 1)
+    for buf in (zeroed, by_torch):  # the fa4 backend's fill of the rows it leaves unwritten
+        zero_rows_(buf, skip)
+        assert (buf[skip] == 0).all() and torch.equal(buf[~skip], part[~skip])
+    with pytest.raises(ValueError, match="rows"):
+        zero_rows_(zeroed, skip[:-1])

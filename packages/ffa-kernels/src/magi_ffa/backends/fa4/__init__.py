@@ -152,7 +152,7 @@ class FA4Backend(Backend):
 
     def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False):
         from magi_ffa.backends.fa4.kernel import fa4_backward
-        from magi_ffa.backends.triton.merge import add_into_
+        from magi_ffa.backends.triton.merge import add_into_, zero_rows_
 
         self._refuse(inp)
         if inp.num_slices == 0:
@@ -177,5 +177,5 @@ class FA4Backend(Backend):
                 for acc, g, skip in zip(bufs, grads, (unwritten, None, None)):
                     acc.copy_(g) if fresh else add_into_(acc, g, skip)
             if fresh and unwritten is not None:
-                bufs[0].masked_fill_(unwritten[:, None, None], 0.0)
+                zero_rows_(bufs[0], unwritten)
             fresh = False

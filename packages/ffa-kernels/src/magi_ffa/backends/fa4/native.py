@@ -35,10 +35,9 @@ import torch
 __all__ = ["NativeMask", "recognise_native"]
 
 
-#: the directions whose FA4 calls skip the rows of documents without keys (``seqused_q``). Not the
-#: backward: FA4's backward with seqused_q measured slower at the runtime's varlen remote stages
-#: (2 x H200, BENCHMARKS.md), more than its pre- and post-processing of those rows costs.
-SKIP_ROWS_WITHOUT_KEYS_IN = frozenset({"fwd"})
+#: the directions whose FA4 calls skip the rows of documents without keys (``seqused_q``); a switch
+#: for A/B runs (both on: 2 x H200, BENCHMARKS.md)
+SKIP_ROWS_WITHOUT_KEYS_IN = frozenset({"fwd", "bwd"})
 
 
 @dataclass(frozen=True)

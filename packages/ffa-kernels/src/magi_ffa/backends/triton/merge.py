@@ -16,7 +16,7 @@ import os
 
 import torch
 
-__all__ = ["add_into_", "merge_into_"]
+__all__ = ["add_into_", "merge_into_", "zero_rows_"]
 
 _ROWS = 16  # (token, head) rows per program
 # fp32 accumulators, or a low-precision one (the runtime's buffers with at most two contributors):
@@ -60,7 +60,7 @@ def _kernel():
     return _merge_kernel
 
 
-def _add_kernel():
+def _row_kernels():
     import triton
     import triton.language as tl
 
@@ -76,11 +76,51 @@ def _add_kernel():
         b = tl.load(part_ptr + offs, mask=m).to(tl.float32)
         tl.store(acc_ptr + offs, (a + b).to(acc_ptr.dtype.element_ty), mask=m)
 
-    return _add_rows_kernel
+    @triton.jit
+    def _zero_rows_kernel(buf_ptr, rows_ptr, row_elems, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        if tl.load(rows_ptr + row) == 0:
+            return
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = cols < row_elems
+        tl.store(buf_ptr + row * row_elems + cols, tl.zeros([BLOCK], buf_ptr.dtype.element_ty), mask=m)
+
+    return _add_rows_kernel, _zero_rows_kernel
 
 
 _compiled = None
-_compiled_add = None
+_compiled_rows = None
+
+
+def _per_row(kernel_index: int, first: torch.Tensor, *args) -> None:
+    """Launch a row kernel over `first` [S, ...] (one program per row and column block)."""
+    global _compiled_rows
+    if _compiled_rows is None:
+        _compiled_rows = _row_kernels()
+    import triton
+
+    row_elems = first[0].numel()
+    block = min(4096, triton.next_power_of_2(row_elems))
+    _compiled_rows[kernel_index][(first.shape[0], triton.cdiv(row_elems, block))](
+        first, *args, row_elems, BLOCK=block)
+
+
+def _triton_ok(*tensors: torch.Tensor) -> bool:
+    first = tensors[0]
+    return (first.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1") and all(
+        t.is_contiguous() for t in tensors)
+
+
+def zero_rows_(buf: torch.Tensor, rows: torch.Tensor) -> None:
+    """buf[rows] = 0 for bool `rows` [S], writing those rows only: torch's masked fill reads the
+    mask and rewrites every element (at a 64k varlen remote stage's dq on H200 it took 172 us,
+    more than FA4 saved by leaving those rows out)."""
+    if rows.shape != buf.shape[:1]:
+        raise ValueError(f"zero_rows_(): rows {tuple(rows.shape)} must match buf's rows {tuple(buf.shape[:1])}.")
+    if not _triton_ok(buf, rows):
+        buf.masked_fill_(rows.view(-1, *[1] * (buf.dim() - 1)), 0)
+    elif buf.numel():
+        _per_row(1, buf, rows.view(torch.uint8))
 
 
 def add_into_(acc: torch.Tensor, part: torch.Tensor, skip_rows: torch.Tensor | None) -> None:
@@ -93,21 +133,10 @@ def add_into_(acc: torch.Tensor, part: torch.Tensor, skip_rows: torch.Tensor | N
     if acc.shape != part.shape or skip_rows.shape != acc.shape[:1]:
         raise ValueError(f"add_into_(): acc {tuple(acc.shape)}, part {tuple(part.shape)} and skip_rows "
                          f"{tuple(skip_rows.shape)} must agree on the rows.")
-    triton_ok = acc.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if not (triton_ok and acc.is_contiguous() and part.is_contiguous() and skip_rows.is_contiguous()):
+    if not _triton_ok(acc, part, skip_rows):
         acc.add_(part.masked_fill(skip_rows.view(-1, *[1] * (acc.dim() - 1)), 0))
-        return
-    if acc.numel() == 0:
-        return
-    global _compiled_add
-    if _compiled_add is None:
-        _compiled_add = _add_kernel()
-    import triton
-
-    row_elems = acc[0].numel()
-    block = min(4096, triton.next_power_of_2(row_elems))
-    _compiled_add[(acc.shape[0], triton.cdiv(row_elems, block))](
-        acc, part, skip_rows.view(torch.uint8), row_elems, BLOCK=block)
+    elif acc.numel():
+        _per_row(0, acc, part, skip_rows.view(torch.uint8))
 
 
 def merge_into_(acc: torch.Tensor, acc_lse: torch.Tensor, part: torch.Tensor, part_lse: torch.Tensor,
