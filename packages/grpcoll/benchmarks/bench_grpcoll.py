@@ -11,7 +11,9 @@ warm-up; CUDA events).
 The table (also written to DIR/bench_grpcoll.md) carries the same-run ratios the targets name:
 native / a2a-v and native / raw all_to_all_single, for cast and reduce (native replays its launches
 from CUDA graphs, the default); and eager / graphs, the native ops' bandwidth launched one by one
-(MAGI_GRPCOLL_CUDA_GRAPHS=0) over their bandwidth from graphs.
+(MAGI_GRPCOLL_CUDA_GRAPHS=0) over their bandwidth from graphs; and engines / kernel, the native
+cast's bandwidth with its rows moved by the copy engines over the chunk-copy kernel, both measured
+in the same process (the "native" columns use whichever ``--copy-engine`` picks, engines by default).
 """
 
 from __future__ import annotations
@@ -62,6 +64,20 @@ def cuda_graphs(on: bool):
             os.environ["MAGI_GRPCOLL_CUDA_GRAPHS"] = before
 
 
+@contextlib.contextmanager
+def copy_engines(on: bool):
+    """Native casts move rows with the copy engines (on) or the chunk-copy kernel, within the block
+    (the setting is part of the native op's graph key, so both can be timed in one process)."""
+    from magi_grpcoll.impl import native
+
+    before = native.COPY_ENGINE_CASTS
+    native.COPY_ENGINE_CASTS = on
+    try:
+        yield
+    finally:
+        native.COPY_ENGINE_CASTS = before
+
+
 def _time(fn, iters=20, warmup=None, repeats=5):
     """Seconds per call: the median over ``repeats`` timed runs of ``iters`` back-to-back calls (one
     run at 16k tokens lasts ~3 ms, so a single one moves with host jitter)."""
@@ -107,9 +123,13 @@ def _bench_one(tokens, rank, world, dev):
             print(f"rank {rank}: native failed: {type(e).__name__}: {e}", file=sys.stderr)
             native[graphs] = (float("nan"), float("nan"))
     (t_ecast, t_ered), (t_ncast, t_nred) = native[False], native[True]
+    by_path = {}
+    for engines in (True, False):  # the cast's two copy paths, from graphs, in this process
+        with copy_engines(engines):
+            by_path[engines] = _time(lambda: plan.cast(x, out, async_op=True, impl="native").wait_post_process())
     t_raw = _time(lambda: dist.all_to_all_single(recv, send, list(plan.recv_counts),
                                                  list(plan.send_counts)))
-    return (tokens, nbytes, t_cast, t_red, t_ncast, t_nred, t_raw, t_ecast, t_ered)
+    return (tokens, nbytes, t_cast, t_red, t_ncast, t_nred, t_raw, t_ecast, t_ered, by_path[True], by_path[False])
 
 
 def _worker(rank, world, port, q, tokens_list, copy_engine=None):
@@ -132,11 +152,12 @@ def _table(rows) -> list[str]:
     gbs = lambda b, t: b / t / 1e9  # noqa: E731
     lines = ["| tokens/rank | MB recv/rank | a2av cast | a2av reduce | native cast | native reduce | raw a2a "
              "| native/a2av cast | native/a2av reduce | native/raw cast | native/raw reduce "
-             "| eager/graphs cast | eager/graphs reduce |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for tokens, nbytes, tc, tr, tnc, tnr, traw, tec, ter in rows:
+             "| eager/graphs cast | eager/graphs reduce | engines/kernel cast |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for tokens, nbytes, tc, tr, tnc, tnr, traw, tec, ter, t_engines, t_kernel in rows:
         bw = [gbs(nbytes, t) for t in (tc, tr, tnc, tnr, traw)]
-        ratios = [bw[2] / bw[0], bw[3] / bw[1], bw[2] / bw[4], bw[3] / bw[4], tnc / tec, tnr / ter]
+        ratios = [bw[2] / bw[0], bw[3] / bw[1], bw[2] / bw[4], bw[3] / bw[4], tnc / tec, tnr / ter,
+                  t_kernel / t_engines]
         lines.append(f"| {tokens} | {nbytes / 1e6:.1f} | " + " | ".join(f"{b:.0f}" for b in bw) + " | "
                      + " | ".join(f"{r:.2f}" for r in ratios) + " |")
     return lines
