@@ -34,6 +34,9 @@ CALLS = {"fwd": 0, "bwd": 0, "mask_rows": 0, "native": 0}
 EMPTY_ROWS_AS_GARBAGE = False  # tests set it: empty rows come back as out NaN, lse +inf
 HOST_WORK = None  # tests set it: f(q, out, lse) run by the forward's host code before its launch
 LAUNCH_UNCACHED = False  # tests set it: the forward launches its kernel without the compile cache
+# rows a seqused_q call does not compute: NaN (False, so that a caller reading them fails loudly) or left
+# as they were in the buffer (True, what FA4 does: e.g. torch.empty's contents)
+UNWRITTEN_ROWS_KEPT = False
 
 
 def _visible(bst, mask_mod, aux, sq, sk, transposed):
@@ -180,9 +183,13 @@ def _fwd_kernel(block_size, mask_mod, causal, q, k, v, out, lse, softmax_scale, 
         empty = torch.isneginf(lse_v).transpose(0, 1)
         o = o.masked_fill(empty.unsqueeze(-1), float("nan"))
         lse_v = lse_v.masked_fill(torch.isneginf(lse_v), float("inf"))
-    unused = _unused_rows(sq, cu_seqlens_q, seqused_q)  # not computed: unknown values, NaN here
-    o = o.masked_fill(unused[:, None, None], float("nan"))
-    lse_v = lse_v.masked_fill(unused[None], float("nan"))
+    unused = _unused_rows(sq, cu_seqlens_q, seqused_q)  # not computed: unknown values
+    if UNWRITTEN_ROWS_KEPT:
+        o = torch.where(unused[:, None, None], (out if varlen else out[0]).double(), o.double()).to(out.dtype)
+        lse_v = torch.where(unused[None], (lse if varlen else lse[0]).double(), lse_v)
+    else:
+        o = o.masked_fill(unused[:, None, None], float("nan"))
+        lse_v = lse_v.masked_fill(unused[None], float("nan"))
     out.copy_(o if varlen else o[None])
     lse.copy_(lse_v if varlen else lse_v[None])
 
@@ -260,8 +267,8 @@ def _bwd_post_kernel(accum, output, cu_seqlens_q=None, seqused_q=None):
     """accum -> output; with seqused_q (FA4's dq of a varlen call) the rows past a document's used
     count are not computed: unknown values, NaN here."""
     res = accum.reshape(output.shape).to(output.dtype)
-    unused = _unused_rows(output.shape[-3], cu_seqlens_q, seqused_q)
-    output.copy_(res.masked_fill(unused.view(*[1] * (res.dim() - 3), -1, 1, 1), float("nan")))
+    unused = _unused_rows(output.shape[-3], cu_seqlens_q, seqused_q).view(*[1] * (res.dim() - 3), -1, 1, 1)
+    output.copy_(torch.where(unused, output, res) if UNWRITTEN_ROWS_KEPT else res.masked_fill(unused, float("nan")))
 
 
 def _flash_attn_bwd(q, k, v, out, dout, lse, *, softmax_scale, softcap, mask_mod=None, aux_tensors=None,

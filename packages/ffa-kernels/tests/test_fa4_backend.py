@@ -31,6 +31,8 @@ def _masks():
     yield "random", 37, 45, *random_slices(rng, 37, 45, 6), False
     yield "overlapping", 30, 26, *overlapping_slices(rng, 30, 26, 5, allow_empty_k=False), False
     yield "bi-causal-empty-rows", 24, 24, [[2, 10], [14, 20]], [[0, 12], [6, 18]], [3, 2], False
+    # documents with rows that see nothing (FA4 varlen with seqused_q: those rows are not computed)
+    yield "documents-empty-rows", 24, 24, [[2, 10], [14, 20]], [[0, 8], [12, 18]], [0, 0], True
     yield "varlen-causal", 33, 33, *varlen_slices([10, 3, 20], 1), True
     yield "varlen-full-unordered", 33, 33, [[13, 33], [0, 10], [10, 13]], [[13, 33], [0, 10], [10, 13]], [0] * 3, True
     yield "causal-in-two-slices", 30, 30, [[0, 12], [12, 30]], [[0, 12], [0, 30]], [1, 1], True

@@ -55,6 +55,21 @@ def test_replayed_calls_match_the_reference(fake_fa4, name, sq, sk, qr, kr, ts, 
     assert replay.stats()["replayed"] == 4
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["rows-kept", "rows-nan"])
+def test_rows_fa4_leaves_unwritten_do_not_stop_the_replay(fake_fa4, monkeypatch, kept):
+    """Documents without keys run with seqused_q 0: FA4 leaves their rows of out / lse / dq as the
+    buffers held them (torch.empty's contents). The recording's check must still match the call's
+    results (it once compared those rows and refused every such key: FA4's own path, ~1 ms of host
+    time per remote stage on an H200); the replayed calls then match the reference."""
+    monkeypatch.setattr(_fake_fa4, "UNWRITTEN_ROWS_KEPT", kept)
+    qr, kr, ts = [[2, 10], [14, 20]], [[0, 8], [12, 18]], [0, 0]
+    for seed in range(5):
+        _check_call(*_data(seed, 24, 24), qr, kr, ts)
+    s = replay.stats()
+    assert s["refused"] == 0, s["refusals"]
+    assert s["recorded"] == 2 and s["replayed"] == 6  # forward and backward: compiled, recorded, replayed x3
+
+
 def test_replay_writes_given_buffers_and_accumulating_calls(fake_fa4):
     """ffa_forward / ffa_backward as the runtime drives them: out/dq/dk/dv buffers handed to FA4
     (written, not merged) and accumulating stages, the same across five steps."""

@@ -98,6 +98,18 @@ def _layout(mask: SliceBlockMask):
     return (lambda t: None if t is None else t.unsqueeze(0)), (lambda t: t[0])
 
 
+def _computed(mask: SliceBlockMask, direction: str):
+    """What a call computes, for the launch replay's check: all of its results, except the rows FA4
+    skips (documents without keys, native.py) of the forward's out / lse and the backward's dq
+    (FA4's varlen layout: rows first, lse [H, S])."""
+    if mask.native is None or not mask.native.skips_rows(direction):
+        return None
+    keep = ~mask.empty_rows
+    if direction == "fwd":
+        return lambda res: (res[0][keep], res[1][:, keep])
+    return lambda res: (res[0][keep], *res[1:])
+
+
 def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: float, out=None):
     """(out [Sq, hq, d] in q's dtype, written into `out` when given; lse fp32 [Sq, hq], a view).
 
@@ -115,14 +127,15 @@ def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: fl
 
     o, lse = replay.launch(("fwd", softmax_scale, softcap), mask, call,
                            (to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out)), written=(3,),
-                           constants=mask.device_tensors, module=iface)
+                           constants=mask.device_tensors, module=iface, computed=_computed(mask, "fwd"))
     return from_fa4(o), from_fa4(lse).transpose(0, 1)
 
 
 def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: float, softcap: float,
                  grads=None):
     """dq, dk, dv (input dtype) of this call's cells under the merged `out` and `lse` [Sq, hq];
-    written into `grads` = (dq, dk, dv) when given (FA4 writes every element, zeros included)."""
+    written into `grads` = (dq, dk, dv) when given (FA4 writes every element, zeros included, but
+    the dq rows of ``mask.unwritten_rows``)."""
     iface = import_fa4()[0]
     to_fa4, from_fa4 = _layout(mask)
     # FA4 reads lse [H, Sq]. Rows that see nothing anywhere get +inf: exp(s - lse) = 0 instead of
@@ -139,5 +152,6 @@ def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: f
 
     res = replay.launch(("bwd", softmax_scale, softcap), mask, call,
                         tuple(to_fa4(t) for t in (q, k, v, out.to(q.dtype), dout.to(q.dtype), lse_t, dq, dk, dv)),
-                        written=(6, 7, 8), constants=mask.device_tensors, module=iface)
+                        written=(6, 7, 8), constants=mask.device_tensors, module=iface,
+                        computed=_computed(mask, "bwd"))
     return tuple(from_fa4(g) for g in res)

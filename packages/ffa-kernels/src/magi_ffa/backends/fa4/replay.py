@@ -16,7 +16,9 @@ alignment and scalars: the caller's key) the decisions are recorded once and rep
   argument of a type not known to be a plain value.
 * **check**: the tape runs once on the same inputs, into NaN-filled stand-ins for the buffers the
   call writes, and must reproduce the recorded results (a launch the recording missed would show
-  here); if not, the key is not replayable.
+  here); if not, the key is not replayable. Only the elements the call computes are compared: the
+  caller names them (``computed``) where FA4 leaves some unwritten, such as the rows a
+  ``seqused_q`` call skips, whose contents are whatever the buffers held.
 * **replay**: allocate, zero, launch the recorded kernels with the new call's tensors.
 
 Keys that are not replayable keep FA4's own path, so the worst case is today's speed. Off with
@@ -346,7 +348,11 @@ def _matches(recorded, replayed) -> bool:
     return True
 
 
-def _record(key, owner, call, inputs, written, constants, module):
+def _everything(result):
+    return result
+
+
+def _record(key, owner, call, inputs, written, constants, module, computed):
     """Run `call` once while recording it; keep the tape if it checks out. Returns call's result."""
     _watch_compile_caches(module)
     rec = _Recorder(inputs, constants)
@@ -362,12 +368,12 @@ def _record(key, owner, call, inputs, written, constants, module):
         outputs_tpl = rec._template(result)
         tape = _Tape(rec, outputs_tpl, owner)
         # the check: same inputs, NaN stand-ins for the buffers the call writes
-        expected = [t.clone() for t in _tensors_in(result)]
+        expected = [t.clone() for t in _tensors_in(computed(result))]
         trial = list(inputs)
         for i in written:
             if trial[i] is not None:
                 trial[i] = torch.full_like(trial[i], float("nan"))
-        if not _matches(expected, tape.run(trial)):
+        if not _matches(expected, computed(tape.run(trial))):
             raise _NotReplayable("the replayed launches did not reproduce the call's results")
     except _NotReplayable as e:
         _refuse(key, str(e))
@@ -378,13 +384,15 @@ def _record(key, owner, call, inputs, written, constants, module):
 
 
 def launch(key: tuple, owner, call: Callable, inputs: Sequence[torch.Tensor | None], *, written: Sequence[int] = (),
-           constants: Sequence[torch.Tensor] = (), module=None):
+           constants: Sequence[torch.Tensor] = (), module=None, computed: Callable | None = None):
     """``call(*inputs)``, FA4's own path or a replay of its recorded launches.
 
     key: what besides the inputs' layouts decides FA4's path (direction, scalars); `owner` (the
     mask) is part of it by identity and kept alive with the tape. written: indices of inputs that
     `call` writes (out= / dq= buffers). constants: the mask's tensors, which launches may take as
-    they are. module: FA4's interface module (its compile caches are watched).
+    they are. module: FA4's interface module (its compile caches are watched). computed: maps
+    call's result to the tensors of the elements FA4 computes (default: all of it), which the
+    recording's check compares.
     """
     if not enabled() or module is None or (inputs and inputs[0] is not None and inputs[0].is_cuda
                                             and torch.cuda.is_current_stream_capturing()):
@@ -401,5 +409,5 @@ def launch(key: tuple, owner, call: Callable, inputs: Sequence[torch.Tensor | No
         _remember(full_key, _SEEN_ONCE)
         return call(*inputs)
     if entry is _SEEN_ONCE:
-        return _record(full_key, owner, call, list(inputs), written, constants, module)
+        return _record(full_key, owner, call, list(inputs), written, constants, module, computed or _everything)
     return call(*inputs)  # refused: FA4's own path
