@@ -107,6 +107,44 @@ def test_stages_accumulate_like_the_runtime(fake_fa4, monkeypatch, skip_in):
     assert fake_fa4["native"] == 4 and fake_fa4["fwd"] == fake_fa4["bwd"] == 3
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["rows-kept", "rows-nan"])
+def test_runtime_backward_writes_a_stage_payload_and_adds_its_dq(fake_fa4, monkeypatch, kept):
+    """The runtime's backward with writing buffers (interface 1.3): the host call writes dq, dk, dv;
+    a remote stage writes its own dK/dV payload (overwrite=("dk", "dv")) and adds its dq into the
+    host's, in q's dtype. FA4 writes the payload itself and the dq add skips the rows FA4 left
+    uncomputed (documents without keys): no temporary, no zero fill, whatever those rows held."""
+    from magi_ffa.backends.triton import merge
+
+    monkeypatch.setattr(_fake_fa4, "UNWRITTEN_ROWS_KEPT", kept)
+    adds = []
+    monkeypatch.setattr(merge, "add_into_", lambda acc, part, skip: adds.append(skip) or (
+        acc.add_(part.masked_fill(skip[:, None, None], 0)) if skip is not None else acc.add_(part)))
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(24, 2, 64, generator=g, dtype=torch.float64)
+    k, v, k2, v2 = (torch.randn(24, 1, 64, generator=g, dtype=torch.float64) for _ in range(4))
+    dout = torch.randn(24, 2, 64, generator=g, dtype=torch.float64)
+    host = ([[0, 24]], [[0, 24]], [1])
+    remote = ([[2, 10], [14, 20]], [[0, 8], [12, 18]], [0, 0])  # rows 0-1, 10-13, 20-23 see no remote key
+    out, lse, _ = ffa_forward(q, k, v, *host, softmax_scale=0.125, backend="fa4")
+    out, lse, _ = ffa_forward(q, k2, v2, *remote, softmax_scale=0.125, out=out, lse=lse, backend="fa4")
+    dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
+    ffa_backward(dout, q, k, v, out, lse, *host, softmax_scale=0.125, dq=dq, dk=dk, dv=dv, overwrite=True,
+                 backend="fa4")
+    dk2, dv2 = torch.empty_like(k2), torch.empty_like(v2)
+    ffa_backward(dout, q, k2, v2, out, lse, *remote, softmax_scale=0.125, dq=dq, dk=dk2, dv=dv2,
+                 overwrite=("dk", "dv"), backend="fa4")
+    assert len(adds) == 1 and adds[0] is not None  # only dq is added, skipping the uncomputed rows
+    # the reference: both stages as one mask over the keys [k; k2]
+    qa, ka, va = q.clone().requires_grad_(), torch.cat([k, k2]).requires_grad_(), torch.cat([v, v2]).requires_grad_()
+    qr_all = host[0] + remote[0]
+    kr_all = host[1] + [[a + 24, b + 24] for a, b in remote[1]]
+    ref_out, _, _ = ref_attn_dense(qa, ka, va, qr_all, kr_all, host[2] + remote[2], softmax_scale=0.125)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6)
+    rq, rk, rv = torch.autograd.grad(ref_out, (qa, ka, va), dout)
+    for got, want in ((dq, rq), (dk, rk[:24]), (dv, rv[:24]), (dk2, rk[24:]), (dv2, rv[24:])):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_block_aligned_masks_run_without_the_mask_function(fake_fa4, monkeypatch):
     """Slices on whole tiles (here 4 x 8, the stand-in's block size), as the runtime's remote
     stages of causal masks are: FA4 gets the block lists alone (its plain block-sparse kernel),

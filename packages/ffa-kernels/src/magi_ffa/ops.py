@@ -70,9 +70,11 @@ def run_forward(
         backend.forward(inp, out, lse, max_logits, fresh=fresh)
 
 
-def run_backward(backend: Backend, inp: FFAInputs, dout, out, lse, delta, dq, dk, dv, *, fresh: bool = False) -> None:
+def run_backward(backend: Backend, inp: FFAInputs, dout, out, lse, delta, dq, dk, dv, *, fresh: bool = False,
+                 accumulate: frozenset[str] = frozenset()) -> None:
+    extra = {"accumulate": accumulate} if accumulate else {}  # only ACCUMULATES_NAMED backends take it
     with torch.no_grad():
-        backend.backward(inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
+        backend.backward(inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh, **extra)
 
 
 def _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic, memo=None) -> FFAInputs:

@@ -80,6 +80,9 @@ class Backend:
     # forward(fresh=False) also merges into an out in q's dtype (fp32 arithmetic, one rounding);
     # False: ffa_forward hands it fp32 temporaries and merges them itself
     MERGES_INPUT_DTYPE: bool = False
+    # backward(fresh=True, accumulate=names) writes the other gradients whole and adds into the named
+    # ones (fp32 or the input dtype): the caller needs no temporary and no add pass for them
+    ACCUMULATES_NAMED: bool = False
 
     def is_available(self) -> bool:
         """Whether the backend's own dependencies can be imported on this machine."""
@@ -142,12 +145,14 @@ class Backend:
         dv: torch.Tensor,
         *,
         fresh: bool = False,
+        accumulate: frozenset[str] = frozenset(),
     ) -> None:
         """Add this call's gradients into dq [Sq,hq,d], dk, dv [Sk,hk,d] (fp32) in place.
 
         `out`, `lse` are the final merged forward results and `delta = rowsum(out * dout)` fp32
         [Sq,hq] (None for a backend with USES_DELTA False); rows with lse = -inf contribute nothing.
         fresh (SUPPORTS_FRESH backends): write every element instead (0 where nothing reaches),
-        whatever the buffers held; dq / dk / dv may then have the input dtype.
+        whatever the buffers held; dq / dk / dv may then have the input dtype. accumulate
+        (ACCUMULATES_NAMED backends, with fresh): the names among "dq", "dk", "dv" still added into.
         """
         raise NotImplementedError

@@ -88,6 +88,7 @@ class FA4Backend(Backend):
     SUPPORTS_FRESH = True
     USES_DELTA = False  # FA4's backward preprocess computes rowsum(out * dout) itself
     MERGES_INPUT_DTYPE = True  # its partial result is lse-merged by one pass, whatever out's dtype
+    ACCUMULATES_NAMED = True  # FA4 writes the other gradients; the named ones get one add pass
 
     def require(self) -> None:
         from magi_ffa.backends.fa4.kernel import import_fa4
@@ -150,32 +151,35 @@ class FA4Backend(Backend):
         else:
             correct_attn_out_lse(out, lse, o, l_, inplace=True)
 
-    def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False):
+    def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False, accumulate=frozenset()):
         from magi_ffa.backends.fa4.kernel import fa4_backward
         from magi_ffa.backends.triton.merge import add_into_, zero_rows_
 
         self._refuse(inp)
+        names = ("dq", "dk", "dv")
+        writes = [fresh and n not in accumulate for n in names]  # per buffer: written whole, or added into
         if inp.num_slices == 0:
-            if fresh:
-                for g in (dq, dk, dv):
+            for g, w in zip((dq, dk, dv), writes):
+                if w:
                     g.zero_()
             return
         parts = _call_parts(inp, "bwd")
-        if fresh and parts[0].covers != (inp.q.shape[0], inp.k.shape[0]):
-            for g in (dq, dk, dv):
-                g.zero_()
-            fresh = False
+        if any(writes) and parts[0].covers != (inp.q.shape[0], inp.k.shape[0]):
+            for g, w in zip((dq, dk, dv), writes):
+                if w:
+                    g.zero_()
+            writes = [False] * 3
         for part in parts:  # gradients of disjoint parts add up
             (a, b), (c, d) = part.q, part.k
             bufs = (_rows(dq, a, b), _rows(dk, c, d), _rows(dv, c, d))
-            direct = fresh and all(t.dtype == inp.q.dtype for t in bufs)  # FA4 writes them itself
+            direct = [w and t.dtype == inp.q.dtype for w, t in zip(writes, bufs)]  # FA4 writes them itself
             grads = fa4_backward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), _rows(out, a, b),
                                  _rows(dout, a, b), _rows(lse, a, b), part.mask, inp.softmax_scale, inp.softcap,
-                                 grads=bufs if direct else None)
+                                 grads=tuple(t if x else None for t, x in zip(bufs, direct)))
             unwritten = part.mask.unwritten_rows  # dq rows FA4 did not compute: they get nothing
-            if not direct:
-                for acc, g, skip in zip(bufs, grads, (unwritten, None, None)):
-                    acc.copy_(g) if fresh else add_into_(acc, g, skip)
-            if fresh and unwritten is not None:
+            for acc, g, w, x, skip in zip(bufs, grads, writes, direct, (unwritten, None, None)):
+                if not x:
+                    acc.copy_(g) if w else add_into_(acc, g, skip)
+            if writes[0] and unwritten is not None:
                 zero_rows_(bufs[0], unwritten)
-            fresh = False
+            writes = [False] * 3

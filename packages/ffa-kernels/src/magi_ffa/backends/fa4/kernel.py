@@ -134,8 +134,8 @@ def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: fl
 def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: float, softcap: float,
                  grads=None):
     """dq, dk, dv (input dtype) of this call's cells under the merged `out` and `lse` [Sq, hq];
-    written into `grads` = (dq, dk, dv) when given (FA4 writes every element, zeros included, but
-    the dq rows of ``mask.unwritten_rows``)."""
+    written into the buffers of `grads` = (dq, dk, dv) that are not None (FA4 writes every element,
+    zeros included, but the dq rows of ``mask.unwritten_rows``)."""
     iface = import_fa4()[0]
     to_fa4, from_fa4 = _layout(mask)
     # FA4 reads lse [H, Sq]. Rows that see nothing anywhere get +inf: exp(s - lse) = 0 instead of
@@ -143,7 +143,7 @@ def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: f
     inf = float("inf")
     lse_t = torch.nan_to_num(lse.t(), nan=float("nan"), posinf=inf, neginf=inf,
                              out=lse.new_empty(lse.shape[::-1]))
-    dq, dk, dv = grads if grads is not None else (None, None, None)
+    dq, dk, dv = grads if grads is not None else (None, None, None)  # None: FA4 allocates it
 
     def call(q_, k_, v_, out_, dout_, lse_, dq_, dk_, dv_):
         return tuple(iface._flash_attn_bwd(
