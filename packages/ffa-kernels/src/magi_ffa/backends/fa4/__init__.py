@@ -137,12 +137,12 @@ class FA4Backend(Backend):
     def _store(o, l_, empty_rows, out, lse, fresh: bool, direct: bool) -> None:
         """Write (fresh) or lse-merge one call's (o, l_) into (out, lse); FA4 leaves the rows that see
         nothing undefined, so they count as out 0, lse -inf."""
-        from magi_ffa.backends.triton.merge import merge_into_
+        from magi_ffa.backends.triton.merge import merge_into_, zero_rows_
 
         if not fresh and merge_into_(out, lse, o, l_, empty_rows):  # one pass, empty rows skipped
             return
         if empty_rows is not None:  # out 0, lse -inf, whatever the kernel left there
-            o.masked_fill_(empty_rows[:, None, None], 0.0)
+            zero_rows_(o, empty_rows)
             l_.masked_fill_(empty_rows[:, None], float("-inf"))
         if fresh:
             if not direct:
