@@ -40,6 +40,7 @@ def test_a_key_is_captured_on_its_second_sighting_and_replayed_after(cuda_faked)
         return _Graph(launch)
 
     graphs, calls = LaunchGraphs(capture=capture), []
+    before = _graphs.graph_stats()
     graphs.run("a", _recording(calls, "a1"))  # first sighting: eager, nothing captured
     assert calls == ["a1"] and graphs.captures == 0 and graphs.replays == 0
     graphs.run("b", _recording(calls, "b1"))  # another key does not count for "a"
@@ -47,6 +48,8 @@ def test_a_key_is_captured_on_its_second_sighting_and_replayed_after(cuda_faked)
     assert calls == ["a1", "b1", "a2"] and len(captured) == 1 and graphs.captures == 1 and graphs.replays == 1
     graphs.run("a", _recording(calls, "never"))  # later: the graph, not the new launch function
     assert calls[-1] == "a2" and graphs.replays == 2 and graphs.captures == 1
+    after = _graphs.graph_stats()  # the process-wide counts the benchmarks print
+    assert {k: after[k] - before[k] for k in after} == {"replays": 2, "captures": 1, "eager": 2}
 
 
 def test_least_recently_used_graphs_are_dropped(cuda_faked):

@@ -8,13 +8,14 @@ forward/backward the same way (slowest rank's median), so their numbers stay com
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["doc_lengths", "measure"]
+__all__ = ["count_delta", "doc_lengths", "launch_counts", "measure"]
 
 
 def doc_lengths(total: int, seed: int, base: int, cap: int) -> list[int]:
@@ -67,3 +68,24 @@ def measure(fwd, leaves, dout, device: torch.device, warmup: int,
                        device=device)
     dist.all_reduce(med, op=dist.ReduceOp.MAX)
     return float(med[0]), float(med[1])
+
+
+def launch_counts() -> dict:
+    """The host-path shortcuts' counts so far in this process: FA4's launch replay (recorded /
+    replayed / refused) and the native group collectives' CUDA graphs (replays / captures / eager).
+    A timed step that is refused or launched eagerly pays the full host path; diff two readings to
+    see what a measurement did. Modules not imported count as absent."""
+    counts = {}
+    replay = sys.modules.get("magi_ffa.backends.fa4.replay")
+    if replay is not None:
+        st = replay.stats()
+        counts.update({f"fa4 {k}": st[k] for k in ("recorded", "replayed", "refused")})
+    graphs = sys.modules.get("magi_grpcoll.impl._graphs")
+    if graphs is not None:
+        counts.update({f"graphs {k}": v for k, v in graphs.graph_stats().items()})
+    return counts
+
+
+def count_delta(before: dict, after: dict) -> str:
+    """``after - before`` of two launch_counts() readings, as text (empty when nothing counted)."""
+    return ", ".join(f"{k} {after[k] - before.get(k, 0)}" for k in after)

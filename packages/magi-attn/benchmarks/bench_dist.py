@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from _common import doc_lengths, measure
+from _common import count_delta, doc_lengths, launch_counts, measure
 
 MASKS = ("full", "causal", "varlen_causal", "sliding_window")
 METHODS = ("magi", "ffa_single", "ring", "ulysses")
@@ -511,7 +511,7 @@ def main(argv=None) -> int:
                         skipped.append(msg)
                         log(f"skip {msg}")
                     continue
-                t0 = time.perf_counter()
+                t0, counts0 = time.perf_counter(), launch_counts()
                 try:
                     if m == "magi":
                         tf, tb = run_magi(a, mask, q, k, v, do, timer)
@@ -532,6 +532,8 @@ def main(argv=None) -> int:
                 log(f"{kind:14s} T={T:7d} {m:10s} fwd {tf * 1e3:9.2f} ms {res[m][0]:8.2f} "
                     f"TFLOP/s/GPU | bwd {tb * 1e3:9.2f} ms {res[m][1]:8.2f} TFLOP/s/GPU "
                     f"({time.perf_counter() - t0:.1f}s)")
+                if m == "magi":  # warm-up and timed steps: were the host shortcuts used?
+                    log(f"  launch counts: {count_delta(counts0, launch_counts()) or 'none'}")
                 if cuda:
                     torch.cuda.empty_cache()
             for m, (f_tf, b_tf, tf, tb) in res.items():

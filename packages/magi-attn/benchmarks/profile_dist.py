@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _common import count_delta, launch_counts  # noqa: E402
 from bench_dist import MASKS, build_mask, dispatch_config, mask_area  # noqa: E402
 
 
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     torch.cuda.synchronize()
     dist.barrier()
     n = 10
+    counts0 = launch_counts()
     t0 = time.perf_counter()
     for _ in range(n):
         out = calc_attn(lq, lk, lv, key)[0]
@@ -98,6 +100,7 @@ def main(argv=None) -> int:
     if rank == 0:
         print(f"{args.mask} T={T} world={world}: host {host_fwd * 1e3:.3f} ms/forward, {host_bwd * 1e3:.3f} ms/backward (no sync); back to back: "
               f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms", flush=True)
+        print(f"launch counts of those steps (rank 0): {count_delta(counts0, launch_counts()) or 'none'}", flush=True)
     if args.stages and rank == 0:
         print_stage_kernels(key, (q, k, v, do), (qr, kr, tm), (lq, lk, lv, ldo))
     prof = cProfile.Profile()

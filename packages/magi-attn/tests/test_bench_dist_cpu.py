@@ -28,6 +28,8 @@ def test_bench_dist_cpu_world4(tmp_path):
     log = proc.stdout + proc.stderr
     errors = [ln for ln in log.splitlines() if "Error" in ln or "error" in ln][:20]
     assert proc.returncode == 0, "\n".join(errors) + "\n...\n" + log[-4000:]
+    # each magi measurement says whether the host shortcuts (FA4 replay, native graphs) were used
+    assert log.count("launch counts:") == 4, log[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "bench_dist.csv")))
     masks = {"full", "causal", "varlen_causal", "sliding_window"}
     assert {r["mask"] for r in rows} == masks

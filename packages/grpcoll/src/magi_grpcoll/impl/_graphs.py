@@ -24,9 +24,16 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-__all__ = ["LaunchGraphs", "graphs_enabled"]
+__all__ = ["LaunchGraphs", "graph_stats", "graphs_enabled"]
 
 _disabled_reason: list[str] = []  # set once a capture fails: graphs stay off for the process
+_totals = {"replays": 0, "captures": 0, "eager": 0}  # over every LaunchGraphs of the process
+
+
+def graph_stats() -> dict:
+    """Native ops of this process so far: replayed from a graph, captured, launched eagerly (a call
+    whose addresses keep changing never replays and pays its launches' host time every time)."""
+    return dict(_totals)
 
 
 def graphs_enabled() -> bool:
@@ -82,28 +89,37 @@ class LaunchGraphs:
     def run(self, key: Hashable, launch: Callable[[], None]) -> None:
         """Issue ``launch()``'s work on the current stream: from a graph of ``key`` when there is one."""
         if not graphs_enabled() or torch.cuda.is_current_stream_capturing():
-            launch()
+            self._eager(launch)
             return
         graph = self._graphs.get(key)
         if graph is not None:
             self._graphs.move_to_end(key)
-            graph.replay()
-            self.replays += 1
+            self._replay(graph)
             return
         seen = self._sightings.pop(key, 0) + 1
         if seen < self._min_sightings:
             self._sightings[key] = seen
             while len(self._sightings) > 4 * self._capacity:
                 self._sightings.popitem(last=False)
-            launch()
+            self._eager(launch)
             return
         graph = self._capture(launch)
         if graph is None:
-            launch()
+            self._eager(launch)
             return
         self.captures += 1
+        _totals["captures"] += 1
         self._graphs[key] = graph
         while len(self._graphs) > self._capacity:
             self._graphs.popitem(last=False)
+        self._replay(graph)
+
+    def _replay(self, graph) -> None:
         graph.replay()
         self.replays += 1
+        _totals["replays"] += 1
+
+    @staticmethod
+    def _eager(launch: Callable[[], None]) -> None:
+        launch()
+        _totals["eager"] += 1
