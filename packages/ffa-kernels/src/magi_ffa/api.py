@@ -391,20 +391,18 @@ def ffa_backward(
     # adds into others (ACCUMULATES_NAMED) gets them all as they are; a writing backend
     # (SUPPORTS_FRESH) gets those to write and temporaries in q's dtype for the rest, which are then
     # added; the others accumulate into zeroed fp32 buffers that are then copied or added.
+    written = written | {n for n, b in bufs.items() if b is None}  # fresh ones, written whole
+    for name in bufs:
+        if bufs[name] is None:
+            bufs[name] = torch.empty(like[name].shape, dtype=adt, device=q.device)
     fresh = impl.SUPPORTS_FRESH
     if fresh and impl.ACCUMULATES_NAMED:
-        adds = frozenset(n for n, b in bufs.items() if b is not None and n not in written)
-        for name in bufs:
-            if bufs[name] is None:
-                bufs[name] = torch.empty(like[name].shape, dtype=adt, device=q.device)
         run_backward(impl, inp, dout, out, lse, delta, bufs["dq"], bufs["dk"], bufs["dv"], fresh=True,
-                     accumulate=adds)
+                     accumulate=frozenset(bufs) - written)
         return bufs["dq"], bufs["dk"], bufs["dv"]
     targets, after = {}, []
     for name, buf in bufs.items():
-        writes = name in written or buf is None
-        if buf is None:
-            buf = bufs[name] = torch.empty(like[name].shape, dtype=adt, device=q.device)
+        writes = name in written
         if fresh and writes:
             targets[name] = buf
         elif fresh:

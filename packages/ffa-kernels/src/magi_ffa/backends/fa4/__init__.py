@@ -156,16 +156,10 @@ class FA4Backend(Backend):
         from magi_ffa.backends.triton.merge import add_into_, zero_rows_
 
         self._refuse(inp)
-        names = ("dq", "dk", "dv")
-        writes = [fresh and n not in accumulate for n in names]  # per buffer: written whole, or added into
-        if inp.num_slices == 0:
-            for g, w in zip((dq, dk, dv), writes):
-                if w:
-                    g.zero_()
-            return
-        parts = _call_parts(inp, "bwd")
-        if any(writes) and parts[0].covers != (inp.q.shape[0], inp.k.shape[0]):
-            for g, w in zip((dq, dk, dv), writes):
+        writes = [fresh and n not in accumulate for n in ("dq", "dk", "dv")]  # written whole, or added into
+        parts = _call_parts(inp, "bwd") if inp.num_slices else ()
+        if any(writes) and (not parts or parts[0].covers != (inp.q.shape[0], inp.k.shape[0])):
+            for g, w in zip((dq, dk, dv), writes):  # cells no call writes are 0
                 if w:
                     g.zero_()
             writes = [False] * 3

@@ -106,6 +106,7 @@ def _per_row(kernel_index: int, first: torch.Tensor, *args) -> None:
 
 
 def _triton_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels here can run on `tensors`: on a GPU (or the Triton interpreter), contiguous."""
     first = tensors[0]
     return (first.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1") and all(
         t.is_contiguous() for t in tensors)
@@ -150,13 +151,13 @@ def merge_into_(acc: torch.Tensor, acc_lse: torch.Tensor, part: torch.Tensor, pa
     counts as empty (lse -inf). The others contiguous, on one device, d <= 256.
     """
     global _compiled
-    if not (acc.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
+    if not _triton_ok(acc, acc_lse, part):
         return False
     if acc.dtype not in _ACC_DTYPES or acc_lse.dtype != torch.float32 or part_lse.dtype != torch.float32:
         return False
     if acc.dim() != 3 or part.shape != acc.shape or acc_lse.shape != acc.shape[:2] or part_lse.shape != acc_lse.shape:
         return False
-    if not all(t.is_contiguous() for t in (acc, acc_lse, part)) or acc.shape[2] > 256:
+    if acc.shape[2] > 256:
         return False
     if empty_rows is not None and (empty_rows.shape != acc.shape[:1] or not empty_rows.is_contiguous()):
         return False
