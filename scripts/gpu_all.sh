@@ -62,8 +62,9 @@ if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has bench-dist
   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
   [ -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] || { echo "FA4 libraries missing: run step fa4-libs first"; status=1; }
 fi
-# FFA_SRC lets a run use another copy of the kernels (e.g. a committed snapshot while the tree is being edited).
-SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:$PWD/packages/grpcoll/src:$PWD/packages/magi-attn/src:$PWD/packages/extensions/src
+# FFA_SRC / GRPCOLL_SRC let a run use another copy of the kernels / collectives (e.g. a `git archive`
+# snapshot of an earlier commit, for an A/B in the same loan).
+SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:${GRPCOLL_SRC:-$PWD/packages/grpcoll/src}:$PWD/packages/magi-attn/src:$PWD/packages/extensions/src
 export PYTHONPATH=$SRC_PATHS${PYTHONPATH:+:$PYTHONPATH}
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
 

@@ -52,14 +52,50 @@ def test_a_key_is_captured_on_its_second_sighting_and_replayed_after(cuda_faked)
     assert {k: after[k] - before[k] for k in after} == {"replays": 2, "captures": 1, "eager": 2}
 
 
-def test_least_recently_used_graphs_are_dropped(cuda_faked):
+def test_least_recently_used_graphs_are_dropped_and_not_captured_again(cuda_faked):
     graphs = LaunchGraphs(capacity=2, min_sightings=1, capture=_Graph)
     calls = []
     for key in ("a", "b", "a", "c"):  # "b" is the least recently used when "c" arrives
         graphs.run(key, _recording(calls, key))
-    assert list(graphs._graphs) == ["a", "c"]
-    graphs.run("b", _recording(calls, "b-again"))  # recaptured from the new launch function
-    assert calls[-1] == "b-again" and graphs.captures == 4
+    assert list(graphs._graphs) == ["a", "c"] and graphs.captures == 3
+    graphs.run("b", _recording(calls, "b-again"))  # dropped once: eager from now on, no re-capture
+    graphs.run("b", _recording(calls, "b-third"))
+    assert calls[-2:] == ["b-again", "b-third"] and graphs.captures == 3 and list(graphs._graphs) == ["a", "c"]
+
+
+def test_more_layers_than_capacity_never_capture_on_every_step(cuda_faked):
+    """A model whose per-layer keys outnumber the graphs kept: after warm-up, every step replays the
+    graphs it kept and launches the rest eagerly; no step captures again (a capture costs more host
+    time than the launches it saves)."""
+    graphs, layers = LaunchGraphs(capacity=4, capture=_Graph), [f"layer{i}" for i in range(6)]
+    for _ in range(3):  # warm-up: seen, captured, evicted in turn
+        for key in layers:
+            graphs.run(key, lambda: None)
+    before = (graphs.captures, graphs.replays)
+    for _ in range(4):
+        for key in layers:
+            graphs.run(key, lambda: None)
+    assert graphs.captures == before[0], "steady state re-captured graphs"
+    assert graphs.replays > before[1]
+
+
+def test_both_halves_of_a_family_are_captured_once_the_family_was_seen_twice(cuda_faked):
+    """An odd number of native calls per step alternates each call's buffer half between steps: the
+    family (the key without the half) counts the sightings, so step 2 captures one half, step 3 the
+    other, and step 4 replays."""
+    graphs, calls = LaunchGraphs(capture=_Graph), []
+    for step, half in enumerate((0, 1, 0, 1, 0), start=1):
+        graphs.run(("cast", half), _recording(calls, step), family="cast")
+    assert calls == [1, 2, 3, 2, 3] and graphs.captures == 2 and graphs.replays == 4
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "many"])
+def test_a_bad_graph_capacity_names_the_variable(monkeypatch, raw):
+    monkeypatch.setenv("MAGI_GRPCOLL_GRAPH_CAPACITY", raw)
+    with pytest.raises(ValueError, match="MAGI_GRPCOLL_GRAPH_CAPACITY"):
+        LaunchGraphs()
+    monkeypatch.setenv("MAGI_GRPCOLL_GRAPH_CAPACITY", "3")
+    assert LaunchGraphs()._capacity == 3
 
 
 def test_no_graphs_when_switched_off_inside_a_capture_or_after_a_failed_capture(cuda_faked, monkeypatch):

@@ -16,8 +16,9 @@ length T it times forward and backward of
 - ``ulysses``: all-to-all of heads, single-device FFA over the whole sequence with the global mask
   on the local heads, all-to-all back (needs hq and hk divisible by the world size).
 
-FLOPs come from the exact mask area: forward 4 * area * d * hq, backward 2.5x that.
-TFLOP/s per GPU = FLOPs / world_size / time, where time is the slowest rank's median.
+FLOPs come from the exact mask area: forward 4 * area * d * hq, backward 2.5x that, times
+``--layers`` (calls stacked per step as in a model: each layer's output is the next one's query,
+each layer has its own K/V). TFLOP/s per GPU = FLOPs / world_size / time, where time is the slowest rank's median.
 Scaling efficiency = magi TFLOP/s per GPU / ffa_single TFLOP/s.
 Results: CSV, a markdown table (card, date, git commit, command, world size) and, when matplotlib
 imports, one PNG per mask, all under --out (written by rank 0).
@@ -77,14 +78,30 @@ def fwd_flops(area: int, d: int, hq: int) -> float:
 
 # ------------------------------------------------------------------------------------ timing
 class Timer:
-    """Times forward and backward of a callable; median over repeats, max over ranks."""
+    """Times forward and backward of ``layers`` stacked attention calls; median over repeats, max
+    over ranks.
 
-    def __init__(self, device: torch.device, warmup: int, repeats: int):
-        self.device, self.warmup, self.repeats = device, warmup, repeats
+    Layer i's output is layer i+1's query and every layer has its own K/V leaves, as in a model:
+    each layer's calls see tensors at their own addresses, which is what the host-side shortcuts
+    keyed by addresses (the native collectives' CUDA graphs) meet in training.
+    """
+
+    def __init__(self, device: torch.device, warmup: int, repeats: int, layers: int = 1):
+        self.device, self.warmup, self.repeats, self.layers = device, warmup, repeats, layers
         self.cuda = device.type == "cuda"
 
-    def measure(self, fwd, leaves, dout) -> tuple[float, float]:
-        """(fwd seconds, bwd seconds): slowest rank's median of ``repeats`` runs."""
+    def measure(self, attn, q, k, v, dout) -> tuple[float, float]:
+        """(fwd seconds, bwd seconds) of all layers of ``attn(q, k, v) -> out`` (leaves q, k, v):
+        slowest rank's median of ``repeats`` runs."""
+        kvs = [(k, v)] + [(_leaf(k), _leaf(v)) for _ in range(self.layers - 1)]
+
+        def fwd():
+            x = q
+            for k_, v_ in kvs:
+                x = attn(x, k_, v_)
+            return x
+
+        leaves = [q] + [t for kv in kvs for t in kv]
         return measure(fwd, leaves, dout, self.device, self.warmup, self.repeats)
 
 
@@ -118,7 +135,7 @@ def run_magi(cfg, mask, q, k, v, do, timer):
         meta = dist_attn_runtime_dict_mgr.get_mgr(key).dispatch_meta
         print(f"  {cfg.dispatch_alg} dispatch at T={T}: chunk {meta.chunk_size}, rank 0 holds "
               f"{len(meta.partitions[0])} chunks", flush=True)
-    return timer.measure(lambda: calc_attn(lq, lk, lv, key)[0], [lq, lk, lv], ldo)
+    return timer.measure(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, ldo)
 
 
 #: --dispatch-alg names: magi_attention's dispatch algorithms (a float after ':' is top_p /
@@ -163,8 +180,8 @@ def run_ffa_single(mask, q, k, v, do, timer):
 
     qr, kr, tm = _ranges(mask, q.device)
     lq, lk, lv = _leaf(q), _leaf(k), _leaf(v)
-    return timer.measure(lambda: flex_flash_attn_func(lq, lk, lv, qr, kr, tm)[0],
-                         [lq, lk, lv], do)
+    return timer.measure(lambda q_, k_, v_: flex_flash_attn_func(q_, k_, v_, qr, kr, tm)[0],
+                         lq, lk, lv, do)
 
 
 class _AllToAll(torch.autograd.Function):
@@ -211,12 +228,12 @@ def run_ulysses(mask, q, k, v, do, timer):
     lq, lk, lv = (_leaf(x[rank * s:(rank + 1) * s]) for x in (q, k, v))
     ldo = do[rank * s:(rank + 1) * s].contiguous()
 
-    def fwd():
-        gq, gk, gv = (_seq_to_heads(x, world) for x in (lq, lk, lv))
+    def attn(q_, k_, v_):
+        gq, gk, gv = (_seq_to_heads(x, world) for x in (q_, k_, v_))
         out = flex_flash_attn_func(gq, gk, gv, qr, kr, tm)[0]
         return _heads_to_seq(out, world)
 
-    return timer.measure(fwd, [lq, lk, lv], ldo)
+    return timer.measure(attn, lq, lk, lv, ldo)
 
 
 def run_ring(kind, q, k, v, do, timer):
@@ -238,8 +255,8 @@ def run_ring(kind, q, k, v, do, timer):
         with context_parallel(mesh, buffers=[bq, bk, bv, bdo], buffer_seq_dims=[2, 2, 2, 2]):
             lq, lk, lv = _leaf(bq), _leaf(bk), _leaf(bv)
             return timer.measure(
-                lambda: F.scaled_dot_product_attention(lq, lk, lv, is_causal=causal),
-                [lq, lk, lv], bdo)
+                lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, is_causal=causal),
+                lq, lk, lv, bdo)
     finally:
         if options is not None:
             options.enable_load_balance = saved
@@ -390,6 +407,9 @@ def parse_args(argv=None):
     p.add_argument("--dispatch-alg", default="min_heap",
                    help=f"dispatch algorithm of magi's key: {', '.join(DISPATCH_ALGS)} (':<float>' sets "
                         f"top_p / allocation_ratio / remote_cost); default min_heap, the library's")
+    p.add_argument("--layers", type=int, default=1,
+                   help="attention calls per step, stacked as in a model (own K/V per layer); TFLOP/s "
+                        "count all of them")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--comm-stream-priority", type=int, default=None,
@@ -406,9 +426,10 @@ def _defaults(a, cuda: bool, world: int):
         a.seqlens = a.seqlens or ([32768] if a.quick else [32768, 65536, 131072])
         a.heads, a.head_dim = a.heads or 16, a.head_dim or 128
         a.chunk_size = a.chunk_size or 512
-        # the first call compiles/autotunes the Triton kernels and sets up NCCL; one warm-up
-        # per (mask, length) suffices, and five repeats keep the default run near 3 minutes
-        a.warmup = 1 if a.warmup is None else a.warmup
+        # the first call compiles/autotunes the kernels and sets up NCCL; the native collectives
+        # capture their CUDA graphs on a later step (the second sighting, the third where a step
+        # makes an odd number of calls), so three warm-ups time the steady state of training
+        a.warmup = 3 if a.warmup is None else a.warmup
         a.repeats = a.repeats or (3 if a.quick else 5)
     else:
         a.heads, a.head_dim = a.heads or 4, a.head_dim or 32
@@ -463,14 +484,16 @@ def main(argv=None) -> int:
     a = _defaults(a, cuda, world)
     dtype = torch.bfloat16 if cuda else torch.float32
     hq, hk, d = a.heads, a.kv_heads, a.head_dim
-    timer = Timer(device, a.warmup, a.repeats)
+    if a.layers < 1:
+        raise SystemExit(f"bench_dist: --layers must be >= 1 (got {a.layers})")
+    timer = Timer(device, a.warmup, a.repeats, a.layers)
 
     def log(msg):
         if rank == 0:
             print(f"[bench_dist] {msg}", flush=True)
 
     log(f"world={world} device={device.type} dtype={dtype} hq/hk={hq}/{hk} d={d} "
-        f"seqlens={a.seqlens} masks={a.masks} warmup={a.warmup} repeats={a.repeats}")
+        f"seqlens={a.seqlens} masks={a.masks} layers={a.layers} warmup={a.warmup} repeats={a.repeats}")
     rows, skipped = [], []
     t_start = time.perf_counter()
     for T in a.seqlens:
@@ -527,7 +550,7 @@ def main(argv=None) -> int:
                     skipped.append(msg)
                     log(msg)
                     continue
-                fl = local_flops if m == "ffa_single" else flops / world
+                fl = (local_flops if m == "ffa_single" else flops / world) * a.layers
                 res[m] = (fl / tf / 1e12, BWD_FACTOR * fl / tb / 1e12, tf, tb)
                 log(f"{kind:14s} T={T:7d} {m:10s} fwd {tf * 1e3:9.2f} ms {res[m][0]:8.2f} "
                     f"TFLOP/s/GPU | bwd {tb * 1e3:9.2f} ms {res[m][1]:8.2f} TFLOP/s/GPU "
@@ -563,7 +586,8 @@ def main(argv=None) -> int:
                   "group collectives": _grpcoll_impl_name() + "".join(
                       f" ({k} {v})" for k, v in (("comm stream priority", a.comm_stream_priority),
                                                  ("copy engine casts", a.comm_copy_engine)) if v is not None),
-                  "warmup/repeats": f"{a.warmup}/{a.repeats}", "torch": torch.__version__,
+                  "layers per step": a.layers, "warmup/repeats": f"{a.warmup}/{a.repeats}",
+                  "torch": torch.__version__,
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}
         write_outputs(Path(a.out), rows, skipped, header)
         log(f"wrote {a.out}/bench_dist.csv and bench_dist.md ({len(rows)} rows, "

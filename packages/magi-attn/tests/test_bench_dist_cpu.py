@@ -23,7 +23,7 @@ def test_bench_dist_cpu_world4(tmp_path):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={WORLD}", str(BENCH), "--device", "cpu", "--quick",
-           "--comm-stream-priority", "0", "--comm-copy-engine", "0", "--out", str(tmp_path)]
+           "--comm-stream-priority", "0", "--comm-copy-engine", "0", "--layers", "2", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
     log = proc.stdout + proc.stderr
     errors = [ln for ln in log.splitlines() if "Error" in ln or "error" in ln][:20]
@@ -49,6 +49,7 @@ def test_bench_dist_cpu_world4(tmp_path):
     md = (tmp_path / "bench_dist.md").read_text()
     assert "world size: 4" in md and "git commit:" in md and "card:" in md
     assert "ffa kernel backend: auto" in md
+    assert "layers per step: 2" in md  # two stacked calls per step, each layer with its own K/V
     # the native collectives' A/B switches are recorded (gloo runs a2a-v: they change nothing here)
     assert "(comm stream priority 0) (copy engine casts 0)" in md
     assert "## skipped" in md and "efficiency" in md

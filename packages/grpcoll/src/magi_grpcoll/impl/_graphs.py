@@ -8,8 +8,13 @@ again and again on tensors the caching allocator hands back at the same addresse
 is captured once into a CUDA graph and later issued with one replay.
 
 Policy (:class:`LaunchGraphs`): a key (everything the launches read: addresses, row sizes, the
-buffer's generation and half) is captured the second time it is seen, so calls whose addresses
-never repeat pay no capture; at most ``capacity`` graphs are kept, least recently used dropped.
+buffer's generation and half) is captured once its *family* (the same key with the buffer half left
+out) has been seen twice, so calls whose addresses never repeat pay no capture, and where a step
+makes an odd number of native calls (each call's half then alternates from step to step) both
+halves are captured by the third step, not the fourth. A model calls each plan once per layer on that layer's tensors, so a binding holds up to
+``capacity`` graphs (``MAGI_GRPCOLL_GRAPH_CAPACITY``, default 256), least recently used dropped; a
+key whose graph was dropped is never captured again (it runs eagerly): more distinct keys than
+``capacity`` would otherwise be re-captured on every step, at more host time than launching them.
 Never inside a caller's own capture (the launches are then recorded into the caller's graph), on
 the Triton interpreter, or with ``MAGI_GRPCOLL_CUDA_GRAPHS=0``. A failed capture turns graphs off
 for the process (with one warning) and the call runs eagerly.
@@ -24,7 +29,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-__all__ = ["LaunchGraphs", "graph_stats", "graphs_enabled"]
+__all__ = ["LaunchGraphs", "graph_capacity", "graph_stats", "graphs_enabled"]
 
 _disabled_reason: list[str] = []  # set once a capture fails: graphs stay off for the process
 _totals = {"replays": 0, "captures": 0, "eager": 0}  # over every LaunchGraphs of the process
@@ -73,6 +78,18 @@ def _capture(launch: Callable[[], None]):
     return graph
 
 
+def graph_capacity() -> int:
+    """Graphs kept per bound plan (``MAGI_GRPCOLL_GRAPH_CAPACITY``, default 256)."""
+    raw = os.environ.get("MAGI_GRPCOLL_GRAPH_CAPACITY", "256")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise ValueError(f"MAGI_GRPCOLL_GRAPH_CAPACITY={raw!r}: expected a positive integer")
+    return value
+
+
 class LaunchGraphs:
     """CUDA graphs of one bound plan's launch sequences, by key (see the module docstring).
 
@@ -80,14 +97,17 @@ class LaunchGraphs:
     tests pass a stand-in. ``replays`` / ``captures`` count what happened (tests and profiling).
     """
 
-    def __init__(self, capacity: int = 8, min_sightings: int = 2, capture=_capture) -> None:
+    def __init__(self, capacity: int | None = None, min_sightings: int = 2, capture=_capture) -> None:
+        self._capacity = graph_capacity() if capacity is None else capacity
         self._graphs: OrderedDict = OrderedDict()  # key -> graph
-        self._sightings: OrderedDict = OrderedDict()  # key -> times seen without a graph
-        self._capacity, self._min_sightings, self._capture = capacity, min_sightings, capture
+        self._sightings: OrderedDict = OrderedDict()  # family -> times seen
+        self._dropped: OrderedDict = OrderedDict()  # keys whose graph was dropped (never captured again)
+        self._min_sightings, self._capture = min_sightings, capture
         self.replays = self.captures = 0
 
-    def run(self, key: Hashable, launch: Callable[[], None]) -> None:
-        """Issue ``launch()``'s work on the current stream: from a graph of ``key`` when there is one."""
+    def run(self, key: Hashable, launch: Callable[[], None], family: Hashable | None = None) -> None:
+        """Issue ``launch()``'s work on the current stream: from a graph of ``key`` when there is one.
+        ``family``: the key without what alternates between otherwise equal calls (default: the key)."""
         if not graphs_enabled() or torch.cuda.is_current_stream_capturing():
             self._eager(launch)
             return
@@ -96,11 +116,11 @@ class LaunchGraphs:
             self._graphs.move_to_end(key)
             self._replay(graph)
             return
-        seen = self._sightings.pop(key, 0) + 1
-        if seen < self._min_sightings:
-            self._sightings[key] = seen
-            while len(self._sightings) > 4 * self._capacity:
-                self._sightings.popitem(last=False)
+        family = key if family is None else family
+        seen = self._sightings.pop(family, 0) + 1
+        self._sightings[family] = seen
+        self._bound(self._sightings)
+        if seen < self._min_sightings or key in self._dropped:
             self._eager(launch)
             return
         graph = self._capture(launch)
@@ -111,8 +131,14 @@ class LaunchGraphs:
         _totals["captures"] += 1
         self._graphs[key] = graph
         while len(self._graphs) > self._capacity:
-            self._graphs.popitem(last=False)
+            self._dropped[self._graphs.popitem(last=False)[0]] = None
+        self._bound(self._dropped)
         self._replay(graph)
+
+    def _bound(self, seen: OrderedDict) -> None:
+        """Keep the bookkeeping of keys and families bounded (oldest forgotten first)."""
+        while len(seen) > 4 * self._capacity:
+            seen.popitem(last=False)
 
     def _replay(self, graph) -> None:
         graph.replay()

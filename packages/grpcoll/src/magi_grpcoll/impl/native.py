@@ -345,14 +345,14 @@ class NativeImpl(GrpCollImpl):
         return b
 
     def _regions(self, group, device, sizes):
-        """Byte offsets of consecutive 16-byte aligned regions in this call's buffer half (and the
-        buffer's generation)."""
+        """Byte offsets of consecutive 16-byte aligned regions in this call's buffer half, the
+        half's own offset and the buffer's generation."""
         offs, total = [], 0
         for s in sizes:
             offs.append(total)
             total += (s + 15) // 16 * 16
         buf, hdl, peer_bufs, half_off, gen = self._buffers.half(group, total, device)
-        return buf, hdl, peer_bufs, tuple(half_off + o for o in offs), gen
+        return buf, hdl, peer_bufs, tuple(half_off + o for o in offs), half_off, gen
 
     def cast(self, plan, inputs, outputs, group, *, async_op, input_lse=None, output_lse=None, **kwargs):
         from magi_grpcoll.work import GrpCollWork
@@ -362,7 +362,7 @@ class NativeImpl(GrpCollImpl):
         dev = inputs[0].device
         cap = b.regions[0]
         rbs = [row_bytes(s) for s, _ in pairs]
-        buf, hdl, peer_bufs, offs, gen = self._regions(group, dev, [cap * rb for rb in rbs])
+        buf, hdl, peer_bufs, offs, half_off, gen = self._regions(group, dev, [cap * rb for rb in rbs])
         engines = COPY_ENGINE_CASTS
         if engines:
             push_runs, post_runs = b.runs("push"), b.runs("post")
@@ -386,10 +386,10 @@ class NativeImpl(GrpCollImpl):
                 else:
                     copy_chunks(region, tables[i][1], out=dst)
 
-        key = ("cast", gen, offs, engines,
-               *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
+        family = ("cast", gen, engines,
+                  *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
         ev = _on_comm_stream(dev, [t for pair in pairs for t in pair],
-                             lambda: b.graphs.run(key, launch))
+                             lambda: b.graphs.run((family, half_off), launch, family))
         self._buffers.settle(ev)
         defaults = tuple(d for _, d in pairs)
 
@@ -408,7 +408,7 @@ class NativeImpl(GrpCollImpl):
         srcs = [x] + ([input_lse] if lse else [])
         rbs = [row_bytes(s) for s in srcs]
         sizes = [n * rb for rb in rbs for n in b.regions]  # receive, stage (, lse receive, stage)
-        buf, hdl, peer_bufs, offs, gen = self._regions(group, input.device, sizes)
+        buf, hdl, peer_bufs, offs, half_off, gen = self._regions(group, input.device, sizes)
         tables = [b.table("send", rb) for rb in rbs]  # never made inside a capture
 
         def launch():
@@ -422,10 +422,11 @@ class NativeImpl(GrpCollImpl):
                               received_lse_addr=base + offs[2] if lse else 0,
                               peer_lse_offset_bytes=offs[3] if lse else 0)
 
-        key = ("reduce", gen, offs, reduce_op, bool(acc_reduce), x.data_ptr(), x.dtype, output.data_ptr(),
-               output.dtype, *rbs, row_bytes(output), *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
+        family = ("reduce", gen, reduce_op, bool(acc_reduce), x.data_ptr(), x.dtype, output.data_ptr(),
+                  output.dtype, *rbs, row_bytes(output),
+                  *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
         ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
-                             lambda: b.graphs.run(key, launch))
+                             lambda: b.graphs.run((family, half_off), launch, family))
         self._buffers.settle(ev)
 
         def post(*outs):
