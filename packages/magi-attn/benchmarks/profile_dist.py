@@ -5,8 +5,9 @@
 
 Uses bench_dist's masks and setup (bf16, hq=hk=16, d=128, chunk 512); the kernel backend and
 group collectives follow the environment (MAGI_ATTENTION_FA4_BACKEND, MAGI_ATTENTION_NATIVE_GRPCOLL).
-Prints: host ms per forward and per backward (no sync inside), device ms per forward and backward, the top host
-functions of five forwards, and the top device kernels of two forward+backward passes. ``--stages`` adds,
+Prints: host ms per forward and per backward (no sync inside), device ms per forward and backward (back to
+back, and one forward after a sync as bench_dist times it), the host path of a forward (us per forward by
+function, cumulative), and the top device kernels of two forward+backward passes. ``--stages`` adds,
 on rank 0, each kernel call of the rank's plan (host stage, remote stages) timed alone, with its area,
 TFLOP/s and, on the fa4 backend, the form FA4 runs it in; beside it the whole mask on one GPU, the
 efficiency reference. ``--trace DIR`` writes each rank's device timeline as CSV and prints its summary
@@ -97,21 +98,24 @@ def main(argv=None) -> int:
     torch.cuda.synchronize()
     fwd_ms = ev[0].elapsed_time(ev[1]) / n
     step_ms = ev[1].elapsed_time(ev[2]) / n
+    alone_ms = single_forward_ms(lambda: calc_attn(lq, lk, lv, key)[0], n)
     if rank == 0:
         print(f"{args.mask} T={T} world={world}: host {host_fwd * 1e3:.3f} ms/forward, {host_bwd * 1e3:.3f} ms/backward (no sync); back to back: "
-              f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms", flush=True)
+              f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms; one forward after a sync (as bench_dist "
+              f"times it): {alone_ms:.3f} ms", flush=True)
         print(f"launch counts of those steps (rank 0): {count_delta(counts0, launch_counts()) or 'none'}", flush=True)
     if args.stages and rank == 0:
         print_stage_kernels(key, (q, k, v, do), (qr, kr, tm), (lq, lk, lv, ldo))
     prof = cProfile.Profile()
     dist.barrier()
+    n_prof = 20
     prof.enable()
-    for _ in range(5):
+    for _ in range(n_prof):
         out = calc_attn(lq, lk, lv, key)[0]
     prof.disable()
     torch.cuda.synchronize()
     if rank == 0:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(22)
+        print_host_breakdown(prof, n_prof)
     from torch.profiler import ProfilerActivity, profile
 
     dist.barrier()
@@ -133,6 +137,36 @@ def main(argv=None) -> int:
     dist.barrier()
     dist.destroy_process_group()
     return 0
+
+
+def single_forward_ms(fwd, n: int) -> float:
+    """Median device time of one forward issued right after a sync and a barrier, as bench_dist
+    times a step: the host path before the first kernel counts in full (back to back, it hides)."""
+    times = []
+    for _ in range(n):
+        torch.cuda.synchronize()
+        dist.barrier()
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        ev[0].record()
+        fwd()
+        ev[1].record()
+        torch.cuda.synchronize()
+        times.append(ev[0].elapsed_time(ev[1]))
+    return sorted(times)[len(times) // 2]
+
+
+def print_host_breakdown(prof, n: int, top: int = 30) -> None:
+    """The functions under the profiled forwards by cumulative host time, in us per forward (cProfile
+    roughly doubles Python-heavy paths: read the shares, not the absolute figures)."""
+    rows = []
+    for (path, line, func), (_, calls, own, cum, _) in pstats.Stats(prof).stats.items():
+        where = os.path.basename(path) if path != "~" else ""
+        rows.append((cum, own, calls, f"{where}:{line}({func})" if where else func))
+    rows.sort(reverse=True)
+    print(f"host path of one forward under cProfile ({n} forwards), us per forward:")
+    print(f"{'cumulative':>11} {'own':>8} {'calls':>6}  function")
+    for cum, own, calls, name in rows[:top]:
+        print(f"{cum / n * 1e6:11.1f} {own / n * 1e6:8.1f} {calls / n:6.1f}  {name}")
 
 
 def write_timeline(tp, path: str) -> None:
