@@ -47,7 +47,7 @@ def _profile_one(tokens, rank, world, dev):
     red = torch.zeros_like(x)
     b = native._bind_cast(plan, None)
     rb = row_bytes(x)
-    buf, hdl, peer_bufs, offs, _ = native._regions(None, dev, [b.regions[0] * rb])
+    buf, hdl, peer_bufs, offs, _, _ = native._regions(None, dev, [b.regions[0] * rb])
     region = buf[offs[0]:offs[0] + b.regions[0] * rb].view(b.regions[0], rb)
     push, post = b.table("push", rb), b.table("post", rb)
     remote, local = push[push[:, 3] >= 0].contiguous(), push[push[:, 3] < 0].contiguous()
@@ -69,7 +69,7 @@ def _profile_one(tokens, rank, world, dev):
     native.reduce_push_fraction = NativeImpl.reduce_push_fraction
     rbind = native._bind_reduce(rplan, None)
     send = rbind.table("send", rb)
-    rbuf, _, rpeers, roffs, _ = native._regions(None, dev, [n * rb for n in rbind.regions])  # the grown buffer
+    rbuf, _, rpeers, roffs, _, _ = native._regions(None, dev, [n * rb for n in rbind.regions])  # the grown buffer
     t["reduce: send"] = _time(lambda: copy_chunks(src, send, out=rbuf[roffs[1]:], peer_bufs_addr=rpeers,
                                                   dst_offset_bytes=roffs[0]))
     for be, nw in ((1024, 4), (2048, 4), (2048, 8), (512, 2), (512, 4)):  # fold launch shapes
