@@ -168,6 +168,13 @@ def _job_plans_and_errors(rank, world):
         # every row of x comes back once per destination it was cast to
         mult = torch.tensor([1.0] * 3 + [2.0] * 2 + [0.0] * 4).view(-1, 1)
         torch.testing.assert_close(back, x * mult)
+    # fold_at_wait (interface 1.3): the output may still be written between the call and its wait
+    back = torch.full((9, 4), float("nan"))
+    work = rplan.reduce(y, back, async_op=True, fold_at_wait=True)
+    back.fill_(0.5)
+    torch.testing.assert_close(work.wait_post_process(), x * mult + 0.5)
+    with pytest.raises(GrpCollError, match="fold_at_wait must be a bool"):
+        rplan.reduce(y, back, fold_at_wait="yes")
 
     # local bad input: raises on this rank before any communication
     with pytest.raises(GrpCollError, match=r"group_cast\(\): sum\(input_split_sizes\)=4 does not match"):

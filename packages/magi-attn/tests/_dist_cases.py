@@ -48,6 +48,26 @@ def case_mask(case):
     raise ValueError(kind)
 
 
+class _spy_reduce_flags:
+    """Records the ``fold_at_wait`` of every group_reduce plan call until ``restore()``."""
+
+    def __init__(self) -> None:
+        from magi_grpcoll.plan import GroupReducePlan
+
+        self.folds_at_wait, self._orig, spy = [], GroupReducePlan.reduce, self
+
+        def reduce(plan, *args, **kwargs):
+            spy.folds_at_wait.append(kwargs.get("fold_at_wait", False))
+            return spy._orig(plan, *args, **kwargs)
+
+        GroupReducePlan.reduce = reduce
+
+    def restore(self) -> None:
+        from magi_grpcoll.plan import GroupReducePlan
+
+        GroupReducePlan.reduce = self._orig
+
+
 def run_cases(cases, group=None, rank_label=""):
     """Run each case on ``group`` (default WORLD); a failing case raises AssertionError."""
     from magi_attention.api import (
@@ -124,7 +144,15 @@ def run_cases(cases, group=None, rank_label=""):
         gout = undispatch(lout, key)
         out = gout.detach().double()
         lse = undispatch(meta.lse, key)
-        gout.backward(do)
+        reduce_flags = _spy_reduce_flags() if "fold_at_wait" in case else None
+        try:
+            gout.backward(do)
+        finally:
+            if reduce_flags is not None:
+                reduce_flags.restore()
+        if reduce_flags is not None and world > 1:  # the dK/dV reduce path the case is about was taken
+            assert reduce_flags.folds_at_wait == [case["fold_at_wait"]], \
+                f"{case['name']}: reduces issued with fold_at_wait={reduce_flags.folds_at_wait}"
         grads = [x.grad.double() for x in (q, k, v)] + ([sink.grad] if sink is not None else [])
         assert all(x.grad.dtype == dt for x in (q, k, v)), f"{case['name']}: gradient dtypes"
         q2, k2, v2 = (t.detach().double().requires_grad_() for t in (q, k, v))

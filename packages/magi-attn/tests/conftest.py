@@ -36,6 +36,11 @@ def dist_cases(world: int) -> list[dict]:
         dict(base, name="mha-odd-pad", mask="causal", hq=2, hk=2, T=83, degree=1, sink=True),
         dict(base, name="hide-tail", mask="varlen_causal", cu=[0, 40, 96], degree=3,
              env={"MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
+        # one remote stage: its dK/dV reduce is issued before the host stage and folded at its wait
+        dict(base, name="hide-tail-one-stage", mask="causal", degree=1, fold_at_wait=True,
+             env={"MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
+        dict(base, name="one-stage-folds-on-arrival", mask="varlen_causal", cu=[0, 37, 96], degree=1,
+             fold_at_wait=False),
         # the runtime's path for a magi_grpcoll without list casts (interface < 1.2): cat([k, v])
         dict(base, name="kv-concatenated", mask="varlen_causal", cu=[0, 29, 70, 96], degree=2,
              cast_lists=False),

@@ -34,6 +34,9 @@ def _cases() -> list[dict]:
              dtype="float16", tol=1e-2),
         dict(base, name="fp16-hide-tail", mask="causal", degree=2, dtype="float16", tol=1e-2,
              env={"MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
+        # one stage under hide tail: its dK/dV reduce folds into the host's fp16 dK/dV at the wait
+        dict(base, name="fp16-hide-tail-one-stage", mask="varlen_causal", cu=[0, 45, 96], degree=1,
+             dtype="float16", tol=1e-2, fold_at_wait=True, env={"MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
     ]
 
 

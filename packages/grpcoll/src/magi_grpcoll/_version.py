@@ -5,4 +5,4 @@ the major part when it changes incompatibly. Packages that depend on this one pi
 """
 
 __version__ = "0.1.5"
-INTERFACE_VERSION = "1.2"
+INTERFACE_VERSION = "1.3"  # 1.3: group_reduce(fold_at_wait=...)

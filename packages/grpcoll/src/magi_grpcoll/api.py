@@ -231,8 +231,8 @@ def _run_cast(plan, input, output, group, *, async_op=False, input_lse=None, out
 
 
 def _run_reduce(plan, input, output, group, *, async_op=False, reduce_op="sum", acc_reduce=True,
-                comm_dtype=None, input_lse=None, output_lse=None, impl=None, _fn="GroupReducePlan.reduce",
-                _err=None, **kwargs):
+                comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, impl=None,
+                _fn="GroupReducePlan.reduce", _err=None, **kwargs):
     fn, err, obj = _fn, _err, None
     row_info = None
     try:
@@ -241,6 +241,8 @@ def _run_reduce(plan, input, output, group, *, async_op=False, reduce_op="sum", 
         _check_plan_group(fn, plan, group)
         if reduce_op not in REDUCE_OPS:
             raise GrpCollError(f"{fn}(): reduce_op={reduce_op!r} is unknown; supported: {list(REDUCE_OPS)}.")
+        if not isinstance(fold_at_wait, bool):
+            raise GrpCollError(f"{fn}(): fold_at_wait must be a bool; got {fold_at_wait!r}.")
         check_tensor(fn, "input", input, dim0=plan.input_len)
         check_tensor(fn, "output", output, dim0=plan.output_len, like=input)
         if not input.dtype.is_floating_point:
@@ -265,7 +267,7 @@ def _run_reduce(plan, input, output, group, *, async_op=False, reduce_op="sum", 
     _finish(fn, plan if err is None else None, err, group, row_info)
     return obj.reduce(plan, input, output, group, async_op=async_op, reduce_op=reduce_op,
                       acc_reduce=acc_reduce, comm_dtype=comm_dtype, input_lse=input_lse,
-                      output_lse=output_lse, **kwargs)
+                      output_lse=output_lse, fold_at_wait=fold_at_wait, **kwargs)
 
 
 @torch.no_grad()
@@ -329,7 +331,8 @@ def group_cast(input, output, input_split_sizes, output_split_sizes, dst_indices
 @torch.no_grad()
 def group_reduce(input, output, input_split_sizes, output_split_sizes, dst_index, src_indices, group=None,
                  async_op: bool = False, reduce_op: str = "sum", acc_reduce: bool = True, comm_dtype=None,
-                 input_lse=None, output_lse=None, *, impl: str | None = None, **kwargs):
+                 input_lse=None, output_lse=None, *, fold_at_wait: bool = False, impl: str | None = None,
+                 **kwargs):
     """Reduce splits of ``input`` onto ranks of ``group`` (the transpose of :func:`group_cast`).
 
     Input split i goes to the single rank ``dst_index[i]``. Output split k folds in, for each rank r in
@@ -344,10 +347,18 @@ def group_reduce(input, output, input_split_sizes, output_split_sizes, dst_index
         acc_reduce: when False the old output does not take part (sum starts from 0, avg divides by n,
             lse starts from (0, -inf)).
         comm_dtype: dtype on the wire (e.g. bf16 partials of fp32 data); default input.dtype.
+        fold_at_wait: promise, on every implementation, that ``output`` (and ``output_lse``) is
+            neither read nor written before ``wait_post_process()``, so the caller may still be
+            writing it while the rows travel (interface 1.3). a2av and hier always fold at the wait;
+            native otherwise folds on its comm stream as soon as the rows have landed (sooner, but
+            ``output`` must be final when the call is issued). With it, native pushes every row to
+            its owner during the transfer and folds from local memory at the wait; until that wait,
+            no other native call on the same group may be issued (it raises).
         Others as in :func:`group_cast`.
     Returns:
         :class:`~magi_grpcoll.work.GrpCollWork`; ``wait_post_process()`` reduces into ``output`` (and
-        ``output_lse``) and returns them. The existing output is read at that time.
+        ``output_lse``) and returns them. The existing output is read at that time (native without
+        ``fold_at_wait``: when the rows land, on its comm stream).
     """
     fn = "group_reduce"
     rank, world = _group_info(fn, group)
@@ -365,4 +376,5 @@ def group_reduce(input, output, input_split_sizes, output_split_sizes, dst_index
         _raise_without_plan(fn, err, group)
     return _run_reduce(plan, input, output, group, async_op=async_op, reduce_op=reduce_op,
                        acc_reduce=acc_reduce, comm_dtype=comm_dtype, input_lse=input_lse,
-                       output_lse=output_lse, impl=impl, _fn=fn, _err=err, **kwargs)
+                       output_lse=output_lse, fold_at_wait=fold_at_wait, impl=impl, _fn=fn, _err=err,
+                       **kwargs)

@@ -307,14 +307,14 @@ class GroupReducePlan(_SplitLengths):
                                    device=self.device)
 
     def reduce(self, input, output, group=None, *, async_op: bool = False, reduce_op: str = "sum",
-               acc_reduce: bool = True, comm_dtype=None, input_lse=None, output_lse=None, impl=None,
-               **kwargs):
+               acc_reduce: bool = True, comm_dtype=None, input_lse=None, output_lse=None,
+               fold_at_wait: bool = False, impl=None, **kwargs):
         """Run this plan; returns a :class:`~magi_grpcoll.work.GrpCollWork` (see ``group_reduce``)."""
         from magi_grpcoll.api import _run_reduce
 
         return _run_reduce(self, input, output, group, async_op=async_op, reduce_op=reduce_op,
                            acc_reduce=acc_reduce, comm_dtype=comm_dtype, input_lse=input_lse,
-                           output_lse=output_lse, impl=impl, **kwargs)
+                           output_lse=output_lse, fold_at_wait=fold_at_wait, impl=impl, **kwargs)
 
     def __repr__(self) -> str:
         return (f"GroupReducePlan(rank={self.rank}/{self.world_size}, in={self.input_len} rows/"

@@ -58,7 +58,8 @@ class A2AVImpl(GrpCollImpl):
         return GrpCollWork(works, post, async_op, tuple(keep))
 
     def reduce(self, plan, input, output, group, *, async_op, reduce_op="sum", acc_reduce=True,
-               comm_dtype=None, input_lse=None, output_lse=None, **kwargs):
+               comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, **kwargs):
+        # the fold is the post-pass: it runs at the wait whether or not fold_at_wait asks for it
         from magi_grpcoll.work import GrpCollWork
 
         n_recv = sum(plan.recv_counts)

@@ -284,7 +284,8 @@ class HierImpl(GrpCollImpl):
 
     def reduce(self, plan, input, output, group, *, async_op, reduce_op="sum", acc_reduce=True,
                comm_dtype=None, input_lse=None, output_lse=None, intra_group=None, inter_group=None,
-               **kwargs):
+               fold_at_wait=False, **kwargs):
+        # the fold is the post-pass: it runs at the wait whether or not fold_at_wait asks for it
         from magi_grpcoll.work import GrpCollWork
 
         lay = self._layout(plan.transpose(), plan, group, intra_group, inter_group)

@@ -20,7 +20,8 @@ from magi_attention import _compat
 from magi_attention.common.host_collective import run_and_release
 
 __all__ = ["_acc_dtype", "_optional_kwargs", "_Calc", "_FFARuntimeMixin", "_save_for_backward",
-           "_saved_inputs", "_default_scale", "cast_lists", "kernel_backend", "value_dtype", "writes_buffers"]
+           "_saved_inputs", "_default_scale", "cast_lists", "kernel_backend", "reduce_folds_at_wait",
+           "value_dtype", "writes_buffers"]
 
 
 def kernel_backend(flags: Any) -> str | None:
@@ -47,6 +48,12 @@ def cast_lists() -> bool:
     """Whether the loaded magi_grpcoll casts a list of tensors in one call (interface 1.2): then K
     and V travel without being concatenated first (a copy of both on every forward and backward)."""
     return _compat.offers(_compat.grpcoll, ">=1.2")
+
+
+def reduce_folds_at_wait() -> bool:
+    """Whether the loaded magi_grpcoll takes ``group_reduce(fold_at_wait=True)`` (interface 1.3): a
+    reduce issued before its output holds its final base values, folded only when waited."""
+    return _compat.offers(_compat.grpcoll, ">=1.3")
 
 
 def value_dtype(dtype: torch.dtype, contributors: int) -> torch.dtype:

@@ -12,7 +12,9 @@ max_logits is all-reduced with MAX.
 
 Backward (design §5.4): K/V are fetched again per stage (or the last stage's K/V are kept under
 MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE), dq accumulates in place, and each stage's partial dK/dV is
-group_reduced (sum) back to its owners asynchronously while the next stage computes.
+group_reduced (sum) back to its owners asynchronously while the next stage computes. Under
+HIDE_TAIL_REDUCE the host stage comes last, so the last remote reduce travels while it computes;
+with one remote stage that reduce folds into the host's dK/dV when waited, after the host stage.
 
 Shape legend: Sq/Sk local tokens, R tokens received in a stage, hq/hk heads, d head dim.
 """
@@ -35,6 +37,7 @@ from magi_attention.runtime._common import (
     _saved_inputs,
     cast_lists,
     kernel_backend,
+    reduce_folds_at_wait,
     value_dtype,
     writes_buffers,
 )
@@ -103,10 +106,12 @@ class DistAttnRuntime(_FFARuntimeMixin):
         work = self._stage_plans(s, k.device)[0].cast(kv, dst, self.cp_group, async_op=True, **self.comm_kwargs)
         return work, buf
 
-    def _reduce_dkv(self, dkv: torch.Tensor, out: torch.Tensor, s: int):
-        """Issue stage ``s``'s transpose: sum partial dK/dV [2R] into owners' ``out`` [2Sk]."""
+    def _reduce_dkv(self, dkv: torch.Tensor, out: torch.Tensor, s: int, fold_at_wait: bool = False):
+        """Issue stage ``s``'s transpose: sum partial dK/dV [2R] into owners' ``out`` [2Sk]
+        (``fold_at_wait``: ``out`` is still being written; it is read when the work is waited)."""
+        extra = {"fold_at_wait": True} if fold_at_wait else {}
         return self._stage_plans(s, dkv.device)[1].reduce(dkv, out, self.cp_group, async_op=True,
-                                                          reduce_op="sum", **self.comm_kwargs)
+                                                          reduce_op="sum", **extra, **self.comm_kwargs)
 
     # ---------------------------------------------------------------- forward
     def forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool):
@@ -185,8 +190,11 @@ class DistAttnRuntime(_FFARuntimeMixin):
             order = [None] + list(range(D))
             fetched = list(range(D))
         # The reduces add into the host's dK/dV when the host calc has written them before the
-        # first reduce is issued; otherwise (host last, or the old interface) into a zeroed buffer.
-        reduce_into_host = w and order[0] is None
+        # first reduce is issued, or (hide tail, one stage) when the only reduce can be folded after
+        # the host calc, at its wait: its rows travel during the host calc, and no zeroed buffer and
+        # no final add are needed. Otherwise (host last, or the old interfaces) into a zeroed buffer.
+        fold_late = w and order == [0, None] and reduce_folds_at_wait()
+        reduce_into_host = w and (order[0] is None or fold_late)
         dkv_red = (dkv_host if reduce_into_host else
                    torch.zeros((2 * sk, *k.shape[1:]), dtype=comm_dtype, device=k.device)) if D > 0 else None
         kv = self._kv_source(k, v) if fetched else None
@@ -229,7 +237,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
                       dkv_s[:r], dkv_s[r:], scale, softcap, overwrite=names)
             dq_unwritten = dq_unwritten and calc.empty
             payload = dkv_s.to(comm_dtype)  # itself when already written in that dtype
-            reduces.append(self._reduce_dkv(payload, dkv_red, s))
+            reduces.append(self._reduce_dkv(payload, dkv_red, s, fold_at_wait=fold_late))
         if dq_unwritten:  # no call reached this rank's rows
             dq.zero_()
 
