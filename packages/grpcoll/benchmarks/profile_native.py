@@ -67,7 +67,7 @@ def _profile_one(tokens, rank, world, dev):
         native.reduce_push_fraction = frac
         t[f"reduce push {frac}"] = _time(lambda: rplan.reduce(src, red, async_op=True, impl="native").wait_post_process())
     native.reduce_push_fraction = NativeImpl.reduce_push_fraction
-    rbind = native._bind_reduce(rplan, None, native.reduce_push_fraction)
+    rbind = native._bind_reduce(rplan, None)
     send = rbind.table("send", rb)
     rbuf, _, rpeers, roffs, _, _ = native._regions(None, dev, [n * rb for n in rbind.regions])  # the grown buffer
     t["reduce: send"] = _time(lambda: copy_chunks(src, send, out=rbuf[roffs[1]:], peer_bufs_addr=rpeers,

@@ -33,12 +33,9 @@ CASES = [
     dict(_BASE, name="fa4_native_grpcoll_hide_tail", mask="causal", degree=2,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
               "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
-    # one remote stage under hide tail: its dK/dV reduce folds into the host's dK/dV at the wait
-    dict(_BASE, name="native_grpcoll_hide_tail_one_stage", mask="varlen_causal", seed=8, degree=1,
-         env={"MAGI_ATTENTION_NATIVE_GRPCOLL": "1", "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
-    dict(_BASE, name="fa4_native_grpcoll_hide_tail_one_stage", mask="varlen_causal", seed=9, degree=1,
-         env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
-              "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
+    # one remote stage under hide tail (a2av): its dK/dV reduce folds into the host's at the wait
+    dict(_BASE, name="fa4_hide_tail_one_stage", mask="varlen_causal", seed=9, degree=1,
+         env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
 ]
 ENV = {"MAGI_ATTENTION_KERNEL_BACKEND": "triton"}
 

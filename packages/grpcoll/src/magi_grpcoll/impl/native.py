@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from magi_grpcoll.impl._graphs import LaunchGraphs
-from magi_grpcoll.impl.base import GrpCollImpl, cast_pairs, register_impl
+from magi_grpcoll.impl.base import GrpCollImpl, cast_pairs, get_impl, register_impl
 from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, build_runs, copy_chunks, copy_runs, row_bytes
 from magi_grpcoll.kernels.range_reduce import OWN, RECEIVED, FoldSources, fold_from_sources
@@ -98,14 +98,6 @@ class _Buffers:
         self._by_group: dict = {}
         self._retired: list = []  # [old buffer entry, completion event of the call that replaced it]
         self._generations = 0  # buffers made so far: names a buffer in graph keys
-        self._held: set = set()  # groups whose last call's half still holds rows a later fold reads
-
-    def hold(self, group) -> None:
-        """The call just issued on ``group`` folds later (``fold_at_wait``): its half stays in use."""
-        self._held.add(id(group) if group is not None else None)
-
-    def release(self, group) -> None:
-        self._held.discard(id(group) if group is not None else None)
 
     def settle(self, event) -> None:
         """Give buffers replaced during the call just issued that call's completion event."""
@@ -122,11 +114,6 @@ class _Buffers:
         half this call uses, the buffer's generation)."""
         self._release_retired()
         key = id(group) if group is not None else None
-        if key in self._held:
-            raise RuntimeError(
-                "magi_grpcoll native: a group_reduce(fold_at_wait=True) on this group has not been waited "
-                "yet; its received rows still sit in the shared buffer. Call its wait_post_process() before "
-                "issuing another native group_cast/group_reduce on the group.")
         cur = self._by_group.get(key)
         if cur is None or cur["half"] < half_bytes:
             from torch.distributed import _symmetric_memory as symm_mem
@@ -348,17 +335,13 @@ class NativeImpl(GrpCollImpl):
             b = self._bindings[plan] = cast_binding(plan, pos, int(cap.item()))
         return b
 
-    def _bind_reduce(self, plan, group, push_fraction: float):
-        """The reduce binding of ``plan`` for a push fraction (a folding-at-wait call pushes every row)."""
-        by_fraction = self._bindings.get(plan)
-        if by_fraction is None:
-            by_fraction = self._bindings[plan] = {}
-        b = by_fraction.get(push_fraction)
-        if b is None:
+    def _bind_reduce(self, plan, group):
+        b = self._bindings.get(plan)
+        if b is None or b.push_fraction != self.reduce_push_fraction:
             mine = torch.tensor(plan.send_counts, dtype=torch.int64, device=plan.device)
             table = [torch.empty_like(mine) for _ in range(plan.world_size)]
             dist.all_gather(table, mine, group=group)
-            b = by_fraction[push_fraction] = reduce_binding(plan, torch.stack(table).cpu(), push_fraction)
+            b = self._bindings[plan] = reduce_binding(plan, torch.stack(table).cpu(), self.reduce_push_fraction)
         return b
 
     def _regions(self, group, device, sizes):
@@ -419,8 +402,11 @@ class NativeImpl(GrpCollImpl):
                comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, **kwargs):
         from magi_grpcoll.work import GrpCollWork
 
-        # folding at the wait, nothing is left for the fold to pull: every row is pushed meanwhile
-        b = self._bind_reduce(plan, group, 1.0 if fold_at_wait else self.reduce_push_fraction)
+        if fold_at_wait:  # this implementation folds as the rows land; a2av folds at the wait
+            return get_impl("a2av").reduce(plan, input, output, group, async_op=async_op, reduce_op=reduce_op,
+                                           acc_reduce=acc_reduce, comm_dtype=comm_dtype, input_lse=input_lse,
+                                           output_lse=output_lse, fold_at_wait=True)
+        b = self._bind_reduce(plan, group)
         x = input if comm_dtype is None or comm_dtype == input.dtype else input.to(comm_dtype)
         lse = reduce_op == "lse"
         srcs = [x] + ([input_lse] if lse else [])
@@ -429,51 +415,26 @@ class NativeImpl(GrpCollImpl):
         buf, hdl, peer_bufs, offs, half_off, gen = self._regions(group, input.device, sizes)
         tables = [b.table("send", rb) for rb in rbs]  # never made inside a capture
 
-        def send():
+        def launch():
             for s, table, (recv_off, stage_off) in zip(srcs, tables, (offs[:2], offs[2:])):
                 copy_chunks(s, table, out=buf[stage_off:], peer_bufs_addr=peer_bufs, dst_offset_bytes=recv_off)
             hdl.barrier(channel=0)  # every push has landed, every peer's stage is written
-
-        def fold(out, out_lse):
             base = buf.data_ptr()
-            fold_from_sources(out, x, b.sources, reduce_op, acc_reduce=acc_reduce, received_addr=base + offs[0],
+            fold_from_sources(output, x, b.sources, reduce_op, acc_reduce=acc_reduce, received_addr=base + offs[0],
                               peer_bufs_addr=peer_bufs, peer_offset_bytes=offs[1],
-                              output_lse=out_lse if lse else None, local_lse=input_lse if lse else None,
+                              output_lse=output_lse if lse else None, local_lse=input_lse if lse else None,
                               received_lse_addr=base + offs[2] if lse else 0,
                               peer_lse_offset_bytes=offs[3] if lse else 0)
 
-        sent = ("reduce", gen, x.data_ptr(), x.dtype, *rbs, *((input_lse.data_ptr(),) if lse else ()))
-
-        def fold_key(out, out_lse):
-            return (sent, reduce_op, bool(acc_reduce), out.data_ptr(), out.dtype, row_bytes(out),
-                    *((out_lse.data_ptr(),) if lse else ()))
-
-        if not fold_at_wait:
-            family = (fold_key(output, output_lse), fold_at_wait)
-            ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
-                                 lambda: b.graphs.run((family, half_off), lambda: (send(), fold(output, output_lse)),
-                                                      family))
-            self._buffers.settle(ev)
-
-            def post(*outs):
-                return (output, output_lse) if lse else output
-
-            return GrpCollWork([_StreamWork(ev, input.device)], post, async_op, (buf, x))
-
-        family = (sent, fold_at_wait)
-        ev = _on_comm_stream(input.device, [input, x, input_lse],
-                             lambda: b.graphs.run((family, half_off), send, family))
+        family = ("reduce", gen, reduce_op, bool(acc_reduce), x.data_ptr(), x.dtype, output.data_ptr(),
+                  output.dtype, *rbs, row_bytes(output),
+                  *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
+        ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
+                             lambda: b.graphs.run((family, half_off), launch, family))
         self._buffers.settle(ev)
-        self._buffers.hold(group)
 
-        def post(*outs):  # after the caller's writes to the output: fold on the comm stream, then wait
-            out, out_lse = (outs + (None,))[:2] if outs else (output, output_lse)
-            key = (fold_key(out, out_lse), "fold")
-            fold_ev = _on_comm_stream(input.device, [out, out_lse],
-                                      lambda: b.graphs.run((key, half_off), lambda: fold(out, out_lse), key))
-            self._buffers.release(group)
-            _current_stream(input.device).wait_event(fold_ev)
-            return (out, out_lse) if lse else out
+        def post(*outs):
+            return (output, output_lse) if lse else output
 
         return GrpCollWork([_StreamWork(ev, input.device)], post, async_op, (buf, x))
 

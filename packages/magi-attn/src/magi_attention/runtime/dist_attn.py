@@ -14,7 +14,8 @@ Backward (design §5.4): K/V are fetched again per stage (or the last stage's K/
 MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE), dq accumulates in place, and each stage's partial dK/dV is
 group_reduced (sum) back to its owners asynchronously while the next stage computes. Under
 HIDE_TAIL_REDUCE the host stage comes last, so the last remote reduce travels while it computes;
-with one remote stage that reduce folds into the host's dK/dV when waited, after the host stage.
+with one remote stage (and a2av or hier collectives) that reduce folds into the host's dK/dV when
+waited, after the host stage.
 
 Shape legend: Sq/Sk local tokens, R tokens received in a stage, hq/hk heads, d head dim.
 """
@@ -192,8 +193,11 @@ class DistAttnRuntime(_FFARuntimeMixin):
         # The reduces add into the host's dK/dV when the host calc has written them before the
         # first reduce is issued, or (hide tail, one stage) when the only reduce can be folded after
         # the host calc, at its wait: its rows travel during the host calc, and no zeroed buffer and
-        # no final add are needed. Otherwise (host last, or the old interfaces) into a zeroed buffer.
-        fold_late = w and order == [0, None] and reduce_folds_at_wait()
+        # no final add are needed. a2av and hier fold at the wait anyway, so that is a pure saving;
+        # native folds as the rows land and would have to fall back to a2av for it, so it keeps
+        # the zeroed buffer. Otherwise (host last, or the old interfaces) into a zeroed buffer.
+        fold_late = (w and order == [0, None] and not self.flags.native_grpcoll
+                     and reduce_folds_at_wait())
         reduce_into_host = w and (order[0] is None or fold_late)
         dkv_red = (dkv_host if reduce_into_host else
                    torch.zeros((2 * sk, *k.shape[1:]), dtype=comm_dtype, device=k.device)) if D > 0 else None
