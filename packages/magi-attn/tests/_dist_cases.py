@@ -206,6 +206,14 @@ def run_api_checks(rank, world, _args=None):
     k2 = magi_attn_flex_key(*args)
     assert k1 == k2 and mgrs.get_mgr(k1) is mgrs.get_mgr(k2)
     assert get_most_recent_key(g) == k1
+    # the key's hash is computed once (lookups are per call) and agrees with a fresh computation
+    # on an equal key built apart; a key changed with dataclasses.replace hashes its new fields
+    import dataclasses
+
+    assert hash(k1) == hash(k2) == hash(k1) and k1 is not k2
+    k_other = dataclasses.replace(k1, chunk_size=2 * chunk)
+    assert k_other != k1 and hash(k_other) != hash(k1)  # not the cached hash of the key it came from
+    assert hash(k_other) == hash(dataclasses.replace(k1, chunk_size=2 * chunk))
     os.environ["MAGI_ATTENTION_DETERMINISTIC_MODE"] = "1"
     k3 = magi_attn_flex_key(*args)
     del os.environ["MAGI_ATTENTION_DETERMINISTIC_MODE"]

@@ -9,7 +9,7 @@ different run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch.distributed as dist
@@ -50,6 +50,16 @@ class DistAttnRuntimeKey:
     is_same_source: bool = True
     is_q_permutable: bool = True
     is_k_permutable: bool = True
+
+    def __hash__(self) -> int:
+        """Computed once per key. Why: the key holds the whole mask as tuples, and every calc_attn,
+        dispatch and undispatch looks its runtime up by key; rehashing a mask of hundreds of
+        slices each time cost tens of microseconds of host time per call."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", cached)  # not a field: equality ignores it
+        return cached
 
     # Anchor-compatible flag attributes.
     @property

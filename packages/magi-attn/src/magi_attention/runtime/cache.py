@@ -31,10 +31,12 @@ class DistAttnRuntimeDict(OrderedDict):
         self.max_size = max_size
 
     def get(self, key: Any, default: Any = None) -> Any:
-        if key not in self:
+        try:
+            value = self[key]
+        except KeyError:
             return default
         self.move_to_end(key)
-        return self[key]
+        return value
 
     def put(self, key: Any, value: Any) -> None:
         if key in self:
@@ -54,9 +56,20 @@ class DistAttnRuntimeDictManager:
 
     def __init__(self) -> None:
         self._dicts: dict[tuple[int, ...], DistAttnRuntimeDict] = {}
+        # id(group) -> (group, its sorted ranks): asking torch for a group's ranks on every call
+        # costs host time; the group is held so that its id cannot name another group meanwhile
+        self._ranks: dict[int, tuple[Any, tuple[int, ...]]] = {}
+
+    def _ranks_of(self, group: Any) -> tuple[int, ...]:
+        hit = self._ranks.get(id(group))
+        if hit is not None and hit[0] is group:
+            return hit[1]
+        ranks = group_ranks(group)
+        self._ranks[id(group)] = (group, ranks)
+        return ranks
 
     def dict_for(self, group: Any) -> DistAttnRuntimeDict:
-        ranks = group_ranks(group)
+        ranks = self._ranks_of(group)
         d = self._dicts.get(ranks)
         if d is None:
             d = self._dicts[ranks] = DistAttnRuntimeDict(dist_attn_runtime_dict_size())
@@ -84,6 +97,7 @@ class DistAttnRuntimeDictManager:
         for d in self._dicts.values():  # also empties dicts a caller still holds
             d.clear()
         self._dicts.clear()
+        self._ranks.clear()
 
 
 dist_attn_runtime_dict_mgr = DistAttnRuntimeDictManager()
