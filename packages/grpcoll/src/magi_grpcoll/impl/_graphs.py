@@ -11,10 +11,11 @@ Policy (:class:`LaunchGraphs`): a key (everything the launches read: addresses, 
 buffer's generation and half) is captured once its *family* (the same key with the buffer half left
 out) has been seen twice, so calls whose addresses never repeat pay no capture, and where a step
 makes an odd number of native calls (each call's half then alternates from step to step) both
-halves are captured by the third step, not the fourth. A model calls each plan once per layer on that layer's tensors, so a binding holds up to
-``capacity`` graphs (``MAGI_GRPCOLL_GRAPH_CAPACITY``, default 256), least recently used dropped; a
-key whose graph was dropped is never captured again (it runs eagerly): more distinct keys than
-``capacity`` would otherwise be re-captured on every step, at more host time than launching them.
+halves are captured by the third step, not the fourth. A model calls each plan once per layer on
+that layer's tensors, so a binding holds up to ``capacity`` graphs (``MAGI_GRPCOLL_GRAPH_CAPACITY``,
+default 256), least recently used dropped; a key whose graph was dropped is never captured again
+(it runs eagerly): more distinct keys than ``capacity`` would otherwise be re-captured on every
+step, at more host time than launching them.
 Never inside a caller's own capture (the launches are then recorded into the caller's graph), on
 the Triton interpreter, or with ``MAGI_GRPCOLL_CUDA_GRAPHS=0``. A failed capture turns graphs off
 for the process (with one warning) and the call runs eagerly.
