@@ -4,8 +4,10 @@ A native call at 16k tokens per rank moves its bytes in ~0.15 ms of GPU time, bu
 launches (chunk copy, symmetric-memory barrier, fold) from Python costs as much or more on the lent
 hosts (0.1-0.3 ms), so small calls were host-bound. Every argument of those launches is fixed by
 the bound plan, the buffer half and the addresses of the caller's tensors. Training calls a plan
-again and again on tensors the caching allocator hands back at the same addresses, so the sequence
-is captured once into a CUDA graph and later issued with one replay.
+again and again, often on tensors the caching allocator hands back at the same addresses, so the
+sequence is captured once into a CUDA graph and later issued with one replay. (Not always: in an
+8-layer run on 2 × H200 most cast outputs came back at other addresses, likely because blocks used
+on the comm stream are freed only once its events are seen complete.)
 
 Policy (:class:`LaunchGraphs`): a key (everything the launches read: addresses, row sizes, the
 buffer's generation and half) is captured once its *family* (the same key with the buffer half left
