@@ -10,7 +10,7 @@
 # machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
-# Extra arguments per step: TEST_PKGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, BENCH_FA4_ARGS,
+# STEP_TIMEOUT=<seconds> bounds every step. Extra arguments per step: TEST_PKGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, BENCH_FA4_ARGS,
 # BENCH_FFA_ARGS, BENCH_GRPCOLL_ARGS, BENCH_DIST_ARGS, PROFILE_DIST_MASKS / PROFILE_DIST_ARGS, BENCH_QO_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,11 @@ status=0
 run() {  # run NAME CMD...: log to $OUT/NAME.log, keep going, remember failures
   local name=$1; shift
   echo "=== $name: $*"
+  # STEP_TIMEOUT (seconds) bounds each step, so that a hung step (e.g. a rank waiting forever at a
+  # device barrier for a peer that failed) leaves the later steps their time and its log behind
+  if [ -n "${STEP_TIMEOUT:-}" ]; then set -- timeout --kill-after=10 "$STEP_TIMEOUT" "$@"; fi
   "$@" 2>&1 | tee "$OUT/$name.log"; local rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 124 ] && echo "=== $name: timed out after ${STEP_TIMEOUT}s"
   echo "=== $name: exit $rc"; [ "$rc" -eq 0 ] || status=1
 }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
