@@ -48,7 +48,7 @@ def case_mask(case):
     raise ValueError(kind)
 
 
-class _spy_reduce_flags:
+class _ReduceFlagSpy:
     """Records the ``fold_at_wait`` of every group_reduce plan call until ``restore()``."""
 
     def __init__(self) -> None:
@@ -144,7 +144,7 @@ def run_cases(cases, group=None, rank_label=""):
         gout = undispatch(lout, key)
         out = gout.detach().double()
         lse = undispatch(meta.lse, key)
-        reduce_flags = _spy_reduce_flags() if "fold_at_wait" in case else None
+        reduce_flags = _ReduceFlagSpy() if "fold_at_wait" in case else None
         try:
             gout.backward(do)
         finally:

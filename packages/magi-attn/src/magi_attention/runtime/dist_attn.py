@@ -65,6 +65,10 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self.stage_by_stage = flags.prefetch_stage_by_stage or flags.native_grpcoll
         self.cast_lists = cast_lists()
         self.writes = writes_buffers()  # calls write their buffers; out/dq in q's dtype where exact
+        # hide tail with one remote stage: its reduce folds into the host's dK/dV at its wait, after
+        # the host stage (a2av and hier fold at the wait anyway; native keeps its on-arrival fold)
+        self.fold_tail_at_wait = (self.save_tail and self.writes and not flags.native_grpcoll
+                                  and reduce_folds_at_wait())
         # kernel calls reaching this rank's out/dq: the non-empty host and stage calcs
         self.contributors = sum(not c.empty for c in [self.host_calc, *self.stage_calcs])
         self._plans: dict[int, tuple[Any, Any]] = {}
@@ -196,8 +200,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         # no final add are needed. a2av and hier fold at the wait anyway, so that is a pure saving;
         # native folds as the rows land and would have to fall back to a2av for it, so it keeps
         # the zeroed buffer. Otherwise (host last, or the old interfaces) into a zeroed buffer.
-        fold_late = (w and order == [0, None] and not self.flags.native_grpcoll
-                     and reduce_folds_at_wait())
+        fold_late = self.fold_tail_at_wait and order == [0, None]
         reduce_into_host = w and (order[0] is None or fold_late)
         dkv_red = (dkv_host if reduce_into_host else
                    torch.zeros((2 * sk, *k.shape[1:]), dtype=comm_dtype, device=k.device)) if D > 0 else None

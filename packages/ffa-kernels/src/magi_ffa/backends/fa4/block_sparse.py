@@ -113,11 +113,11 @@ class SliceBlockMask:
     def num_intervals(self) -> int:
         return int(self.lo.shape[0])
 
-    @property
-    def unwritten_rows(self) -> torch.Tensor | None:
-        """bool [Sq]: rows whose dq FA4 leaves unwritten (documents without keys run with no used
-        rows, native.py); None when FA4 writes every row's dq (zeros where a row sees nothing)."""
-        return self.empty_rows if self.native is not None and self.native.skips_rows("bwd") else None
+    def skipped_rows(self, direction: str) -> torch.Tensor | None:
+        """bool [Sq]: rows FA4 leaves unwritten in ``direction`` ("fwd": out / lse, "bwd": dq), the
+        documents without keys that run with no used rows (native.py); None when FA4 writes every row
+        (zeros where a row sees nothing)."""
+        return self.empty_rows if self.native is not None and self.native.skips_rows(direction) else None
 
     @functools.cached_property
     def device_tensors(self) -> tuple[torch.Tensor, ...]:

@@ -102,9 +102,10 @@ def _computed(mask: SliceBlockMask, direction: str):
     """What a call computes, for the launch replay's check: all of its results, except the rows FA4
     skips (documents without keys, native.py) of the forward's out / lse and the backward's dq
     (FA4's varlen layout: rows first, lse [H, S])."""
-    if mask.native is None or not mask.native.skips_rows(direction):
+    skipped = mask.skipped_rows(direction)
+    if skipped is None:
         return None
-    keep = ~mask.empty_rows
+    keep = ~skipped
     if direction == "fwd":
         return lambda res: (res[0][keep], res[1][:, keep])
     return lambda res: (res[0][keep], *res[1:])
@@ -135,7 +136,7 @@ def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: f
                  grads=None):
     """dq, dk, dv (input dtype) of this call's cells under the merged `out` and `lse` [Sq, hq];
     written into the buffers of `grads` = (dq, dk, dv) that are not None (FA4 writes every element,
-    zeros included, but the dq rows of ``mask.unwritten_rows``)."""
+    zeros included, but the dq rows of ``mask.skipped_rows("bwd")``)."""
     iface = import_fa4()[0]
     to_fa4, from_fa4 = _layout(mask)
     # FA4 reads lse [H, Sq]. Rows that see nothing anywhere get +inf: exp(s - lse) = 0 instead of

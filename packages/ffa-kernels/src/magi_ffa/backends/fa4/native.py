@@ -18,7 +18,7 @@ interval (not from the slices, so any slicing of the same mask is recognised):
   Documents without keys are given no used rows (FA4 ``seqused_q`` 0) in the directions of
   ``SKIP_ROWS_WITHOUT_KEYS_IN``: FA4 launches nothing for them and leaves their rows unwritten (the
   forward's out/lse, the backward's dq), which the caller treats as not computed
-  (``SliceBlockMask.empty_rows`` / ``unwritten_rows``). In a runtime remote stage these are most of
+  (``SliceBlockMask.empty_rows`` / ``skipped_rows``). In a runtime remote stage these are most of
   the rank's rows, which FA4 would otherwise visit: the forward's epilogue, the backward's pre- and
   post-processing.
 
