@@ -40,10 +40,14 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-size", type=int, default=512)
     ap.add_argument("--dispatch-alg", default="min_heap", help="as bench_dist.py's")
     ap.add_argument("--stages", action="store_true", help="time each kernel call of rank 0's plan alone")
+    ap.add_argument("--layers", type=int, default=1, help="calc_attn calls stacked per step, each with its "
+                    "own K/V, as bench_dist's --layers (figures are per layer)")
     ap.add_argument("--cat-kv", action="store_true", help="cast cat([k, v]) instead of the list [k, v]")
     ap.add_argument("--trace", metavar="DIR", help="write each rank's device timeline of the two profiled "
                     "forward+backward passes to DIR/timeline_<mask>_<T>_rank<r>.csv")
     args = ap.parse_args(argv)
+    if args.layers < 1:
+        raise SystemExit(f"profile_dist: --layers must be >= 1 (got {args.layers})")
     if args.cat_kv:
         from magi_attention.runtime import dist_attn
 
@@ -64,10 +68,18 @@ def main(argv=None) -> int:
                              DistAttnConfig(dispatch_config=dispatch_config(args.dispatch_alg)))
     lq, lk, lv = (dispatch(x, key).detach().requires_grad_(True) for x in (q, k, v))
     ldo = dispatch(do, key)
+    L = args.layers
+    leaf = lambda t: t.detach().clone().requires_grad_(True)  # noqa: E731
+    kvs = [(lk, lv)] + [(leaf(lk), leaf(lv)) for _ in range(L - 1)]  # own K/V per layer
+
+    def fwd():
+        x = lq
+        for k_, v_ in kvs:
+            x = calc_attn(x, k_, v_, key)[0]
+        return x
 
     def step():
-        out = calc_attn(lq, lk, lv, key)[0]
-        out.backward(ldo)
+        fwd().backward(ldo)
 
     for _ in range(3):
         step()
@@ -77,30 +89,30 @@ def main(argv=None) -> int:
     counts0 = launch_counts()
     t0 = time.perf_counter()
     for _ in range(n):
-        out = calc_attn(lq, lk, lv, key)[0]
-    host_fwd = (time.perf_counter() - t0) / n
+        out = fwd()
+    host_fwd = (time.perf_counter() - t0) / n / L
     torch.cuda.synchronize()
     host_bwd = 0.0
     for _ in range(n):
-        out = calc_attn(lq, lk, lv, key)[0]
+        out = fwd()
         t0 = time.perf_counter()
         out.backward(ldo)
-        host_bwd += (time.perf_counter() - t0) / n
+        host_bwd += (time.perf_counter() - t0) / n / L
     torch.cuda.synchronize()
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
     ev[0].record()
     for _ in range(n):
-        out = calc_attn(lq, lk, lv, key)[0]
+        out = fwd()
     ev[1].record()
     for _ in range(n):
         step()
     ev[2].record()
     torch.cuda.synchronize()
-    fwd_ms = ev[0].elapsed_time(ev[1]) / n
-    step_ms = ev[1].elapsed_time(ev[2]) / n
-    alone_ms = single_forward_ms(lambda: calc_attn(lq, lk, lv, key)[0], n)
+    fwd_ms = ev[0].elapsed_time(ev[1]) / n / L
+    step_ms = ev[1].elapsed_time(ev[2]) / n / L
+    alone_ms = single_forward_ms(fwd, n) / L
     if rank == 0:
-        print(f"{args.mask} T={T} world={world}: host {host_fwd * 1e3:.3f} ms/forward, {host_bwd * 1e3:.3f} ms/backward (no sync); back to back: "
+        print(f"{args.mask} T={T} world={world}{f', per layer of {L}' if L > 1 else ''}: host {host_fwd * 1e3:.3f} ms/forward, {host_bwd * 1e3:.3f} ms/backward (no sync); back to back: "
               f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms; one forward after a sync (as bench_dist "
               f"times it): {alone_ms:.3f} ms", flush=True)
         print(f"launch counts of those steps (rank 0): {count_delta(counts0, launch_counts()) or 'none'}", flush=True)
@@ -111,16 +123,18 @@ def main(argv=None) -> int:
     n_prof = 20
     prof.enable()
     for _ in range(n_prof):
-        out = calc_attn(lq, lk, lv, key)[0]
+        out = fwd()
     prof.disable()
     torch.cuda.synchronize()
     if rank == 0:
-        print_host_breakdown(prof, n_prof)
+        print_host_breakdown(prof, n_prof * L)
     from torch.profiler import ProfilerActivity, profile
 
     dist.barrier()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as tp:
-        for _ in range(2):
+        for _ in range(2):  # each after a sync and a barrier, as bench_dist times a step
+            torch.cuda.synchronize()
+            dist.barrier()
             step()
         torch.cuda.synchronize()
     if rank == 0:
@@ -131,7 +145,8 @@ def main(argv=None) -> int:
         path = os.path.join(args.trace, f"timeline_{args.mask}_{T}_rank{rank}.csv")
         write_timeline(tp, path)
         s = summarize(read_timeline(path))
-        print(f"rank {rank} timeline ({path}): {s['span_us']:.0f} us, compute idle {s['compute_idle_us']:.0f} us, "
+        print(f"rank {rank} timeline ({path}): {s['span_us']:.0f} us, compute idle {s['compute_idle_us']:.0f} us "
+              f"({s['compute_host_wait_us']:.0f} us waiting for the host), "
               f"communication {s['comm_us']:.0f} us of which {s['comm_exposed_us']:.0f} us exposed", flush=True)
     del out
     dist.barrier()
@@ -171,7 +186,8 @@ def print_host_breakdown(prof, n: int, top: int = 30) -> None:
 
 def write_timeline(tp, path: str) -> None:
     """Every device kernel, copy and fill of a torch.profiler run as CSV rows (stream, start and
-    duration in us from the first one, name): enough to see, per rank, which stream waited on what."""
+    duration in us from the first one, name, and when the host issued it): enough to see, per rank,
+    which stream waited on what, and whether the device waited for the host."""
     import csv
     import json
     import tempfile
@@ -183,14 +199,18 @@ def write_timeline(tp, path: str) -> None:
             events = json.load(f)["traceEvents"]
     device = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
     device.sort(key=lambda e: e["ts"])
+    launched = {e["args"]["correlation"]: e["ts"] for e in events  # the host call that issued each one
+                if e.get("ph") == "X" and e.get("cat") in ("cuda_runtime", "cuda_driver")
+                and "correlation" in e.get("args", {})}
     t0 = device[0]["ts"] if device else 0.0
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["stream", "start_us", "dur_us", "name"])
+        w.writerow(["stream", "start_us", "dur_us", "name", "launch_us"])
         for e in device:
+            host = launched.get(e.get("args", {}).get("correlation"))
             w.writerow([e.get("args", {}).get("stream", e.get("tid")), f"{e['ts'] - t0:.1f}",
-                        f"{e['dur']:.1f}", e["name"][:90]])
+                        f"{e['dur']:.1f}", e["name"][:90], "" if host is None else f"{host - t0:.1f}"])
 
 
 def _timed(fn, n: int = 20) -> float:

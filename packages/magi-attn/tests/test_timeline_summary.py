@@ -45,3 +45,20 @@ def test_exposed_and_overlapped_comm(ts, tmp_path):
     assert s["compute_idle_us"] == pytest.approx(100.0)
     assert s["busy_us"] == pytest.approx({"attention fwd": 200.0, "copy kernel": 120.0, "barrier": 60.0})
     assert ts.summarize([])["comm_us"] == 0.0
+
+
+def test_compute_idle_split_by_host_launch(ts, tmp_path):
+    # compute stream 7: [0, 100), then a kernel launched by the host at 130 that starts at 140 (30 us
+    # of the 40 us gap waited for the host, 10 us is launch latency), then one launched at 150 (long
+    # before) that starts at 300 after an event: no host wait. Without launch times nothing is host.
+    p = tmp_path / "t.csv"
+    p.write_text("stream,start_us,dur_us,name,launch_us\n"
+                 "7,0.0,100.0,kernel_flash_fwd_a,-20.0\n"
+                 "7,140.0,60.0,kernel_flash_fwd_b,130.0\n"
+                 "9,150.0,100.0,_copy_chunks_kernel,149.0\n"
+                 "7,300.0,50.0,_merge_kernel,150.0\n")
+    s = ts.summarize(ts.read_timeline(str(p)))
+    assert s["compute_idle_us"] == pytest.approx(140.0)
+    assert s["compute_host_wait_us"] == pytest.approx(30.0)
+    no_launch = [r[:4] for r in ts.read_timeline(str(p))]
+    assert ts.summarize(no_launch)["compute_host_wait_us"] == 0.0
