@@ -56,6 +56,13 @@ def test_translation_matches_dense_mask(sq, sk, qr, kr, ts, block):
             tile = dense[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]]
             assert bool(bm.full[i, j]) == bool(tile.all()), (i, j)
             assert bool(bm.partial[i, j]) == bool(tile.any() and not tile.all()), (i, j)
+    # rows that see nothing, and the list of the others (what merges run over), from the dense mask
+    sees = dense.any(1)
+    if sees.all():
+        assert bm.empty_rows is None and bm.seeing_rows is None
+    else:
+        assert torch.equal(bm.empty_rows, ~sees)
+        assert bm.seeing_rows.dtype == torch.int32 and bm.seeing_rows.tolist() == sees.nonzero().flatten().tolist()
     # the packed lists say the same, forward per q block and backward per k block
     assert torch.equal(_unpack(bm.fwd.mask_cnt, bm.fwd.mask_idx, nbm, nbn), bm.partial)
     assert torch.equal(_unpack(bm.fwd.full_cnt, bm.fwd.full_idx, nbm, nbn), bm.full)

@@ -612,7 +612,8 @@ def test_api_triton_fresh_path_matches_reference_and_reads_once(host_reads):
                                                   (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16)])
 def test_fused_lse_merge_matches_torch_merge(part_dtype, acc_dtype):
     """The fa4 backend's one-pass merge equals merge.correct_attn_out_lse (float64), including
-    -inf lse on either side, rows marked empty and a transposed part lse (FA4's layout); a
+    -inf lse on either side, a list of the rows to merge (the others empty, NaN in the part) and a
+    transposed part lse (FA4's layout); a
     low-precision accumulator (the runtime's two-contributor buffers) is read and rounded once."""
     from magi_ffa.backends.triton.merge import merge_into_
     from magi_ffa.merge import correct_attn_out_lse
@@ -634,7 +635,10 @@ def test_fused_lse_merge_matches_torch_merge(part_dtype, acc_dtype):
     ref_part_lse[empty] = float("-inf")
     ref_part = torch.where(empty[:, None, None], 0.0, part.double())
     want_o, want_l = correct_attn_out_lse(acc.double(), acc_lse.double(), ref_part, ref_part_lse.double())
-    assert merge_into_(acc, acc_lse, part, part_lse, empty)
+    untouched = acc[empty].clone(), acc_lse[empty].clone()
+    assert merge_into_(acc, acc_lse, part, part_lse, (~empty).nonzero().squeeze(1).to(torch.int32))
+    # rows left out of the list are neither read nor written (their accumulator merged with nothing)
+    assert torch.equal(acc[empty], untouched[0]) and torch.equal(acc_lse[empty], untouched[1])
     assert not torch.isnan(acc).any() and acc.dtype == acc_dtype
     tol = 1e-5 if acc_dtype == torch.float32 else (1e-3 if acc_dtype == torch.float16 else 8e-3)
     torch.testing.assert_close(acc.double(), want_o.to(acc_dtype).double(), rtol=tol, atol=tol)

@@ -1,7 +1,11 @@
-"""The native implementation's symmetric buffers: grown collectively, replaced ones released only
-once the call that replaced them has completed (symmetric memory and CUDA events faked on CPU)."""
+"""The native implementation's symmetric buffers: two alternating halves, grown collectively, and a
+replaced buffer released at once because every rank waited for its device before the rendezvous
+(symmetric memory and the device sync faked on CPU)."""
 
 from __future__ import annotations
+
+import gc
+import weakref
 
 import torch
 from magi_grpcoll.impl import native
@@ -11,46 +15,52 @@ class _Handle:
     buffer_ptrs_dev = 0
 
 
-class _FakeSymmMem:
-    def empty(self, n, dtype, device):
-        return torch.empty(n, dtype=dtype)
-
-    def rendezvous(self, buf, group):
-        return _Handle()
-
-
-class _Event:
-    def __init__(self):
-        self.done = False
-
-    def query(self):
-        return self.done
-
-
-def test_replaced_buffers_are_released_after_the_replacing_call_completes(monkeypatch):
+def _fake_symmetric_memory(monkeypatch, calls: list):
     import torch.distributed._symmetric_memory as symm_mem
 
-    fake = _FakeSymmMem()
-    monkeypatch.setattr(symm_mem, "empty", fake.empty)
-    monkeypatch.setattr(symm_mem, "rendezvous", fake.rendezvous)
+    def empty(n, dtype, device):
+        calls.append("empty")
+        return torch.empty(n, dtype=dtype)
+
+    def rendezvous(buf, group):
+        calls.append("rendezvous")
+        return _Handle()
+
+    monkeypatch.setattr(symm_mem, "empty", empty)
+    monkeypatch.setattr(symm_mem, "rendezvous", rendezvous)
     monkeypatch.setattr(symm_mem, "enable_symm_mem_for_group", lambda name: None, raising=False)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("sync"))
+
+
+def test_halves_alternate_and_growth_syncs_before_the_rendezvous(monkeypatch):
+    calls: list = []
+    _fake_symmetric_memory(monkeypatch, calls)
     group = type("G", (), {"group_name": "g"})()
     bufs = native._Buffers()
-    first, _, _, off0, gen0 = bufs.half(group, 100, "cpu")
-    _, _, _, off1, gen1 = bufs.half(group, 100, "cpu")
+    first, _, _, off0, gen0 = bufs.half(group, 100, "cuda:0")
+    _, _, _, off1, gen1 = bufs.half(group, 100, "cuda:0")
     assert off0 == 0 and off1 == 1 << 20  # two halves of 1 MiB, used alternately
     assert gen0 == gen1  # the same buffer: graphs keyed by it stay valid
-    bufs.settle(_Event())  # no buffer replaced by this call: nothing to hold
-    assert bufs._retired == []
-    bigger, _, _, _, gen2 = bufs.half(group, 3 << 20, "cpu")  # grows: the old buffer is retired
-    assert bigger.numel() == 2 * (3 << 20) and len(bufs._retired) == 1
+    assert calls == ["empty", "rendezvous"]  # the first buffer replaces nothing: no sync
+    old = weakref.ref(first)
+    del first
+    calls.clear()
+    bigger, _, _, off2, gen2 = bufs.half(group, 3 << 20, "cuda:0")  # grows
+    assert calls == ["sync", "empty", "rendezvous"]  # queued work done before any rank maps anew
+    assert bigger.numel() == 2 * (3 << 20) and off2 == 0
     assert gen2 != gen0  # graphs of the old buffer can never be replayed on the new one
-    replacing = _Event()
-    bufs.settle(replacing)
-    later = _Event()
-    bufs.half(group, 100, "cpu")  # the replacing call is still running: keep the old buffer
-    bufs.settle(later)
-    assert len(bufs._retired) == 1 and bufs._retired[0][0]["buf"] is first and bufs._retired[0][1] is replacing
-    replacing.done = True
+    gc.collect()
+    assert old() is None  # released at once: no rank can still touch it
+    calls.clear()
+    bufs.half(group, 100, "cuda:0")  # fits: no growth, no sync
+    assert calls == []
+
+
+def test_growth_on_cpu_tensors_needs_no_device_sync(monkeypatch):
+    calls: list = []
+    _fake_symmetric_memory(monkeypatch, calls)
+    bufs = native._Buffers()
+    group = type("G", (), {"group_name": "g"})()
     bufs.half(group, 100, "cpu")
-    assert bufs._retired == []
+    bufs.half(group, 3 << 20, "cpu")
+    assert "sync" not in calls and calls.count("rendezvous") == 2

@@ -6,9 +6,10 @@ the user input in place (no pre-gather) and moves runs of rows in one launch:
 
 * cast: rows bound for a peer go into that peer's buffer at their *final* output positions; rows a
   rank sends itself go straight into its output. After the barrier, each rank copies only its
-  peer-sourced output runs out of its buffer. By default the runs move through the copy engines
-  (one cudaMemcpyAsync per run into the peer's mapped buffer: ``COPY_ENGINE_CASTS``), not the
-  kernel, so a cast takes no SM from the attention kernel it overlaps.
+  peer-sourced output runs out of its buffer (a kernel on the high-priority comm stream). By default
+  the pushes move through the copy engines (one cudaMemcpyAsync per run into the peer's mapped
+  buffer: ``COPY_ENGINE_CASTS``), not the kernel, so they take no SM from the attention kernel they
+  overlap.
 * reduce: of the rows bound for a peer, a share is pushed into the owner's receive region and the
   rest is copied into the sender's own stage region, in the same launch. After the barrier one
   float32 fold per rank reads every contribution where it lives (its own input, its receive region,
@@ -88,31 +89,22 @@ class _Buffers:
     """One symmetric buffer per group, in two halves used alternately, grown collectively.
 
     All ranks ask for the same half size at the same call (sizes come from all-reduced capacities),
-    so growth, a collective rendezvous, happens at the same point everywhere. A replaced buffer is
-    kept until the call that replaced it has completed on this rank's comm stream (:meth:`settle`):
-    that call's barrier is passed only once every peer has finished all its earlier calls, the last
-    ones that could touch the old buffer; this rank's own earlier calls precede it on the stream.
+    so growth, a collective rendezvous, happens at the same point everywhere. Before it, every rank
+    waits for its device to finish all queued work; the rendezvous returns only once every rank has,
+    so no queued copy, barrier or fold of any rank can still touch a replaced buffer (or the peer
+    mappings of its handle), and it is released at once. Growth is rare (the first calls of new
+    sizes), so the sync costs nothing in steady state. (Releasing a replaced buffer once this rank's
+    replacing call had completed, without the sync, failed on 2 x H200 in one of three runs of
+    ``test_native_back_to_back_calls``: an invalid-address-space fault on a rank.)
     """
 
     def __init__(self) -> None:
         self._by_group: dict = {}
-        self._retired: list = []  # [old buffer entry, completion event of the call that replaced it]
         self._generations = 0  # buffers made so far: names a buffer in graph keys
-
-    def settle(self, event) -> None:
-        """Give buffers replaced during the call just issued that call's completion event."""
-        for entry in self._retired:
-            if entry[1] is None:
-                entry[1] = event
-
-    def _release_retired(self) -> None:
-        if self._retired:
-            self._retired = [e for e in self._retired if e[1] is None or not e[1].query()]
 
     def half(self, group, half_bytes: int, device):
         """(buffer, handle, device address of the peer-buffer address array, byte offset of the
         half this call uses, the buffer's generation)."""
-        self._release_retired()
         key = id(group) if group is not None else None
         cur = self._by_group.get(key)
         if cur is None or cur["half"] < half_bytes:
@@ -127,10 +119,10 @@ class _Buffers:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     enable(pg.group_name)
+            if cur is not None and torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)  # this rank's calls on the old buffer are done
             buf = symm_mem.empty(2 * half, dtype=torch.uint8, device=device)
-            hdl = symm_mem.rendezvous(buf, pg)
-            if cur is not None:
-                self._retired.append([cur, None])
+            hdl = symm_mem.rendezvous(buf, pg)  # every rank has synced: the old buffer is free
             self._generations += 1
             cur = self._by_group[key] = {"buf": buf, "hdl": hdl, "half": half, "calls": 0,
                                          "peer_bufs": hdl.buffer_ptrs_dev,  # read once: host time
@@ -364,10 +356,10 @@ class NativeImpl(GrpCollImpl):
         rbs = [row_bytes(s) for s, _ in pairs]
         buf, hdl, peer_bufs, offs, half_off, gen = self._regions(group, dev, [cap * rb for rb in rbs])
         engines = COPY_ENGINE_CASTS
-        if engines:
-            push_runs, post_runs = b.runs("push"), b.runs("post")
-        else:
-            tables = [(b.table("push", rb), b.table("post", rb)) for rb in rbs]  # never made inside a capture
+        push_runs = b.runs("push") if engines else None
+        # (push, post) copy tables per tensor, never made inside a capture; the push goes through the
+        # copy engines instead where they are on
+        tables = [(None if engines else b.table("push", rb), b.table("post", rb)) for rb in rbs]
 
         def launch():  # runs eagerly or into a capture; a replay skips it
             if engines:
@@ -379,18 +371,16 @@ class NativeImpl(GrpCollImpl):
                 for (src, dst), off, (push, _) in zip(pairs, offs, tables):
                     copy_chunks(src, push, out=dst, peer_bufs_addr=peer_bufs, dst_offset_bytes=off)
             hdl.barrier(channel=0)  # every peer's rows have landed here
-            for i, ((_, dst), off, rb) in enumerate(zip(pairs, offs, rbs)):
-                region = buf[off:off + cap * rb].view(cap, rb)
-                if engines:
-                    copy_runs(region, post_runs, out=_byte_rows(dst), peer_views={})
-                else:
-                    copy_chunks(region, tables[i][1], out=dst)
+            for (_, dst), off, rb, (_, post) in zip(pairs, offs, rbs, tables):
+                # a kernel, not the copy engines: a device-to-device copy on one GPU runs as a driver
+                # kernel that does not get the comm stream's priority, so it waited for the attention
+                # kernel to drain (2 x H200 timelines), and the next stage waited for it
+                copy_chunks(buf[off:off + cap * rb].view(cap, rb), post, out=dst)
 
         family = ("cast", gen, engines,
                   *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
         ev = _on_comm_stream(dev, [t for pair in pairs for t in pair],
                              lambda: b.graphs.run((family, half_off), launch, family))
-        self._buffers.settle(ev)
         defaults = tuple(d for _, d in pairs)
 
         def post(*outs):
@@ -431,7 +421,6 @@ class NativeImpl(GrpCollImpl):
                   *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
         ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
                              lambda: b.graphs.run((family, half_off), launch, family))
-        self._buffers.settle(ev)
 
         def post(*outs):
             return (output, output_lse) if lse else output

@@ -130,16 +130,17 @@ class FA4Backend(Backend):
             direct = fresh and out.dtype == inp.q.dtype  # FA4 writes the caller's buffer itself
             o, l_ = fa4_forward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), part.mask,
                                 inp.softmax_scale, inp.softcap, out=out_p if direct else None)
-            self._store(out_p if direct else o, l_, part.mask.empty_rows, out_p, lse_p, fresh, direct)
+            self._store(out_p if direct else o, l_, part.mask, out_p, lse_p, fresh, direct)
             fresh = False
 
     @staticmethod
-    def _store(o, l_, empty_rows, out, lse, fresh: bool, direct: bool) -> None:
+    def _store(o, l_, mask, out, lse, fresh: bool, direct: bool) -> None:
         """Write (fresh) or lse-merge one call's (o, l_) into (out, lse); FA4 leaves the rows that see
         nothing undefined, so they count as out 0, lse -inf."""
         from magi_ffa.backends.triton.merge import merge_into_, zero_rows_
 
-        if not fresh and merge_into_(out, lse, o, l_, empty_rows):  # one pass, empty rows skipped
+        empty_rows = mask.empty_rows
+        if not fresh and merge_into_(out, lse, o, l_, mask.seeing_rows):  # one pass over the rows that see keys
             return
         if empty_rows is not None:  # out 0, lse -inf, whatever the kernel left there
             zero_rows_(o, empty_rows)

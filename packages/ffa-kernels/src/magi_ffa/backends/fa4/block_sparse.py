@@ -105,6 +105,7 @@ class SliceBlockMask:
     fwd: BlockLists  # per q block
     bwd: BlockLists  # per k block
     empty_rows: torch.Tensor | None = None  # bool [Sq]: rows that see no key (None: there are none)
+    seeing_rows: torch.Tensor | None = None  # int32 [n]: the other rows, when there are empty ones
     native: NativeMask | None = None  # set when FA4's own masking expresses the mask (native.py)
     has_partial: bool = True  # False: every visible tile is whole (block-aligned masks)
     parts: tuple | None = None  # decompose.MaskPart per native part, when the mask is their sum
@@ -213,4 +214,6 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
     return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), _row_major(lo), _row_major(hi), partial, full,
                           fwd=_lists(partial, full), bwd=_lists(partial.T, full.T),
                           empty_rows=torch.from_numpy(empty).to(device) if empty.any() else None,
+                          seeing_rows=(torch.from_numpy(np.flatnonzero(~empty).astype(np.int32)).to(device)
+                                       if empty.any() else None),
                           native=native, has_partial=has_partial, parts=parts)

@@ -6,8 +6,9 @@ merge it into the caller's accumulators. ``magi_ffa.merge.correct_attn_out_lse``
 about a dozen elementwise torch ops, each a full pass over [Sq, h, d]; in the context-parallel
 runtime, where every stage merges, those passes cost as much GPU time as the attention kernels on
 sparse masks. This kernel reads each operand once and writes the accumulators once, with the
-same arithmetic (terms of weight 0, lse = -inf, are skipped, never multiplied). Rows the call
-did not compute (``empty_rows``) are neither read nor written: in a remote stage they are most rows.
+same arithmetic (terms of weight 0, lse = -inf, are skipped, never multiplied). Given the rows the
+call computed (``rows``), it runs over those alone: in a remote stage the others are most rows, and
+a grid over all of them spent most of the merge's time on programs that found nothing to do.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def _merge_kernel(acc_ptr, acc_lse_ptr, part_ptr, part_lse_ptr, empty_ptr, n_rows, heads, head_dim,
+    def _merge_kernel(acc_ptr, acc_lse_ptr, part_ptr, part_lse_ptr, tokens_ptr, n_rows, heads, head_dim,
                       part_lse_stride_s, part_lse_stride_h,
-                      HAS_EMPTY: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-        live = rows < n_rows
-        if HAS_EMPTY:  # rows that see no key: the kernel's values there are not results, and the
-            # accumulator stays as it is (merged with nothing), so these rows are neither read nor written
-            live = live & (tl.load(empty_ptr + rows // heads, mask=live, other=1) == 0)
+                      INDEXED: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+        i = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (token, head) rows
+        live = i < n_rows
+        if INDEXED:  # the i-th row of the listed tokens; the others stay as they are (merged with nothing)
+            rows = tl.load(tokens_ptr + i // heads, mask=live, other=0).to(tl.int64) * heads + i % heads
+        else:
+            rows = i
         l_acc = tl.load(acc_lse_ptr + rows, mask=live, other=-float("inf"))
         l_part = tl.load(part_lse_ptr + (rows // heads) * part_lse_stride_s + (rows % heads) * part_lse_stride_h,
                          mask=live, other=-float("inf"))
@@ -141,14 +143,15 @@ def add_into_(acc: torch.Tensor, part: torch.Tensor, skip_rows: torch.Tensor | N
 
 
 def merge_into_(acc: torch.Tensor, acc_lse: torch.Tensor, part: torch.Tensor, part_lse: torch.Tensor,
-                empty_rows: torch.Tensor | None = None) -> bool:
+                rows: torch.Tensor | None = None) -> bool:
     """Merge (part, part_lse) into (acc, acc_lse) in place; returns False (and does nothing) when
     the tensors are not the kernel's case, so the caller falls back to the torch merge.
 
     acc: fp32, fp16 or bf16 [Sq, h, d], 0 where acc_lse is -inf (as every accumulator the backends
     write); acc_lse: fp32 [Sq, h]; part: [Sq, h, d] any float dtype; part_lse: fp32
-    [Sq, h], any strides (FA4 gives a transposed view); empty_rows: bool [Sq] rows whose part
-    counts as empty (lse -inf). The others contiguous, on one device, d <= 256.
+    [Sq, h], any strides (FA4 gives a transposed view); rows: int32/int64 [n], the only rows to
+    merge (the part's other rows count as empty: lse -inf, any values; None: every row). The others
+    contiguous, on one device, d <= 256.
     """
     global _compiled
     if not _triton_ok(acc, acc_lse, part):
@@ -159,18 +162,18 @@ def merge_into_(acc: torch.Tensor, acc_lse: torch.Tensor, part: torch.Tensor, pa
         return False
     if acc.shape[2] > 256:
         return False
-    if empty_rows is not None and (empty_rows.shape != acc.shape[:1] or not empty_rows.is_contiguous()):
+    if rows is not None and (rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64)
+                             or not rows.is_contiguous()):
         return False
-    n_rows = acc.shape[0] * acc.shape[1]
+    n_rows = (acc.shape[0] if rows is None else rows.shape[0]) * acc.shape[1]
     if n_rows == 0:
         return True
     if _compiled is None:
         _compiled = _kernel()
     import triton
 
-    empty = empty_rows.view(torch.uint8) if empty_rows is not None else acc_lse  # unused when None
     _compiled[(triton.cdiv(n_rows, _ROWS),)](
-        acc, acc_lse, part, part_lse, empty, n_rows, acc.shape[1], acc.shape[2], part_lse.stride(0),
-        part_lse.stride(1),
-        HAS_EMPTY=empty_rows is not None, ROWS=_ROWS, BLOCK_D=triton.next_power_of_2(acc.shape[2]))
+        acc, acc_lse, part, part_lse, acc_lse if rows is None else rows, n_rows, acc.shape[1], acc.shape[2],
+        part_lse.stride(0), part_lse.stride(1),
+        INDEXED=rows is not None, ROWS=_ROWS, BLOCK_D=triton.next_power_of_2(acc.shape[2]))
     return True
