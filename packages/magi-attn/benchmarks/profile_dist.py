@@ -6,8 +6,8 @@
 Uses bench_dist's masks and setup (bf16, hq=hk=16, d=128, chunk 512); the kernel backend and
 group collectives follow the environment (MAGI_ATTENTION_FA4_BACKEND, MAGI_ATTENTION_NATIVE_GRPCOLL).
 Prints: host ms per forward and per backward (no sync inside), device ms per forward and backward (back to
-back, and one forward after a sync as bench_dist times it), the host path of a forward (us per forward by
-function, cumulative), and the top device kernels of two forward+backward passes. ``--stages`` adds,
+back, and one forward after a sync as bench_dist times it), the host paths of a forward and of a backward (us per
+call by function, cumulative), and the top device kernels of two forward+backward passes. ``--stages`` adds,
 on rank 0, each kernel call of the rank's plan (host stage, remote stages) timed alone, with its area,
 TFLOP/s and, on the fa4 backend, the form FA4 runs it in; beside it the whole mask on one GPU, the
 efficiency reference. ``--trace DIR`` writes each rank's device timeline as CSV and prints its summary
@@ -127,7 +127,17 @@ def main(argv=None) -> int:
     prof.disable()
     torch.cuda.synchronize()
     if rank == 0:
-        print_host_breakdown(prof, n_prof * L)
+        print_host_breakdown(prof, n_prof * L, "forward")
+    prof = cProfile.Profile()  # the backward's host path: what stands before its first kernels
+    dist.barrier()
+    for _ in range(n_prof):
+        out = fwd()
+        prof.enable()
+        out.backward(ldo)
+        prof.disable()
+    torch.cuda.synchronize()
+    if rank == 0:
+        print_host_breakdown(prof, n_prof * L, "backward")
     from torch.profiler import ProfilerActivity, profile
 
     dist.barrier()
@@ -170,15 +180,16 @@ def single_forward_ms(fwd, n: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def print_host_breakdown(prof, n: int, top: int = 30) -> None:
-    """The functions under the profiled forwards by cumulative host time, in us per forward (cProfile
-    roughly doubles Python-heavy paths: read the shares, not the absolute figures)."""
+def print_host_breakdown(prof, n: int, what: str, top: int = 30) -> None:
+    """The functions under the profiled calls (``what``: "forward" / "backward") by cumulative host
+    time, in us per call (cProfile roughly doubles Python-heavy paths: read the shares, not the
+    absolute figures)."""
     rows = []
     for (path, line, func), (_, calls, own, cum, _) in pstats.Stats(prof).stats.items():
         where = os.path.basename(path) if path != "~" else ""
         rows.append((cum, own, calls, f"{where}:{line}({func})" if where else func))
     rows.sort(reverse=True)
-    print(f"host path of one forward under cProfile ({n} forwards), us per forward:")
+    print(f"host path of one {what} under cProfile ({n} {what}s), us per {what}:")
     print(f"{'cumulative':>11} {'own':>8} {'calls':>6}  function")
     for cum, own, calls, name in rows[:top]:
         print(f"{cum / n * 1e6:11.1f} {own / n * 1e6:8.1f} {calls / n:6.1f}  {name}")
