@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from _fake_fa4 import _native_visible
@@ -150,3 +151,58 @@ def test_documents_without_keys_have_no_used_rows(name, slices, sq, sk):
     assert torch.equal(computed, ~empty), name
     assert any(t is native.seqused_q for t in native.device_tensors)
     assert native.fa4_kwargs()["seqused_q"] is native.seqused_q
+
+
+def _window_documents(lens, left):
+    """Documents back to back on the diagonal, row r of a document starting at a seeing
+    [max(a, r - left), r + 1), one slice per row."""
+    qr, kr, a = [], [], 0
+    for n in lens:
+        for r in range(a, a + n):
+            qr.append([r, r + 1]), kr.append([max(a, r - left), r + 1])
+        a += n
+    return qr, kr, [0] * len(qr)
+
+
+def test_sliding_windows_in_documents_run_natively_when_switched_on(monkeypatch):
+    from magi_ffa.backends.fa4 import native as nat
+
+    cases = {"varlen-window": ([5, 9, 10], 3),
+             # a rotated sequential dispatch's wrap rank: the sequence's start (shorter than the
+             # window: causal), then its end (the window cut at the piece's first row)
+             "rotated-host-stage": ([4, 20], 6)}
+    for name, (lens, left) in cases.items():
+        slices, s = _window_documents(lens, left), sum(lens)
+        assert _recognise(*slices, s, s) is None, name  # off by default: block lists
+        monkeypatch.setattr(nat, "VARLEN_WINDOWS", True)
+        native = _recognise(*slices, s, s)
+        monkeypatch.setattr(nat, "VARLEN_WINDOWS", False)
+        assert native is not None and native.window_left == left and native.window_right == 0, name
+        assert native.cu_seqlens_q.tolist() == [0, *np.cumsum(lens).tolist()], name
+        assert torch.equal(_means(native, s, s), make_dense_mask(*slices, s, s)), name
+
+
+def test_window_documents_that_differ_keep_the_block_lists(monkeypatch):
+    from magi_ffa.backends.fa4 import native as nat
+
+    monkeypatch.setattr(nat, "VARLEN_WINDOWS", True)
+    a, b = _window_documents([8], 2), _window_documents([8], 3)  # two windows in one mask
+    two = (a[0] + [[q + 8, q + 9] for q, _ in b[0]], a[1] + [[k0 + 8, k1 + 8] for k0, k1 in b[1]], a[2] + b[2])
+    assert _recognise(*two, 16, 16) is None
+    qr, kr, ts = _window_documents([6, 6], 2)
+    kr[3] = [kr[3][0] + 1, kr[3][1]]  # one row's window narrower
+    assert _recognise(qr, kr, ts, 12, 12) is None
+    rng = random.Random(5)
+    seen = 0
+    for _ in range(300):  # random documents and windows, some rows nudged: recognised means the dense mask
+        lens = [rng.randint(1, 7) for _ in range(rng.randint(1, 4))]
+        qr, kr, ts = _window_documents(lens, rng.randint(1, 5))
+        if rng.random() < 0.5:
+            r = rng.randrange(len(kr))
+            kr[r] = [min(kr[r][1] - 1, kr[r][0] + rng.choice([-1, 1])) if kr[r][0] > 0 else kr[r][0], kr[r][1]]
+        s = sum(lens)
+        native = _recognise(qr, kr, ts, s, s)
+        if native is not None:
+            seen += 1
+            assert torch.equal(_means(native, s, s), make_dense_mask(qr, kr, ts, s, s)), (lens, kr)
+    assert seen > 100

@@ -75,6 +75,47 @@ def test_fa4_documents_vs_float64(name):
         assert_close_to_ref(key, got[key], lowp[key], ref[key])
 
 
+def _window_document_slices(lens, window):
+    """FFA slices of documents back to back, each with a causal sliding window (row r of a document
+    at a sees [max(a, r - window), r]): per block of `window` rows, the causal square on the
+    diagonal and the inverse-causal band before it."""
+    qr, kr, tm, a = [], [], [], 0
+    for n in lens:
+        for r0 in range(a, a + n, window):
+            r1 = min(r0 + window, a + n)
+            qr.append([r0, r1]), kr.append([r0, r1]), tm.append(1)
+            if r0 > a:
+                qr.append([r0, r1]), kr.append([r0 - window, r0]), tm.append(2)
+        a += n
+    return qr, kr, tm
+
+
+@pytest.mark.parametrize("lens", [[1000, 1500, 1596], [200, 3896]], ids=["varlen_window", "rotated_host_stage"])
+def test_fa4_window_documents_vs_float64(lens, monkeypatch):
+    """Documents with one sliding window, FA4 varlen with a local window (native.VARLEN_WINDOWS):
+    the form is off by default until this passes on a GPU."""
+    from magi_ffa.backends.fa4 import clear_mask_cache, native
+    from magi_ffa.backends.fa4.block_sparse import row_intervals
+
+    monkeypatch.setattr(native, "VARLEN_WINDOWS", True)
+    clear_mask_cache()
+    total, hq, hk, d = 4096, 8, 2, 128
+    qr, kr, tm = _window_document_slices(lens, 256)
+    found = native.recognise_native(*row_intervals(qr, kr, tm, total), total, total)
+    assert found is not None and found.window_left == 256 and found.varlen, "not native"
+    q, k, v, dout = _inputs(total, hq, hk, d, torch.bfloat16, seed=13)
+    qr_t, kr_t = (torch.tensor(x, dtype=torch.int32, device="cuda").reshape(-1, 2) for x in (qr, kr))
+    tm_t = torch.tensor(tm, dtype=torch.int32, device="cuda")
+    try:
+        got = _run("fa4", torch.bfloat16, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    finally:
+        clear_mask_cache()  # the masks translated with the switch on
+    ref = _run("torch", torch.float64, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    lowp = _dense_lowp(q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    for key in ("out", "lse", "dq", "dk", "dv"):
+        assert_close_to_ref(key, got[key], lowp[key], ref[key])
+
+
 @pytest.mark.parametrize("family,second", [
     ("causal", "documents"), ("sliding_window", "documents"), ("causal", "block_lists")])
 def test_fa4_stages_accumulate_like_the_runtime(family, second):

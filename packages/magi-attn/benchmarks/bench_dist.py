@@ -141,7 +141,7 @@ def run_magi(cfg, mask, q, k, v, do, timer):
 #: --dispatch-alg names: magi_attention's dispatch algorithms (a float after ':' is top_p /
 #: allocation_ratio where the algorithm takes one)
 DISPATCH_ALGS = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "cost_aware",
-                 "cost_aware_fine")
+                 "cost_aware_fine", "cost_aware_rotated")
 
 
 def dispatch_config(spec: str):
@@ -164,7 +164,11 @@ def dispatch_config(spec: str):
             "cost_aware": lambda: CostAwareDispatchAlg(**({"remote_cost": float(arg)} if arg else {})),
             # the key's chunk size only (no coarser factors): the choice before chunk factors
             "cost_aware_fine": lambda: CostAwareDispatchAlg(
-                chunk_factors=(1,), **({"remote_cost": float(arg)} if arg else {}))}
+                chunk_factors=(1,), **({"remote_cost": float(arg)} if arg else {})),
+            # plus the sequential split turned (meta.dispatch_choice.rotated_sequential)
+            "cost_aware_rotated": lambda: CostAwareDispatchAlg(
+                candidates=(*CostAwareDispatchAlg.candidates, "rotated_sequential"),
+                **({"remote_cost": float(arg)} if arg else {}))}
     return DispatchConfig(alg=algs[name]())
 
 
@@ -415,6 +419,9 @@ def parse_args(argv=None):
     p.add_argument("--comm-stream-priority", type=int, default=None,
                    help="CUDA priority of the native group collectives' comm stream (default: the "
                         "library's, high; 0 gives the old equal-priority stream, for an A/B)")
+    p.add_argument("--fa4-varlen-windows", action="store_true",
+                   help="let the fa4 backend run documents with a sliding window natively "
+                        "(magi_ffa.backends.fa4.native.VARLEN_WINDOWS, off by default until verified)")
     p.add_argument("--comm-copy-engine", type=int, choices=(0, 1), default=None,
                    help="native casts through the copy engines (1, the library's default) or the "
                         "chunk-copy kernel (0), for an A/B")
@@ -478,6 +485,10 @@ def main(argv=None) -> int:
             native.COMM_STREAM_PRIORITY = a.comm_stream_priority
         if a.comm_copy_engine is not None:
             native.COPY_ENGINE_CASTS = bool(a.comm_copy_engine)
+    if a.fa4_varlen_windows:
+        from magi_ffa.backends.fa4 import native as fa4_native
+
+        fa4_native.VARLEN_WINDOWS = True
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
@@ -582,7 +593,7 @@ def main(argv=None) -> int:
                   "world size": world, "dtype": str(dtype).replace("torch.", ""),
                   "heads (hq/hk)": f"{hq}/{hk}", "head dim": d, "chunk size": a.chunk_size, "dispatch alg": a.dispatch_alg,
                   "overlap degree": a.degree or "library default",
-                  "ffa kernel backend": _ffa_backend_name(),
+                  "ffa kernel backend": _ffa_backend_name() + (" (varlen windows)" if a.fa4_varlen_windows else ""),
                   "group collectives": _grpcoll_impl_name() + "".join(
                       f" ({k} {v})" for k, v in (("comm stream priority", a.comm_stream_priority),
                                                  ("copy engine casts", a.comm_copy_engine)) if v is not None),

@@ -111,10 +111,12 @@ def run_cases(cases, group=None, rank_label=""):
               else OverlapConfig(degree=deg, max_num_chunks=max(64, deg)))
         pad = compute_pad_size(T, world, chunk)
         dc = {}
-        if case.get("dispatch") == "cost_aware":
+        if case.get("dispatch") in ("cost_aware", "rotated_sequential"):
             from magi_attention.api import CostAwareDispatchAlg, DispatchConfig
 
-            dc = {"dispatch_config": DispatchConfig(alg=CostAwareDispatchAlg())}
+            alg = (CostAwareDispatchAlg() if case["dispatch"] == "cost_aware" else
+                   CostAwareDispatchAlg(candidates=("rotated_sequential",), chunk_factors=(1,)))
+            dc = {"dispatch_config": DispatchConfig(alg=alg)}
         key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, pad, chunk, group,
                                  DistAttnConfig(overlap_config=oc, **dc))
         lq, lk, lv = dispatch(q, key), dispatch(k, key), dispatch(v, key)

@@ -51,6 +51,9 @@ def dist_cases(world: int) -> list[dict]:
         dict(base, name="cost-aware-coarse-chunks", mask="varlen_causal", cu=[0, 29, 70, 96], degree=2,
              dispatch="cost_aware", dispatch_chunk={2: 16}),
         dict(base, name="kv-strided-views", mask="causal", degree=2, kv_views=True),
+        # the sequential split turned (one rank holds the sequence's start and its end)
+        dict(base, name="rotated-sequential-dispatch", mask="sliding_window", cu=[0, 61, 96], window=(12, 0),
+             degree=2, dispatch="rotated_sequential"),
     ]
     return cases[::2] if world in (1, 3) else cases
 

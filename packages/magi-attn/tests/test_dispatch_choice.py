@@ -113,3 +113,50 @@ def test_chunk_factors_that_do_not_divide_are_skipped_and_bad_ones_raise():
     for bad in ((), (0,), (1, -2), [1, 2], (True,), (1.5,)):
         with pytest.raises(MagiAttentionError, match="chunk_factors"):
             CostAwareDispatchAlg(chunk_factors=bad)
+
+
+@pytest.mark.parametrize("cp", [2, 3, 4])
+def test_rotated_sequential_turns_the_split(cp):
+    from magi_attention.meta.dispatch_choice import rotated_sequential
+
+    total = T - T % (CHUNK * cp)
+    seq = _compat.solver.make_dispatch_meta([[0, total]], [[0, total]], [1], total, CHUNK, cp, "sequential")
+    n, m = seq.num_chunks, seq.num_chunks // cp
+    for shift in (0, 1, m - 1):
+        turned = rotated_sequential(seq, shift)
+        parts = [list(p) for p in turned.partitions]
+        assert sorted(c for p in parts for c in p) == list(range(n))  # every chunk once
+        for r, p in enumerate(parts):  # m chunks per rank: [shift + r*m, shift + (r+1)*m) mod n, ascending
+            assert p == sorted((shift + r * m + j) % n for j in range(m))
+        # a valid dispatch: the permutation and its inverse agree
+        perm, unperm = list(turned.perm_idxs), list(turned.unperm_idxs)
+        assert [perm[i] for i in unperm] == list(range(len(perm)))
+    assert [list(p) for p in rotated_sequential(seq, 0).partitions] == [list(p) for p in seq.partitions]
+
+
+def test_a_rotation_balances_a_sliding_window_at_cp2_and_leaves_causal_alone():
+    params = _overlap_params(DistAttnConfig())
+    with_rot = CostAwareDispatchAlg(chunk_factors=(1,), candidates=(*CostAwareDispatchAlg.candidates, "rotated_sequential"))
+    plain = CostAwareDispatchAlg(chunk_factors=(1,))
+
+    def busiest(mask, alg):
+        meta = solve_dispatch(alg, *mask, T, CHUNK, 2, params)
+        return max(planned_work(_compat.solver.make_dist_attn_plan(*mask, meta, params), 2, alg.remote_cost)), meta
+
+    sliding = _masks()["sliding window"]
+    (w_rot, m_rot), (w_seq, _) = busiest(sliding, with_rot), busiest(sliding, plain)
+    assert w_rot < w_seq  # the sequential rank with the window's light start no longer idles
+    assert any(0 in p and m_rot.num_chunks - 1 in p for p in m_rot.partitions)  # one holds start and end
+    causal = _masks()["causal"]
+    assert [list(p) for p in busiest(causal, with_rot)[1].partitions] == \
+        [list(p) for p in busiest(causal, plain)[1].partitions]
+
+
+def test_rotated_sequential_with_one_chunk_per_rank_is_sequential():
+    params = _overlap_params(DistAttnConfig())
+    alg = CostAwareDispatchAlg(candidates=("rotated_sequential",), chunk_factors=(1,))
+    meta = solve_dispatch(alg, [[0, 16]], [[0, 16]], [1], 16, 8, 2, params)  # 2 chunks, 2 ranks: no turn
+    assert [list(p) for p in meta.partitions] == [[0], [1]]
+    # one rank: whatever the candidates, the sequential solution (the solver knows no rotation)
+    one = solve_dispatch(alg, [[0, 16]], [[0, 16]], [1], 16, 16, 1, params)
+    assert [list(p) for p in one.partitions] == [[0]]

@@ -140,6 +140,8 @@ class CostAwareDispatchAlg(DispatchAlg):
     make varlen causal at 64k pick min_heap at chunk 4096, 1.17-1.20 / 1.35-1.38x (forward /
     backward) over chunk 512, and ``remote_cost`` 1.75 (2.0 before) makes it at 128k pick a
     balanced min_heap at chunk 2048 over an unbalanced sorted_sequential_select, 1.24 / 1.28x.
+    ``"rotated_sequential"`` (opt-in, not measured yet) adds the sequential split turned by a few
+    chunk counts (``meta.dispatch_choice.rotated_sequential``): it balances a sliding window at cp 2.
     """
 
     candidates: tuple[str, ...] = ("min_heap", "sequential", "sorted_sequential_select")
@@ -151,7 +153,8 @@ class CostAwareDispatchAlg(DispatchAlg):
     is_affinity_considered = True
 
     def __post_init__(self):
-        known = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "random_select")
+        known = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "random_select",
+                 "rotated_sequential")
         if not self.candidates or any(c not in known for c in self.candidates):
             raise MagiAttentionError(f"CostAwareDispatchAlg(candidates={self.candidates!r}): give one or "
                                      f"more of {known}")

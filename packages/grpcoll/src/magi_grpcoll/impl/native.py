@@ -93,9 +93,7 @@ class _Buffers:
     waits for its device to finish all queued work; the rendezvous returns only once every rank has,
     so no queued copy, barrier or fold of any rank can still touch a replaced buffer (or the peer
     mappings of its handle), and it is released at once. Growth is rare (the first calls of new
-    sizes), so the sync costs nothing in steady state. (Releasing a replaced buffer once this rank's
-    replacing call had completed, without the sync, failed on 2 x H200 in one of three runs of
-    ``test_native_back_to_back_calls``: an invalid-address-space fault on a rank.)
+    sizes), so the sync costs nothing in steady state, and no release has to wait on events.
     """
 
     def __init__(self) -> None:

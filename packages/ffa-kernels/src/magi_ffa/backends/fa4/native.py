@@ -21,6 +21,10 @@ interval (not from the slices, so any slicing of the same mask is recognised):
   (``SliceBlockMask.empty_rows`` / ``skipped_rows``). In a runtime remote stage these are most of
   the rank's rows, which FA4 would otherwise visit: the forward's epilogue, the backward's pre- and
   post-processing.
+* documents on the diagonal with one causal sliding window (FA4 varlen with a local window): row r
+  of a document starting at a sees ``[max(a, r - left), r + 1)``. Sliding windows within documents,
+  and a runtime host stage of a sliding window whose rank holds two pieces of the sequence (the
+  rotated sequential dispatch). Behind ``VARLEN_WINDOWS`` (off) until it has run on a GPU.
 
 Anything else goes through the block lists and the mask function.
 """
@@ -106,6 +110,9 @@ def _window(lo: np.ndarray, hi: np.ndarray, seqlen: int) -> NativeMask | None:
     return NativeMask(window_left=left, window_right=right)
 
 
+#: FA4 varlen calls with a local window (``_window_documents``); off until the form has run on a GPU
+VARLEN_WINDOWS = False
+
 #: a mask read as more documents than one per this many rows keeps the block lists: FA4 gives each
 #: document its own tiles, while block lists pack short documents into shared tiles
 MIN_ROWS_PER_DOCUMENT = 16
@@ -162,6 +169,32 @@ def _documents(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: int, dev
                       seqused_q=as_tensor(used) if used != q_len else None)
 
 
+def _window_documents(lo: np.ndarray, hi: np.ndarray, seqlen: int, device) -> NativeMask | None:
+    """Documents on the diagonal with one causal sliding window (see the module docstring), or None.
+    A document starts where a row sees only itself; its rows see back to its start or ``left`` keys,
+    whichever is nearer, and some row of some document must be cut by the window (else it is plain
+    varlen causal, which ``_documents`` reads)."""
+    r = np.arange(seqlen, dtype=np.int64)
+    lo, hi = lo.astype(np.int64), hi.astype(np.int64)
+    if not np.array_equal(hi, r + 1):  # every row sees itself last: the diagonal, no empty row
+        return None
+    start = np.maximum.accumulate(np.where(lo == r, r, 0))  # each row's document start
+    cut = lo > start
+    if not cut.any():
+        return None
+    left = int(r[cut][0] - lo[cut][0])
+    if not np.array_equal(lo, np.maximum(start, r - left)):
+        return None
+    starts = np.flatnonzero(lo == r)
+    if len(starts) > max(MIN_ROWS_PER_DOCUMENT, seqlen // MIN_ROWS_PER_DOCUMENT):
+        return None
+    cu = np.append(starts, seqlen)
+    cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
+    longest = int(np.diff(cu).max())
+    return NativeMask(window_left=left, window_right=0, cu_seqlens_q=cu_t, cu_seqlens_k=cu_t,
+                      max_seqlen_q=longest, max_seqlen_k=longest)
+
+
 def recognise_native(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: int, device=None) -> NativeMask | None:
     """The FA4-native form of a mask given its merged row intervals `lo`/`hi` [K, Sq]
     (``block_sparse.row_intervals``), or None."""
@@ -173,4 +206,7 @@ def recognise_native(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: in
         found = _window(lo[0], hi[0], seqlen_q)
         if found is not None:
             return found
-    return _documents(lo[0], hi[0], seqlen_q, seqlen_k, device)
+    found = _documents(lo[0], hi[0], seqlen_q, seqlen_k, device)
+    if found is None and VARLEN_WINDOWS and seqlen_q == seqlen_k:
+        found = _window_documents(lo[0], hi[0], seqlen_q, device)
+    return found
