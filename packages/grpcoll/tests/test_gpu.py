@@ -45,6 +45,8 @@ def _nccl_job(rank, world, port, impl):
 
     if impl == "native-kernel-copies":  # casts through the chunk-copy kernel, not the copy engines
         native.COPY_ENGINE_CASTS, impl = False, "native"
+    if impl == "native-held-tensors":  # tensors held by the works until the wait, not record_stream
+        native.RECORD_STREAMS, impl = False, "native"
     dist = _init_nccl(rank, world, port)
     try:
         rng = random.Random(3)
@@ -100,7 +102,7 @@ def _nccl_job(rank, world, port, impl):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("impl", ["a2av", "native", "native-kernel-copies"])
+@pytest.mark.parametrize("impl", ["a2av", "native", "native-kernel-copies", "native-held-tensors"])
 def test_nccl_impl_matches_reference(impl):
     _spawn_two(_nccl_job, impl)
 

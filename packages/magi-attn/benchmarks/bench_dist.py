@@ -419,6 +419,10 @@ def parse_args(argv=None):
     p.add_argument("--comm-stream-priority", type=int, default=None,
                    help="CUDA priority of the native group collectives' comm stream (default: the "
                         "library's, high; 0 gives the old equal-priority stream, for an A/B)")
+    p.add_argument("--comm-record-streams", type=int, choices=(0, 1), default=None,
+                   help="native ops mark their tensors used on the comm stream (1, the library's "
+                        "default) or hold them until the wait (0: stable addresses, more graph replays), "
+                        "for an A/B")
     p.add_argument("--fa4-varlen-windows", action="store_true",
                    help="let the fa4 backend run documents with a sliding window natively "
                         "(magi_ffa.backends.fa4.native.VARLEN_WINDOWS, off by default until verified)")
@@ -478,13 +482,15 @@ def main(argv=None) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
-    if a.comm_stream_priority is not None or a.comm_copy_engine is not None:
+    if a.comm_stream_priority is not None or a.comm_copy_engine is not None or a.comm_record_streams is not None:
         from magi_grpcoll.impl import native
 
         if a.comm_stream_priority is not None:
             native.COMM_STREAM_PRIORITY = a.comm_stream_priority
         if a.comm_copy_engine is not None:
             native.COPY_ENGINE_CASTS = bool(a.comm_copy_engine)
+        if a.comm_record_streams is not None:
+            native.RECORD_STREAMS = bool(a.comm_record_streams)
     if a.fa4_varlen_windows:
         from magi_ffa.backends.fa4 import native as fa4_native
 
@@ -596,7 +602,8 @@ def main(argv=None) -> int:
                   "ffa kernel backend": _ffa_backend_name() + (" (varlen windows)" if a.fa4_varlen_windows else ""),
                   "group collectives": _grpcoll_impl_name() + "".join(
                       f" ({k} {v})" for k, v in (("comm stream priority", a.comm_stream_priority),
-                                                 ("copy engine casts", a.comm_copy_engine)) if v is not None),
+                                                 ("copy engine casts", a.comm_copy_engine),
+                                                 ("record streams", a.comm_record_streams)) if v is not None),
                   "layers per step": a.layers, "warmup/repeats": f"{a.warmup}/{a.repeats}",
                   "torch": torch.__version__,
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}

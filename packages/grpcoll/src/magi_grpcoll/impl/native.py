@@ -165,13 +165,26 @@ def _current_stream(device) -> torch.cuda.Stream:
 
 
 class _StreamWork:
-    """The pending part of a native op: an event on the comm stream that the current stream waits on."""
+    """The pending part of a native op: an event on the comm stream that the current stream waits on.
 
-    def __init__(self, event, device) -> None:
-        self._event, self._device = event, device
+    ``held``: the op's tensors when they were not marked used on the comm stream (``RECORD_STREAMS``
+    off): kept until the wait, after which freeing them is ordered after the op on the waiting
+    stream; a work dropped before its wait marks them then, so the allocator still waits for the op.
+    """
+
+    def __init__(self, event, device, stream=None, held: tuple = ()) -> None:
+        self._event, self._device, self._stream, self._held = event, device, stream, held
 
     def wait(self) -> None:
         _current_stream(self._device).wait_event(self._event)
+        self._held = ()
+
+    def __del__(self) -> None:
+        for t in self._held:
+            try:
+                t.record_stream(self._stream)
+            except Exception:  # noqa: BLE001 - interpreter shutdown: nothing is reused any more
+                pass
 
 
 _comm_streams: dict = {}
@@ -189,6 +202,14 @@ COMM_STREAM_PRIORITY = -1
 #: cast runs under the attention kernel instead of before or after it. The reduce keeps the kernel
 #: (its fold must read the staged rows anyway).
 COPY_ENGINE_CASTS = True
+#: A native op's tensors are marked used on the comm stream (``record_stream``), or, off, held by its
+#: work until the wait (``_StreamWork``). Why a switch: record_stream delays a freed block's reuse
+#: until the comm stream's events are seen complete, so with the host ahead of the GPU the caching
+#: allocator hands back other addresses and the CUDA graphs keyed by addresses rarely replay (4-layer
+#: varlen steps on 2 x H200: 134 replays, 53 captures, 226 eager launches). Held, a block is reusable
+#: once the waiting stream has waited for the op. That assumes the tensors live on the stream that
+#: waits (the runtime's one compute stream), so it stays on until an A/B has measured the other way.
+RECORD_STREAMS = True
 
 
 def _comm_stream(device):
@@ -199,7 +220,8 @@ def _comm_stream(device):
 
 
 def _on_comm_stream(device, tensors, fn):
-    """Run fn() on the comm stream after the current stream's work; return the completion event."""
+    """Run fn() on the comm stream after the current stream's work; return the completion event and
+    the tensors the work must hold (``RECORD_STREAMS`` off) or ()."""
     stream = _comm_stream(device)
     current = _current_stream(device)
     stream.wait_stream(current)
@@ -212,12 +234,13 @@ def _on_comm_stream(device, tensors, fn):
     else:
         with torch.cuda.stream(stream):
             fn()
-    for t in tensors:
-        if t is not None and t.is_cuda:
+    used = tuple(t for t in tensors if t is not None and t.is_cuda)
+    if RECORD_STREAMS:
+        for t in used:
             t.record_stream(stream)
     ev = torch.cuda.Event()
     ev.record(stream)
-    return ev
+    return ev, () if RECORD_STREAMS else used
 
 
 def cast_receive_positions(plan) -> torch.Tensor:
@@ -377,14 +400,14 @@ class NativeImpl(GrpCollImpl):
 
         family = ("cast", gen, engines,
                   *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
-        ev = _on_comm_stream(dev, [t for pair in pairs for t in pair],
-                             lambda: b.graphs.run((family, half_off), launch, family))
+        ev, held = _on_comm_stream(dev, [t for pair in pairs for t in pair],
+                                   lambda: b.graphs.run((family, half_off), launch, family))
         defaults = tuple(d for _, d in pairs)
 
         def post(*outs):
             return defaults[0] if len(defaults) == 1 else defaults
 
-        return GrpCollWork([_StreamWork(ev, dev)], post, async_op, (buf,))
+        return GrpCollWork([_StreamWork(ev, dev, _comm_stream(dev), held)], post, async_op, (buf,))
 
     def reduce(self, plan, input, output, group, *, async_op, reduce_op="sum", acc_reduce=True,
                comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, **kwargs):
@@ -417,13 +440,14 @@ class NativeImpl(GrpCollImpl):
         family = ("reduce", gen, reduce_op, bool(acc_reduce), x.data_ptr(), x.dtype, output.data_ptr(),
                   output.dtype, *rbs, row_bytes(output),
                   *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
-        ev = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
-                             lambda: b.graphs.run((family, half_off), launch, family))
+        ev, held = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
+                                   lambda: b.graphs.run((family, half_off), launch, family))
 
         def post(*outs):
             return (output, output_lse) if lse else output
 
-        return GrpCollWork([_StreamWork(ev, input.device)], post, async_op, (buf, x))
+        return GrpCollWork([_StreamWork(ev, input.device, _comm_stream(input.device), held)], post, async_op,
+                           (buf, x))
 
 
 register_impl(NativeImpl())

@@ -1,0 +1,48 @@
+"""The native ops' pending work: with ``RECORD_STREAMS`` off it holds the op's tensors until the
+wait, and a work dropped before its wait marks them used on the comm stream (so the caching allocator
+still waits for the op before reusing their memory). Streams, events and tensors faked on CPU."""
+
+from __future__ import annotations
+
+import gc
+
+from magi_grpcoll.impl import native
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.waited: list = []
+
+    def wait_event(self, ev) -> None:
+        self.waited.append(ev)
+
+
+class _Tensor:
+    def __init__(self) -> None:
+        self.recorded: list = []
+
+    def record_stream(self, stream) -> None:
+        self.recorded.append(stream)
+
+
+def test_a_waited_work_lets_go_of_its_tensors_unmarked(monkeypatch):
+    current, comm, ev = _Stream(), object(), object()
+    monkeypatch.setattr(native, "_current_stream", lambda device: current)
+    ts = (_Tensor(), _Tensor())
+    work = native._StreamWork(ev, "cuda:0", comm, ts)
+    work.wait()
+    assert current.waited == [ev]  # the waiting stream is ordered after the op
+    del work
+    gc.collect()
+    assert all(t.recorded == [] for t in ts)  # freed after the wait: reuse is stream-ordered
+
+
+def test_a_work_dropped_before_its_wait_marks_its_tensors(monkeypatch):
+    comm = object()
+    ts = (_Tensor(), _Tensor())
+    work = native._StreamWork(object(), "cuda:0", comm, ts)
+    del work
+    gc.collect()
+    assert all(t.recorded == [comm] for t in ts)
+    # nothing held (RECORD_STREAMS on: the op marked them itself): nothing to do when dropped
+    native._StreamWork(object(), "cuda:0", comm).__del__()
