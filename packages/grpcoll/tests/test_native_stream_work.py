@@ -46,3 +46,28 @@ def test_a_work_dropped_before_its_wait_marks_its_tensors(monkeypatch):
     assert all(t.recorded == [comm] for t in ts)
     # nothing held (RECORD_STREAMS on: the op marked them itself): nothing to do when dropped
     native._StreamWork(object(), "cuda:0", comm).__del__()
+
+
+class _DeviceTensor(_Tensor):
+    is_cuda = True
+    device = "cuda:0"
+
+
+def test_a_bindings_tables_and_fold_sources_are_marked_used_on_the_comm_stream(monkeypatch):
+    """A binding dies with its plan, which can happen while its calls are queued (a transposed plan
+    made for one call): its device tensors must already be marked, so their memory waits for them."""
+    comm = object()
+    monkeypatch.setattr(native, "_comm_stream", lambda device: comm)
+    made: list = []
+
+    def build_chunks(*args):
+        made.append(_DeviceTensor())
+        return made[-1]
+
+    monkeypatch.setattr(native, "build_chunks", build_chunks)
+    sources = (_DeviceTensor(), _DeviceTensor(), _Tensor())  # a host tensor is left alone
+    b = native._Binding({"push": (None, None, None)}, (4,), "cuda:0", sources=sources)
+    assert [t.recorded for t in sources] == [[comm], [comm], []]
+    t = b.table("push", 64)
+    assert t is made[0] and t.recorded == [comm]
+    assert b.table("push", 64) is t and t.recorded == [comm]  # looked up again: marked once

@@ -60,6 +60,13 @@ class _Binding:
     region; reduce: receive, stage). Chunk tables are made per row size, on first use.
     ``sources``: the reduce's :class:`FoldSources`. ``graphs``: CUDA graphs of this binding's launch
     sequences (they read its tables, so they live and die with it).
+
+    The device tensors the comm stream reads (tables, fold sources) are marked used on it once, when
+    made: a binding lives as long as its plan, and a plan can die while its calls are still queued
+    (a transposed plan made for one call; a plan dropped from the functional API's cache). Their
+    memory must not go back to the allocator for other work until those calls have run (unmarked, a
+    freed table was reused and overwritten under a queued call, whose copies then went to garbage
+    addresses: the invalid-address-space fault of ``test_native_back_to_back_calls`` on 2 x H200).
     """
 
     def __init__(self, copies: dict, regions: tuple[int, ...], device, sources=None, push_fraction=None):
@@ -68,13 +75,15 @@ class _Binding:
         self._tables: dict = {}
         self._runs: dict = {}
         self.graphs = LaunchGraphs()
+        for t in sources or ():
+            _used_on_comm_stream(t)
 
     def table(self, kind: str, nbytes: int) -> torch.Tensor:
         """The chunk table of copy ``kind`` for rows of ``nbytes`` (calls on the hot path only look it up)."""
         key = (kind, nbytes)
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = build_chunks(*self._copies[kind], nbytes, self._device)
+            table = self._tables[key] = _used_on_comm_stream(build_chunks(*self._copies[kind], nbytes, self._device))
         return table
 
     def runs(self, kind: str) -> list[tuple[int, int, int, int]]:
@@ -217,6 +226,13 @@ def _comm_stream(device):
     if s is None:
         s = _comm_streams[device] = torch.cuda.Stream(device=device, priority=COMM_STREAM_PRIORITY)
     return s
+
+
+def _used_on_comm_stream(t: torch.Tensor) -> torch.Tensor:
+    """Mark a long-lived device tensor that the comm stream reads (``_Binding``); returns it."""
+    if getattr(t, "is_cuda", False):
+        t.record_stream(_comm_stream(t.device))
+    return t
 
 
 def _on_comm_stream(device, tensors, fn):
@@ -407,7 +423,7 @@ class NativeImpl(GrpCollImpl):
         def post(*outs):
             return defaults[0] if len(defaults) == 1 else defaults
 
-        return GrpCollWork([_StreamWork(ev, dev, _comm_stream(dev), held)], post, async_op, (buf,))
+        return GrpCollWork([_StreamWork(ev, dev, _comm_stream(dev), held)], post, async_op, (buf, b))
 
     def reduce(self, plan, input, output, group, *, async_op, reduce_op="sum", acc_reduce=True,
                comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, **kwargs):
@@ -447,7 +463,7 @@ class NativeImpl(GrpCollImpl):
             return (output, output_lse) if lse else output
 
         return GrpCollWork([_StreamWork(ev, input.device, _comm_stream(input.device), held)], post, async_op,
-                           (buf, x))
+                           (buf, x, b))
 
 
 register_impl(NativeImpl())
