@@ -23,6 +23,10 @@ def _cases() -> list[dict]:
         dict(base, name="causal-deg2", mask="causal", degree=2),
         dict(base, name="varlen-causal-deg3", mask="varlen_causal", cu=[0, 33, 40, 96], degree=3),
         dict(base, name="sliding-window", mask="sliding_window", cu=[0, 50, 96], window=(7, 3), degree=2),
+        # the turned sequential split: one rank's host stage is two pieces, documents with one window,
+        # run as FA4 varlen with a local window (native.VARLEN_WINDOWS)
+        dict(base, name="rotated-window-documents", mask="sliding_window", cu=[0, 96], window=(12, 0), degree=2,
+             dispatch="rotated_sequential", fa4_varlen_windows=True),
         dict(base, name="shared-question", mask="shared_question", q_len=30, answers=[20, 25, 21], degree=2),
         dict(base, name="random-sink-softcap", mask="random", seed=3, sink=True, softcap=5.0, degree=2, T=90),
         dict(base, name="hide-tail", mask="varlen_causal", cu=[0, 40, 96], degree=3,
