@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["count_delta", "doc_lengths", "launch_counts", "measure"]
+__all__ = ["count_delta", "doc_lengths", "launch_counts", "leaf", "measure", "stack_layers"]
 
 
 def doc_lengths(total: int, seed: int, base: int, cap: int) -> list[int]:
@@ -68,6 +68,27 @@ def measure(fwd, leaves, dout, device: torch.device, warmup: int,
                        device=device)
     dist.all_reduce(med, op=dist.ReduceOp.MAX)
     return float(med[0]), float(med[1])
+
+
+def leaf(x: torch.Tensor) -> torch.Tensor:
+    """A fresh leaf copy of ``x`` that takes gradients."""
+    return x.detach().clone().requires_grad_(True)
+
+
+def stack_layers(attn, q, k, v, layers: int):
+    """(fwd, leaves): ``layers`` calls of ``attn(q, k, v) -> out`` stacked as in a model, layer i's
+    output being layer i+1's query and every layer having its own K/V leaves (copies of k, v), so each
+    layer's calls see tensors at their own addresses, as the host-side shortcuts keyed by addresses
+    (the native collectives' CUDA graphs) meet them in training."""
+    kvs = [(k, v)] + [(leaf(k), leaf(v)) for _ in range(layers - 1)]
+
+    def fwd():
+        x = q
+        for k_, v_ in kvs:
+            x = attn(x, k_, v_)
+        return x
+
+    return fwd, [q] + [t for kv in kvs for t in kv]
 
 
 def launch_counts() -> dict:

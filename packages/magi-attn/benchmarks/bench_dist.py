@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from _common import count_delta, doc_lengths, launch_counts, measure
+from _common import count_delta, doc_lengths, launch_counts, leaf, measure, stack_layers
 
 MASKS = ("full", "causal", "varlen_causal", "sliding_window")
 METHODS = ("magi", "ffa_single", "ring", "ulysses")
@@ -78,13 +78,8 @@ def fwd_flops(area: int, d: int, hq: int) -> float:
 
 # ------------------------------------------------------------------------------------ timing
 class Timer:
-    """Times forward and backward of ``layers`` stacked attention calls; median over repeats, max
-    over ranks.
-
-    Layer i's output is layer i+1's query and every layer has its own K/V leaves, as in a model:
-    each layer's calls see tensors at their own addresses, which is what the host-side shortcuts
-    keyed by addresses (the native collectives' CUDA graphs) meet in training.
-    """
+    """Times forward and backward of ``layers`` stacked attention calls (``_common.stack_layers``);
+    median over repeats, max over ranks."""
 
     def __init__(self, device: torch.device, warmup: int, repeats: int, layers: int = 1):
         self.device, self.warmup, self.repeats, self.layers = device, warmup, repeats, layers
@@ -93,20 +88,8 @@ class Timer:
     def measure(self, attn, q, k, v, dout) -> tuple[float, float]:
         """(fwd seconds, bwd seconds) of all layers of ``attn(q, k, v) -> out`` (leaves q, k, v):
         slowest rank's median of ``repeats`` runs."""
-        kvs = [(k, v)] + [(_leaf(k), _leaf(v)) for _ in range(self.layers - 1)]
-
-        def fwd():
-            x = q
-            for k_, v_ in kvs:
-                x = attn(x, k_, v_)
-            return x
-
-        leaves = [q] + [t for kv in kvs for t in kv]
+        fwd, leaves = stack_layers(attn, q, k, v, self.layers)
         return measure(fwd, leaves, dout, self.device, self.warmup, self.repeats)
-
-
-def _leaf(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().clone().requires_grad_(True)
 
 
 # ------------------------------------------------------------------------------------ methods
@@ -127,7 +110,7 @@ def run_magi(cfg, mask, q, k, v, do, timer):
                           **({"overlap_config": OverlapConfig(degree=cfg.degree)} if cfg.degree else {}))
     key = magi_attn_flex_key(qr, kr, tm, T, T, q.shape[1], k.shape[1], q.shape[2], pad,
                              cfg.chunk_size, dist.group.WORLD, dcfg)
-    lq, lk, lv = (_leaf(dispatch(x, key)) for x in (q, k, v))
+    lq, lk, lv = (leaf(dispatch(x, key)) for x in (q, k, v))
     ldo = dispatch(do, key)
     if cfg.dispatch_alg.startswith("cost_aware") and dist.get_rank() == 0:
         from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
@@ -183,7 +166,7 @@ def run_ffa_single(mask, q, k, v, do, timer):
     from magi_attention.api import flex_flash_attn_func
 
     qr, kr, tm = _ranges(mask, q.device)
-    lq, lk, lv = _leaf(q), _leaf(k), _leaf(v)
+    lq, lk, lv = leaf(q), leaf(k), leaf(v)
     return timer.measure(lambda q_, k_, v_: flex_flash_attn_func(q_, k_, v_, qr, kr, tm)[0],
                          lq, lk, lv, do)
 
@@ -229,7 +212,7 @@ def run_ulysses(mask, q, k, v, do, timer):
     T = q.shape[0]
     qr, kr, tm = _ranges(mask, q.device)
     s = T // world
-    lq, lk, lv = (_leaf(x[rank * s:(rank + 1) * s]) for x in (q, k, v))
+    lq, lk, lv = (leaf(x[rank * s:(rank + 1) * s]) for x in (q, k, v))
     ldo = do[rank * s:(rank + 1) * s].contiguous()
 
     def attn(q_, k_, v_):
@@ -257,7 +240,7 @@ def run_ring(kind, q, k, v, do, timer):
     try:
         # the buffers are sharded in place for the context's duration
         with context_parallel(mesh, buffers=[bq, bk, bv, bdo], buffer_seq_dims=[2, 2, 2, 2]):
-            lq, lk, lv = _leaf(bq), _leaf(bk), _leaf(bv)
+            lq, lk, lv = leaf(bq), leaf(bk), leaf(bv)
             return timer.measure(
                 lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, is_causal=causal),
                 lq, lk, lv, bdo)

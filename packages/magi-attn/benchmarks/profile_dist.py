@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import count_delta, launch_counts  # noqa: E402
+from _common import count_delta, launch_counts, stack_layers  # noqa: E402
 from bench_dist import MASKS, build_mask, dispatch_config, mask_area  # noqa: E402
 
 
@@ -69,14 +69,7 @@ def main(argv=None) -> int:
     lq, lk, lv = (dispatch(x, key).detach().requires_grad_(True) for x in (q, k, v))
     ldo = dispatch(do, key)
     L = args.layers
-    leaf = lambda t: t.detach().clone().requires_grad_(True)  # noqa: E731
-    kvs = [(lk, lv)] + [(leaf(lk), leaf(lv)) for _ in range(L - 1)]  # own K/V per layer
-
-    def fwd():
-        x = lq
-        for k_, v_ in kvs:
-            x = calc_attn(x, k_, v_, key)[0]
-        return x
+    fwd, _ = stack_layers(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, L)
 
     def step():
         fwd().backward(ldo)

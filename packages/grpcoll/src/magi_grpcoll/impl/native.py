@@ -65,8 +65,9 @@ class _Binding:
     made: a binding lives as long as its plan, and a plan can die while its calls are still queued
     (a transposed plan made for one call; a plan dropped from the functional API's cache). Their
     memory must not go back to the allocator for other work until those calls have run (unmarked, a
-    freed table was reused and overwritten under a queued call, whose copies then went to garbage
-    addresses: the invalid-address-space fault of ``test_native_back_to_back_calls`` on 2 x H200).
+    freed table can be reused and overwritten under a queued call, whose copies then go to garbage
+    addresses: the likely cause of the invalid-address-space fault that ``test_native_back_to_back_calls``
+    met on 2 x H200, not yet rerun there).
     """
 
     def __init__(self, copies: dict, regions: tuple[int, ...], device, sources=None, push_fraction=None):
@@ -235,9 +236,9 @@ def _used_on_comm_stream(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _on_comm_stream(device, tensors, fn):
-    """Run fn() on the comm stream after the current stream's work; return the completion event and
-    the tensors the work must hold (``RECORD_STREAMS`` off) or ()."""
+def _on_comm_stream(device, tensors, fn) -> _StreamWork:
+    """Run fn() on the comm stream after the current stream's work; return its pending work (holding
+    ``tensors`` until the wait when ``RECORD_STREAMS`` is off)."""
     stream = _comm_stream(device)
     current = _current_stream(device)
     stream.wait_stream(current)
@@ -256,7 +257,7 @@ def _on_comm_stream(device, tensors, fn):
             t.record_stream(stream)
     ev = torch.cuda.Event()
     ev.record(stream)
-    return ev, () if RECORD_STREAMS else used
+    return _StreamWork(ev, device, stream, () if RECORD_STREAMS else used)
 
 
 def cast_receive_positions(plan) -> torch.Tensor:
@@ -416,14 +417,14 @@ class NativeImpl(GrpCollImpl):
 
         family = ("cast", gen, engines,
                   *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
-        ev, held = _on_comm_stream(dev, [t for pair in pairs for t in pair],
-                                   lambda: b.graphs.run((family, half_off), launch, family))
+        work = _on_comm_stream(dev, [t for pair in pairs for t in pair],
+                               lambda: b.graphs.run((family, half_off), launch, family))
         defaults = tuple(d for _, d in pairs)
 
         def post(*outs):
             return defaults[0] if len(defaults) == 1 else defaults
 
-        return GrpCollWork([_StreamWork(ev, dev, _comm_stream(dev), held)], post, async_op, (buf, b))
+        return GrpCollWork([work], post, async_op, (buf, b))
 
     def reduce(self, plan, input, output, group, *, async_op, reduce_op="sum", acc_reduce=True,
                comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, **kwargs):
@@ -456,14 +457,13 @@ class NativeImpl(GrpCollImpl):
         family = ("reduce", gen, reduce_op, bool(acc_reduce), x.data_ptr(), x.dtype, output.data_ptr(),
                   output.dtype, *rbs, row_bytes(output),
                   *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
-        ev, held = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
-                                   lambda: b.graphs.run((family, half_off), launch, family))
+        work = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
+                               lambda: b.graphs.run((family, half_off), launch, family))
 
         def post(*outs):
             return (output, output_lse) if lse else output
 
-        return GrpCollWork([_StreamWork(ev, input.device, _comm_stream(input.device), held)], post, async_op,
-                           (buf, x, b))
+        return GrpCollWork([work], post, async_op, (buf, x, b))
 
 
 register_impl(NativeImpl())

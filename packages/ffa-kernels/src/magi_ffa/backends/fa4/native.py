@@ -178,14 +178,15 @@ def _window_documents(lo: np.ndarray, hi: np.ndarray, seqlen: int, device) -> Na
     lo, hi = lo.astype(np.int64), hi.astype(np.int64)
     if not np.array_equal(hi, r + 1):  # every row sees itself last: the diagonal, no empty row
         return None
-    start = np.maximum.accumulate(np.where(lo == r, r, 0))  # each row's document start
+    begins = lo == r  # a row that sees only itself starts a document
+    start = np.maximum.accumulate(np.where(begins, r, 0))  # each row's document start
     cut = lo > start
     if not cut.any():
         return None
     left = int(r[cut][0] - lo[cut][0])
     if not np.array_equal(lo, np.maximum(start, r - left)):
         return None
-    starts = np.flatnonzero(lo == r)
+    starts = np.flatnonzero(begins)
     if len(starts) > max(MIN_ROWS_PER_DOCUMENT, seqlen // MIN_ROWS_PER_DOCUMENT):
         return None
     cu = np.append(starts, seqlen)
