@@ -164,7 +164,7 @@ def _window_documents(lens, left):
     return qr, kr, [0] * len(qr)
 
 
-def test_sliding_windows_in_documents_run_natively_when_switched_on(monkeypatch):
+def test_sliding_windows_in_documents_run_natively_unless_switched_off(monkeypatch):
     from magi_ffa.backends.fa4 import native as nat
 
     cases = {"varlen-window": ([5, 9, 10], 3),
@@ -173,10 +173,10 @@ def test_sliding_windows_in_documents_run_natively_when_switched_on(monkeypatch)
              "rotated-host-stage": ([4, 20], 6)}
     for name, (lens, left) in cases.items():
         slices, s = _window_documents(lens, left), sum(lens)
-        assert _recognise(*slices, s, s) is None, name  # off by default: block lists
-        monkeypatch.setattr(nat, "VARLEN_WINDOWS", True)
-        native = _recognise(*slices, s, s)
         monkeypatch.setattr(nat, "VARLEN_WINDOWS", False)
+        assert _recognise(*slices, s, s) is None, name  # switched off: block lists
+        monkeypatch.setattr(nat, "VARLEN_WINDOWS", True)  # the default
+        native = _recognise(*slices, s, s)
         assert native is not None and native.window_left == left and native.window_right == 0, name
         assert native.cu_seqlens_q.tolist() == [0, *np.cumsum(lens).tolist()], name
         assert torch.equal(_means(native, s, s), make_dense_mask(*slices, s, s)), name

@@ -124,7 +124,7 @@ def run_magi(cfg, mask, q, k, v, do, timer):
 #: --dispatch-alg names: magi_attention's dispatch algorithms (a float after ':' is top_p /
 #: allocation_ratio where the algorithm takes one)
 DISPATCH_ALGS = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "cost_aware",
-                 "cost_aware_fine", "cost_aware_rotated")
+                 "cost_aware_fine", "cost_aware_unturned")
 
 
 def dispatch_config(spec: str):
@@ -148,9 +148,10 @@ def dispatch_config(spec: str):
             # the key's chunk size only (no coarser factors): the choice before chunk factors
             "cost_aware_fine": lambda: CostAwareDispatchAlg(
                 chunk_factors=(1,), **({"remote_cost": float(arg)} if arg else {})),
-            # plus the sequential split turned (meta.dispatch_choice.rotated_sequential)
-            "cost_aware_rotated": lambda: CostAwareDispatchAlg(
-                candidates=(*CostAwareDispatchAlg.candidates, "rotated_sequential"),
+            # without the turned sequential split (meta.dispatch_choice.rotated_sequential): the
+            # choice before it was a default candidate
+            "cost_aware_unturned": lambda: CostAwareDispatchAlg(
+                candidates=tuple(c for c in CostAwareDispatchAlg.candidates if c != "rotated_sequential"),
                 **({"remote_cost": float(arg)} if arg else {}))}
     return DispatchConfig(alg=algs[name]())
 
@@ -406,9 +407,14 @@ def parse_args(argv=None):
                    help="native ops mark their tensors used on the comm stream (1, the library's "
                         "default) or hold them until the wait (0: stable addresses, more graph replays), "
                         "for an A/B")
-    p.add_argument("--fa4-varlen-windows", action="store_true",
-                   help="let the fa4 backend run documents with a sliding window natively "
-                        "(magi_ffa.backends.fa4.native.VARLEN_WINDOWS, off by default until verified)")
+    p.add_argument("--fa4-varlen-windows", type=int, choices=(0, 1), default=None,
+                   help="the fa4 backend runs documents with a sliding window natively (1, the "
+                        "default: magi_ffa.backends.fa4.native.VARLEN_WINDOWS) or through block lists "
+                        "(0), for an A/B")
+    p.add_argument("--host-stage-first", type=int, choices=(0, 1), default=None,
+                   help="launch the host stage before issuing the K/V casts, which wait for the inputs "
+                        "only (1, the default: magi_attention.runtime.dist_attn.HOST_STAGE_FIRST) or "
+                        "issue the casts first (0), for an A/B")
     p.add_argument("--comm-copy-engine", type=int, choices=(0, 1), default=None,
                    help="native casts through the copy engines (1, the library's default) or the "
                         "chunk-copy kernel (0), for an A/B")
@@ -474,10 +480,14 @@ def main(argv=None) -> int:
             native.COPY_ENGINE_CASTS = bool(a.comm_copy_engine)
         if a.comm_record_streams is not None:
             native.RECORD_STREAMS = bool(a.comm_record_streams)
-    if a.fa4_varlen_windows:
+    if a.fa4_varlen_windows is not None:
         from magi_ffa.backends.fa4 import native as fa4_native
 
-        fa4_native.VARLEN_WINDOWS = True
+        fa4_native.VARLEN_WINDOWS = bool(a.fa4_varlen_windows)
+    if a.host_stage_first is not None:
+        from magi_attention.runtime import dist_attn
+
+        dist_attn.HOST_STAGE_FIRST = bool(a.host_stage_first)
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
@@ -582,11 +592,12 @@ def main(argv=None) -> int:
                   "world size": world, "dtype": str(dtype).replace("torch.", ""),
                   "heads (hq/hk)": f"{hq}/{hk}", "head dim": d, "chunk size": a.chunk_size, "dispatch alg": a.dispatch_alg,
                   "overlap degree": a.degree or "library default",
-                  "ffa kernel backend": _ffa_backend_name() + (" (varlen windows)" if a.fa4_varlen_windows else ""),
+                  "ffa kernel backend": _ffa_backend_name() + (" (no varlen windows)" if a.fa4_varlen_windows == 0 else ""),
                   "group collectives": _grpcoll_impl_name() + "".join(
                       f" ({k} {v})" for k, v in (("comm stream priority", a.comm_stream_priority),
                                                  ("copy engine casts", a.comm_copy_engine),
                                                  ("record streams", a.comm_record_streams)) if v is not None),
+                  "host stage first": "library default" if a.host_stage_first is None else bool(a.host_stage_first),
                   "layers per step": a.layers, "warmup/repeats": f"{a.warmup}/{a.repeats}",
                   "torch": torch.__version__,
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}

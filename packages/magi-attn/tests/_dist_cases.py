@@ -68,12 +68,14 @@ class _ReduceFlagSpy:
         GroupReducePlan.reduce = self._orig
 
 
-def _fa4_varlen_windows(on: bool) -> None:
-    """Switch magi_ffa's fa4 varlen windows, forgetting the masks translated before."""
+def _fa4_varlen_windows(on: bool) -> bool:
+    """Switch magi_ffa's fa4 varlen windows, forgetting the masks translated before; returns the
+    previous setting."""
     from magi_ffa.backends.fa4 import clear_mask_cache, native
 
-    native.VARLEN_WINDOWS = on
+    before, native.VARLEN_WINDOWS = native.VARLEN_WINDOWS, on
     clear_mask_cache()
+    return before
 
 
 def run_cases(cases, group=None, rank_label=""):
@@ -104,8 +106,9 @@ def run_cases(cases, group=None, rank_label=""):
             os.environ[k_] = v_
         if "cast_lists" in case:  # runtimes built for this case take K/V as a list or concatenated
             dist_attn.cast_lists = lambda want=case["cast_lists"]: want and list_casts()
-        if case.get("fa4_varlen_windows"):  # the fa4 backend runs documents with a window natively
-            _fa4_varlen_windows(True)
+        windows_before = None  # the fa4 backend runs documents with a window natively, or not
+        if "fa4_varlen_windows" in case:
+            windows_before = _fa4_varlen_windows(case["fa4_varlen_windows"])
         T, hq, hk, d, chunk = case["T"], case["hq"], case["hk"], case["d"], case["chunk"]
         qr, kr, tm = case_mask(case)
         torch.manual_seed(case.get("seed", 0))
@@ -188,8 +191,8 @@ def run_cases(cases, group=None, rank_label=""):
         for k_ in case.get("env", {}):
             del os.environ[k_]
         dist_attn.cast_lists = list_casts
-        if case.get("fa4_varlen_windows"):
-            _fa4_varlen_windows(False)
+        if windows_before is not None:
+            _fa4_varlen_windows(windows_before)
         report.append((case["name"], errs))
     return report
 

@@ -103,6 +103,7 @@ def _dense_lowp(q, k, v, do, qr, kr, tm):
 
 def _run_one(case: dict, device: torch.device) -> dict:
     from magi_attention.api import (
+        DispatchConfig,
         DistAttnConfig,
         OverlapConfig,
         calc_attn,
@@ -123,8 +124,13 @@ def _run_one(case: dict, device: torch.device) -> dict:
     deg = case["degree"]
     oc = (OverlapConfig(mode=AttnOverlapMode.DYNAMIC, degree=None) if deg == "dynamic"
           else OverlapConfig(degree=deg))
+    dc = DispatchConfig()
+    if case.get("dispatch") == "cost_aware":  # the cheapest candidate: at cp 2 a sliding window turns
+        from magi_attention.config import CostAwareDispatchAlg
+
+        dc = DispatchConfig(alg=CostAwareDispatchAlg())
     key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, compute_pad_size(T, world, chunk),
-                             chunk, dist.group.WORLD, DistAttnConfig(overlap_config=oc))
+                             chunk, dist.group.WORLD, DistAttnConfig(dispatch_config=dc, overlap_config=oc))
     gq, gk, gv = (x.clone().requires_grad_() for x in (q, k, v))
     lout, meta = calc_attn(dispatch(gq, key), dispatch(gk, key), dispatch(gv, key), key)
     out = undispatch(lout, key)

@@ -140,11 +140,14 @@ class CostAwareDispatchAlg(DispatchAlg):
     make varlen causal at 64k pick min_heap at chunk 4096, 1.17-1.20 / 1.35-1.38x (forward /
     backward) over chunk 512, and ``remote_cost`` 1.75 (2.0 before) makes it at 128k pick a
     balanced min_heap at chunk 2048 over an unbalanced sorted_sequential_select, 1.24 / 1.28x.
-    ``"rotated_sequential"`` (opt-in, not measured yet) adds the sequential split turned by a few
-    chunk counts (``meta.dispatch_choice.rotated_sequential``): it balances a sliding window at cp 2.
+    ``"rotated_sequential"`` is the sequential split turned by a few chunk counts
+    (``meta.dispatch_choice.rotated_sequential``): it balances a sliding window at cp 2, where it
+    took a 64k, 8k-window, 4-layer step from 0.88 / 0.81 to 0.94 / 0.92 scaling efficiency (forward /
+    backward, 2 x H200, fa4 backend; BENCHMARKS.md "Turned sequential split"). It costs a few
+    more plans per key (about a millisecond at 64k).
     """
 
-    candidates: tuple[str, ...] = ("min_heap", "sequential", "sorted_sequential_select")
+    candidates: tuple[str, ...] = ("min_heap", "sequential", "sorted_sequential_select", "rotated_sequential")
     remote_cost: float = 1.75
     chunk_factors: tuple[int, ...] = (1, 2, 4, 8, 16)
     type = DispatchAlgType.COST_AWARE

@@ -22,6 +22,7 @@ Shape legend: Sq/Sk local tokens, R tokens received in a stage, hq/hk heads, d h
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -44,6 +45,50 @@ from magi_attention.runtime._common import (
 )
 
 __all__ = ["DistAttnRuntime", "DistAttnFunc", "dist_attn_func"]
+
+#: On CUDA, the first calc (the host stage, or the kept tail) is launched before the K/V casts issued
+#: up front, and those casts wait only for the inputs being ready (``_InputsReady``), not for the
+#: calc launched before them. Why: a native cast costs 0.3-0.5 ms of host time (more when it runs
+#: eagerly), and launching the host stage after it left the compute stream idle that long whenever
+#: the host was not ahead of the GPU: at the start of every forward and backward after a sync,
+#: and on every layer of a 4-layer varlen-causal step on 2 x H200 (``profile_dist --trace``: the
+#: host stage's FA4 kernel started ~0.5 ms after the previous layer's merge). Off: the old order.
+HOST_STAGE_FIRST = True
+
+
+class _InputsReady:
+    """An event recorded on the compute stream once the casts' inputs are ready, and a side stream
+    that waits on it: a collective issued under ``issue()`` waits for that event only (collectives
+    wait for the stream current at their call), so the calc launched after the event and before the
+    collective does not delay it.
+
+    Only the casts issued before the first calc go through it; their receive buffers are allocated
+    on the compute stream beforehand. Temporaries a collective implementation allocates under it
+    belong to the side stream, whose next use always waits on a later event of the compute stream,
+    recorded after every read of them that was queued.
+    """
+
+    _streams: dict = {}  # device -> the side stream (one per device, reused)
+
+    def __init__(self, device: torch.device) -> None:
+        self._compute = torch.cuda.current_stream(device)
+        self._event = torch.cuda.Event()
+        self._event.record(self._compute)
+        stream = self._streams.get(device)
+        if stream is None:
+            stream = self._streams[device] = torch.cuda.Stream(device=device)
+        self._stream = stream
+
+    @contextmanager
+    def issue(self):
+        """Context under which a collective call waits for the inputs only (the compute stream is
+        current again after it)."""
+        self._stream.wait_event(self._event)
+        torch.cuda.set_stream(self._stream)
+        try:
+            yield
+        finally:
+            torch.cuda.set_stream(self._compute)
 
 
 class DistAttnRuntime(_FFARuntimeMixin):
@@ -101,15 +146,35 @@ class DistAttnRuntime(_FFARuntimeMixin):
         projection), or one ``cat([k, v])`` shared by every stage."""
         return [k.contiguous(), v.contiguous()] if self.cast_lists else torch.cat([k, v], 0)
 
-    def _cast_kv(self, kv, s: int):
-        """Issue stage ``s``'s K/V group_cast from ``_kv_source``; returns (work, recv buffer
-        [2R, hk, d]: k rows, then v rows). Read the buffer after ``work.wait_post_process()``."""
+    def _cast_kv(self, kv, s: int, ready: _InputsReady | None = None):
+        """Issue stage ``s``'s K/V group_cast from ``_kv_source`` (after ``ready``'s event only, when
+        given); returns (work, recv buffer [2R, hk, d]: k rows, then v rows). Read the buffer after
+        ``work.wait_post_process()``."""
         n_recv = int(self.stages[s].num_recv_tokens)
         k = kv[0] if self.cast_lists else kv
         buf = k.new_empty((2 * n_recv, *k.shape[1:]))
         dst = [buf[:n_recv], buf[n_recv:]] if self.cast_lists else buf
-        work = self._stage_plans(s, k.device)[0].cast(kv, dst, self.cp_group, async_op=True, **self.comm_kwargs)
+        plan = self._stage_plans(s, k.device)[0]
+        with ready.issue() if ready is not None else nullcontext():
+            work = plan.cast(kv, dst, self.cp_group, async_op=True, **self.comm_kwargs)
         return work, buf
+
+    def _issue_first_casts(self, kv, stages: list[int], works: dict, first_calc_empty: bool):
+        """Issue the casts of ``stages`` (those wanted before the first calc) into ``works``; returns
+        a function to call right after launching the first calc. On CUDA with ``HOST_STAGE_FIRST``
+        (and a first calc that launches anything) the casts are issued by that function, after
+        the calc's launch but waiting only for the inputs; otherwise here, before it."""
+        if HOST_STAGE_FIRST and stages and not first_calc_empty and self.device.type == "cuda":
+            ready = _InputsReady(self.device)
+
+            def issue_after_first_calc():
+                for s in stages:
+                    works[s] = self._cast_kv(kv, s, ready)
+
+            return issue_after_first_calc
+        for s in stages:
+            works[s] = self._cast_kv(kv, s)
+        return lambda: None
 
     def _reduce_dkv(self, dkv: torch.Tensor, out: torch.Tensor, s: int, fold_at_wait: bool = False):
         """Issue stage ``s``'s transpose: sum partial dK/dV [2R] into owners' ``out`` [2Sk]
@@ -124,8 +189,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         D = self.num_stages
         kv = self._kv_source(k, v) if D > 0 else None
         works: dict[int, Any] = {}
-        for s in range(D if not self.stage_by_stage else min(D, 1)):
-            works[s] = self._cast_kv(kv, s)
+        after_host = self._issue_first_casts(kv, list(range(D if not self.stage_by_stage else min(D, 1))),
+                                             works, self.host_calc.empty)
 
         acc = _acc_dtype(q.dtype)
         sq, hq, d = q.shape
@@ -149,6 +214,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
             unwritten = unwritten and calc.empty
 
         attend(k, v, self.host_calc)
+        after_host()
         tail = None
         for s in range(D):
             work, kv_s = works.pop(s)
@@ -208,17 +274,21 @@ class DistAttnRuntime(_FFARuntimeMixin):
         works: dict[int, Any] = {}
         pending = list(fetched)
         n_issue = len(pending) if not self.stage_by_stage else min(1, len(pending))
-        for s in pending[:n_issue]:
-            works[s] = self._cast_kv(kv, s)
+        first = order[0]  # the host calc (None) or the kept tail: neither waits for a cast
+        after_first = self._issue_first_casts(
+            kv, pending[:n_issue], works,
+            (self.host_calc if first is None else self.stage_calcs[first]).empty)
         next_issue = n_issue
 
         dq_unwritten = w
         reduces = []
-        for s in order:
+        for i, s in enumerate(order):
             if s is None:
                 names = (("dk", "dv") + (("dq",) if dq_unwritten else ())) if w else ()
                 self._bwd(dout, q, k, v, out, lse, delta, self.host_calc, dq,
                           dkv_host[:sk], dkv_host[sk:], scale, softcap, overwrite=names)
+                if i == 0:
+                    after_first()
                 if w and self.host_calc.empty:
                     dkv_host.zero_()
                 dq_unwritten = dq_unwritten and self.host_calc.empty
@@ -242,6 +312,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
                 names = ()
             self._bwd(dout, q, kv_s[:r], kv_s[r:], out, lse, delta, calc, dq,
                       dkv_s[:r], dkv_s[r:], scale, softcap, overwrite=names)
+            if i == 0:
+                after_first()
             dq_unwritten = dq_unwritten and calc.empty
             payload = dkv_s.to(comm_dtype)  # itself when already written in that dtype
             reduces.append(self._reduce_dkv(payload, dkv_red, s, fold_at_wait=fold_late))

@@ -24,7 +24,8 @@ interval (not from the slices, so any slicing of the same mask is recognised):
 * documents on the diagonal with one causal sliding window (FA4 varlen with a local window): row r
   of a document starting at a sees ``[max(a, r - left), r + 1)``. Sliding windows within documents,
   and a runtime host stage of a sliding window whose rank holds two pieces of the sequence (the
-  rotated sequential dispatch). Behind ``VARLEN_WINDOWS`` (off) until it has run on a GPU.
+  rotated sequential dispatch). Behind ``VARLEN_WINDOWS`` (on; verified on 2 x H200 by
+  ``test_gpu_fa4.py -k window_documents``).
 
 Anything else goes through the block lists and the mask function.
 """
@@ -110,8 +111,10 @@ def _window(lo: np.ndarray, hi: np.ndarray, seqlen: int) -> NativeMask | None:
     return NativeMask(window_left=left, window_right=right)
 
 
-#: FA4 varlen calls with a local window (``_window_documents``); off until the form has run on a GPU
-VARLEN_WINDOWS = False
+#: FA4 varlen calls with a local window (``_window_documents``). On since it passed on 2 x H200; with the
+#: rotated sequential dispatch it took a 64k sliding window at cp 2 from 0.88 / 0.81 to 0.94 / 0.92
+#: scaling efficiency (BENCHMARKS.md). Off: such masks go through the block lists.
+VARLEN_WINDOWS = True
 
 #: a mask read as more documents than one per this many rows keeps the block lists: FA4 gives each
 #: document its own tiles, while block lists pack short documents into shared tiles
