@@ -124,11 +124,14 @@ def run_cases(cases, group=None, rank_label=""):
               else OverlapConfig(degree=deg, max_num_chunks=max(64, deg)))
         pad = compute_pad_size(T, world, chunk)
         dc = {}
-        if case.get("dispatch") in ("cost_aware", "rotated_sequential"):
+        if case.get("dispatch") in ("cost_aware", "cost_aware_unturned", "rotated_sequential"):
             from magi_attention.api import CostAwareDispatchAlg, DispatchConfig
 
-            alg = (CostAwareDispatchAlg() if case["dispatch"] == "cost_aware" else
-                   CostAwareDispatchAlg(candidates=("rotated_sequential",), chunk_factors=(1,)))
+            unturned = tuple(c for c in CostAwareDispatchAlg.candidates if c != "rotated_sequential")
+            alg = {"cost_aware": CostAwareDispatchAlg(),
+                   "cost_aware_unturned": CostAwareDispatchAlg(candidates=unturned),
+                   "rotated_sequential": CostAwareDispatchAlg(candidates=("rotated_sequential",),
+                                                              chunk_factors=(1,))}[case["dispatch"]]
             dc = {"dispatch_config": DispatchConfig(alg=alg)}
         key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, pad, chunk, group,
                                  DistAttnConfig(overlap_config=oc, **dc))

@@ -12,6 +12,8 @@ time so that its [g, S, S] scores fit.)
 from __future__ import annotations
 
 import os
+import sys
+import time
 import traceback
 
 import torch
@@ -157,7 +159,11 @@ def run_gpu_cases(rank: int, world: int, cases: list[dict]) -> dict:
     """{case name: ("ok", {tensor: (err, lowp err)}) | ("skip", reason) | ("error", tb)}."""
     device = torch.device("cuda", torch.cuda.current_device())
     results = {}
+    start = time.perf_counter()
     for case in cases:
+        if rank == 0:  # progress (pytest -s shows it): a case that hangs names itself
+            print(f"[gpu cases] {case['name']} starts at {time.perf_counter() - start:.1f} s", file=sys.stderr,
+                  flush=True)
         env = dict(case.get("env", {}))
         if env.get("MAGI_ATTENTION_NATIVE_GRPCOLL") == "1":
             reason = native_grpcoll_unsupported(device)

@@ -46,10 +46,11 @@ def dist_cases(world: int) -> list[dict]:
              cast_lists=False),
         dict(base, name="cost-aware-dispatch", mask="sliding_window", cu=[0, 61, 96], window=(12, 0),
              degree=2, dispatch="cost_aware"),
-        # cost-aware at world 2 picks chunk 16 for these documents (twice the key's 8): a dispatch
-        # whose chunks are coarser than the key's (tests/test_dispatch_choice.py covers the choice)
+        # cost-aware without the turned split picks chunk 16 at world 2 for these documents (twice the
+        # key's 8): a dispatch whose chunks are coarser than the key's (tests/test_dispatch_choice.py
+        # covers the choice; with the turn it picks a turned split at chunk 8)
         dict(base, name="cost-aware-coarse-chunks", mask="varlen_causal", cu=[0, 29, 70, 96], degree=2,
-             dispatch="cost_aware", dispatch_chunk={2: 16}),
+             dispatch="cost_aware_unturned", dispatch_chunk={2: 16}),
         dict(base, name="kv-strided-views", mask="causal", degree=2, kv_views=True),
         # the sequential split turned (one rank holds the sequence's start and its end)
         dict(base, name="rotated-sequential-dispatch", mask="sliding_window", cu=[0, 61, 96], window=(12, 0),

@@ -45,11 +45,15 @@ ENV = {"MAGI_ATTENTION_KERNEL_BACKEND": "triton"}
 
 
 @pytest.fixture(scope="module")
-def gpu_results():
+def gpu_results(request):
+    """Every case the session selected (``-k``), in one 2-rank spawn."""
     import _gpu_cases
     from magi_attention.testing import run_distributed
 
-    return run_distributed(_gpu_cases.run_gpu_cases, 2, CASES, backend="nccl", env=ENV,
+    selected = {item.callspec.params["name"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")}
+    cases = [c for c in CASES if c["name"] in selected]
+    return run_distributed(_gpu_cases.run_gpu_cases, 2, cases, backend="nccl", env=ENV,
                            timeout=900)
 
 
