@@ -48,6 +48,81 @@ def case_mask(case):
     raise ValueError(kind)
 
 
+class _LaunchOrderSpy:
+    """Records, in order, a runtime's forward/backward entries, calc launches (``_fwd`` / ``_bwd``),
+    K/V casts and dK/dV reduces, with its device passing for CUDA so that the host-stage-first
+    path (``dist_attn.HOST_STAGE_FIRST``) is taken on gloo: ``_InputsReady`` (an event and a side
+    stream) is replaced by a stand-in that logs ``ready`` and issues in place."""
+
+    _METHODS = ("forward", "backward", "_fwd", "_bwd", "_cast_kv", "_reduce_dkv")
+
+    def __init__(self, runtime) -> None:
+        import contextlib
+
+        from magi_attention.runtime import dist_attn
+
+        self.log: list[str] = []
+        self._runtime, self._module = runtime, dist_attn
+        self._saved = (runtime.device, dist_attn._InputsReady)
+        log = self.log
+
+        class _AsCuda:
+            type = "cuda"
+
+        class _Ready:
+            def __init__(self, device) -> None:
+                log.append("ready")
+
+            def issue(self):
+                return contextlib.nullcontext()
+
+        runtime.device, dist_attn._InputsReady = _AsCuda(), _Ready
+        def logged(name: str):
+            orig = getattr(runtime, name)
+
+            def call(*args, **kwargs):
+                log.append(name)
+                return orig(*args, **kwargs)
+
+            return call
+
+        for name in self._METHODS:
+            setattr(runtime, name, logged(name))  # an instance attribute shadows the method
+
+    def check(self, label: str) -> None:
+        """In each pass that casts: ``ready`` (inputs marked), the first calc, then the up-front
+        casts, and (backward) a cast before the first reduce; unless that pass's first calc (the
+        host stage, or under hide tail the backward's kept tail) launches nothing, when the casts
+        come first."""
+        rt = self._runtime
+        first_empty = {"forward": rt.host_calc.empty,
+                       "backward": rt.stage_calcs[-1].empty if rt.save_tail else rt.host_calc.empty}
+        passes, cur = [], None
+        for e in self.log:
+            if e in ("forward", "backward"):
+                cur = [e]
+                passes.append(cur)
+            else:
+                cur.append(e)
+        assert [p[0] for p in passes] == ["forward", "backward"], f"{label}: {self.log}"
+        for p in passes:
+            calc = "_fwd" if p[0] == "forward" else "_bwd"
+            if "_cast_kv" not in p:
+                continue
+            first_cast = p.index("_cast_kv")
+            if first_empty[p[0]]:
+                assert "ready" not in p and first_cast < p.index(calc), f"{label}: {p}"
+                continue
+            assert "ready" in p and p.index("ready") < p.index(calc) < first_cast, f"{label}: {p}"
+            if "_reduce_dkv" in p:
+                assert first_cast < p.index("_reduce_dkv"), f"{label}: {p}"
+
+    def restore(self) -> None:
+        for name in self._METHODS:
+            delattr(self._runtime, name)
+        self._runtime.device, self._module._InputsReady = self._saved
+
+
 class _ReduceFlagSpy:
     """Records the ``fold_at_wait`` of every group_reduce plan call until ``restore()``."""
 
@@ -140,6 +215,12 @@ def run_cases(cases, group=None, rank_label=""):
             lkv = torch.stack([lk, lv], dim=2)  # [S, hk, 2, d]
             lk, lv = lkv[:, :, 0], lkv[:, :, 1]
             assert not lk.is_contiguous()
+        order = None
+        if case.get("launch_order"):  # the first calc launched before the casts it does not need
+            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+            runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+            order = _LaunchOrderSpy(runtime) if not runtime.host_calc.empty else None
         want_ml = case.get("max_logits", True)  # the fa4 backend refuses max_logits
         lout, meta = calc_attn(lq, lk, lv, key, sink=sink, softcap=softcap,
                                return_max_logits=want_ml)
@@ -168,6 +249,9 @@ def run_cases(cases, group=None, rank_label=""):
         finally:
             if reduce_flags is not None:
                 reduce_flags.restore()
+        if order is not None:
+            order.restore()
+            order.check(f"{case['name']} world {world} rank {rank}")
         if reduce_flags is not None and world > 1:  # the dK/dV reduce path the case is about was taken
             assert reduce_flags.folds_at_wait == [case["fold_at_wait"]], \
                 f"{case['name']}: reduces issued with fold_at_wait={reduce_flags.folds_at_wait}"

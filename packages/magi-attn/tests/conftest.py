@@ -52,6 +52,12 @@ def dist_cases(world: int) -> list[dict]:
         dict(base, name="cost-aware-coarse-chunks", mask="varlen_causal", cu=[0, 29, 70, 96], degree=2,
              dispatch="cost_aware_unturned", dispatch_chunk={2: 16}),
         dict(base, name="kv-strided-views", mask="causal", degree=2, kv_views=True),
+        # the host stage launched before the casts, which wait for the inputs only (a stand-in for
+        # the CUDA event and side stream; HOST_STAGE_FIRST), and with the kept tail first
+        dict(base, name="host-stage-first", mask="varlen_causal", cu=[0, 29, 70, 96], degree=2,
+             launch_order=True),
+        dict(base, name="tail-first-then-casts", mask="causal", degree=3, launch_order=True,
+             env={"MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
         # the sequential split turned (one rank holds the sequence's start and its end)
         dict(base, name="rotated-sequential-dispatch", mask="sliding_window", cu=[0, 61, 96], window=(12, 0),
              degree=2, dispatch="rotated_sequential"),
