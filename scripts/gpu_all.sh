@@ -10,7 +10,7 @@
 # machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
-# STEP_TIMEOUT=<seconds> bounds every step. Extra arguments per step: TEST_PKGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, BENCH_FA4_ARGS,
+# STEP_TIMEOUT=<seconds> bounds every step. Extra arguments per step: TEST_PKGS, TEST_ARGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, BENCH_FA4_ARGS,
 # BENCH_FFA_ARGS, BENCH_GRPCOLL_ARGS, BENCH_DIST_ARGS, PROFILE_DIST_MASKS / PROFILE_DIST_ARGS, BENCH_QO_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -72,9 +72,11 @@ SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:${GRPCOLL_SRC:-$PWD/packages
 export PYTHONPATH=$SRC_PATHS${PYTHONPATH:+:$PYTHONPATH}
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
 
-if has tests; then  # TEST_PKGS picks packages (default: all three with GPU tests)
+if has tests; then  # TEST_PKGS picks packages (default: all three with GPU tests); TEST_ARGS adds pytest
+  # arguments (e.g. -s, which shows the runtime suite's per-case progress; allow ~4 min for that suite on a
+  # fresh machine with FA4, whose kernels compile per case)
   for pkg in ${TEST_PKGS:-ffa-kernels grpcoll magi-attn}; do
-    run "test-$pkg" $PY -m pytest -q -m gpu -p no:cacheprovider "packages/$pkg/tests"
+    run "test-$pkg" $PY -m pytest -q -m gpu -p no:cacheprovider ${TEST_ARGS:-} "packages/$pkg/tests"
   done
 fi
 if has fa4 || has test-fa4; then
