@@ -4,8 +4,10 @@ Forward (design §5.2): each stage receives K and V into one ``[2*R, hk, d]`` bu
 v rows) with a single group_cast: of the list [k, v] where magi_grpcoll takes lists (interface
 1.2; no concatenation of k and v first), else of ``cat([k, v])`` with doubled split lists; the
 dK/dV reduce always runs on the doubled lists (the payload is one buffer). Every stage's cast is issued
-up front, asynchronously (stage by stage when CUDA_DEVICE_MAX_CONNECTIONS=1), so on CUDA the
-NCCL stream overlaps the FFA of the previous stage and on CPU gloo's worker threads do. Partial
+up front, asynchronously (stage by stage when CUDA_DEVICE_MAX_CONNECTIONS=1 or with native
+collectives), so on CUDA the comm stream overlaps the FFA of the previous stage and on CPU gloo's
+worker threads do; on CUDA the up-front casts are issued just after the host stage's launch and wait
+for K/V only (``HOST_STAGE_FIRST``). Partial
 results are merged by ffa_forward's accumulation into one out/lse pair; the sink is applied once
 at the end (equivalent to applying it after the host stage, as the merge is associative);
 max_logits is all-reduced with MAX.
