@@ -121,6 +121,33 @@ def run_magi(cfg, mask, q, k, v, do, timer):
     return timer.measure(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, ldo)
 
 
+#: 0/1 flags that set a module-level switch of the library for an A/B: flag -> (module, attribute,
+#: what 1 and 0 mean); left out, the library's default holds
+LIBRARY_SWITCHES = {
+    "--comm-copy-engine": ("magi_grpcoll.impl.native", "COPY_ENGINE_CASTS",
+                           "native casts through the copy engines (1) or the chunk-copy kernel (0)"),
+    "--comm-record-streams": ("magi_grpcoll.impl.native", "RECORD_STREAMS",
+                              "native ops mark their tensors used on the comm stream (1) or hold them "
+                              "until the wait (0: stable addresses, more graph replays)"),
+    "--fa4-varlen-windows": ("magi_ffa.backends.fa4.native", "VARLEN_WINDOWS",
+                             "the fa4 backend runs documents with a sliding window natively (1) or "
+                             "through block lists (0)"),
+    "--host-stage-first": ("magi_attention.runtime.dist_attn", "HOST_STAGE_FIRST",
+                           "launch the host stage before issuing the K/V casts, which wait for the "
+                           "inputs only (1), or issue the casts first (0)"),
+}
+
+
+def _set_library_switches(a) -> None:
+    """Apply the LIBRARY_SWITCHES flags given on the command line."""
+    import importlib
+
+    for flag, (module, name, _) in LIBRARY_SWITCHES.items():
+        value = getattr(a, flag[2:].replace("-", "_"))
+        if value is not None:
+            setattr(importlib.import_module(module), name, bool(value))
+
+
 #: --dispatch-alg names: magi_attention's dispatch algorithms (a float after ':' is top_p /
 #: allocation_ratio where the algorithm takes one)
 DISPATCH_ALGS = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "cost_aware",
@@ -131,6 +158,7 @@ def dispatch_config(spec: str):
     """DispatchConfig of a --dispatch-alg spec such as ``sequential`` or ``topp_heap:0.5``."""
     from magi_attention.api import DispatchConfig
     from magi_attention.config import (
+        UNTURNED_CANDIDATES,
         CostAwareDispatchAlg,
         MinHeapDispatchAlg,
         SequentialDispatchAlg,
@@ -151,8 +179,7 @@ def dispatch_config(spec: str):
             # without the turned sequential split (meta.dispatch_choice.rotated_sequential): the
             # choice before it was a default candidate
             "cost_aware_unturned": lambda: CostAwareDispatchAlg(
-                candidates=tuple(c for c in CostAwareDispatchAlg.candidates if c != "rotated_sequential"),
-                **({"remote_cost": float(arg)} if arg else {}))}
+                candidates=UNTURNED_CANDIDATES, **({"remote_cost": float(arg)} if arg else {}))}
     return DispatchConfig(alg=algs[name]())
 
 
@@ -403,21 +430,9 @@ def parse_args(argv=None):
     p.add_argument("--comm-stream-priority", type=int, default=None,
                    help="CUDA priority of the native group collectives' comm stream (default: the "
                         "library's, high; 0 gives the old equal-priority stream, for an A/B)")
-    p.add_argument("--comm-record-streams", type=int, choices=(0, 1), default=None,
-                   help="native ops mark their tensors used on the comm stream (1, the library's "
-                        "default) or hold them until the wait (0: stable addresses, more graph replays), "
-                        "for an A/B")
-    p.add_argument("--fa4-varlen-windows", type=int, choices=(0, 1), default=None,
-                   help="the fa4 backend runs documents with a sliding window natively (1, the "
-                        "default: magi_ffa.backends.fa4.native.VARLEN_WINDOWS) or through block lists "
-                        "(0), for an A/B")
-    p.add_argument("--host-stage-first", type=int, choices=(0, 1), default=None,
-                   help="launch the host stage before issuing the K/V casts, which wait for the inputs "
-                        "only (1, the default: magi_attention.runtime.dist_attn.HOST_STAGE_FIRST) or "
-                        "issue the casts first (0), for an A/B")
-    p.add_argument("--comm-copy-engine", type=int, choices=(0, 1), default=None,
-                   help="native casts through the copy engines (1, the library's default) or the "
-                        "chunk-copy kernel (0), for an A/B")
+    for flag, (module, name, what) in LIBRARY_SWITCHES.items():
+        p.add_argument(flag, type=int, choices=(0, 1), default=None,
+                       help=f"{what}, for an A/B ({module}.{name}; default: the library's)")
     return p.parse_args(argv)
 
 
@@ -471,23 +486,11 @@ def main(argv=None) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
-    if a.comm_stream_priority is not None or a.comm_copy_engine is not None or a.comm_record_streams is not None:
+    if a.comm_stream_priority is not None:
         from magi_grpcoll.impl import native
 
-        if a.comm_stream_priority is not None:
-            native.COMM_STREAM_PRIORITY = a.comm_stream_priority
-        if a.comm_copy_engine is not None:
-            native.COPY_ENGINE_CASTS = bool(a.comm_copy_engine)
-        if a.comm_record_streams is not None:
-            native.RECORD_STREAMS = bool(a.comm_record_streams)
-    if a.fa4_varlen_windows is not None:
-        from magi_ffa.backends.fa4 import native as fa4_native
-
-        fa4_native.VARLEN_WINDOWS = bool(a.fa4_varlen_windows)
-    if a.host_stage_first is not None:
-        from magi_attention.runtime import dist_attn
-
-        dist_attn.HOST_STAGE_FIRST = bool(a.host_stage_first)
+        native.COMM_STREAM_PRIORITY = a.comm_stream_priority
+    _set_library_switches(a)
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")

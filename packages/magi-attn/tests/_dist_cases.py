@@ -77,6 +77,7 @@ class _LaunchOrderSpy:
                 return contextlib.nullcontext()
 
         runtime.device, dist_attn._InputsReady = _AsCuda(), _Ready
+
         def logged(name: str):
             orig = getattr(runtime, name)
 
@@ -201,13 +202,11 @@ def run_cases(cases, group=None, rank_label=""):
         dc = {}
         if case.get("dispatch") in ("cost_aware", "cost_aware_unturned", "rotated_sequential"):
             from magi_attention.api import CostAwareDispatchAlg, DispatchConfig
+            from magi_attention.config import UNTURNED_CANDIDATES
 
-            unturned = tuple(c for c in CostAwareDispatchAlg.candidates if c != "rotated_sequential")
-            alg = {"cost_aware": CostAwareDispatchAlg(),
-                   "cost_aware_unturned": CostAwareDispatchAlg(candidates=unturned),
-                   "rotated_sequential": CostAwareDispatchAlg(candidates=("rotated_sequential",),
-                                                              chunk_factors=(1,))}[case["dispatch"]]
-            dc = {"dispatch_config": DispatchConfig(alg=alg)}
+            kwargs = {"cost_aware": {}, "cost_aware_unturned": {"candidates": UNTURNED_CANDIDATES},
+                      "rotated_sequential": {"candidates": ("rotated_sequential",), "chunk_factors": (1,)}}
+            dc = {"dispatch_config": DispatchConfig(alg=CostAwareDispatchAlg(**kwargs[case["dispatch"]]))}
         key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, pad, chunk, group,
                                  DistAttnConfig(overlap_config=oc, **dc))
         lq, lk, lv = dispatch(q, key), dispatch(k, key), dispatch(v, key)

@@ -8,7 +8,12 @@ factors join the candidates.
 
 import pytest
 from magi_attention import _compat
-from magi_attention.config import CostAwareDispatchAlg, DistAttnConfig, SequentialDispatchAlg
+from magi_attention.config import (
+    UNTURNED_CANDIDATES,
+    CostAwareDispatchAlg,
+    DistAttnConfig,
+    SequentialDispatchAlg,
+)
 from magi_attention.errors import MagiAttentionError
 from magi_attention.meta.dispatch_choice import planned_work, solve_dispatch
 from magi_attention.runtime.runtime_mgr import _overlap_params
@@ -28,16 +33,12 @@ def _masks():
     return {"sliding window": sliding, "causal": causal, "documents": docs}
 
 
-#: the default candidates that magi_solver solves itself (all but the turned sequential split)
-UNTURNED = tuple(c for c in CostAwareDispatchAlg.candidates if c != "rotated_sequential")
-
-
 def _costs(mask, cp, remote_cost):
     """Busiest rank's planned work of each single candidate."""
     qr, kr, tm = mask
     params = _overlap_params(DistAttnConfig())
     out = {}
-    for name in UNTURNED:
+    for name in UNTURNED_CANDIDATES:
         meta = _compat.solver.make_dispatch_meta(qr, kr, tm, T, CHUNK, cp, name)
         plan = _compat.solver.make_dist_attn_plan(qr, kr, tm, meta, params)
         out[name] = (max(planned_work(plan, cp, remote_cost)), meta)
@@ -48,7 +49,7 @@ def _costs(mask, cp, remote_cost):
 @pytest.mark.parametrize("mask, expected", [("sliding window", "sequential"), ("causal", "min_heap")])
 def test_cost_aware_picks_the_least_loaded_plan(cp, mask, expected):
     qr, kr, tm = _masks()[mask]
-    alg = CostAwareDispatchAlg(chunk_factors=(1,), candidates=UNTURNED)
+    alg = CostAwareDispatchAlg(chunk_factors=(1,), candidates=UNTURNED_CANDIDATES)
     costs = _costs(_masks()[mask], cp, alg.remote_cost)
     best = min(costs, key=lambda n: costs[n][0])
     assert best == expected, {n: c for n, (c, _) in costs.items()}
@@ -94,7 +95,7 @@ def _grid_choice(mask, cp, alg):
 @pytest.mark.parametrize("cp", [2, 4])
 def test_chunk_factors_join_the_candidates(cp):
     mask = _masks()["documents"]
-    alg = CostAwareDispatchAlg(candidates=UNTURNED)  # the grid below solves each with magi_solver
+    alg = CostAwareDispatchAlg(candidates=UNTURNED_CANDIDATES)  # the grid below solves each with magi_solver
     params = _overlap_params(DistAttnConfig())
     chosen = solve_dispatch(alg, *mask, T, CHUNK, cp, params)
     want = _grid_choice(mask, cp, alg)
@@ -142,7 +143,7 @@ def test_a_rotation_balances_a_sliding_window_at_cp2_and_leaves_causal_alone():
     params = _overlap_params(DistAttnConfig())
     with_rot = CostAwareDispatchAlg(chunk_factors=(1,))  # the default candidates include the turn
     assert "rotated_sequential" in with_rot.candidates
-    plain = CostAwareDispatchAlg(chunk_factors=(1,), candidates=UNTURNED)
+    plain = CostAwareDispatchAlg(chunk_factors=(1,), candidates=UNTURNED_CANDIDATES)
 
     def busiest(mask, alg):
         meta = solve_dispatch(alg, *mask, T, CHUNK, 2, params)

@@ -122,6 +122,11 @@ class SortedSequentialSelectAlg(DispatchAlg):
         return {"allocation_ratio": float(self.allocation_ratio)}
 
 
+#: CostAwareDispatchAlg's default candidates that magi_solver solves itself, without the turned
+#: sequential split (the choice before the turn became a default; benchmarks and tests compare the two)
+UNTURNED_CANDIDATES = ("min_heap", "sequential", "sorted_sequential_select")
+
+
 @dataclass(frozen=True)
 class CostAwareDispatchAlg(DispatchAlg):
     """Solve the dispatch with each of ``candidates``, plan every rank's stages for each, and keep the
@@ -143,11 +148,11 @@ class CostAwareDispatchAlg(DispatchAlg):
     ``"rotated_sequential"`` is the sequential split turned by a few chunk counts
     (``meta.dispatch_choice.rotated_sequential``): it balances a sliding window at cp 2, where it
     took a 64k, 8k-window, 4-layer step from 0.88 / 0.81 to 0.94 / 0.92 scaling efficiency (forward /
-    backward, 2 x H200, fa4 backend; BENCHMARKS.md "Turned sequential split"). It costs a few
-    more plans per key (about a millisecond at 64k).
+    backward, 2 x H200, fa4 backend; BENCHMARKS.md "The turned split, the host stage launched
+    first"). It costs a few more plans per key (about a millisecond at 64k).
     """
 
-    candidates: tuple[str, ...] = ("min_heap", "sequential", "sorted_sequential_select", "rotated_sequential")
+    candidates: tuple[str, ...] = (*UNTURNED_CANDIDATES, "rotated_sequential")
     remote_cost: float = 1.75
     chunk_factors: tuple[int, ...] = (1, 2, 4, 8, 16)
     type = DispatchAlgType.COST_AWARE
