@@ -151,7 +151,7 @@ def _set_library_switches(a) -> None:
 #: --dispatch-alg names: magi_attention's dispatch algorithms (a float after ':' is top_p /
 #: allocation_ratio where the algorithm takes one)
 DISPATCH_ALGS = ("min_heap", "sequential", "sorted_sequential_select", "topp_heap", "cost_aware",
-                 "cost_aware_fine", "cost_aware_unturned")
+                 "cost_aware_fine", "cost_aware_unturned", "cost_aware_area")
 
 
 def dispatch_config(spec: str):
@@ -179,7 +179,10 @@ def dispatch_config(spec: str):
             # without the turned sequential split (meta.dispatch_choice.rotated_sequential): the
             # choice before it was a default candidate
             "cost_aware_unturned": lambda: CostAwareDispatchAlg(
-                candidates=UNTURNED_CANDIDATES, **({"remote_cost": float(arg)} if arg else {}))}
+                candidates=UNTURNED_CANDIDATES, **({"remote_cost": float(arg)} if arg else {})),
+            # weighed by area (host + remote_cost x remote) instead of tiles: the choice before tiles
+            "cost_aware_area": lambda: CostAwareDispatchAlg(
+                cost_model="area", **({"remote_cost": float(arg)} if arg else {}))}
     return DispatchConfig(alg=algs[name]())
 
 

@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", action="store_true", help="time each kernel call of rank 0's plan alone")
     ap.add_argument("--layers", type=int, default=1, help="calc_attn calls stacked per step, each with its "
                     "own K/V, as bench_dist's --layers (figures are per layer)")
+    ap.add_argument("--host-rank", type=int, default=0, help="the rank whose host path is profiled and "
+                    "printed (the ranks' plans differ, and so may their host time)")
     ap.add_argument("--cat-kv", action="store_true", help="cast cat([k, v]) instead of the list [k, v]")
     ap.add_argument("--trace", metavar="DIR", help="write each rank's device timeline of the two profiled "
                     "forward+backward passes to DIR/timeline_<mask>_<T>_rank<r>.csv")
@@ -58,6 +60,8 @@ def main(argv=None) -> int:
     torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
+    if not 0 <= args.host_rank < world:
+        raise SystemExit(f"profile_dist: --host-rank must be in [0, {world}) (got {args.host_rank})")
     T, h, d = args.seqlen, 16, 128
     qr, kr, tm = build_mask(args.mask, T, window=max(1, T // 8), doc_base=max(8, min(256, T // 128)),
                             doc_cap=T // 4)
@@ -104,8 +108,11 @@ def main(argv=None) -> int:
     fwd_ms = ev[0].elapsed_time(ev[1]) / n / L
     step_ms = ev[1].elapsed_time(ev[2]) / n / L
     alone_ms = single_forward_ms(fwd, n) / L
+    hosts = [torch.zeros(2, dtype=torch.float64, device="cuda") for _ in range(world)]
+    dist.all_gather(hosts, torch.tensor([host_fwd, host_bwd], dtype=torch.float64, device="cuda"))
     if rank == 0:
-        print(f"{args.mask} T={T} world={world}{f', per layer of {L}' if L > 1 else ''}: host {host_fwd * 1e3:.3f} ms/forward, {host_bwd * 1e3:.3f} ms/backward (no sync); back to back: "
+        host = "; ".join(f"rank {r} {float(t[0]) * 1e3:.3f} / {float(t[1]) * 1e3:.3f}" for r, t in enumerate(hosts))
+        print(f"{args.mask} T={T} world={world}{f', per layer of {L}' if L > 1 else ''}: host ms per forward / backward (no sync): {host}; back to back: "
               f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms; one forward after a sync (as bench_dist "
               f"times it): {alone_ms:.3f} ms", flush=True)
         print(f"launch counts of those steps (rank 0): {count_delta(counts0, launch_counts()) or 'none'}", flush=True)
@@ -119,8 +126,8 @@ def main(argv=None) -> int:
         out = fwd()
     prof.disable()
     torch.cuda.synchronize()
-    if rank == 0:
-        print_host_breakdown(prof, n_prof * L, "forward")
+    if rank == args.host_rank:
+        print_host_breakdown(prof, n_prof * L, f"forward (rank {rank})")
     prof = cProfile.Profile()  # the backward's host path: what stands before its first kernels
     dist.barrier()
     for _ in range(n_prof):
@@ -129,8 +136,8 @@ def main(argv=None) -> int:
         out.backward(ldo)
         prof.disable()
     torch.cuda.synchronize()
-    if rank == 0:
-        print_host_breakdown(prof, n_prof * L, "backward")
+    if rank == args.host_rank:
+        print_host_breakdown(prof, n_prof * L, f"backward (rank {rank})")
     from torch.profiler import ProfilerActivity, profile
 
     dist.barrier()

@@ -1,11 +1,14 @@
 """CostAwareDispatchAlg: the cheapest of several dispatch solutions by planned per-rank work.
 
 Pure functions of the mask (no process group): each candidate is solved and planned for every
-rank, and the choice must be the candidate whose busiest rank has the least host + weighted remote
-area; a wrong weighting or a wrong rank would pick another candidate on these masks. Coarser chunk
-factors join the candidates.
+rank. Under the area model the choice must be the candidate whose busiest rank has the least host +
+weighted remote area; a wrong weighting or a wrong rank would pick another candidate on these
+masks. Coarser chunk factors join the candidates. The tile model (the default) counts the tiles a
+kernel visits, checked cell by cell against a dense mask, and overrides the area choice only by a
+margin.
 """
 
+import numpy as np
 import pytest
 from magi_attention import _compat
 from magi_attention.config import (
@@ -15,7 +18,8 @@ from magi_attention.config import (
     SequentialDispatchAlg,
 )
 from magi_attention.errors import MagiAttentionError
-from magi_attention.meta.dispatch_choice import planned_work, solve_dispatch
+from magi_attention.meta import dispatch_choice
+from magi_attention.meta.dispatch_choice import planned_time, planned_work, slice_tiles, solve_dispatch
 from magi_attention.runtime.runtime_mgr import _overlap_params
 
 T, CHUNK = 4096, 128
@@ -49,7 +53,7 @@ def _costs(mask, cp, remote_cost):
 @pytest.mark.parametrize("mask, expected", [("sliding window", "sequential"), ("causal", "min_heap")])
 def test_cost_aware_picks_the_least_loaded_plan(cp, mask, expected):
     qr, kr, tm = _masks()[mask]
-    alg = CostAwareDispatchAlg(chunk_factors=(1,), candidates=UNTURNED_CANDIDATES)
+    alg = CostAwareDispatchAlg(chunk_factors=(1,), candidates=UNTURNED_CANDIDATES, cost_model="area")
     costs = _costs(_masks()[mask], cp, alg.remote_cost)
     best = min(costs, key=lambda n: costs[n][0])
     assert best == expected, {n: c for n, (c, _) in costs.items()}
@@ -72,6 +76,8 @@ def test_one_candidate_is_that_algorithm_and_bad_arguments_raise():
         CostAwareDispatchAlg(candidates=())
     with pytest.raises(MagiAttentionError, match="remote_cost"):
         CostAwareDispatchAlg(remote_cost=0.0)
+    with pytest.raises(MagiAttentionError, match="cost_model"):
+        CostAwareDispatchAlg(cost_model="seconds")
 
 
 def _grid_choice(mask, cp, alg):
@@ -95,14 +101,15 @@ def _grid_choice(mask, cp, alg):
 @pytest.mark.parametrize("cp", [2, 4])
 def test_chunk_factors_join_the_candidates(cp):
     mask = _masks()["documents"]
-    alg = CostAwareDispatchAlg(candidates=UNTURNED_CANDIDATES)  # the grid below solves each with magi_solver
+    # the grid below solves each with magi_solver and weighs it by area
+    alg = CostAwareDispatchAlg(candidates=UNTURNED_CANDIDATES, cost_model="area")
     params = _overlap_params(DistAttnConfig())
     chosen = solve_dispatch(alg, *mask, T, CHUNK, cp, params)
     want = _grid_choice(mask, cp, alg)
     assert chosen.chunk_size == want.chunk_size
     assert [list(p) for p in chosen.partitions] == [list(p) for p in want.partitions]
     # on these documents a coarser chunking is cheaper than every candidate at the key's chunk size
-    fine = solve_dispatch(CostAwareDispatchAlg(chunk_factors=(1,)), *mask, T, CHUNK, cp, params)
+    fine = solve_dispatch(CostAwareDispatchAlg(chunk_factors=(1,), cost_model="area"), *mask, T, CHUNK, cp, params)
     assert fine.chunk_size == CHUNK
     assert chosen.chunk_size > CHUNK
     plan = lambda m: _compat.solver.make_dist_attn_plan(*mask, m, params)  # noqa: E731
@@ -141,9 +148,9 @@ def test_rotated_sequential_turns_the_split(cp):
 
 def test_a_rotation_balances_a_sliding_window_at_cp2_and_leaves_causal_alone():
     params = _overlap_params(DistAttnConfig())
-    with_rot = CostAwareDispatchAlg(chunk_factors=(1,))  # the default candidates include the turn
+    with_rot = CostAwareDispatchAlg(chunk_factors=(1,), cost_model="area")  # the default candidates include the turn
     assert "rotated_sequential" in with_rot.candidates
-    plain = CostAwareDispatchAlg(chunk_factors=(1,), candidates=UNTURNED_CANDIDATES)
+    plain = CostAwareDispatchAlg(chunk_factors=(1,), candidates=UNTURNED_CANDIDATES, cost_model="area")
 
     def busiest(mask, alg):
         meta = solve_dispatch(alg, *mask, T, CHUNK, 2, params)
@@ -166,3 +173,92 @@ def test_rotated_sequential_with_one_chunk_per_rank_is_sequential():
     # one rank: whatever the candidates, the sequential solution (the solver knows no rotation)
     one = solve_dispatch(alg, [[0, 16]], [[0, 16]], [1], 16, 16, 1, params)
     assert [list(p) for p in one.partitions] == [[0]]
+
+
+# ------------------------------------------------------------------------------------ the tile model
+def _dense_tiles(q, k, t, tile):
+    """(tiles, q tiles) of one slice counted on its dense mask, tiled from the slice's own start."""
+    lq, lk = q[1] - q[0], k[1] - k[0]
+    if lq <= 0 or lk <= 0:
+        return 0, 0
+    r = np.arange(lq)[:, None]
+    c = np.arange(lk)[None, :]
+    lo = r if t in (2, 3) else 0  # inverse causal and bi-causal: top-left aligned start
+    hi = lk - lq + r + 1 if t in (1, 3) else lk  # causal and bi-causal: bottom-right aligned end
+    visible = (c >= lo) & (c < hi)
+    nq, nk = -(-lq // tile), -(-lk // tile)
+    padded = np.zeros((nq * tile, nk * tile), dtype=bool)
+    padded[:lq, :lk] = visible
+    return int(padded.reshape(nq, tile, nk, tile).any(axis=(1, 3)).sum()), nq
+
+
+def test_slice_tiles_match_a_dense_count_for_every_mask_type():
+    rng = np.random.default_rng(7)
+    for tile in (4, 16):
+        q, k, t = [], [], []
+        for _ in range(60):  # slices of all four types, lq above, below and at lk, some empty
+            a, c = rng.integers(0, 50, size=2)
+            q.append([a, a + int(rng.integers(0, 70))])
+            k.append([c, c + int(rng.integers(0, 70))])
+            t.append(int(rng.integers(0, 4)))
+        want = [_dense_tiles(qi, ki, ti, tile) for qi, ki, ti in zip(q, k, t)]
+        assert slice_tiles(q, k, t, tile) == (sum(w[0] for w in want), sum(w[1] for w in want))
+        for i in range(len(q)):  # and slice by slice: no slice borrows another's tiles
+            assert slice_tiles([q[i]], [k[i]], [t[i]], tile) == want[i], (q[i], k[i], t[i])
+    assert slice_tiles(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), 8) == (0, 0)
+
+
+def test_planned_time_counts_every_call_and_received_token():
+    qr, kr, tm = _masks()["documents"]
+    params = _overlap_params(DistAttnConfig())
+    meta = _compat.solver.make_dispatch_meta(qr, kr, tm, T, CHUNK, 2, "min_heap")
+    plan = _compat.solver.make_dist_attn_plan(qr, kr, tm, meta, params)
+    for r, cost in enumerate(planned_time(plan, 2)):
+        rp = plan.rank_plan(r)
+        want = 0.0
+        for calc in [rp.host_calc, *(s.calc for s in rp.stages)]:
+            if calc.area:
+                tiles, q_tiles = slice_tiles(*calc.as_arrays())
+                want += tiles + dispatch_choice.ROW_TILE_COST * q_tiles + dispatch_choice.CALL_COST
+        want += dispatch_choice.RECV_TOKEN_COST * sum(int(s.num_recv_tokens) for s in rp.stages)
+        assert cost == pytest.approx(want)
+        assert any(s.num_recv_tokens for s in rp.stages)  # the received tokens term is exercised
+
+
+def _long_tailed_documents(total):
+    """Causal documents: a few long ones among many short ones (the shape that fooled the area
+    model at 128k on 2 x H200)."""
+    rng = np.random.default_rng(0)
+    lengths, s = [], 0
+    while s < total:
+        n = int(min(total // 4, 256 * (1.0 + rng.pareto(1.1))))
+        n = max(1, min(n, total - s))
+        lengths.append(n)
+        s += n
+    cu = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    ranges = [[a, b] for a, b in zip(cu, cu[1:])]
+    return ranges, ranges, [1] * len(ranges)
+
+
+def test_the_tile_model_overrides_the_area_choice_only_by_its_margin(monkeypatch):
+    total, chunk = 131072, 512
+    mask = _long_tailed_documents(total)
+    params = _overlap_params(DistAttnConfig())
+
+    def choose(**kw):
+        return solve_dispatch(CostAwareDispatchAlg(**kw), *mask, total, chunk, 2, params)
+
+    def busiest_tiles(meta):
+        return max(planned_time(_compat.solver.make_dist_attn_plan(*mask, meta, params), 2))
+
+    by_area, by_tiles = choose(cost_model="area"), choose()
+    assert [list(p) for p in by_tiles.partitions] != [list(p) for p in by_area.partitions]
+    assert busiest_tiles(by_tiles) < (1 - dispatch_choice.TILE_MARGIN) * busiest_tiles(by_area)
+    monkeypatch.setattr(dispatch_choice, "TILE_MARGIN", 1.0)  # no plan is that much cheaper: the area choice
+    assert [list(p) for p in choose().partitions] == [list(p) for p in by_area.partitions]
+    # where the models nearly agree (causal: equal halves of one triangle) the area choice stands
+    monkeypatch.setattr(dispatch_choice, "TILE_MARGIN", 0.05)
+    causal = ([[0, total]], [[0, total]], [1])
+    area_causal = solve_dispatch(CostAwareDispatchAlg(cost_model="area"), *causal, total, chunk, 2, params)
+    tiles_causal = solve_dispatch(CostAwareDispatchAlg(), *causal, total, chunk, 2, params)
+    assert [list(p) for p in tiles_causal.partitions] == [list(p) for p in area_causal.partitions]

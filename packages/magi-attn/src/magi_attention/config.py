@@ -125,36 +125,49 @@ class SortedSequentialSelectAlg(DispatchAlg):
 #: CostAwareDispatchAlg's default candidates that magi_solver solves itself, without the turned
 #: sequential split (the choice before the turn became a default; benchmarks and tests compare the two)
 UNTURNED_CANDIDATES = ("min_heap", "sequential", "sorted_sequential_select")
+#: how CostAwareDispatchAlg weighs a rank's plan (see its docstring)
+COST_MODELS = ("tiles", "area")
 
 
 @dataclass(frozen=True)
 class CostAwareDispatchAlg(DispatchAlg):
     """Solve the dispatch with each of ``candidates``, plan every rank's stages for each, and keep the
-    candidate whose busiest rank has the least work: host-stage area plus ``remote_cost`` times
-    remote-stage area (magi-attn's addition; not in the anchor). Each candidate is also solved at
-    the key's chunk size times each of ``chunk_factors`` (where the padded length divides), so the
-    choice covers coarser, less fragmented dispatches.
+    candidate whose busiest rank has the least planned cost (magi-attn's addition; not in the
+    anchor). Each candidate is also solved at the key's chunk size times each of ``chunk_factors``
+    (where the padded length divides), so the choice covers coarser, less fragmented dispatches.
 
-    Why: min_heap balances area exactly but scatters a sequence's chunks over the ranks, so most of
-    a sliding window's or a document mask's work becomes remote-stage fragments, which ran at about
-    half the kernel throughput of the host stage (2 x H200, FA4; BENCHMARKS.md "Dispatch
-    algorithms"), while sequential keeps neighbours together at the price of imbalance. Which one
-    wins depends on the mask; this measures it on the plan. Pure and deterministic: every rank
-    makes the same choice without communication. Costs one dispatch solve and plan per candidate
-    and factor, once per key. Measured on 2 H200s (BENCHMARKS.md "Coarser chunks"): the factors
-    make varlen causal at 64k pick min_heap at chunk 4096, 1.17-1.20 / 1.35-1.38x (forward /
-    backward) over chunk 512, and ``remote_cost`` 1.75 (2.0 before) makes it at 128k pick a
-    balanced min_heap at chunk 2048 over an unbalanced sorted_sequential_select, 1.24 / 1.28x.
-    ``"rotated_sequential"`` is the sequential split turned by a few chunk counts
+    ``cost_model`` says how a rank's plan is weighed (``meta.dispatch_choice``):
+
+    - ``"area"``: host-stage area plus ``remote_cost`` times remote-stage area (``remote_cost``
+      stands in for the lower throughput of fragmented remote stages). The busiest rank's least
+      work wins.
+    - ``"tiles"`` (default): the area choice, unless the tile model finds a plan cheaper than it by
+      more than 5% (``dispatch_choice.TILE_MARGIN``). The tile model counts the attention tiles a
+      rank's kernel calls visit (128 x 128, each slice tiled from its own start, as FA4 runs varlen
+      documents), plus a cost per q tile and per call, plus the K/V tokens the rank receives. Why:
+      a kernel's time follows the tiles it visits, not the cells it keeps, so short documents and
+      fragments cost more than their area says; at 128k varlen causal the area choice gave one rank
+      1.6x (forward) to 1.8x (backward) the other's kernel time. Fitted on 2 x H200 (fa4 backend);
+      the margin keeps the measured area choice where the two models nearly agree. Measured:
+      varlen causal 1.17 / 1.22x at 128k, 1.03 / 1.08x at 32k (forward / backward); other masks
+      keep the area choice.
+
+    Why choose at all: min_heap balances area exactly but scatters a sequence's chunks over the
+    ranks, so most of a sliding window's or a document mask's work becomes remote-stage fragments,
+    while sequential keeps neighbours together at the price of imbalance. Which one wins depends on
+    the mask; this measures it on the plan. Pure and deterministic: every rank makes the same
+    choice without communication. Costs one dispatch solve and plan per candidate and factor, once
+    per key. ``"rotated_sequential"`` is the sequential split turned by a few chunk counts
     (``meta.dispatch_choice.rotated_sequential``): it balances a sliding window at cp 2, where it
     took a 64k, 8k-window, 4-layer step from 0.88 / 0.81 to 0.94 / 0.92 scaling efficiency (forward /
     backward, 2 x H200, fa4 backend; BENCHMARKS.md "The turned split, the host stage launched
-    first"). It costs a few more plans per key (about a millisecond at 64k).
+    first"). Measurements of both models: BENCHMARKS.md "Dispatch by tiles".
     """
 
     candidates: tuple[str, ...] = (*UNTURNED_CANDIDATES, "rotated_sequential")
     remote_cost: float = 1.75
     chunk_factors: tuple[int, ...] = (1, 2, 4, 8, 16)
+    cost_model: str = "tiles"
     type = DispatchAlgType.COST_AWARE
     is_partitions_returned = True
     is_equal_num_workloads = True
@@ -168,6 +181,9 @@ class CostAwareDispatchAlg(DispatchAlg):
                                      f"more of {known}")
         if not self.remote_cost > 0:
             raise MagiAttentionError(f"CostAwareDispatchAlg(remote_cost={self.remote_cost!r}) must be > 0")
+        if self.cost_model not in COST_MODELS:
+            raise MagiAttentionError(f"CostAwareDispatchAlg(cost_model={self.cost_model!r}): give one of "
+                                     f"{COST_MODELS}")
         factors = self.chunk_factors
         if (not isinstance(factors, tuple) or not factors
                 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in factors)):

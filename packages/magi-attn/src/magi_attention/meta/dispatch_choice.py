@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from magi_attention import _compat
 from magi_attention.config import CostAwareDispatchAlg, DispatchAlg
 
-__all__ = ["planned_work", "rotated_sequential", "solve_dispatch"]
+__all__ = ["planned_time", "planned_work", "rotated_sequential", "slice_tiles", "solve_dispatch"]
 
 #: the turns (in chunks) the "rotated_sequential" candidate tries, log-spaced: a few plans cover
 #: small and large ones
@@ -27,6 +29,69 @@ def planned_work(plan: Any, cp_size: int, remote_cost: float) -> list[float]:
         remote = sum(int(s.calc.area) for s in rp.stages)
         work.append(int(rp.host_calc.area) + remote_cost * remote)
     return work
+
+
+#: The tile model's constants (CostAwareDispatchAlg(cost_model="tiles")), in units of one full tile's
+#: time. Fitted on 2 x H200 with the fa4 backend (bf16, d 128, 16 heads): 8 kernel calls of the 64k
+#: and 128k varlen causal plans ran forward in 0.176 us per tile + 0.50 us per q tile + 60 us per
+#: call (each within 8%), backward in ~0.5 us per tile; a stage's received K/V token costs ~24 ns of
+#: exposed dK/dV reduce at the backward's end (the 64k plan: 11k tokens, 0.26 ms), here weighed
+#: against a whole step (forward + backward ~3.5 forward tiles per tile).
+TILE = 128  # rows and columns of a tile (FA4's forward tile on Hopper; its backward's q tile is 64)
+ROW_TILE_COST = 2.8  # per q tile of a call: the epilogue writing out / lse, the backward's pre/post
+CALL_COST = 340.0  # per non-empty call: launch, prologue, the stage's merge
+RECV_TOKEN_COST = 0.04  # per K/V token a rank receives: the part of its transfer left exposed
+#: The tile model overrides the area model's choice only where it finds a plan cheaper than that
+#: choice by more than this fraction. Why: the tile model is good to ~8%, and the area choice was the
+#: one measured on every benchmark mask; among near-equal plans the tiles' pick was no better (2 x
+#: H200: its 1.7%-cheaper turned split of causal 32k ran 4-5% slower than min_heap), while its big
+#: gaps were real (varlen causal 128k: 14% by tiles, 1.17 / 1.22x measured).
+TILE_MARGIN = 0.05
+
+
+def slice_tiles(q_ranges, k_ranges, types, tile: int = TILE) -> tuple[int, int]:
+    """(tiles, q tiles) a kernel visits for these slices: each slice tiled from its own start (FA4's
+    varlen documents), a tile counted when any of its cells is visible under the slice's mask type
+    (0 full, 1 causal and 3 bi-causal bottom-right aligned, 2 inverse causal and 3 top-left).
+
+    Per q tile the visible columns are one interval (its first row's start to its last row's end),
+    so the count is closed-form: vectorised over all q tiles of all slices at once.
+    """
+    q = np.asarray(q_ranges, dtype=np.int64).reshape(-1, 2)
+    k = np.asarray(k_ranges, dtype=np.int64).reshape(-1, 2)
+    t = np.asarray(types, dtype=np.int64).reshape(-1)
+    lq, lk = q[:, 1] - q[:, 0], k[:, 1] - k[:, 0]
+    keep = (lq > 0) & (lk > 0)
+    lq, lk, t = lq[keep], lk[keep], t[keep]
+    nq = -(-lq // tile)
+    of = np.repeat(np.arange(lq.size), nq)  # the slice of each q tile
+    first = np.arange(of.size) - np.repeat(np.cumsum(nq) - nq, nq)  # q tile index inside its slice
+    lq, lk, t = lq[of], lk[of], t[of]
+    r0 = first * tile
+    r1 = np.minimum(lq, r0 + tile)  # the tile's rows [r0, r1)
+    lo = np.where((t == 2) | (t == 3), np.minimum(r0, lk), 0)
+    hi = np.where((t == 1) | (t == 3), np.minimum(lk, lk - lq + r1), lk)
+    hi = np.where((t == 3) & (lk < lq), 0, hi)  # bi-causal with more rows than keys: no row sees any
+    n = np.where(hi > lo, -(-hi // tile) - lo // tile, 0)
+    return int(n.sum()), int(nq.sum())
+
+
+def _calc_cost(calc: Any) -> float:
+    if int(calc.area) == 0:
+        return 0.0
+    tiles, q_tiles = slice_tiles(*calc.as_arrays())
+    return tiles + ROW_TILE_COST * q_tiles + CALL_COST
+
+
+def planned_time(plan: Any, cp_size: int) -> list[float]:
+    """Per rank, in tiles (the tile model): every kernel call's tiles, q tiles and launch, plus the
+    K/V tokens its stages receive (see the constants above)."""
+    cost = []
+    for r in range(cp_size):
+        rp = plan.rank_plan(r)
+        calls = _calc_cost(rp.host_calc) + sum(_calc_cost(s.calc) for s in rp.stages)
+        cost.append(calls + RECV_TOKEN_COST * sum(int(s.num_recv_tokens) for s in rp.stages))
+    return cost
 
 
 def rotated_sequential(meta: Any, shift: int) -> Any:
@@ -48,9 +113,10 @@ def rotated_sequential(meta: Any, shift: int) -> Any:
 def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: int, chunk_size: int,
                    cp_size: int, overlap_params: Any) -> Any:
     """The dispatch meta of ``alg``; for CostAwareDispatchAlg, that of the candidate (algorithm and
-    chunk factor) whose busiest rank has the least planned work (the first on ties: factors in the
-    order given, which the default ascends so the finest chunking of equal cost wins, and
-    candidates in order within each)."""
+    chunk factor) whose busiest rank has the least planned area work (the first on ties: factors in
+    the order given, which the default ascends so the finest chunking of equal cost wins, and
+    candidates in order within each), unless its tile model (the default) finds one cheaper by more
+    than ``TILE_MARGIN``: then that one."""
     solver = _compat.solver
 
     def solve(name: str, chunk: int = chunk_size, **kwargs):
@@ -62,9 +128,8 @@ def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: in
     if cp_size == 1:  # one rank holds everything whichever candidate solves it
         return solve("sequential")
 
-    def busiest(meta) -> float:
-        plan = solver.make_dist_attn_plan(q_ranges, k_ranges, types, meta, overlap_params)
-        return max(planned_work(plan, cp_size, alg.remote_cost))
+    def plan_of(meta):
+        return solver.make_dist_attn_plan(q_ranges, k_ranges, types, meta, overlap_params)
 
     chunks = [chunk_size * f for f in dict.fromkeys(alg.chunk_factors)
               if total_seqlen % (chunk_size * f * cp_size) == 0] or [chunk_size]
@@ -78,5 +143,12 @@ def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: in
         shifts = [s for s in ROTATION_SHIFTS if s < per_rank] or [0]  # one chunk per rank: no turn
         yield from (rotated_sequential(seq, s) for s in shifts)
 
-    metas = (meta for chunk in chunks for name in alg.candidates for meta in candidates(name, chunk))
-    return min(metas, key=busiest)  # min keeps the first on ties
+    metas = [meta for chunk in chunks for name in alg.candidates for meta in candidates(name, chunk)]
+    plans = [plan_of(meta) for meta in metas]
+    area = [max(planned_work(plan, cp_size, alg.remote_cost)) for plan in plans]
+    by_area = area.index(min(area))  # the first on ties
+    if alg.cost_model == "area":
+        return metas[by_area]
+    tiles = [max(planned_time(plan, cp_size)) for plan in plans]
+    by_tiles = tiles.index(min(tiles))
+    return metas[by_tiles] if tiles[by_tiles] < tiles[by_area] * (1.0 - TILE_MARGIN) else metas[by_area]
