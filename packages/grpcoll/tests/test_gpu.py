@@ -1,7 +1,7 @@
 """GPU checks (2 CUDA devices, NCCL): a2a-v and native (casts through the copy engines, and through the
 chunk-copy kernel) give exactly the reference (cast bitwise, a list of tensors too; reduce within
-rounding, also folding at the wait), lse and avg included; Triton kernels on CUDA match the torch
-ones."""
+rounding, also folding at the wait, natively with ``FOLD_AT_WAIT``), lse and avg included; Triton
+kernels on CUDA match the torch ones."""
 
 from __future__ import annotations
 
@@ -47,6 +47,9 @@ def _nccl_job(rank, world, port, impl):
         native.COPY_ENGINE_CASTS, impl = False, "native"
     if impl == "native-held-tensors":  # tensors held by the works until the wait, not record_stream
         native.RECORD_STREAMS, impl = False, "native"
+    folds_here = impl == "native-fold-at-wait"  # fold_at_wait reduces run natively, not as a2av
+    if folds_here:
+        native.FOLD_AT_WAIT, impl = True, "native"
     dist = _init_nccl(rank, world, port)
     try:
         rng = random.Random(3)
@@ -94,6 +97,10 @@ def _nccl_job(rank, world, port, impl):
                                     None, True, op, **kw, fold_at_wait=True, impl=impl)
                 torch.cuda._sleep(1_000_000)
                 out.copy_(olds[rank]), out_l.copy_(ol[rank])
+                if folds_here:  # its rows still sit in the buffer: another native call first is refused
+                    with pytest.raises(RuntimeError, match="not been waited"):
+                        group_reduce(xs[rank].to(dev), out.clone(), ins_[rank], outs_[rank], dsti[rank],
+                                     srci[rank], None, True, op, **kw, impl=impl)
                 res = work.wait_post_process()
                 got = (res[0] if op == "lse" else res).double().cpu()
                 torch.testing.assert_close(got, ref_o, rtol=tol, atol=tol, msg=lambda m, op=op: f"fold_at_wait {op}: {m}")
@@ -102,7 +109,8 @@ def _nccl_job(rank, world, port, impl):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("impl", ["a2av", "native", "native-kernel-copies", "native-held-tensors"])
+@pytest.mark.parametrize("impl", ["a2av", "native", "native-kernel-copies", "native-held-tensors",
+                                  "native-fold-at-wait"])
 def test_nccl_impl_matches_reference(impl):
     _spawn_two(_nccl_job, impl)
 

@@ -64,3 +64,21 @@ def test_growth_on_cpu_tensors_needs_no_device_sync(monkeypatch):
     bufs.half(group, 100, "cpu")
     bufs.half(group, 3 << 20, "cpu")
     assert "sync" not in calls and calls.count("rendezvous") == 2
+
+
+def test_a_held_group_refuses_its_next_call_until_released(monkeypatch):
+    """A reduce folding at its wait holds its half: another call on the group would hand the same
+    half out again two calls later, under rows still to be folded."""
+    import pytest
+
+    _fake_symmetric_memory(monkeypatch, [])
+    bufs = native._Buffers()
+    group, other = (type("G", (), {"group_name": n})() for n in ("g", "h"))
+    _, _, _, off0, _ = bufs.half(group, 100, "cpu")
+    bufs.hold(group)
+    with pytest.raises(RuntimeError, match="fold_at_wait=True.*not been waited"):
+        bufs.half(group, 100, "cpu")
+    bufs.half(other, 100, "cpu")  # another group's buffer is not held
+    bufs.release(group)
+    _, _, _, off1, _ = bufs.half(group, 100, "cpu")
+    assert off1 != off0  # the refused call took no half: the next one alternates as usual

@@ -129,6 +129,10 @@ LIBRARY_SWITCHES = {
     "--comm-record-streams": ("magi_grpcoll.impl.native", "RECORD_STREAMS",
                               "native ops mark their tensors used on the comm stream (1) or hold them "
                               "until the wait (0: stable addresses, more graph replays)"),
+    "--native-fold-at-wait": ("magi_grpcoll.impl.native", "FOLD_AT_WAIT",
+                              "native reduces asked to fold at the wait (the hidden tail's, under "
+                              "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE) push every row and fold at the wait (1) "
+                              "or run as a2av (0)"),
     "--fa4-varlen-windows": ("magi_ffa.backends.fa4.native", "VARLEN_WINDOWS",
                              "the fa4 backend runs documents with a sliding window natively (1) or "
                              "through block lists (0)"),

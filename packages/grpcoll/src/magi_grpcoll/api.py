@@ -351,7 +351,8 @@ def group_reduce(input, output, input_split_sizes, output_split_sizes, dst_index
             neither read nor written before ``wait_post_process()``, so the caller may still be
             writing it while the rows travel (interface 1.3). a2av and hier always fold at the wait;
             native otherwise folds on its comm stream as soon as the rows have landed (sooner, but
-            ``output`` must be final when the call is issued), and with it runs the reduce as a2av.
+            ``output`` must be final when the call is issued), and with it runs the reduce as a2av
+            (natively with ``impl.native.FOLD_AT_WAIT``: see the package README).
         Others as in :func:`group_cast`.
     Returns:
         :class:`~magi_grpcoll.work.GrpCollWork`; ``wait_post_process()`` reduces into ``output`` (and

@@ -109,11 +109,24 @@ class _Buffers:
     def __init__(self) -> None:
         self._by_group: dict = {}
         self._generations = 0  # buffers made so far: names a buffer in graph keys
+        self._held: set = set()  # groups whose last call's half holds rows that a later fold reads
+
+    def hold(self, group) -> None:
+        """The call just issued on ``group`` folds at its wait: its half stays in use until then."""
+        self._held.add(id(group) if group is not None else None)
+
+    def release(self, group) -> None:
+        self._held.discard(id(group) if group is not None else None)
 
     def half(self, group, half_bytes: int, device):
         """(buffer, handle, device address of the peer-buffer address array, byte offset of the
         half this call uses, the buffer's generation)."""
         key = id(group) if group is not None else None
+        if key in self._held:
+            raise RuntimeError(
+                "magi_grpcoll native: a group_reduce(fold_at_wait=True) on this group has not been waited "
+                "yet; its received rows still sit in the shared buffer. Call its wait_post_process() before "
+                "issuing another native group_cast/group_reduce on the group.")
         cur = self._by_group.get(key)
         if cur is None or cur["half"] < half_bytes:
             from torch.distributed import _symmetric_memory as symm_mem
@@ -220,6 +233,17 @@ COPY_ENGINE_CASTS = True
 #: once the waiting stream has waited for the op. That assumes the tensors live on the stream that
 #: waits (the runtime's one compute stream), so it stays on until an A/B has measured the other way.
 RECORD_STREAMS = True
+#: A ``group_reduce(fold_at_wait=True)`` runs here (on): every row is pushed to its owner's receive
+#: region during the transfer (push fraction 1: nothing is left to pull), and the fold runs at the
+#: wait, from local memory, after whatever the caller wrote to the output meanwhile; until that
+#: wait no other native call may be issued on the group (its half of the buffer still holds the
+#: rows; such a call raises). Off: such a reduce runs as a2av (an all-to-all, the fold at the wait).
+#: Why: the runtime's hidden tail reduce (MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE, one remote stage)
+#: then folds into the host's dK/dV after the host stage instead of into a zeroed buffer added at the
+#: end (on 2 x H200 the zero fill and the add took ~0.26 ms a layer, as much as the hiding saved).
+#: Off until a GPU run has checked it: an earlier version's only run timed out, before the fix that
+#: keeps a plan's binding alive until its queued calls have run.
+FOLD_AT_WAIT = False
 
 
 def _comm_stream(device):
@@ -334,6 +358,7 @@ class NativeImpl(GrpCollImpl):
 
     def __init__(self) -> None:
         self._bindings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._fold_bindings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # reduces folding at the wait
         self._buffers = _Buffers()
 
     def not_supported_reasons(self, *, input, group, cast_lse=False, reduce_op=None, kwargs=None) -> list[str]:
@@ -365,13 +390,18 @@ class NativeImpl(GrpCollImpl):
             b = self._bindings[plan] = cast_binding(plan, pos, int(cap.item()))
         return b
 
-    def _bind_reduce(self, plan, group):
-        b = self._bindings.get(plan)
-        if b is None or b.push_fraction != self.reduce_push_fraction:
+    def _bind_reduce(self, plan, group, push_fraction: float | None = None):
+        """The reduce binding of ``plan`` at the class's push fraction, or at ``push_fraction`` (a
+        reduce folding at the wait pushes every row: 1.0), kept apart; rebuilt when the fraction
+        changes (building exchanges every rank's send counts)."""
+        fraction = self.reduce_push_fraction if push_fraction is None else push_fraction
+        store = self._bindings if push_fraction is None else self._fold_bindings
+        b = store.get(plan)
+        if b is None or b.push_fraction != fraction:
             mine = torch.tensor(plan.send_counts, dtype=torch.int64, device=plan.device)
             table = [torch.empty_like(mine) for _ in range(plan.world_size)]
             dist.all_gather(table, mine, group=group)
-            b = self._bindings[plan] = reduce_binding(plan, torch.stack(table).cpu(), self.reduce_push_fraction)
+            b = store[plan] = reduce_binding(plan, torch.stack(table).cpu(), fraction)
         return b
 
     def _regions(self, group, device, sizes):
@@ -430,11 +460,12 @@ class NativeImpl(GrpCollImpl):
                comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, **kwargs):
         from magi_grpcoll.work import GrpCollWork
 
-        if fold_at_wait:  # this implementation folds as the rows land; a2av folds at the wait
+        if fold_at_wait and not FOLD_AT_WAIT:  # folded as the rows land here; a2av folds at the wait
             return get_impl("a2av").reduce(plan, input, output, group, async_op=async_op, reduce_op=reduce_op,
                                            acc_reduce=acc_reduce, comm_dtype=comm_dtype, input_lse=input_lse,
                                            output_lse=output_lse, fold_at_wait=True)
-        b = self._bind_reduce(plan, group)
+        # folding at the wait, nothing may be left for the fold to pull: every row is pushed meanwhile
+        b = self._bind_reduce(plan, group, 1.0 if fold_at_wait else None)
         x = input if comm_dtype is None or comm_dtype == input.dtype else input.to(comm_dtype)
         lse = reduce_op == "lse"
         srcs = [x] + ([input_lse] if lse else [])
@@ -443,27 +474,51 @@ class NativeImpl(GrpCollImpl):
         buf, hdl, peer_bufs, offs, half_off, gen = self._regions(group, input.device, sizes)
         tables = [b.table("send", rb) for rb in rbs]  # never made inside a capture
 
-        def launch():
+        def send():
             for s, table, (recv_off, stage_off) in zip(srcs, tables, (offs[:2], offs[2:])):
                 copy_chunks(s, table, out=buf[stage_off:], peer_bufs_addr=peer_bufs, dst_offset_bytes=recv_off)
             hdl.barrier(channel=0)  # every push has landed, every peer's stage is written
+
+        def fold(out, out_lse):
             base = buf.data_ptr()
-            fold_from_sources(output, x, b.sources, reduce_op, acc_reduce=acc_reduce, received_addr=base + offs[0],
+            fold_from_sources(out, x, b.sources, reduce_op, acc_reduce=acc_reduce, received_addr=base + offs[0],
                               peer_bufs_addr=peer_bufs, peer_offset_bytes=offs[1],
-                              output_lse=output_lse if lse else None, local_lse=input_lse if lse else None,
+                              output_lse=out_lse if lse else None, local_lse=input_lse if lse else None,
                               received_lse_addr=base + offs[2] if lse else 0,
                               peer_lse_offset_bytes=offs[3] if lse else 0)
 
-        family = ("reduce", gen, reduce_op, bool(acc_reduce), x.data_ptr(), x.dtype, output.data_ptr(),
-                  output.dtype, *rbs, row_bytes(output),
-                  *((input_lse.data_ptr(), output_lse.data_ptr()) if lse else ()))
-        work = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
-                               lambda: b.graphs.run((family, half_off), launch, family))
+        sent = ("reduce", gen, fold_at_wait, x.data_ptr(), x.dtype, *rbs, *((input_lse.data_ptr(),) if lse else ()))
 
-        def post(*outs):
-            return (output, output_lse) if lse else output
+        def fold_key(out, out_lse):
+            return (sent, reduce_op, bool(acc_reduce), out.data_ptr(), out.dtype, row_bytes(out),
+                    *((out_lse.data_ptr(),) if lse else ()))
 
-        return GrpCollWork([work], post, async_op, (buf, x, b))
+        if not fold_at_wait:  # one launch sequence: the fold reads the output as the rows land
+            family = fold_key(output, output_lse)
+            work = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
+                                   lambda: b.graphs.run((family, half_off), lambda: (send(), fold(output, output_lse)),
+                                                        family))
+
+            def post(*outs):
+                return (output, output_lse) if lse else output
+
+            return GrpCollWork([work], post, async_op, (buf, x, b))
+
+        work = _on_comm_stream(input.device, [input, x, input_lse],
+                               lambda: b.graphs.run((sent, half_off), send, sent))
+        self._buffers.hold(group)
+
+        def post_fold(*outs):  # after the caller's writes to the output: fold on the comm stream, then wait
+            out = outs[0] if outs else output
+            out_lse = outs[1] if len(outs) > 1 else output_lse
+            key = fold_key(out, out_lse)
+            fold_work = _on_comm_stream(input.device, [x, out, input_lse, out_lse],
+                                        lambda: b.graphs.run((key, half_off), lambda: fold(out, out_lse), key))
+            self._buffers.release(group)
+            fold_work.wait()
+            return (out, out_lse) if lse else out
+
+        return GrpCollWork([work], post_fold, async_op, (buf, x, b))
 
 
 register_impl(NativeImpl())

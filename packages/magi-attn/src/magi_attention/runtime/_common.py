@@ -20,7 +20,8 @@ from magi_attention import _compat
 from magi_attention.common.host_collective import run_and_release
 
 __all__ = ["_acc_dtype", "_optional_kwargs", "_Calc", "_FFARuntimeMixin", "_save_for_backward",
-           "_saved_inputs", "_default_scale", "cast_lists", "kernel_backend", "reduce_folds_at_wait",
+           "_saved_inputs", "_default_scale", "cast_lists", "kernel_backend", "native_folds_at_wait",
+           "reduce_folds_at_wait",
            "value_dtype", "writes_buffers"]
 
 
@@ -54,6 +55,19 @@ def reduce_folds_at_wait() -> bool:
     """Whether the loaded magi_grpcoll takes ``group_reduce(fold_at_wait=True)`` (interface 1.3): a
     reduce issued before its output holds its final base values, folded only when waited."""
     return _compat.offers(_compat.grpcoll, ">=1.3")
+
+
+def native_folds_at_wait() -> bool:
+    """Whether magi_grpcoll's native collectives fold a ``fold_at_wait`` reduce themselves (their
+    ``FOLD_AT_WAIT`` switch, off by default) instead of running it as a2av. Read when a runtime is
+    built: set the switch before making the key."""
+    import importlib
+
+    try:
+        native = importlib.import_module(f"{_compat.grpcoll.__name__}.impl.native")
+    except ImportError:
+        return False
+    return bool(getattr(native, "FOLD_AT_WAIT", False))
 
 
 def value_dtype(dtype: torch.dtype, contributors: int) -> torch.dtype:
