@@ -143,12 +143,15 @@ def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: in
         shifts = [s for s in ROTATION_SHIFTS if s < per_rank] or [0]  # one chunk per rank: no turn
         yield from (rotated_sequential(seq, s) for s in shifts)
 
-    metas = [meta for chunk in chunks for name in alg.candidates for meta in candidates(name, chunk)]
-    plans = [plan_of(meta) for meta in metas]
-    area = [max(planned_work(plan, cp_size, alg.remote_cost)) for plan in plans]
+    metas, area, tiles = [], [], []  # each plan weighed once and dropped: at cp 64 plans are large
+    for meta in (m for chunk in chunks for name in alg.candidates for m in candidates(name, chunk)):
+        plan = plan_of(meta)
+        metas.append(meta)
+        area.append(max(planned_work(plan, cp_size, alg.remote_cost)))
+        if alg.cost_model == "tiles":
+            tiles.append(max(planned_time(plan, cp_size)))
     by_area = area.index(min(area))  # the first on ties
     if alg.cost_model == "area":
         return metas[by_area]
-    tiles = [max(planned_time(plan, cp_size)) for plan in plans]
     by_tiles = tiles.index(min(tiles))
     return metas[by_tiles] if tiles[by_tiles] < tiles[by_area] * (1.0 - TILE_MARGIN) else metas[by_area]
