@@ -122,34 +122,47 @@ def run_magi(cfg, mask, q, k, v, do, timer):
 
 
 #: 0/1 flags that set a module-level switch of the library for an A/B: flag -> (module, attribute,
-#: what 1 and 0 mean); left out, the library's default holds
+#: the results header's line that records it and its label there, what 1 and 0 mean); left out, the
+#: library's default holds
 LIBRARY_SWITCHES = {
-    "--comm-copy-engine": ("magi_grpcoll.impl.native", "COPY_ENGINE_CASTS",
+    "--comm-copy-engine": ("magi_grpcoll.impl.native", "COPY_ENGINE_CASTS", "group collectives", "copy engine casts",
                            "native casts through the copy engines (1) or the chunk-copy kernel (0)"),
-    "--comm-record-streams": ("magi_grpcoll.impl.native", "RECORD_STREAMS",
+    "--comm-record-streams": ("magi_grpcoll.impl.native", "RECORD_STREAMS", "group collectives", "record streams",
                               "native ops mark their tensors used on the comm stream (1) or hold them "
                               "until the wait (0: stable addresses, more graph replays)"),
-    "--native-fold-at-wait": ("magi_grpcoll.impl.native", "FOLD_AT_WAIT",
+    "--native-fold-at-wait": ("magi_grpcoll.impl.native", "FOLD_AT_WAIT", "group collectives", "fold at wait",
                               "native reduces asked to fold at the wait (the hidden tail's, under "
                               "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE) push every row and fold at the wait (1) "
                               "or run as a2av (0)"),
-    "--fa4-varlen-windows": ("magi_ffa.backends.fa4.native", "VARLEN_WINDOWS",
+    "--fa4-varlen-windows": ("magi_ffa.backends.fa4.native", "VARLEN_WINDOWS", "ffa kernel backend", "varlen windows",
                              "the fa4 backend runs documents with a sliding window natively (1) or "
                              "through block lists (0)"),
-    "--host-stage-first": ("magi_attention.runtime.dist_attn", "HOST_STAGE_FIRST",
+    "--host-stage-first": ("magi_attention.runtime.dist_attn", "HOST_STAGE_FIRST", "runtime", "host stage first",
                            "launch the host stage before issuing the K/V casts, which wait for the "
                            "inputs only (1), or issue the casts first (0)"),
 }
+
+
+def _switch_value(a, flag: str):
+    return getattr(a, flag[2:].replace("-", "_"))
 
 
 def _set_library_switches(a) -> None:
     """Apply the LIBRARY_SWITCHES flags given on the command line."""
     import importlib
 
-    for flag, (module, name, _) in LIBRARY_SWITCHES.items():
-        value = getattr(a, flag[2:].replace("-", "_"))
+    for flag, (module, name, *_) in LIBRARY_SWITCHES.items():
+        value = _switch_value(a, flag)
         if value is not None:
             setattr(importlib.import_module(module), name, bool(value))
+
+
+def _record_library_switches(a, header: dict) -> None:
+    """Append each LIBRARY_SWITCHES flag given, as "(label value)", to its line of the results header."""
+    for flag, (*_, line, label, _what) in LIBRARY_SWITCHES.items():
+        value = _switch_value(a, flag)
+        if value is not None:
+            header[line] = f"{header.get(line, '')} ({label} {value})".strip()
 
 
 #: --dispatch-alg names: magi_attention's dispatch algorithms (a float after ':' is top_p /
@@ -437,7 +450,7 @@ def parse_args(argv=None):
     p.add_argument("--comm-stream-priority", type=int, default=None,
                    help="CUDA priority of the native group collectives' comm stream (default: the "
                         "library's, high; 0 gives the old equal-priority stream, for an A/B)")
-    for flag, (module, name, what) in LIBRARY_SWITCHES.items():
+    for flag, (module, name, _line, _label, what) in LIBRARY_SWITCHES.items():
         p.add_argument(flag, type=int, choices=(0, 1), default=None,
                        help=f"{what}, for an A/B ({module}.{name}; default: the library's)")
     return p.parse_args(argv)
@@ -602,15 +615,13 @@ def main(argv=None) -> int:
                   "world size": world, "dtype": str(dtype).replace("torch.", ""),
                   "heads (hq/hk)": f"{hq}/{hk}", "head dim": d, "chunk size": a.chunk_size, "dispatch alg": a.dispatch_alg,
                   "overlap degree": a.degree or "library default",
-                  "ffa kernel backend": _ffa_backend_name() + (" (no varlen windows)" if a.fa4_varlen_windows == 0 else ""),
-                  "group collectives": _grpcoll_impl_name() + "".join(
-                      f" ({k} {v})" for k, v in (("comm stream priority", a.comm_stream_priority),
-                                                 ("copy engine casts", a.comm_copy_engine),
-                                                 ("record streams", a.comm_record_streams)) if v is not None),
-                  "host stage first": "library default" if a.host_stage_first is None else bool(a.host_stage_first),
+                  "ffa kernel backend": _ffa_backend_name(),
+                  "group collectives": _grpcoll_impl_name() + (
+                      f" (comm stream priority {a.comm_stream_priority})" if a.comm_stream_priority is not None else ""),
                   "layers per step": a.layers, "warmup/repeats": f"{a.warmup}/{a.repeats}",
                   "torch": torch.__version__,
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}
+        _record_library_switches(a, header)
         write_outputs(Path(a.out), rows, skipped, header)
         log(f"wrote {a.out}/bench_dist.csv and bench_dist.md ({len(rows)} rows, "
             f"{len(skipped)} skipped) in {time.perf_counter() - t_start:.0f}s")

@@ -226,15 +226,16 @@ def test_planned_time_counts_every_call_and_received_token():
 
 
 def _long_tailed_documents(total):
-    """Causal documents: a few long ones among many short ones (the shape that fooled the area
-    model at 128k on 2 x H200)."""
-    rng = np.random.default_rng(0)
-    lengths, s = [], 0
-    while s < total:
-        n = int(min(total // 4, 256 * (1.0 + rng.pareto(1.1))))
-        n = max(1, min(n, total - s))
-        lengths.append(n)
-        s += n
+    """Causal documents drawn as bench_dist draws them (``benchmarks/_common.doc_lengths``): a few
+    long ones among many short ones, the shape that fooled the area model at 128k on 2 x H200."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "_bench_common", Path(__file__).parents[1] / "benchmarks" / "_common.py")
+    bench_common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_common)
+    lengths = bench_common.doc_lengths(total, seed=0, base=256, cap=total // 4)
     cu = np.concatenate([[0], np.cumsum(lengths)]).tolist()
     ranges = [[a, b] for a, b in zip(cu, cu[1:])]
     return ranges, ranges, [1] * len(ranges)

@@ -95,6 +95,11 @@ class _Binding:
         return runs
 
 
+def _group_key(group):
+    """A group's key in the per-group tables (None: the default group)."""
+    return id(group) if group is not None else None
+
+
 class _Buffers:
     """One symmetric buffer per group, in two halves used alternately, grown collectively.
 
@@ -113,15 +118,15 @@ class _Buffers:
 
     def hold(self, group) -> None:
         """The call just issued on ``group`` folds at its wait: its half stays in use until then."""
-        self._held.add(id(group) if group is not None else None)
+        self._held.add(_group_key(group))
 
     def release(self, group) -> None:
-        self._held.discard(id(group) if group is not None else None)
+        self._held.discard(_group_key(group))
 
     def half(self, group, half_bytes: int, device):
         """(buffer, handle, device address of the peer-buffer address array, byte offset of the
         half this call uses, the buffer's generation)."""
-        key = id(group) if group is not None else None
+        key = _group_key(group)
         if key in self._held:
             raise RuntimeError(
                 "magi_grpcoll native: a group_reduce(fold_at_wait=True) on this group has not been waited "
