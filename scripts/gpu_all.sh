@@ -3,7 +3,8 @@
 #   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist bench-qo (default: all),
 #                                     plus fa4-libs, fa4 and bench-fa4 (the FA4 backend, calls back to back: the
 #                                     first carries .carry/fa4-libs and runs fa4-libs, the next ones carry
-#                                     .carry/fa4 and run fa4 (tests, profile) or test-fa4 (tests only), bench-fa4 and/or bench-dist-fa4 (the
+#                                     .carry/fa4 and run fa4 (tests, profile) or test-fa4 (tests only), bench-fa4,
+#                                     varlen-paths (FA4's varlen vs batch kernels) and/or bench-dist-fa4 (the
 #                                     runtime on the fa4 backend, >= 2 GPUs) and profile-dist-fa4; see
 #                                     scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out); set GIT_COMMIT=<hash> in the command (the
@@ -11,7 +12,7 @@
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
 # STEP_TIMEOUT=<seconds> bounds every step. Extra arguments per step: TEST_PKGS, TEST_ARGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, BENCH_FA4_ARGS,
-# BENCH_FFA_ARGS, BENCH_GRPCOLL_ARGS, BENCH_DIST_ARGS, PROFILE_DIST_MASKS / PROFILE_DIST_ARGS, BENCH_QO_ARGS.
+# BENCH_FFA_ARGS, VARLEN_PATHS_ARGS, BENCH_GRPCOLL_ARGS, BENCH_DIST_ARGS, PROFILE_DIST_MASKS / PROFILE_DIST_ARGS, BENCH_QO_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
@@ -57,7 +58,7 @@ unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first
 if has fa4-libs; then  # FA4 arrives in two calls: the first keeps its CUDA libraries' first part on the warm machine
   mkdir -p /tmp/fa4-libs-parts && cp .carry/fa4-libs/*.part-* /tmp/fa4-libs-parts/ && echo "FA4 libraries, part 1 kept" || status=1
 fi
-if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has bench-dist-fa4 || has profile-dist-fa4; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
+if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
   if [ ! -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
     unpack_fa4_libs .carry/fa4/*.part-*
   fi
@@ -89,6 +90,9 @@ fi
 if has bench-fa4; then
   run bench-fa4 $PY packages/ffa-kernels/benchmarks/bench_ffa.py --totals 16384 --heads 16/16 \
     --impls ffa_fa4,ffa_triton,fa4,sdpa_cudnn,flex ${BENCH_FA4_ARGS:-} --out "$OUT/bench_fa4"
+fi
+if has varlen-paths; then  # FA4's varlen vs batch kernels on the same work (issue #7's varlen target)
+  run varlen-paths $PY packages/ffa-kernels/benchmarks/varlen_paths.py ${VARLEN_PATHS_ARGS:-} --out "$OUT/varlen_paths"
 fi
 if has bench-ffa; then
   run bench-ffa $PY packages/ffa-kernels/benchmarks/bench_ffa.py ${BENCH_FFA_ARGS:-} --out "$OUT/bench_ffa"

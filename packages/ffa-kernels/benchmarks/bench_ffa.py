@@ -4,10 +4,12 @@ Times forward and backward on identical non-zero bf16 inputs (d = 128) with
 triton.testing.do_bench (median), over mask families expressed both as FFA slices and as a
 FlexAttention mask_mod (BlockMask creation and torch.compile warm-up excluded from timing).
 TFLOP/s come from the exact mask area: fwd 4 * area * d * hq, bwd 2.5x that.
-SDPA runs only where its own masks express the family (full, causal). The impls ffa_fa4_noreplay,
-ffa_fa4_nodecomp and ffa_fa4_decomp_all are the fa4 backend with FA4's launch replay off
-(MAGI_FFA_FA4_LAUNCH_REPLAY=0), with decomposed masks off (MAGI_FFA_FA4_DECOMPOSE=0) and with them
-on in both directions (=all): its own peers, one switch each.
+SDPA runs only where its own masks express the family (full, causal), FA4 itself (impl fa4) there
+and on the varlen masks. The impls ffa_fa4_noreplay, ffa_fa4_nodecomp, ffa_fa4_decomp_all and
+ffa_fa4_nobatch are the fa4 backend with FA4's launch replay off (MAGI_FFA_FA4_LAUNCH_REPLAY=0), with
+decomposed masks off (MAGI_FFA_FA4_DECOMPOSE=0), with them on in both directions (=all), and with
+documents of one length run varlen instead of as a batch (native.BATCHED_DOCUMENTS): its own peers,
+one switch each.
 
     python benchmarks/bench_ffa.py --out results/ffa_h100 [--quick]
     python benchmarks/bench_ffa.py --sweep results/sweep   # tile configs of the Triton kernels
@@ -21,9 +23,11 @@ causal) and writes the best as a MAGI_FFA_TRITON_CONFIG string to <sweep>.env.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import functools
+import importlib
 import math
 import os
 import random
@@ -37,12 +41,16 @@ REPLAY_ENV = "MAGI_FFA_FA4_LAUNCH_REPLAY"  # magi_ffa.backends.fa4.replay.ENV (r
 DECOMPOSE_ENV = "MAGI_FFA_FA4_DECOMPOSE"  # magi_ffa.backends.fa4.decompose.ENV
 #: the fa4 backend's same-run peers: impl -> the environment it runs under
 FA4_VARIANTS = {"ffa_fa4": {}, "ffa_fa4_noreplay": {REPLAY_ENV: "0"}, "ffa_fa4_nodecomp": {DECOMPOSE_ENV: "0"},
-                "ffa_fa4_decomp_all": {DECOMPOSE_ENV: "all"}}
+                "ffa_fa4_decomp_all": {DECOMPOSE_ENV: "all"}, "ffa_fa4_nobatch": {}}
+#: the fa4 backend's same-run peers that flip a module switch: impl -> (module, attribute, value)
+FA4_SWITCHES = {"ffa_fa4_nobatch": ("magi_ffa.backends.fa4.native", "BATCHED_DOCUMENTS", False)}
 
 D = 128
 MASKS = ["full", "causal", "varlen_full", "varlen_causal", "swa_1k", "swa_4k", "block_causal",
          "shared_question", "block_sparse_10"]
-EXTRA_MASKS = ["causal_same_area"]  # on request (--masks): causal with varlen_causal's area
+# on request (--masks): causal with varlen_causal's area; causal documents of one length (2048)
+EXTRA_MASKS = ["causal_same_area", "varlen_equal_causal"]
+EQUAL_DOCUMENT = 2048
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +76,10 @@ def build_mask(name: str, total: int, device):
         n = mask_seqlen(name, total)
         return [[0, n]], [[0, n]], [1], lambda b, h, q, kv: q >= kv
     if name.startswith("varlen"):
-        lens = _doc_lengths(total, rng)
+        equal = name == "varlen_equal_causal"
+        lens = [EQUAL_DOCUMENT] * (total // EQUAL_DOCUMENT) if equal else _doc_lengths(total, rng)
+        if equal and sum(lens) != total:
+            raise ValueError(f"bench_ffa: {name} needs a total that is a multiple of {EQUAL_DOCUMENT}")
         starts = [sum(lens[:i]) for i in range(len(lens))]
         qr = [[s, s + n] for s, n in zip(starts, lens)]
         doc = torch.repeat_interleave(torch.arange(len(lens), device=device), torch.tensor(lens, device=device))
@@ -173,11 +184,19 @@ def sdpa_runner(kind, mask_name, q, k, v, dout):
     return fwd, _bwd_of(fwd, q, k, v, dout.transpose(0, 1).unsqueeze(0))
 
 
-def fa4_runner(mask_name, q, k, v, dout):
-    """Flash-Attention 4 itself (flash-attn-4, CuTe DSL) with its own full / causal masking: the
+def fa4_runner(mask_name, q, k, v, dout, qr=None):
+    """Flash-Attention 4 itself (flash-attn-4, CuTe DSL) with its own masking: full / causal, and the
+    varlen masks as its varlen documents (`qr`: the documents' row ranges, keys the same). The
     fastest kernel seen on Hopper, the bar of issue #7 (FFA >= 0.9x FA4)."""
-    from flash_attn.cute.interface import flash_attn_func
+    from flash_attn.cute.interface import flash_attn_func, flash_attn_varlen_func
 
+    if mask_name.startswith("varlen"):
+        cu = torch.tensor([a for a, _ in qr] + [qr[-1][1]], dtype=torch.int32, device=q.device)
+        longest = max(b - a for a, b in qr)
+        kw = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=longest, max_seqlen_k=longest,
+                  causal=mask_name.endswith("causal"))
+        fwd = lambda: flash_attn_varlen_func(q, k, v, **kw)[0]  # noqa: E731
+        return fwd, _bwd_of(fwd, q, k, v, dout)
     if mask_name not in ("full", "causal", "causal_same_area"):
         raise NotImplementedError("mask not expressible")
     qb, kb, vb = (x.unsqueeze(0) for x in (q, k, v))  # [1, S, h, d]
@@ -215,6 +234,34 @@ def flex_runner(mask_mod, total, q, k, v, dout):
 
 # ---------------------------------------------------------------------------------------------
 @functools.cache
+@contextlib.contextmanager
+def fa4_variant(impl: str):
+    """Run under `impl`'s environment (FA4_VARIANTS) and module switch (FA4_SWITCHES); a switch that
+    changes how masks translate clears the fa4 backend's mask cache on the way in and out."""
+    env = FA4_VARIANTS.get(impl, {})
+    saved_env = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    switch = FA4_SWITCHES.get(impl)
+    if switch is not None:
+        from magi_ffa.backends.fa4 import clear_mask_cache
+
+        module = importlib.import_module(switch[0])
+        saved = getattr(module, switch[1])
+        setattr(module, switch[1], switch[2])
+        clear_mask_cache()
+    try:
+        yield
+    finally:
+        if switch is not None:
+            setattr(module, switch[1], saved)
+            clear_mask_cache()
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _commit() -> str:
     """GIT_COMMIT when set (a device machine's copy of the tree may carry a stale .git), else HEAD."""
     if os.environ.get("GIT_COMMIT"):
@@ -443,33 +490,25 @@ def main(argv=None) -> int:
                 for impl in impls:
                     row = {"card": card, "total": total, "hq": hq, "hk": hk, "d": D, "mask": mname,
                            "impl": impl, "area": area, "note": f"{n} tokens" if n != total else ""}
-                    variant_env = FA4_VARIANTS.get(impl, {})
-                    saved_env = {name: os.environ.get(name) for name in variant_env}
-                    os.environ.update(variant_env)
                     try:
-                        if impl == "ffa_triton" or impl in FA4_VARIANTS:
-                            fwd, bwd = ffa_runner(qm, km, vm, dm, qr, kr, tm, backend="triton" if impl == "ffa_triton" else "fa4")
-                        elif impl.startswith("sdpa_"):
-                            fwd, bwd = sdpa_runner(impl[5:], mname, qm, km, vm, dm)
-                        elif impl == "flex":
-                            fwd, bwd = flex_runner(mm, n, qm, km, vm, dm)
-                        elif impl == "fa4":
-                            fwd, bwd = fa4_runner(mname, qm, km, vm, dm)
-                        else:
-                            raise ValueError(f"bench_ffa: unknown impl {impl!r}")
-                        tf = triton.testing.do_bench(fwd, quantiles=[0.5])
-                        row.update(fwd_ms=round(tf, 4), fwd_tflops=round(fl_fwd / tf / 1e9, 1))
-                        if total <= 32768:
-                            tb = triton.testing.do_bench(bwd, quantiles=[0.5])
-                            row.update(bwd_ms=round(tb, 4), bwd_tflops=round(2.5 * fl_fwd / tb / 1e9, 1))
+                        with fa4_variant(impl):
+                            if impl == "ffa_triton" or impl in FA4_VARIANTS:
+                                fwd, bwd = ffa_runner(qm, km, vm, dm, qr, kr, tm, backend="triton" if impl == "ffa_triton" else "fa4")
+                            elif impl.startswith("sdpa_"):
+                                fwd, bwd = sdpa_runner(impl[5:], mname, qm, km, vm, dm)
+                            elif impl == "flex":
+                                fwd, bwd = flex_runner(mm, n, qm, km, vm, dm)
+                            elif impl == "fa4":
+                                fwd, bwd = fa4_runner(mname, qm, km, vm, dm, qr)
+                            else:
+                                raise ValueError(f"bench_ffa: unknown impl {impl!r}")
+                            tf = triton.testing.do_bench(fwd, quantiles=[0.5])
+                            row.update(fwd_ms=round(tf, 4), fwd_tflops=round(fl_fwd / tf / 1e9, 1))
+                            if total <= 32768:
+                                tb = triton.testing.do_bench(bwd, quantiles=[0.5])
+                                row.update(bwd_ms=round(tb, 4), bwd_tflops=round(2.5 * fl_fwd / tb / 1e9, 1))
                     except Exception as exc:  # noqa: BLE001 - a refusal is a result ("n/a")
                         row["note"] = f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else "n/a"
-                    finally:
-                        for name, value in saved_env.items():
-                            if value is None:
-                                os.environ.pop(name, None)
-                            else:
-                                os.environ[name] = value
                     torch.cuda.empty_cache()
                     rows.append(row)
                     print(f"[{len(rows)}] {total} h{hq}/{hk} {mname:16s} {impl:11s} "

@@ -162,9 +162,31 @@ def _as_bst(lists, block_size):
 # key of compile-time choices and launches it with tensors and scalars; all tensor math happens in
 # the kernels (what magi_ffa's launch replay relies on and records).
 
+def _per_sequence(kernel):
+    """A kernel over FA4's batch layout [B, S, ...] (B > 1: FA4's own masking only) as B runs of
+    the one-sequence body on [1, S, ...] slices of every tensor argument; varlen runs it once."""
+    def run(*args, varlen):
+        tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() >= 3]
+        batch = 1 if varlen else args[tensors[0]].shape[0]
+        if batch == 1:
+            return kernel(*args)
+        assert args[-2] is None, "FA4's batch layout with B > 1 is only used with its own masking here"
+        for b in range(batch):
+            kernel(*(a[b:b + 1] if i in tensors else a for i, a in enumerate(args)))
+    return run
+
+
 def _fwd_kernel(block_size, mask_mod, causal, q, k, v, out, lse, softmax_scale, softcap, cu_seqlens_q,
                 cu_seqlens_k, seqused_q, window_size_left, window_size_right, lists, aux):
     CALLS["fwd"] += 1
+    _per_sequence(_fwd_one)(q, k, v, out, lse, softmax_scale, softcap, cu_seqlens_q, cu_seqlens_k, seqused_q,
+                            window_size_left, window_size_right, (block_size, mask_mod, causal), lists, aux,
+                            varlen=cu_seqlens_q is not None)
+
+
+def _fwd_one(q, k, v, out, lse, softmax_scale, softcap, cu_seqlens_q, cu_seqlens_k, seqused_q,
+             window_size_left, window_size_right, compiled, lists, aux):
+    block_size, mask_mod, causal = compiled
     varlen = cu_seqlens_q is not None
     q, k, v = (_with_batch(x, varlen) for x in (q, k, v))
     assert q.dim() == 4 and q.shape[0] == 1
@@ -225,9 +247,10 @@ def _flash_attn_fwd(q, k, v, *, softmax_scale, softcap, return_lse, mask_mod=Non
 
 
 def _bwd_pre_kernel(varlen, out, dout, dpsum, dq_accum):
-    """rowsum(out * dout) per head, [hq, Sq]; the dq accumulator zeroed (FA4's preprocess)."""
-    o, do = (_with_batch(x, varlen)[0].double() for x in (out, dout))
-    (dpsum if varlen else dpsum[0]).copy_((o * do).sum(-1).transpose(0, 1))
+    """rowsum(out * dout) per head, [B, hq, Sq] ([hq, Sq] varlen); the dq accumulator zeroed (FA4's
+    preprocess)."""
+    o, do = (_with_batch(x, varlen).double() for x in (out, dout))
+    (dpsum[None] if varlen else dpsum).copy_((o * do).sum(-1).transpose(1, 2))
     dq_accum.zero_()
 
 
@@ -235,6 +258,14 @@ def _bwd_main_kernel(block_size, mask_mod, causal, q, k, v, dout, lse, dpsum, dq
                      softmax_scale, softcap, cu_seqlens_q, cu_seqlens_k, window_size_left, window_size_right,
                      lists, aux):
     CALLS["bwd"] += 1
+    _per_sequence(_bwd_one)(q, k, v, dout, lse, dpsum, dq_accum, dk_out, dv_out, softmax_scale, softcap,
+                            cu_seqlens_q, cu_seqlens_k, window_size_left, window_size_right,
+                            (block_size, mask_mod, causal), lists, aux, varlen=cu_seqlens_q is not None)
+
+
+def _bwd_one(q, k, v, dout, lse, dpsum, dq_accum, dk_out, dv_out, softmax_scale, softcap, cu_seqlens_q,
+             cu_seqlens_k, window_size_left, window_size_right, compiled, lists, aux):
+    block_size, mask_mod, causal = compiled
     varlen = cu_seqlens_q is not None
     q, k, v, dout, lse, dpsum = (_with_batch(x, varlen) for x in (q, k, v, dout, lse, dpsum))
     sq, sk, hq, hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]

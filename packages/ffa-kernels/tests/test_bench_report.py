@@ -78,3 +78,19 @@ def test_causal_same_area_matches_varlen_causal_and_is_compared():
     rows = [_row(16384, "varlen_causal", "ffa_fa4", 450.0, 400.0),
             _row(16384, "causal_same_area", "ffa_fa4", 500.0, 500.0)]
     assert "| 16384 | 16/16 | varlen_causal / causal_same_area | ffa_fa4 | 0.90 | 0.80 |" in bench_ffa.ratio_lines(rows)
+
+
+def test_equal_documents_mask_and_its_varlen_peer_switch():
+    from magi_ffa.backends.fa4 import native
+
+    qr, kr, tm, mm = bench_ffa.build_mask("varlen_equal_causal", 8192, "cpu")
+    assert qr == kr == [[a, a + 2048] for a in range(0, 8192, 2048)] and tm == [1] * 4
+    assert bench_ffa.mask_area(qr, kr, tm) == 4 * 2048 * 2049 // 2
+    with pytest.raises(ValueError, match="multiple of 2048"):
+        bench_ffa.build_mask("varlen_equal_causal", 5000, "cpu")
+    assert native.BATCHED_DOCUMENTS
+    with bench_ffa.fa4_variant("ffa_fa4_nobatch"):
+        assert not native.BATCHED_DOCUMENTS
+    with bench_ffa.fa4_variant("ffa_fa4"):
+        assert native.BATCHED_DOCUMENTS
+    assert native.BATCHED_DOCUMENTS

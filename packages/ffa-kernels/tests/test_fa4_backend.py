@@ -13,6 +13,7 @@ import torch
 from magi_ffa import ffa_backward, ffa_forward, flex_flash_attn_func
 from magi_ffa.backends import fa4 as fa4_backend
 from magi_ffa.backends.fa4 import FA4Backend, kernel, native, replay
+from magi_ffa.backends.fa4.block_sparse import row_intervals
 from magi_ffa.errors import BackendUnavailableError, FFAInputError
 from magi_ffa.select import resolve_backend_name, select_backend
 from magi_ffa.testing import overlapping_slices, random_slices, ref_attn_dense, varlen_slices
@@ -23,6 +24,11 @@ def _window_slices(s, left, right):
     qr = [[r, r + 1] for r in range(s)]
     kr = [[max(0, r - left), min(s, r + right + 1)] for r in range(s)]
     return qr, kr, [0] * s
+
+
+def native_mask(qr, kr, ts, sq, sk):
+    """What native.py makes of a mask (None: block lists)."""
+    return native.recognise_native(*row_intervals(qr, kr, ts, sq), sq, sk)
 
 
 def _masks():
@@ -37,6 +43,10 @@ def _masks():
     yield "varlen-full-unordered", 33, 33, [[13, 33], [0, 10], [10, 13]], [[13, 33], [0, 10], [10, 13]], [0] * 3, True
     yield "causal-in-two-slices", 30, 30, [[0, 12], [12, 30]], [[0, 12], [0, 30]], [1, 1], True
     yield "window", 28, 28, *_window_slices(28, 5, 2), True
+    # documents of one length: FA4's batch layout [B, S / B] (native.BATCHED_DOCUMENTS)
+    yield "equal-documents-causal", 32, 32, *varlen_slices([8] * 4, 1), True
+    yield "equal-documents-full-cut", 30, 30, [[0, 4], [4, 10], [10, 20], [20, 30]], \
+        [[0, 10], [0, 10], [10, 20], [20, 30]], [0] * 4, True
 
 
 @pytest.mark.parametrize("name,sq,sk,qr,kr,ts,native", list(_masks()),
@@ -57,8 +67,10 @@ def test_matches_float64_reference(fake_fa4, name, sq, sk, qr, kr, ts, native, s
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert fake_fa4["fwd"] == 1 and fake_fa4["bwd"] == 1
-    if native:  # FA4's own masking, no block lists, no mask function
-        assert fake_fa4["native"] == 2 and fake_fa4["mask_rows"] == 0
+    recognised = native_mask(qr, kr, ts, sq, sk)
+    assert (recognised is not None and recognised.batch > 1) == name.startswith("equal-documents")
+    if native:  # FA4's own masking (the stand-in counts each sequence of a batch), no block lists, no mask function
+        assert fake_fa4["native"] == 2 * recognised.batch and fake_fa4["mask_rows"] == 0
     else:
         assert fake_fa4["native"] == 0 and fake_fa4["mask_rows"] > 0
 

@@ -22,8 +22,11 @@ def _recognise(qr, kr, ts, sq, sk):
 
 
 def _means(native, sq, sk):
-    return _native_visible(sq, sk, native.causal, native.window_left, native.window_right,
-                           native.cu_seqlens_q, native.cu_seqlens_k)
+    cu_q, cu_k = native.cu_seqlens_q, native.cu_seqlens_k
+    if native.batch > 1:  # FA4's batch layout: B sequences of S / B rows and keys each
+        assert not native.varlen and sq == sk and sq % native.batch == 0
+        cu_q = cu_k = torch.arange(0, sq + 1, sq // native.batch)
+    return _native_visible(sq, sk, native.causal, native.window_left, native.window_right, cu_q, cu_k)
 
 
 def _window(s, left, right):
@@ -206,3 +209,24 @@ def test_window_documents_that_differ_keep_the_block_lists(monkeypatch):
             seen += 1
             assert torch.equal(_means(native, s, s), make_dense_mask(qr, kr, ts, s, s)), (lens, kr)
     assert seen > 100
+
+
+def test_documents_of_one_length_run_as_a_batch_unless_switched_off(monkeypatch):
+    from magi_ffa.backends.fa4 import native as nat
+
+    for causal in (0, 1):
+        slices = varlen_slices([6] * 4, causal)
+        native = _recognise(*slices, 24, 24)
+        assert native.batch == 4 and not native.varlen and native.causal == bool(causal)
+        assert torch.equal(_means(native, 24, 24), make_dense_mask(*slices, 24, 24))
+        monkeypatch.setattr(nat, "BATCHED_DOCUMENTS", False)
+        native = _recognise(*slices, 24, 24)
+        assert native.batch == 1 and native.varlen and native.cu_seqlens_q.tolist() == [0, 6, 12, 18, 24]
+        monkeypatch.setattr(nat, "BATCHED_DOCUMENTS", True)  # the default
+    # not one length, a gap, a shorter last document, keys beside the rows: varlen documents
+    for slices, sq, sk in ((varlen_slices([6, 6, 5], 1), 17, 17),
+                           (([[0, 6], [12, 18]], [[0, 6], [12, 18]], [1, 1]), 18, 18),
+                           (([[0, 6], [6, 12]], [[0, 6], [7, 13]], [0, 0]), 12, 13)):
+        native = _recognise(*slices, sq, sk)
+        assert native is not None and native.batch == 1 and native.varlen
+        assert torch.equal(_means(native, sq, sk), make_dense_mask(*slices, sq, sk))

@@ -44,8 +44,9 @@ def test_fa4_vs_float64(family, softcap):
         assert_close_to_ref(name, got[name], lowp[name], ref[name])
 
 
-# Documents FA4 runs as varlen with filler documents (native.py): rows that see nothing become
-# documents without keys, keys nobody reads documents without rows.
+# Documents FA4 runs natively (native.py): varlen with filler documents (rows that see nothing become
+# documents without keys, keys nobody reads documents without rows), or, for documents of one length
+# on the diagonal, its batch layout.
 DOCUMENTS = {
     # causal documents with fewer rows than keys (bottom-right aligned), unread keys, empty tail rows
     "causal_docs_fewer_rows": ([[0, 1000], [1000, 3000]], [[0, 1500], [1700, 4096]], [1, 1]),
@@ -54,6 +55,11 @@ DOCUMENTS = {
     # a runtime host stage: a rank's chunks of each document back to back, sliced per chunk
     "host_stage": ([[0, 512], [512, 1024], [1024, 1536], [1536, 4096]],
                    [[0, 512], [0, 1024], [1024, 1536], [1024, 4096]], [1, 1, 1, 1]),
+    # documents of one length: FA4's batch layout [4, 1024] (native.BATCHED_DOCUMENTS), causal, and full
+    # ones given in pieces
+    "equal_causal_docs": ([[a, a + 1024] for a in range(0, 4096, 1024)],
+                          [[a, a + 1024] for a in range(0, 4096, 1024)], [1] * 4),
+    "equal_full_docs_cut": ([[0, 700], [700, 2048], [2048, 4096]], [[0, 2048], [0, 2048], [2048, 4096]], [0] * 3),
 }
 
 
@@ -64,7 +70,8 @@ def test_fa4_documents_vs_float64(name):
 
     total, hq, hk, d = 4096, 8, 2, 128
     qr, kr, tm = DOCUMENTS[name]
-    assert recognise_native(*row_intervals(qr, kr, tm, total), total, total) is not None, "not native"
+    native = recognise_native(*row_intervals(qr, kr, tm, total), total, total)
+    assert native is not None and (native.batch > 1) == name.startswith("equal"), native
     q, k, v, dout = _inputs(total, hq, hk, d, torch.bfloat16, seed=9)
     qr_t, kr_t = (torch.tensor(x, dtype=torch.int32, device="cuda").reshape(-1, 2) for x in (qr, kr))
     tm_t = torch.tensor(tm, dtype=torch.int32, device="cuda")

@@ -5,7 +5,8 @@ interface touches this file alone. Written against flash-attn-4 4.0.0b36 (its in
 ``_flash_attn_fwd`` / ``_flash_attn_bwd`` take the global out and lse, which the accumulating FFA
 contract needs: a call's gradient uses the *merged* softmax statistics, not its own).
 
-Layout: FA4 wants q/k/v [B, S, H, D] and returns lse [B, H, Sq]; we run B = 1.
+Layout: FA4 wants q/k/v [B, S, H, D] and returns lse [B, H, Sq]; we run B = 1, or B documents of one
+length (native.py); varlen calls drop B.
 """
 
 from __future__ import annotations
@@ -92,10 +93,36 @@ def _mask_args(mask: SliceBlockMask, direction: str) -> dict:
 
 
 def _layout(mask: SliceBlockMask):
-    """FA4 takes [B, S, H, D] (we run B = 1) and gives lse [B, H, S]; varlen drops B."""
-    if mask.native is not None and mask.native.varlen:
+    """(to FA4, from FA4) for q/k/v/out and gradients: FA4 takes [B, S, H, D], we run B = 1, or B
+    equal documents (``NativeMask.batch``) viewed as [B, S / B]; varlen drops B."""
+    if _varlen(mask):
         return lambda t: t, lambda t: t
-    return (lambda t: None if t is None else t.unsqueeze(0)), (lambda t: t[0])
+    b = _batch(mask)
+    return (lambda t: None if t is None else t.unflatten(0, (b, -1))), (lambda t: t.flatten(0, 1))
+
+
+def _varlen(mask: SliceBlockMask) -> bool:
+    return mask.native is not None and mask.native.varlen
+
+
+def _batch(mask: SliceBlockMask) -> int:
+    return 1 if mask.native is None else mask.native.batch
+
+
+def _lse_from_fa4(lse: torch.Tensor) -> torch.Tensor:
+    """FA4's lse ([H, S] varlen, else [B, H, S / B]) as [S, H]; a view unless B > 1."""
+    if lse.dim() == 2:
+        return lse.transpose(0, 1)
+    return lse.permute(0, 2, 1).flatten(0, 1)
+
+
+def _lse_for_fa4(lse: torch.Tensor, mask: SliceBlockMask) -> torch.Tensor:
+    """lse [S, H] in FA4's backward layout ([H, S] varlen, else [B, H, S / B]), in one kernel that
+    also maps -inf to +inf: rows that see nothing anywhere then give exp(s - lse) = 0 instead of
+    exp(-inf + inf) = NaN (NaN and +inf are kept)."""
+    src = lse.t() if _varlen(mask) else lse.unflatten(0, (_batch(mask), -1)).permute(0, 2, 1)
+    inf = float("inf")
+    return torch.nan_to_num(src, nan=float("nan"), posinf=inf, neginf=inf, out=lse.new_empty(src.shape))
 
 
 def _computed(mask: SliceBlockMask, direction: str):
@@ -129,7 +156,7 @@ def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: fl
     o, lse = replay.launch(("fwd", softmax_scale, softcap), mask, call,
                            (to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out)), written=(3,),
                            constants=mask.device_tensors, module=iface, computed=_computed(mask, "fwd"))
-    return from_fa4(o), from_fa4(lse).transpose(0, 1)
+    return from_fa4(o), _lse_from_fa4(lse)
 
 
 def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: float, softcap: float,
@@ -139,11 +166,7 @@ def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: f
     zeros included, but the dq rows of ``mask.skipped_rows("bwd")``)."""
     iface = import_fa4()[0]
     to_fa4, from_fa4 = _layout(mask)
-    # FA4 reads lse [H, Sq]. Rows that see nothing anywhere get +inf: exp(s - lse) = 0 instead of
-    # exp(-inf + inf) = NaN. One kernel does both (transpose and -inf -> +inf; NaN and +inf kept).
-    inf = float("inf")
-    lse_t = torch.nan_to_num(lse.t(), nan=float("nan"), posinf=inf, neginf=inf,
-                             out=lse.new_empty(lse.shape[::-1]))
+    lse_fa4 = _lse_for_fa4(lse, mask)
     dq, dk, dv = grads if grads is not None else (None, None, None)  # None: FA4 allocates it
 
     def call(q_, k_, v_, out_, dout_, lse_, dq_, dk_, dv_):
@@ -152,7 +175,8 @@ def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: f
             dq=dq_, dk=dk_, dv=dv_, **_mask_args(mask, "bwd"))[:3])
 
     res = replay.launch(("bwd", softmax_scale, softcap), mask, call,
-                        tuple(to_fa4(t) for t in (q, k, v, out.to(q.dtype), dout.to(q.dtype), lse_t, dq, dk, dv)),
+                        (*(to_fa4(t) for t in (q, k, v, out.to(q.dtype), dout.to(q.dtype))), lse_fa4,
+                         *(to_fa4(t) for t in (dq, dk, dv))),
                         written=(6, 7, 8), constants=mask.device_tensors, module=iface,
                         computed=_computed(mask, "bwd"))
     return tuple(from_fa4(g) for g in res)

@@ -21,6 +21,11 @@ interval (not from the slices, so any slicing of the same mask is recognised):
   (``SliceBlockMask.empty_rows`` / ``skipped_rows``). In a runtime remote stage these are most of
   the rank's rows, which FA4 would otherwise visit: the forward's epilogue, the backward's pre- and
   post-processing.
+* documents of one length on the diagonal, all full or all causal (FA4's batch layout [B, S / B]:
+  the inputs are viewed, not copied). FA4's batch kernels run the same tiles faster than its varlen
+  kernels: one 9,966-token causal document through FA4's varlen path took 1.27x (forward) / 1.11x
+  (backward) the time of the same document as a batch of one (H200, BENCHMARKS.md). Behind
+  ``BATCHED_DOCUMENTS``.
 * documents on the diagonal with one causal sliding window (FA4 varlen with a local window): row r
   of a document starting at a sees ``[max(a, r - left), r + 1)``. Sliding windows within documents,
   and a runtime host stage of a sliding window whose rank holds two pieces of the sequence (the
@@ -57,6 +62,7 @@ class NativeMask:
     max_seqlen_q: int | None = None
     max_seqlen_k: int | None = None
     seqused_q: torch.Tensor | None = None  # int32 [docs]: rows FA4 computes (0 for documents without keys)
+    batch: int = 1  # documents of one length, run as FA4's batch layout [batch, S / batch]
 
     @property
     def varlen(self) -> bool:
@@ -116,6 +122,10 @@ def _window(lo: np.ndarray, hi: np.ndarray, seqlen: int) -> NativeMask | None:
 #: scaling efficiency (BENCHMARKS.md). Off: such masks go through the block lists.
 VARLEN_WINDOWS = True
 
+#: equal documents on the diagonal run as FA4's batch layout instead of varlen (``_documents``). Off:
+#: they run varlen, like documents of different lengths.
+BATCHED_DOCUMENTS = True
+
 #: a mask read as more documents than one per this many rows keeps the block lists: FA4 gives each
 #: document its own tiles, while block lists pack short documents into shared tiles
 MIN_ROWS_PER_DOCUMENT = 16
@@ -164,6 +174,8 @@ def _documents(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: int, dev
         cursor = d
     if cursor < seqlen_k:
         q_len.append(0), k_len.append(seqlen_k - cursor), used.append(0)
+    if BATCHED_DOCUMENTS and len(q_len) > 1 and q_len == k_len and len(set(q_len)) == 1:
+        return NativeMask(causal=causal, batch=len(q_len))  # no empty documents: used == q_len
     cu_q = np.concatenate([[0], np.cumsum(q_len)])
     cu_k = np.concatenate([[0], np.cumsum(k_len)])
     as_tensor = lambda a: torch.tensor(a, dtype=torch.int32, device=device)  # noqa: E731
