@@ -23,7 +23,6 @@ causal) and writes the best as a MAGI_FFA_TRITON_CONFIG string to <sweep>.env.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import functools
@@ -234,32 +233,39 @@ def flex_runner(mask_mod, total, q, k, v, dout):
 
 # ---------------------------------------------------------------------------------------------
 @functools.cache
-@contextlib.contextmanager
-def fa4_variant(impl: str):
+class fa4_variant:  # noqa: N801 - used as a function: `with fa4_variant(impl):`
     """Run under `impl`'s environment (FA4_VARIANTS) and module switch (FA4_SWITCHES); a switch that
-    changes how masks translate clears the fa4 backend's mask cache on the way in and out."""
-    env = FA4_VARIANTS.get(impl, {})
-    saved_env = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    switch = FA4_SWITCHES.get(impl)
-    if switch is not None:
-        from magi_ffa.backends.fa4 import clear_mask_cache
+    changes how masks translate clears the fa4 backend's mask cache on the way in and out. (A class:
+    a contextlib generator failed to enter on the GPU once torch.compile had run, 'no attribute args'.)"""
 
-        module = importlib.import_module(switch[0])
-        saved = getattr(module, switch[1])
-        setattr(module, switch[1], switch[2])
-        clear_mask_cache()
-    try:
-        yield
-    finally:
-        if switch is not None:
-            setattr(module, switch[1], saved)
-            clear_mask_cache()
-        for name, value in saved_env.items():
+    def __init__(self, impl: str):
+        self.env = FA4_VARIANTS.get(impl, {})
+        self.switch = FA4_SWITCHES.get(impl)
+
+    def __enter__(self):
+        self.saved_env = {name: os.environ.get(name) for name in self.env}
+        os.environ.update(self.env)
+        if self.switch is not None:
+            self.module = importlib.import_module(self.switch[0])
+            self.saved = getattr(self.module, self.switch[1])
+            self._set(self.switch[2])
+        return self
+
+    def __exit__(self, *exc):
+        if self.switch is not None:
+            self._set(self.saved)
+        for name, value in self.saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        return False
+
+    def _set(self, value) -> None:
+        from magi_ffa.backends.fa4 import clear_mask_cache
+
+        setattr(self.module, self.switch[1], value)
+        clear_mask_cache()
 
 
 def _commit() -> str:
