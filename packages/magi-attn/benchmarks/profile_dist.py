@@ -9,8 +9,9 @@ Prints: host ms per forward and per backward (no sync inside), device ms per for
 back, and one forward after a sync as bench_dist times it), the host paths of a forward and of a backward (us per
 call by function, cumulative), and the top device kernels of two forward+backward passes. ``--stages`` adds,
 on rank 0, each kernel call of the rank's plan (host stage, remote stages) timed alone, with its area,
-TFLOP/s and, on the fa4 backend, the form FA4 runs it in; beside it the whole mask on one GPU, the
-efficiency reference. ``--trace DIR`` writes each rank's device timeline as CSV and prints its summary
+TFLOP/s and, on the fa4 backend, the form FA4 runs it in (and, for a call of several slices, its
+largest slice alone and the other slices); beside it the whole mask on one GPU, the efficiency
+reference. Those calls are timed queued back to back, as the runtime issues them. ``--trace DIR`` writes each rank's device timeline as CSV and prints its summary
 (``timeline_summary.py``: compute idle time, communication exposed vs under compute). ``--cat-kv``
 runs the K/V casts on ``cat([k, v])`` (the path for a magi_grpcoll without list casts), for a
 same-run comparison.
@@ -224,9 +225,11 @@ def write_timeline(tp, path: str) -> None:
                         f"{e['dur']:.1f}", e["name"][:90], "" if host is None else f"{host - t0:.1f}"])
 
 
-def _timed(fn, n: int = 20) -> float:
-    """Median ms of ``fn`` over ``n`` runs, each between CUDA events (after 3 warm-ups); on a
-    machine without CUDA (a dry run of the script's logic) by the host clock."""
+def _timed(fn, n: int = 20, queued: int = 10) -> float:
+    """Median ms of ``fn`` over ``n`` samples (after 3 warm-ups), each the mean of ``queued`` calls
+    issued back to back between two CUDA events: the queue stays full, as in the runtime, so a call's
+    host time hides behind the kernels of the calls before it unless the call is host-bound. On a
+    machine without CUDA (a dry run of the script's logic) one call per sample, by the host clock."""
     for _ in range(3):
         fn()
     cuda = torch.cuda.is_available()
@@ -235,10 +238,11 @@ def _timed(fn, n: int = 20) -> float:
         if cuda:
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
-            fn()
+            for _ in range(queued):
+                fn()
             b.record()
             b.synchronize()
-            times.append(a.elapsed_time(b))
+            times.append(a.elapsed_time(b) / queued)
         else:
             t0 = time.perf_counter()
             fn()
@@ -261,6 +265,19 @@ def _fa4_form(q, k, calc) -> str:
         return (f"varlen {'causal' if n.causal else 'full'} {n.cu_seqlens_q.numel() - 1} docs "
                 f"(max q {n.max_seqlen_q}, max k {n.max_seqlen_k})")
     return "causal" if n.causal else f"window ({n.window_left}, {n.window_right})"
+
+
+def _largest_slice_and_rest(calc):
+    """(name, (q_ranges, k_ranges, types)) of a call's largest-area slice and of the other slices, for
+    a call of more than one slice: whether a slow call is one slow shape or the mix of shapes."""
+    if calc.q_ranges.shape[0] < 2:
+        return []
+    lq = (calc.q_ranges[:, 1] - calc.q_ranges[:, 0]).long()
+    lk = (calc.k_ranges[:, 1] - calc.k_ranges[:, 0]).long()
+    big = int(torch.argmax(lq * lk))  # the bounding rectangle ranks the slices well enough here
+    rest = torch.arange(calc.q_ranges.shape[0], device=calc.q_ranges.device) != big
+    pick = lambda sel: (calc.q_ranges[sel], calc.k_ranges[sel], calc.types[sel])  # noqa: E731
+    return [("largest slice alone", pick(slice(big, big + 1))), ("the other slices", pick(rest))]
 
 
 def print_stage_kernels(key, global_qkvdo, global_mask, local_qkvdo) -> None:
@@ -298,6 +315,10 @@ def print_stage_kernels(key, global_qkvdo, global_mask, local_qkvdo) -> None:
                     for _ in range(2))
         form = _fa4_form(lq, k_s, calc) if backend == "fa4" else "-"
         rows.append((name, calc.area, *measure(lq, k_s, v_s, ldo, calc.q_ranges, calc.k_ranges, calc.types), form))
+        for part, (qr_p, kr_p, tm_p) in _largest_slice_and_rest(calc):  # is one slice, or the mix, slow?
+            area_p = mask_area(qr_p.tolist(), kr_p.tolist(), tm_p.tolist())
+            shape = f"{int(qr_p[0, 1] - qr_p[0, 0])} x {int(kr_p[0, 1] - kr_p[0, 0])}" if len(qr_p) == 1 else f"{len(qr_p)} slices"
+            rows.append((f"  {part}", area_p, *measure(lq, k_s, v_s, ldo, qr_p, kr_p, tm_p), shape))
     print(f"kernel calls of rank 0's plan, each alone (backend {backend or 'auto'}; ms, TFLOP/s "
           f"= 4 * area * d * h / t, backward 2.5x):")
     print(f"{'call':<20} {'area':>14} {'fwd ms':>8} {'TF/s':>6} {'bwd ms':>8} {'TF/s':>6}  form")
@@ -305,8 +326,9 @@ def print_stage_kernels(key, global_qkvdo, global_mask, local_qkvdo) -> None:
         flops = 4.0 * area * d * h
         tf = lambda ms, f=flops: f / (ms * 1e9) if ms > 0 else 0.0  # noqa: E731
         print(f"{name:<20} {area:>14,} {fwd:>8.3f} {tf(fwd):>6.0f} {bwd:>8.3f} {tf(bwd) * 2.5:>6.0f}  {form}")
-    stage_fwd = sum(r[2] for r in rows[1:])
-    stage_bwd = sum(r[3] for r in rows[1:])
+    calls = [r for r in rows[1:] if not r[0].startswith("  ")]
+    stage_fwd = sum(r[2] for r in calls)
+    stage_bwd = sum(r[3] for r in calls)
     print(f"sum of rank 0's calls: fwd {stage_fwd:.3f} ms, bwd {stage_bwd:.3f} ms; half the 1-GPU time: "
           f"fwd {rows[0][2] / 2:.3f} ms, bwd {rows[0][3] / 2:.3f} ms", flush=True)
 
