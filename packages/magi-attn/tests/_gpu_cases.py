@@ -11,6 +11,7 @@ time so that its [g, S, S] scores fit.)
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -155,6 +156,17 @@ def _run_one(case: dict, device: torch.device) -> dict:
     return errs
 
 
+def _set_switches(switches: dict) -> dict:
+    """Set library switches {"module:ATTRIBUTE": value} (a case's ``switches``); returns the old values."""
+    old = {}
+    for path, value in switches.items():
+        module, attr = path.split(":")
+        mod = importlib.import_module(module)
+        old[path] = getattr(mod, attr)
+        setattr(mod, attr, value)
+    return old
+
+
 def run_gpu_cases(rank: int, world: int, cases: list[dict]) -> dict:
     """{case name: ("ok", {tensor: (err, lowp err)}) | ("skip", reason) | ("error", tb)}."""
     device = torch.device("cuda", torch.cuda.current_device())
@@ -177,11 +189,13 @@ def run_gpu_cases(rank: int, world: int, cases: list[dict]) -> dict:
                 results[case["name"]] = ("skip", f"Flash-Attention 4 not importable: {e}")
                 continue
         os.environ.update(env)
+        saved = _set_switches(case.get("switches", {}))
         try:
             results[case["name"]] = ("ok", _run_one(case, device))
         except Exception:  # noqa: BLE001 - reported to the parent test
             results[case["name"]] = ("error", traceback.format_exc())
         finally:
+            _set_switches(saved)
             for name in env:
                 os.environ.pop(name, None)
             torch.cuda.empty_cache()

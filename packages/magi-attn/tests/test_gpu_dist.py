@@ -2,7 +2,7 @@
 
 Forward and backward of causal, varlen causal, sliding window and block causal masks (16k tokens,
 GQA 8/2, d 128), each tensor checked on every rank with the FFA criterion (see _gpu_cases), plus
-one case through magi_grpcoll's native implementation when it can run, and five on the fa4 kernel
+one case through magi_grpcoll's native implementation when it can run, and six on the fa4 kernel
 backend when Flash-Attention 4 is importable. All cases share one
 2-rank spawn. Skips unless at least two CUDA devices are visible.
 """
@@ -40,6 +40,11 @@ CASES = [
     # one remote stage under hide tail (a2av): its dK/dV reduce folds into the host's at the wait
     dict(_BASE, name="fa4_hide_tail_one_stage", mask="varlen_causal", seed=9, degree=1,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
+    # the same through native grpcoll, whose reduce then folds at the wait itself (FOLD_AT_WAIT)
+    dict(_BASE, name="fa4_native_hide_tail_fold_at_wait", mask="varlen_causal", seed=10, degree=1,
+         env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
+              "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"},
+         switches={"magi_grpcoll.impl.native:FOLD_AT_WAIT": True}),
 ]
 ENV = {"MAGI_ATTENTION_KERNEL_BACKEND": "triton"}
 
