@@ -47,9 +47,9 @@ def _nccl_job(rank, world, port, impl):
         native.COPY_ENGINE_CASTS, impl = False, "native"
     if impl == "native-held-tensors":  # tensors held by the works until the wait, not record_stream
         native.RECORD_STREAMS, impl = False, "native"
-    folds_here = impl == "native-fold-at-wait"  # fold_at_wait reduces run natively, not as a2av
-    if folds_here:
-        native.FOLD_AT_WAIT, impl = True, "native"
+    folds_here = impl.startswith("native")  # fold_at_wait reduces run natively (FOLD_AT_WAIT) ...
+    if impl == "native-fold-as-a2av":  # ... unless switched off: then as a2av
+        native.FOLD_AT_WAIT, impl, folds_here = False, "native", False
     dist = _init_nccl(rank, world, port)
     try:
         rng = random.Random(3)
@@ -110,7 +110,7 @@ def _nccl_job(rank, world, port, impl):
 
 
 @pytest.mark.parametrize("impl", ["a2av", "native", "native-kernel-copies", "native-held-tensors",
-                                  "native-fold-at-wait"])
+                                  "native-fold-as-a2av"])
 def test_nccl_impl_matches_reference(impl):
     _spawn_two(_nccl_job, impl)
 

@@ -134,6 +134,9 @@ LIBRARY_SWITCHES = {
                               "native reduces asked to fold at the wait (the hidden tail's, under "
                               "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE) push every row and fold at the wait (1) "
                               "or run as a2av (0)"),
+    "--fa4-batched-documents": ("magi_ffa.backends.fa4.native", "BATCHED_DOCUMENTS", "ffa kernel backend",
+                                "batched documents", "the fa4 backend runs documents of one length as FA4's "
+                                "batch layout (1) or as varlen documents (0)"),
     "--fa4-varlen-windows": ("magi_ffa.backends.fa4.native", "VARLEN_WINDOWS", "ffa kernel backend", "varlen windows",
                              "the fa4 backend runs documents with a sliding window natively (1) or "
                              "through block lists (0)"),
@@ -155,6 +158,17 @@ def _set_library_switches(a) -> None:
         value = _switch_value(a, flag)
         if value is not None:
             setattr(importlib.import_module(module), name, bool(value))
+
+
+#: prefixes of the environment variables that change what the libraries do
+LIBRARY_ENV_PREFIXES = ("MAGI_ATTENTION_", "MAGI_FFA_", "MAGI_GRPCOLL_")
+
+
+def library_environment() -> str:
+    """The library environment variables set in this run, "NAME=value" sorted ("none" if none): an A/B
+    run under an environment flag (e.g. MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE=1) names it in its header."""
+    found = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(LIBRARY_ENV_PREFIXES))
+    return ", ".join(found) or "none"
 
 
 def _record_library_switches(a, header: dict) -> None:
@@ -620,6 +634,7 @@ def main(argv=None) -> int:
                       f" (comm stream priority {a.comm_stream_priority})" if a.comm_stream_priority is not None else ""),
                   "layers per step": a.layers, "warmup/repeats": f"{a.warmup}/{a.repeats}",
                   "torch": torch.__version__,
+                  "library environment": library_environment(),
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}
         _record_library_switches(a, header)
         write_outputs(Path(a.out), rows, skipped, header)

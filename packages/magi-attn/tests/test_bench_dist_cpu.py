@@ -18,7 +18,7 @@ WORLD = 4
 
 @pytest.mark.dist
 def test_bench_dist_cpu_world4(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MAGI_FFA_WORKLIST_IDENTITY_CACHE="1")
     for var in ("CUDA_VISIBLE_DEVICES", "MAGI_ATTENTION_KERNEL_BACKEND", "MAGI_ATTENTION_FA4_BACKEND"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -52,6 +52,8 @@ def test_bench_dist_cpu_world4(tmp_path):
     assert "layers per step: 2" in md  # two stacked calls per step, each layer with its own K/V
     # the native collectives' A/B switches are recorded (gloo runs a2a-v: they change nothing here)
     assert "(comm stream priority 0) (copy engine casts 0)" in md
+    # and the library environment variables of the run (here one that keeps its default)
+    assert "MAGI_FFA_WORKLIST_IDENTITY_CACHE=1" in md.split("library environment:")[1].splitlines()[0]
     assert "## skipped" in md and "efficiency" in md
     # the full mask's area is exact: T*T cells at every T
     full = [r for r in rows if r["mask"] == "full" and r["method"] == "magi"]

@@ -246,9 +246,10 @@ RECORD_STREAMS = True
 #: Why: the runtime's hidden tail reduce (MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE, one remote stage)
 #: then folds into the host's dK/dV after the host stage instead of into a zeroed buffer added at the
 #: end (on 2 x H200 the zero fill and the add took ~0.26 ms a layer, as much as the hiding saved).
-#: Off until a GPU run has checked it: an earlier version's only run timed out, before the fix that
-#: keeps a plan's binding alive until its queued calls have run.
-FOLD_AT_WAIT = False
+#: Checked on 2 x H200 (the reduce against its reference, and the runtime's hide-tail case against
+#: float64); with hide tail at 64k it kept the backward at the default's speed where the a2av form
+#: lost 3-4% (BENCHMARKS.md "Native fold-at-wait"). Off: such a reduce runs as a2av.
+FOLD_AT_WAIT = True
 
 
 def _comm_stream(device):
@@ -465,7 +466,7 @@ class NativeImpl(GrpCollImpl):
                comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, **kwargs):
         from magi_grpcoll.work import GrpCollWork
 
-        if fold_at_wait and not FOLD_AT_WAIT:  # folded as the rows land here; a2av folds at the wait
+        if fold_at_wait and not FOLD_AT_WAIT:  # switched off: a2av folds at the wait
             return get_impl("a2av").reduce(plan, input, output, group, async_op=async_op, reduce_op=reduce_op,
                                            acc_reduce=acc_reduce, comm_dtype=comm_dtype, input_lse=input_lse,
                                            output_lse=output_lse, fold_at_wait=True)

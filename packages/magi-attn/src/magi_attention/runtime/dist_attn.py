@@ -114,8 +114,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self.cast_lists = cast_lists()
         self.writes = writes_buffers()  # calls write their buffers; out/dq in q's dtype where exact
         # hide tail with one remote stage: its reduce folds into the host's dK/dV at its wait, after
-        # the host stage (a2av and hier fold at the wait anyway; native keeps its on-arrival fold
-        # unless its FOLD_AT_WAIT switch is on)
+        # the host stage (a2av and hier fold at the wait anyway; native too, unless its FOLD_AT_WAIT
+        # switch is off)
         self.fold_tail_at_wait = (self.save_tail and self.writes and reduce_folds_at_wait()
                                   and (not flags.native_grpcoll or native_folds_at_wait()))
         # kernel calls reaching this rank's out/dq: the non-empty host and stage calcs
@@ -268,9 +268,9 @@ class DistAttnRuntime(_FFARuntimeMixin):
         # first reduce is issued, or (hide tail, one stage) when the only reduce can be folded after
         # the host calc, at its wait: its rows travel during the host calc, and no zeroed buffer and
         # no final add are needed. a2av and hier fold at the wait anyway, so that is a pure saving;
-        # native folds as the rows land and keeps the zeroed buffer unless its FOLD_AT_WAIT switch
-        # is on (every row pushed during the host calc, the fold at the wait). Otherwise (host
-        # last, or the old interfaces) into a zeroed buffer.
+        # so does native with its FOLD_AT_WAIT switch on, the default (every row pushed during the
+        # host calc, the fold at the wait). Otherwise (host last, native with the switch off, or
+        # the old interfaces) into a zeroed buffer.
         fold_late = self.fold_tail_at_wait and order == [0, None]
         reduce_into_host = w and (order[0] is None or fold_late)
         dkv_red = (dkv_host if reduce_into_host else
