@@ -59,9 +59,8 @@ def reduce_folds_at_wait() -> bool:
 
 def native_folds_at_wait() -> bool:
     """Whether magi_grpcoll's native collectives fold a ``fold_at_wait`` reduce themselves (their
-    ``FOLD_AT_WAIT`` switch, on by default; absent before magi-grpcoll 1.3) instead of running it as
-    a2av. Read when a runtime is
-    built: set the switch before making the key."""
+    ``FOLD_AT_WAIT`` switch, on by default; a magi_grpcoll without the switch: no) instead of
+    running it as a2av. Read when a runtime is built: set the switch before making the key."""
     import importlib
 
     try:

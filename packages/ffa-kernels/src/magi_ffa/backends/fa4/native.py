@@ -25,7 +25,7 @@ interval (not from the slices, so any slicing of the same mask is recognised):
   the inputs are viewed, not copied), FA4's plainest path: no per-tile document lookup. Through
   ``flex_flash_attn_func`` on an H200, causal documents of 2048 tokens ran 1.03-1.04x as fast in the
   backward as the same documents as varlen, the forward within noise (0.96-1.03x; BENCHMARKS.md
-  "Documents of one length"). Behind ``BATCHED_DOCUMENTS``.
+  "Varlen causal against causal of the same area, kernel by kernel"). Behind ``BATCHED_DOCUMENTS``.
 * documents on the diagonal with one causal sliding window (FA4 varlen with a local window): row r
   of a document starting at a sees ``[max(a, r - left), r + 1)``. Sliding windows within documents,
   and a runtime host stage of a sliding window whose rank holds two pieces of the sequence (the
