@@ -1,0 +1,41 @@
+"""profile_dist.py (benchmarks), the parts that run without a GPU: how ``--stages`` splits a call into
+its largest slice and the rest, and the host-clock timing of a dry run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import profile_dist  # noqa: E402
+
+
+def _calc(q, k, t):
+    return SimpleNamespace(q_ranges=torch.tensor(q, dtype=torch.int32), k_ranges=torch.tensor(k, dtype=torch.int32),
+                           types=torch.tensor(t, dtype=torch.int32))
+
+
+def test_largest_slice_and_the_rest_partition_the_call():
+    calc = _calc([[0, 10], [10, 100], [100, 105]], [[0, 5], [0, 50], [0, 500]], [0, 1, 0])
+    (big_name, big), (rest_name, rest) = profile_dist._largest_slice_and_rest(calc)
+    assert big_name == "largest slice alone" and rest_name == "the other slices"
+    assert big[0].tolist() == [[10, 100]] and big[1].tolist() == [[0, 50]] and big[2].tolist() == [1]
+    assert rest[0].tolist() == [[0, 10], [100, 105]] and rest[2].tolist() == [0, 0]
+    # every slice is in exactly one part
+    got = sorted(map(tuple, big[0].tolist() + rest[0].tolist()))
+    assert got == sorted(map(tuple, calc.q_ranges.tolist()))
+
+
+def test_a_call_of_one_slice_is_not_split():
+    assert profile_dist._largest_slice_and_rest(_calc([[0, 8]], [[0, 8]], [1])) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the host-clock path of a machine without CUDA")
+def test_timing_without_cuda_uses_the_host_clock():
+    calls = []
+    ms = profile_dist._timed(lambda: calls.append(1), n=5)
+    assert ms >= 0 and len(calls) == 3 + 5  # three warm-ups, then one call per sample
