@@ -23,6 +23,7 @@ causal) and writes the best as a MAGI_FFA_TRITON_CONFIG string to <sweep>.env.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import functools
@@ -38,11 +39,11 @@ from magi_ffa.testing import shared_question_slices
 
 REPLAY_ENV = "MAGI_FFA_FA4_LAUNCH_REPLAY"  # magi_ffa.backends.fa4.replay.ENV (read here without importing FA4)
 DECOMPOSE_ENV = "MAGI_FFA_FA4_DECOMPOSE"  # magi_ffa.backends.fa4.decompose.ENV
-#: the fa4 backend's same-run peers: impl -> the environment it runs under
-FA4_VARIANTS = {"ffa_fa4": {}, "ffa_fa4_noreplay": {REPLAY_ENV: "0"}, "ffa_fa4_nodecomp": {DECOMPOSE_ENV: "0"},
-                "ffa_fa4_decomp_all": {DECOMPOSE_ENV: "all"}, "ffa_fa4_nobatch": {}}
-#: the fa4 backend's same-run peers that flip a module switch: impl -> (module, attribute, value)
-FA4_SWITCHES = {"ffa_fa4_nobatch": ("magi_ffa.backends.fa4.native", "BATCHED_DOCUMENTS", False)}
+#: the fa4 backend's same-run peers: impl -> (the environment it runs under, the module switch it
+#: flips as (module, attribute, value), or None)
+FA4_VARIANTS = {"ffa_fa4": ({}, None), "ffa_fa4_noreplay": ({REPLAY_ENV: "0"}, None),
+                "ffa_fa4_nodecomp": ({DECOMPOSE_ENV: "0"}, None), "ffa_fa4_decomp_all": ({DECOMPOSE_ENV: "all"}, None),
+                "ffa_fa4_nobatch": ({}, ("magi_ffa.backends.fa4.native", "BATCHED_DOCUMENTS", False))}
 
 D = 128
 MASKS = ["full", "causal", "varlen_full", "varlen_causal", "swa_1k", "swa_4k", "block_causal",
@@ -232,42 +233,36 @@ def flex_runner(mask_mod, total, q, k, v, dout):
 
 
 # ---------------------------------------------------------------------------------------------
-@functools.cache
-class fa4_variant:  # noqa: N801 - used as a function: `with fa4_variant(impl):`
-    """Run under `impl`'s environment (FA4_VARIANTS) and module switch (FA4_SWITCHES); a switch that
-    changes how masks translate clears the fa4 backend's mask cache on the way in and out. (A class:
-    a contextlib generator failed to enter on the GPU once torch.compile had run, 'no attribute args'.)"""
-
-    def __init__(self, impl: str):
-        self.env = FA4_VARIANTS.get(impl, {})
-        self.switch = FA4_SWITCHES.get(impl)
-
-    def __enter__(self):
-        self.saved_env = {name: os.environ.get(name) for name in self.env}
-        os.environ.update(self.env)
-        if self.switch is not None:
-            self.module = importlib.import_module(self.switch[0])
-            self.saved = getattr(self.module, self.switch[1])
-            self._set(self.switch[2])
-        return self
-
-    def __exit__(self, *exc):
-        if self.switch is not None:
-            self._set(self.saved)
-        for name, value in self.saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        return False
-
-    def _set(self, value) -> None:
+@contextlib.contextmanager
+def fa4_variant(impl: str):
+    """Run under `impl`'s environment and module switch (FA4_VARIANTS; other impls: unchanged); a
+    switch, which changes how masks translate, clears the fa4 backend's mask cache on the way in and
+    out."""
+    env, switch = FA4_VARIANTS.get(impl, ({}, None))
+    saved_env = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    if switch is not None:
         from magi_ffa.backends.fa4 import clear_mask_cache
 
-        setattr(self.module, self.switch[1], value)
+        module_name, attr, value = switch
+        module = importlib.import_module(module_name)
+        saved = getattr(module, attr)
+        setattr(module, attr, value)
         clear_mask_cache()
+    try:
+        yield
+    finally:
+        if switch is not None:
+            setattr(module, attr, saved)
+            clear_mask_cache()
+        for name, old in saved_env.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
+@functools.cache
 def _commit() -> str:
     """GIT_COMMIT when set (a device machine's copy of the tree may carry a stale .git), else HEAD."""
     if os.environ.get("GIT_COMMIT"):
