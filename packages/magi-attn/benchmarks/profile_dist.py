@@ -11,8 +11,9 @@ call by function, cumulative), and the top device kernels of two forward+backwar
 on rank 0, each kernel call of the rank's plan (host stage, remote stages) timed alone, with its area,
 TFLOP/s and, on the fa4 backend, the form FA4 runs it in (and, for a call of several slices, its
 largest slice alone and the other slices); beside it the whole mask on one GPU, the efficiency
-reference. Those calls are timed queued back to back, as the runtime issues them. ``--trace DIR`` writes each rank's device timeline as CSV and prints its summary
-(``timeline_summary.py``: compute idle time, communication exposed vs under compute). ``--cat-kv``
+reference. Those calls are timed queued back to back, as the runtime issues them. ``--trace DIR``
+writes each rank's device timeline as CSV and prints its summary (``timeline_summary.py``: compute
+idle time, communication exposed vs under compute). ``--cat-kv``
 runs the K/V casts on ``cat([k, v])`` (the path for a magi_grpcoll without list casts), for a
 same-run comparison.
 """

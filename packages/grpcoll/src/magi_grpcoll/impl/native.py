@@ -248,7 +248,7 @@ RECORD_STREAMS = True
 #: end (on 2 x H200 the zero fill and the add took ~0.26 ms a layer, as much as the hiding saved).
 #: Checked on 2 x H200 (the reduce against its reference, and the runtime's hide-tail case against
 #: float64); with hide tail at 64k it kept the backward at the default's speed where the a2av form
-#: lost 3-4% (BENCHMARKS.md "Native fold-at-wait"). Off: such a reduce runs as a2av.
+#: lost 3-4% (BENCHMARKS.md "Native fold-at-wait").
 FOLD_AT_WAIT = True
 
 
