@@ -13,7 +13,8 @@ TFLOP/s and, on the fa4 backend, the form FA4 runs it in (and, for a call of sev
 largest slice alone and the other slices); beside it the whole mask on one GPU, the efficiency
 reference. Those calls are timed queued back to back, as the runtime issues them. ``--trace DIR``
 writes each rank's device timeline as CSV and prints its summary (``timeline_summary.py``: compute
-idle time, communication exposed vs under compute). ``--cat-kv``
+idle time, communication exposed vs under compute). ``--host-timers``
+clocks the functions of every rank's host path (``_host_timers.py``, lighter than cProfile). ``--cat-kv``
 runs the K/V casts on ``cat([k, v])`` (the path for a magi_grpcoll without list casts), for a
 same-run comparison.
 """
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
                     "own K/V, as bench_dist's --layers (figures are per layer)")
     ap.add_argument("--host-rank", type=int, default=0, help="the rank whose host path is profiled and "
                     "printed (the ranks' plans differ, and so may their host time)")
+    ap.add_argument("--host-timers", action="store_true", help="also clock the functions of the host path "
+                    "(_host_timers.py; each rank prints its own table)")
     ap.add_argument("--cat-kv", action="store_true", help="cast cat([k, v]) instead of the list [k, v]")
     ap.add_argument("--trace", metavar="DIR", help="write each rank's device timeline of the two profiled "
                     "forward+backward passes to DIR/timeline_<mask>_<T>_rank<r>.csv")
@@ -118,6 +121,8 @@ def main(argv=None) -> int:
               f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms; one forward after a sync (as bench_dist "
               f"times it): {alone_ms:.3f} ms", flush=True)
         print(f"launch counts of those steps (rank 0): {count_delta(counts0, launch_counts()) or 'none'}", flush=True)
+    if args.host_timers:
+        print_host_timers(fwd, ldo, n, L, rank, world)
     if args.stages and rank == 0:
         print_stage_kernels(key, (q, k, v, do), (qr, kr, tm), (lq, lk, lv, ldo))
     prof = cProfile.Profile()
@@ -164,6 +169,34 @@ def main(argv=None) -> int:
     dist.barrier()
     dist.destroy_process_group()
     return 0
+
+
+def print_host_timers(fwd, ldo, n: int, layers: int, rank: int, world: int) -> None:
+    """Each rank's host path by function, clocked (not cProfile): per forward and per backward layer."""
+    from _host_timers import HostTimers
+
+    timers = HostTimers().install()
+    tables = []
+    try:
+        for what in ("forward", "backward"):
+            timers.reset()
+            dist.barrier()
+            for _ in range(n):
+                timers.active = what == "forward"
+                out = fwd()
+                timers.active = what == "backward"
+                if what == "backward":
+                    out.backward(ldo)
+                timers.active = False
+            torch.cuda.synchronize()
+            tables.append(timers.table(n * layers, f"{what} layer"))
+    finally:
+        timers.uninstall()
+    for r in range(world):  # one rank at a time, so the tables do not interleave
+        dist.barrier()
+        if r == rank:
+            print(f"rank {rank}:\n" + "\n".join(tables), flush=True)
+    dist.barrier()
 
 
 def single_forward_ms(fwd, n: int) -> float:

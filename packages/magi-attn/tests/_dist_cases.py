@@ -174,14 +174,17 @@ def run_cases(cases, group=None, rank_label=""):
     else:  # a DeviceMesh over the whole world (hierarchical comm)
         world, rank = group.size(), dist.get_rank()
     report = []
+    from magi_attention.runtime import _common as runtime_common
     from magi_attention.runtime import dist_attn
 
-    list_casts = dist_attn.cast_lists
+    list_casts, binds = dist_attn.cast_lists, runtime_common.bound_calls
     for case in cases:
         for k_, v_ in case.get("env", {}).items():
             os.environ[k_] = v_
         if "cast_lists" in case:  # runtimes built for this case take K/V as a list or concatenated
             dist_attn.cast_lists = lambda want=case["cast_lists"]: want and list_casts()
+        if "bound_calls" in case:  # the kernel calls of a magi_ffa without FFACall (interface < 1.4)
+            runtime_common.bound_calls = lambda want=case["bound_calls"]: want and binds()
         windows_before = None  # the fa4 backend runs documents with a window natively, or not
         if "fa4_varlen_windows" in case:
             windows_before = _fa4_varlen_windows(case["fa4_varlen_windows"])
@@ -239,6 +242,13 @@ def run_cases(cases, group=None, rank_label=""):
 
             runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
             assert runtime.cast_lists == case["cast_lists"], f"{case['name']}: K/V cast path not taken"
+        if "bound_calls" in case and world > 1:
+            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+            runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+            calcs = [c for c in (runtime.host_calc, *runtime.stage_calcs) if not c.empty]
+            assert calcs and all(bool(c.bound) == case["bound_calls"] for c in calcs), \
+                f"{case['name']}: kernel call path not taken"
         gout = undispatch(lout, key)
         out = gout.detach().double()
         lse = undispatch(meta.lse, key)
@@ -276,7 +286,7 @@ def run_cases(cases, group=None, rank_label=""):
             assert e < tol, f"{case['name']} world {world} rank {rank}: {name} max error {e:.3e} (fp64)"
         for k_ in case.get("env", {}):
             del os.environ[k_]
-        dist_attn.cast_lists = list_casts
+        dist_attn.cast_lists, runtime_common.bound_calls = list_casts, binds
         if windows_before is not None:
             _fa4_varlen_windows(windows_before)
         report.append((case["name"], errs))

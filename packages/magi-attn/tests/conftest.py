@@ -44,6 +44,12 @@ def dist_cases(world: int) -> list[dict]:
         # the runtime's path for a magi_grpcoll without list casts (interface < 1.2): cat([k, v])
         dict(base, name="kv-concatenated", mask="varlen_causal", cu=[0, 29, 70, 96], degree=2,
              cast_lists=False),
+        # the kernel calls through ffa_forward / ffa_backward (a magi_ffa without FFACall), and bound
+        # (documents of their own: a runtime is cached by its key, and decides at its first call)
+        dict(base, name="unbound-kernel-calls", mask="varlen_causal", cu=[0, 17, 58, 96], degree=2,
+             bound_calls=False),
+        dict(base, name="bound-kernel-calls", mask="varlen_causal", cu=[0, 45, 80, 96], degree=2,
+             bound_calls=True),
         dict(base, name="cost-aware-dispatch", mask="sliding_window", cu=[0, 61, 96], window=(12, 0),
              degree=2, dispatch="cost_aware"),
         # cost-aware without the turned split picks chunk 16 at world 2 for these documents (twice the

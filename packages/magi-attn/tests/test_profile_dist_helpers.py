@@ -39,3 +39,33 @@ def test_timing_without_cuda_uses_the_host_clock():
     calls = []
     ms = profile_dist._timed(lambda: calls.append(1), n=5)
     assert ms >= 0 and len(calls) == 3 + 5  # three warm-ups, then one call per sample
+
+
+def test_host_timers_clock_the_path_and_put_every_function_back():
+    import inspect
+
+    import magi_ffa
+    from _host_timers import HostTimers
+    from magi_ffa.backends.fa4 import FA4Backend
+
+    originals = (magi_ffa.ffa_forward, inspect.getattr_static(FA4Backend, "_store"))
+    timers = HostTimers().install()
+    try:
+        assert isinstance(inspect.getattr_static(FA4Backend, "_store"), staticmethod)  # still a staticmethod
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(64, 2, 16, generator=g) for _ in range(3))
+        call = lambda: magi_ffa.ffa_forward(q, k, v, [[0, 64]], [[0, 64]], [1], softmax_scale=0.25,  # noqa: E731
+                                            backend="torch")
+        call()  # inactive: not counted
+        assert not timers.total
+        timers.active = True
+        for _ in range(3):
+            call()
+        timers.active = False
+        assert timers.calls["api.ffa_forward"] == 3 and timers.calls["api._prepare"] == 3
+        assert timers.total["api.ffa_forward"] >= timers.total["api._prepare"] > 0  # inclusive
+        table = timers.table(3, "call")
+        assert "per call (3 calls)" in table and table.index("api.ffa_forward") < table.index("api._prepare")
+    finally:
+        timers.uninstall()
+    assert (magi_ffa.ffa_forward, inspect.getattr_static(FA4Backend, "_store")) == originals

@@ -284,6 +284,15 @@ def ffa_forward(
     q, k, v, qr, kr, tm, scale, cap, memo = _prepare(
         fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap
     )
+    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic, memo=memo)
+    return _forward_into(fn, inp, backend, out, lse, max_logits, return_max_logits, overwrite)
+
+
+def _forward_into(fn, inp: FFAInputs, backend, out, lse, max_logits, return_max_logits: bool, overwrite: bool,
+                  impl=None):
+    """ffa_forward after its operands are checked (``inp``): the buffers' checks and the run. ``impl``:
+    the backend already chosen for ``inp`` (else chosen from ``backend``)."""
+    q = inp.q
     if (out is None) != (lse is None):
         raise FFAInputError(f"{fn}(): pass both out and lse to accumulate into, or neither.")
     sq, hq, d = q.shape
@@ -291,8 +300,7 @@ def ffa_forward(
     _check_buffer(fn, "lse", lse, (sq, hq), q.device, _stat_dtypes(q))
     _check_buffer(fn, "max_logits", max_logits, (hq,), q.device, _stat_dtypes(q))
     adt = acc_dtype(q.dtype)
-    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic, memo=memo)
-    impl = select_backend(inp, backend)
+    impl = impl or select_backend(inp, backend)
     if max_logits is None and return_max_logits:
         max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device)
     if out is None:
@@ -358,6 +366,14 @@ def ffa_backward(
     q, k, v, qr, kr, tm, scale, cap, memo = _prepare(
         fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap
     )
+    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic, memo=memo)
+    return _backward_into(fn, inp, backend, dout, out, lse, dq, dk, dv, delta, overwrite)
+
+
+def _backward_into(fn, inp: FFAInputs, backend, dout, out, lse, dq, dk, dv, delta, overwrite, impl=None):
+    """ffa_backward after its operands are checked (``inp``): the other tensors' checks and the run
+    (``impl`` as in _forward_into)."""
+    q, k, v = inp.q, inp.k, inp.v
     sq, hq, d = q.shape
     for name, t, shape in (("dout", dout, q.shape), ("out", out, q.shape)):
         if not isinstance(t, torch.Tensor) or list(t.shape) != list(shape):
@@ -373,8 +389,7 @@ def ffa_backward(
     _check_buffer(fn, "delta", delta, (sq, hq), q.device, (torch.float32, torch.float64))
     written = _overwrite_names(fn, overwrite, tuple(bufs))
     adt = acc_dtype(q.dtype)
-    inp = FFAInputs(q, k, v, qr, kr, tm, scale, cap, deterministic, memo=memo)
-    impl = select_backend(inp, backend)
+    impl = impl or select_backend(inp, backend)
     if delta is None and impl.USES_DELTA:
         delta = rowsum_out_dout(out, dout)
     none_given = all(b is None for b in bufs.values())

@@ -20,7 +20,7 @@ from magi_attention import _compat
 from magi_attention.common.host_collective import run_and_release
 
 __all__ = ["_acc_dtype", "_optional_kwargs", "_Calc", "_FFARuntimeMixin", "_save_for_backward",
-           "_saved_inputs", "_default_scale", "cast_lists", "kernel_backend", "native_folds_at_wait",
+           "_saved_inputs", "_default_scale", "bound_calls", "cast_lists", "kernel_backend", "native_folds_at_wait",
            "reduce_folds_at_wait",
            "value_dtype", "writes_buffers"]
 
@@ -105,6 +105,14 @@ class _Calc:
         self.types = torch.from_numpy(np.ascontiguousarray(t, dtype=np.int32)).to(device)
         self.area = int(calc.area)
         self.empty = self.q_ranges.shape[0] == 0 or self.area == 0
+        self.bound: Any = None  # magi_ffa.FFACall of these slices (False: none), made at the first call
+
+
+def bound_calls() -> bool:
+    """Whether the loaded magi_ffa binds a mask's calls (``FFACall``, interface 1.4): the slices and
+    the call layout are then checked once, not on every stage of every layer (host time: a 32k
+    varlen step on 2 GPUs is host-bound)."""
+    return _compat.offers(_compat.ffa, ">=1.4")
 
 
 class _FFARuntimeMixin:
@@ -119,9 +127,21 @@ class _FFARuntimeMixin:
     cp_group: Any
     _dsink_warned = False
 
+    def _bound(self, calc: _Calc):
+        """``calc``'s FFACall (made on first use), or False where magi_ffa has none."""
+        if calc.bound is None:
+            calc.bound = bound_calls() and _compat.ffa.FFACall(
+                calc.q_ranges, calc.k_ranges, calc.types, deterministic=self.flags.deterministic, backend=self.backend)
+        return calc.bound
+
     def _fwd(self, q, k, v, calc: _Calc, out, lse, max_logits, scale, softcap, overwrite: bool = False):
         """lse-merge ``calc``'s attention into out/lse (or write them whole: ``overwrite``)."""
         if calc.empty:
+            return
+        bound = self._bound(calc)
+        if bound:
+            bound.forward(q, k, v, softmax_scale=scale, softcap=softcap, out=out, lse=lse, max_logits=max_logits,
+                          return_max_logits=max_logits is not None, overwrite=overwrite)
             return
         fn = _compat.ffa.ffa_forward
         extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge)
@@ -145,6 +165,11 @@ class _FFARuntimeMixin:
              overwrite: tuple[str, ...] = ()):
         """Add ``calc``'s dq/dk/dv into the buffers (or write those named in ``overwrite`` whole)."""
         if calc.empty:
+            return
+        bound = self._bound(calc)
+        if bound:
+            bound.backward(dout, q, k, v, out, lse, softmax_scale=scale, softcap=softcap, dq=dq, dk=dk, dv=dv,
+                           delta=delta, overwrite=overwrite)
             return
         fn = _compat.ffa.ffa_backward
         extra = _optional_kwargs(fn, auto_range_merge=self.flags.auto_range_merge,

@@ -116,13 +116,34 @@ def _lse_from_fa4(lse: torch.Tensor) -> torch.Tensor:
     return lse.permute(0, 2, 1).flatten(0, 1)
 
 
+_last_lse: list = [None, None, {}]  # the last backward call's lse, its version, {batch: FA4's copy}
+
+
 def _lse_for_fa4(lse: torch.Tensor, mask: SliceBlockMask) -> torch.Tensor:
     """lse [S, H] in FA4's backward layout ([H, S] varlen, else [B, H, S / B]), in one kernel that
     also maps -inf to +inf: rows that see nothing anywhere then give exp(s - lse) = 0 instead of
-    exp(-inf + inf) = NaN (NaN and +inf are kept)."""
-    src = lse.t() if _varlen(mask) else lse.unflatten(0, (_batch(mask), -1)).permute(0, 2, 1)
-    inf = float("inf")
-    return torch.nan_to_num(src, nan=float("nan"), posinf=inf, neginf=inf, out=lse.new_empty(src.shape))
+    exp(-inf + inf) = NaN (NaN and +inf are kept).
+
+    Made once per lse: the runtime's stages all run their backward on the same merged lse, so the
+    copy of the last lse seen is kept (with the lse itself, so that no other tensor can take its
+    memory while the copy is kept) and given again while the lse is unchanged (its version). The
+    varlen layout is the B = 1 layout without B, so those two share one copy.
+    """
+    b = 1 if _varlen(mask) else _batch(mask)
+    copies: dict = {}
+    if not lse.is_inference():  # inference tensors have no version counter: made every time
+        last, version, seen = _last_lse
+        if last is lse and version == lse._version:
+            copies = seen
+        else:
+            _last_lse[:] = (lse, lse._version, copies)
+    fa4 = copies.get(b)
+    if fa4 is None:
+        src = lse.unflatten(0, (b, -1)).permute(0, 2, 1)
+        inf = float("inf")
+        fa4 = copies[b] = torch.nan_to_num(src, nan=float("nan"), posinf=inf, neginf=inf,
+                                           out=lse.new_empty(src.shape))
+    return fa4[0] if _varlen(mask) else fa4
 
 
 def _computed(mask: SliceBlockMask, direction: str):
