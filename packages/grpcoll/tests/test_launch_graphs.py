@@ -156,3 +156,43 @@ def test_a_launch_failing_inside_the_capture_still_ends_it(cuda_faked, recorder)
     with pytest.warns(RuntimeWarning, match="a launch failed"):
         assert _graphs._capture(launch) is None
     assert recorder.ended == [True] and not _graphs.graphs_enabled()
+
+
+def test_a_caller_gives_its_own_switch_and_totals(cuda_faked, monkeypatch):
+    """LaunchGraphs for a caller's own launches (interface 1.4): its switch, not the native ops'
+    environment variable, decides, and its counts go to its totals, not to graph_stats()."""
+    import magi_grpcoll
+
+    assert magi_grpcoll.LaunchGraphs is LaunchGraphs
+    monkeypatch.setenv("MAGI_GRPCOLL_CUDA_GRAPHS", "0")  # the native ops' switch: not this caller's
+    on, totals, calls = [True], {"replays": 0, "captures": 0, "eager": 0}, []
+    before = _graphs.graph_stats()
+    graphs = LaunchGraphs(capture=_Graph, enabled=lambda: on[0], totals=totals)
+    for step in range(1, 4):
+        graphs.run("layer", _recording(calls, step))
+    assert calls == [1, 2, 2] and totals == {"replays": 2, "captures": 1, "eager": 1}
+    on[0] = False
+    graphs.run("layer", _recording(calls, 4))
+    assert calls == [1, 2, 2, 4] and totals["eager"] == 2
+    assert _graphs.graph_stats() == before
+
+
+def test_native_call_state_counts_and_is_set_back(monkeypatch):
+    """The native calls' count per group (their buffer halves alternate by it) and the buffer's
+    generation, read and set for callers that capture native calls into their own graphs."""
+    from magi_grpcoll import native_call_state, set_native_call_count
+    from magi_grpcoll.impl import native
+
+    buffers = native._Buffers()
+    monkeypatch.setattr(native._NATIVE, "_buffers", buffers)
+    group = object()
+    assert native_call_state(group) is None
+    with pytest.raises(RuntimeError, match="no native call"):
+        set_native_call_count(group, 3)
+    buffers._by_group[native._group_key(group)] = {"buf": None, "hdl": None, "half": 1 << 20, "calls": 0,
+                                                   "peer_bufs": None, "gen": 7}
+    for parity in (0, 1, 0):
+        assert buffers.half(group, 16, "cpu")[3] == parity * (1 << 20)
+    assert native_call_state(group) == (3, 7)
+    set_native_call_count(group, 1)  # back to before a capture of two calls
+    assert native_call_state(group) == (1, 7) and buffers.half(group, 16, "cpu")[3] == 1 << 20

@@ -93,7 +93,8 @@ def stack_layers(attn, q, k, v, layers: int):
 
 def launch_counts() -> dict:
     """The host-path shortcuts' counts so far in this process: FA4's launch replay (recorded /
-    replayed / refused) and the native group collectives' CUDA graphs (replays / captures / eager).
+    replayed / refused), the native group collectives' CUDA graphs and the runtime's whole-call
+    graphs (replays / captures / eager).
     A timed step that is refused or launched eagerly pays the full host path; diff two readings to
     see what a measurement did. Modules not imported count as absent."""
     counts = {}
@@ -104,6 +105,9 @@ def launch_counts() -> dict:
     graphs = sys.modules.get("magi_grpcoll.impl._graphs")
     if graphs is not None:
         counts.update({f"graphs {k}": v for k, v in graphs.graph_stats().items()})
+    calls = sys.modules.get("magi_attention.runtime.graphs")  # whole calc_attn calls (MAGI_ATTENTION_CUDA_GRAPHS)
+    if calls is not None:
+        counts.update({f"call graphs {k}": v for k, v in calls.stats().items()})
     return counts
 
 

@@ -54,7 +54,7 @@ class _LaunchOrderSpy:
     path (``dist_attn.HOST_STAGE_FIRST``) is taken on gloo: ``_InputsReady`` (an event and a side
     stream) is replaced by a stand-in that logs ``ready`` and issues in place."""
 
-    _METHODS = ("forward", "backward", "_fwd", "_bwd", "_cast_kv", "_reduce_dkv")
+    _METHODS = ("forward", "backward", "_fwd", "_bwd", "_recv_buffer", "_cast_kv", "_reduce_dkv")
 
     def __init__(self, runtime) -> None:
         import contextlib
@@ -91,10 +91,12 @@ class _LaunchOrderSpy:
             setattr(runtime, name, logged(name))  # an instance attribute shadows the method
 
     def check(self, label: str) -> None:
-        """In each pass that casts: ``ready`` (inputs marked), the first calc, then the up-front
-        casts, and (backward) a cast before the first reduce; unless that pass's first calc (the
-        host stage, or under hide tail the backward's kept tail) launches nothing, when the casts
-        come first."""
+        """In each pass that casts: ``ready`` (inputs marked) and the up-front casts' receive
+        buffers, the first calc, then those casts, and (backward) a cast before the first reduce;
+        unless that pass's first calc (the host stage, or under hide tail the backward's kept tail)
+        launches nothing, when the casts come first. (A receive buffer made after the first calc's
+        launch could be a block the calc's temporaries just freed, which the cast, waiting for the
+        inputs only, would overwrite while the calc runs.)"""
         rt = self._runtime
         first_empty = {"forward": rt.host_calc.empty,
                        "backward": rt.stage_calcs[-1].empty if rt.save_tail else rt.host_calc.empty}
@@ -115,6 +117,8 @@ class _LaunchOrderSpy:
                 assert "ready" not in p and first_cast < p.index(calc), f"{label}: {p}"
                 continue
             assert "ready" in p and p.index("ready") < p.index(calc) < first_cast, f"{label}: {p}"
+            up_front = p[:p.index(calc)].count("_recv_buffer")
+            assert up_front >= 1 and p[first_cast - 1] != "_recv_buffer", f"{label}: buffers after the calc: {p}"
             if "_reduce_dkv" in p:
                 assert first_cast < p.index("_reduce_dkv"), f"{label}: {p}"
 

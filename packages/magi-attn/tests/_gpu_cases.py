@@ -134,25 +134,44 @@ def _run_one(case: dict, device: torch.device) -> dict:
         dc = DispatchConfig(alg=CostAwareDispatchAlg())
     key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, compute_pad_size(T, world, chunk),
                              chunk, dist.group.WORLD, DistAttnConfig(dispatch_config=dc, overlap_config=oc))
-    gq, gk, gv = (x.clone().requires_grad_() for x in (q, k, v))
-    lout, meta = calc_attn(dispatch(gq, key), dispatch(gk, key), dispatch(gv, key), key)
-    out = undispatch(lout, key)
-    lse = undispatch(meta.lse, key)
-    out.backward(do)
-    torch.cuda.synchronize()
-    x = dict(zip(NAMES, (out.detach(), lse, gq.grad, gk.grad, gv.grad)))
-    assert all(t.dtype == torch.bfloat16 for n, t in x.items() if n != "lse"), \
-        {n: t.dtype for n, t in x.items()}
     as_t = lambda a: torch.tensor(a, dtype=torch.int32, device=device)  # noqa: E731
     qr_t, kr_t, tm_t = as_t(qr).reshape(-1, 2), as_t(kr).reshape(-1, 2), as_t(tm).reshape(-1)
     ref = _ref64(q, k, v, do, qr_t, kr_t, tm_t)
     lowp = _dense_lowp(q, k, v, do, qr_t, kr_t, tm_t)
-    errs = {}
-    for n in NAMES:
-        assert_close_to_ref(f"{case['name']} rank {dist.get_rank()}: {n}", x[n], lowp[n], ref[n])
-        fin = torch.isfinite(ref[n])
-        errs[n] = ((x[n].double() - ref[n])[fin].abs().max().item(),
-                   (lowp[n].double() - ref[n])[fin].abs().max().item())
+    # ``repeat``: the same calls again on tensors at the same addresses (the runtime's CUDA graphs
+    # capture the second and replay from the third); every repetition is checked
+    lq, lk, lv = (dispatch(x, key).detach().requires_grad_() for x in (q, k, v))
+    ldo = dispatch(do, key)
+    from magi_attention.runtime import graphs
+
+    replays_before = graphs.stats()["replays"]
+    errs, failures = {}, []
+    for i in range(case.get("repeat", 1)):
+        lq.grad = lk.grad = lv.grad = None
+        seen = graphs.stats()
+        lout, meta = calc_attn(lq, lk, lv, key)
+        lout.backward(ldo)
+        torch.cuda.synchronize()
+        if case.get("graph_replays"):  # what each repetition did (the graph case's report)
+            now = graphs.stats()
+            print(f"[gpu cases] {case['name']} rank {dist.get_rank()} repetition {i + 1}: whole-call graphs "
+                  + ", ".join(f"{k} {now[k] - seen[k]}" for k in now), file=sys.stderr, flush=True)
+        x = dict(zip(NAMES, (undispatch(t, key) for t in (lout.detach(), meta.lse, lq.grad, lk.grad, lv.grad))))
+        assert all(t.dtype == torch.bfloat16 for n, t in x.items() if n != "lse"), \
+            {n: t.dtype for n, t in x.items()}
+        for n in NAMES:  # every tensor of every repetition checked, then every failure reported
+            try:
+                assert_close_to_ref(f"{case['name']} rank {dist.get_rank()} repetition {i + 1}: {n}", x[n],
+                                    lowp[n], ref[n])
+            except AssertionError as e:
+                failures.append(str(e))
+            fin = torch.isfinite(ref[n])
+            err = (x[n].double() - ref[n])[fin].abs().max().item()
+            errs[n] = (max(err, errs.get(n, (0.0,))[0]), (lowp[n].double() - ref[n])[fin].abs().max().item())
+        del lout, meta, x
+    assert not failures, "\n".join(failures)
+    replays = graphs.stats()["replays"] - replays_before
+    assert replays >= case.get("graph_replays", 0), f"{case['name']}: {replays} whole-call graph replays"
     return errs
 
 

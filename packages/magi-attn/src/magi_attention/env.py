@@ -17,7 +17,7 @@ __all__ = [
     "is_sanity_check_enable", "is_flatten_head_groups_enable", "is_sdpa_backend_enable",
     "is_fa4_backend_enable", "is_cuda_device_max_connections_one",
     "is_deterministic_mode_enable", "is_profile_mode_enable", "is_auto_range_merge_enable",
-    "is_cat_gqa_enable", "dist_attn_backward_hide_tail_reduce", "dist_attn_runtime_dict_size",
+    "is_cat_gqa_enable", "is_cuda_graphs_enable", "dist_attn_backward_hide_tail_reduce", "dist_attn_runtime_dict_size",
     "is_hierarchical_comm_enable", "is_qo_comm_enable", "is_native_grpcoll_enable",
     "is_cpp_backend_enable", "is_fwd_high_precision_reduce_enable",
     "is_bwd_high_precision_reduce_enable", "dsink_all_reduce_op", "ffa_fwd_sm_margin",
@@ -43,6 +43,7 @@ FLAG_DEFAULTS: dict[str, str] = {
     "MAGI_ATTENTION_SDPA_BACKEND": "0",
     "MAGI_ATTENTION_DETERMINISTIC_MODE": "0",
     "MAGI_ATTENTION_PROFILE_MODE": "0",
+    "MAGI_ATTENTION_CUDA_GRAPHS": "0",
 }
 
 _DSINK_OPS = ("none", "sum", "avg")
@@ -119,6 +120,14 @@ def is_auto_range_merge_enable() -> bool:
 def is_cat_gqa_enable() -> bool:
     """MAGI_ATTENTION_CATGQA: CatGQA mode for the FFA backward inside dist-attn."""
     return _toggle("MAGI_ATTENTION_CATGQA")
+
+
+def is_cuda_graphs_enable() -> bool:
+    """MAGI_ATTENTION_CUDA_GRAPHS: replay whole calc_attn calls from CUDA graphs (runtime/graphs.py; not in v1.1.0).
+
+    A layer's forward or backward is captured once its tensors come back at the same addresses.
+    """
+    return _toggle("MAGI_ATTENTION_CUDA_GRAPHS")
 
 
 def dist_attn_backward_hide_tail_reduce() -> bool:
@@ -204,6 +213,7 @@ class EnvFlags:
     bwd_high_precision_reduce: bool
     dsink_all_reduce_op: str
     prefetch_stage_by_stage: bool
+    cuda_graphs: bool = False
 
 
 def snapshot_flags() -> EnvFlags:
@@ -223,6 +233,7 @@ def snapshot_flags() -> EnvFlags:
         bwd_high_precision_reduce=is_bwd_high_precision_reduce_enable(),
         dsink_all_reduce_op=dsink_all_reduce_op(),
         prefetch_stage_by_stage=is_cuda_device_max_connections_one(),
+        cuda_graphs=is_cuda_graphs_enable(),
     )
 
 

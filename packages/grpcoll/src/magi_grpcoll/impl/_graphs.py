@@ -96,22 +96,32 @@ def graph_capacity() -> int:
 class LaunchGraphs:
     """CUDA graphs of one bound plan's launch sequences, by key (see the module docstring).
 
-    ``capture`` builds a graph from a launch function (recorded on the current stream, not run);
-    tests pass a stand-in. ``replays`` / ``captures`` count what happened (tests and profiling).
+    ``capture`` builds a graph from a launch function (recorded on the current stream, not run:
+    anything with a ``replay()``, or None when it failed); tests pass a stand-in. ``enabled``: whether
+    graphs may be used now; ``totals``: the dict whose "replays" / "captures" / "eager" counts this
+    instance adds to (default: the native ops', ``graph_stats``). ``replays`` / ``captures`` count
+    this instance's. Public (interface 1.4) for callers that keep graphs of their own launch
+    sequences under the same policy, such as magi_attention's whole-call graphs.
     """
 
-    def __init__(self, capacity: int | None = None, min_sightings: int = 2, capture=_capture) -> None:
+    def __init__(self, capacity: int | None = None, min_sightings: int = 2, capture=_capture,
+                 enabled: Callable[[], bool] = graphs_enabled, totals: dict | None = None) -> None:
         self._capacity = graph_capacity() if capacity is None else capacity
         self._graphs: OrderedDict = OrderedDict()  # key -> graph
         self._sightings: OrderedDict = OrderedDict()  # family -> times seen
         self._dropped: OrderedDict = OrderedDict()  # keys whose graph was dropped (never captured again)
-        self._min_sightings, self._capture = min_sightings, capture
+        self._min_sightings, self._capture, self._enabled = min_sightings, capture, enabled
+        self._totals = _totals if totals is None else totals  # where replays / captures / eager add up
         self.replays = self.captures = 0
+
+    def __len__(self) -> int:
+        """Graphs kept now."""
+        return len(self._graphs)
 
     def run(self, key: Hashable, launch: Callable[[], None], family: Hashable | None = None) -> None:
         """Issue ``launch()``'s work on the current stream: from a graph of ``key`` when there is one.
         ``family``: the key without what alternates between otherwise equal calls (default: the key)."""
-        if not graphs_enabled() or torch.cuda.is_current_stream_capturing():
+        if not self._enabled() or torch.cuda.is_current_stream_capturing():
             self._eager(launch)
             return
         graph = self._graphs.get(key)
@@ -131,7 +141,7 @@ class LaunchGraphs:
             self._eager(launch)
             return
         self.captures += 1
-        _totals["captures"] += 1
+        self._totals["captures"] += 1
         self._graphs[key] = graph
         while len(self._graphs) > self._capacity:
             self._dropped[self._graphs.popitem(last=False)[0]] = None
@@ -146,9 +156,8 @@ class LaunchGraphs:
     def _replay(self, graph) -> None:
         graph.replay()
         self.replays += 1
-        _totals["replays"] += 1
+        self._totals["replays"] += 1
 
-    @staticmethod
-    def _eager(launch: Callable[[], None]) -> None:
+    def _eager(self, launch: Callable[[], None]) -> None:
         launch()
-        _totals["eager"] += 1
+        self._totals["eager"] += 1

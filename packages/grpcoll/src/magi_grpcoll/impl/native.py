@@ -45,7 +45,7 @@ from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, build_runs, copy_chunks, copy_runs, row_bytes
 from magi_grpcoll.kernels.range_reduce import OWN, RECEIVED, FoldSources, fold_from_sources
 
-__all__ = ["NativeImpl"]
+__all__ = ["NativeImpl", "native_call_state", "set_native_call_count"]
 
 _LOCAL = -1  # chunk destination: the local output tensor, not a peer buffer
 
@@ -122,6 +122,17 @@ class _Buffers:
 
     def release(self, group) -> None:
         self._held.discard(_group_key(group))
+
+    def state(self, group) -> tuple[int, int] | None:
+        """(native calls issued on ``group`` so far, its buffer's generation), or None before the first."""
+        cur = self._by_group.get(_group_key(group))
+        return None if cur is None else (cur["calls"], cur["gen"])
+
+    def set_calls(self, group, calls: int) -> None:
+        cur = self._by_group.get(_group_key(group))
+        if cur is None:
+            raise RuntimeError("magi_grpcoll native: no native call has been issued on this group yet.")
+        cur["calls"] = int(calls)
 
     def half(self, group, half_bytes: int, device):
         """(buffer, handle, device address of the peer-buffer address array, byte offset of the
@@ -527,4 +538,22 @@ class NativeImpl(GrpCollImpl):
         return GrpCollWork([work], post_fold, async_op, (buf, x, b))
 
 
-register_impl(NativeImpl())
+_NATIVE = register_impl(NativeImpl())
+
+
+def native_call_state(group=None) -> tuple[int, int] | None:
+    """(native calls issued on ``group`` so far, the generation of its shared buffer), or None before
+    its first native call.
+
+    For callers that capture native calls into their own CUDA graph: a call writes the buffer half
+    its count's parity names, and a replayed graph writes the halves it was captured with, so it
+    may be replayed only at the parity and generation it was captured at, and the count must then
+    be moved on by the calls it holds (``set_native_call_count``).
+    """
+    return _NATIVE._buffers.state(group)
+
+
+def set_native_call_count(group, count: int) -> None:
+    """Set the count of native calls issued on ``group``: back to its value before a capture (the
+    captured calls ran nothing), or on by the calls a replayed graph held."""
+    _NATIVE._buffers.set_calls(group, count)

@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from magi_attention import _compat
 from magi_attention.env import EnvFlags
+from magi_attention.runtime import graphs as _graphs
 from magi_attention.runtime._common import (
     _acc_dtype,
     _Calc,
@@ -59,6 +60,13 @@ __all__ = ["DistAttnRuntime", "DistAttnFunc", "dist_attn_func"]
 HOST_STAGE_FIRST = True
 
 
+def _empty_or(given: torch.Tensor | None, shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """``given`` (an output the caller allocated) when it has ``dtype``, else a new empty buffer."""
+    if given is not None and given.dtype == dtype:
+        return given
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 class _InputsReady:
     """An event recorded on the compute stream once the casts' inputs are ready, and a side stream
     that waits on it: a collective issued under ``issue()`` waits for that event only (collectives
@@ -66,7 +74,7 @@ class _InputsReady:
     collective does not delay it.
 
     Only the casts issued before the first calc go through it; their receive buffers are allocated
-    on the compute stream beforehand. Temporaries a collective implementation allocates under it
+    on the compute stream before that calc is launched (``_issue_first_casts``). Temporaries a collective implementation allocates under it
     belong to the side stream, whose next use always waits on a later event of the compute stream,
     recorded after every read of them that was queued.
     """
@@ -121,6 +129,12 @@ class DistAttnRuntime(_FFARuntimeMixin):
         # kernel calls reaching this rank's out/dq: the non-empty host and stage calcs
         self.contributors = sum(not c.empty for c in [self.host_calc, *self.stage_calcs])
         self._plans: dict[int, tuple[Any, Any]] = {}
+        # whole calls replayed from CUDA graphs (graphs.py): the native collectives' launches are
+        # capturable, a2a-v's NCCL calls are not tried; a kept tail outlives its forward
+        self.graphs = (_graphs.RuntimeGraphs(cp_group, device, native=flags.native_grpcoll)
+                       if flags.cuda_graphs and device.type == "cuda" and not self.save_tail
+                       and (flags.native_grpcoll or self.num_stages == 0) and _graphs.graphs_supported()
+                       else None)
 
     # ---------------------------------------------------------------- communication
     def _stage_plans(self, s: int, device: torch.device):
@@ -150,15 +164,19 @@ class DistAttnRuntime(_FFARuntimeMixin):
         projection), or one ``cat([k, v])`` shared by every stage."""
         return [k.contiguous(), v.contiguous()] if self.cast_lists else torch.cat([k, v], 0)
 
-    def _cast_kv(self, kv, s: int, ready: _InputsReady | None = None):
-        """Issue stage ``s``'s K/V group_cast from ``_kv_source`` (after ``ready``'s event only, when
-        given); returns (work, recv buffer [2R, hk, d]: k rows, then v rows). Read the buffer after
-        ``work.wait_post_process()``."""
-        n_recv = int(self.stages[s].num_recv_tokens)
+    def _recv_buffer(self, kv, s: int) -> torch.Tensor:
+        """Stage ``s``'s K/V receive buffer [2R, hk, d] (k rows, then v rows), on the current stream."""
         k = kv[0] if self.cast_lists else kv
-        buf = k.new_empty((2 * n_recv, *k.shape[1:]))
+        return k.new_empty((2 * int(self.stages[s].num_recv_tokens), *k.shape[1:]))
+
+    def _cast_kv(self, kv, s: int, ready: _InputsReady | None = None, buf: torch.Tensor | None = None):
+        """Issue stage ``s``'s K/V group_cast from ``_kv_source`` into ``buf`` (made here if not given),
+        after ``ready``'s event only when given; returns (work, buf). Read the buffer after
+        ``work.wait_post_process()``."""
+        buf = self._recv_buffer(kv, s) if buf is None else buf
+        n_recv = buf.shape[0] // 2
         dst = [buf[:n_recv], buf[n_recv:]] if self.cast_lists else buf
-        plan = self._stage_plans(s, k.device)[0]
+        plan = self._stage_plans(s, buf.device)[0]
         with ready.issue() if ready is not None else nullcontext():
             work = plan.cast(kv, dst, self.cp_group, async_op=True, **self.comm_kwargs)
         return work, buf
@@ -170,10 +188,16 @@ class DistAttnRuntime(_FFARuntimeMixin):
         the calc's launch but waiting only for the inputs; otherwise here, before it."""
         if HOST_STAGE_FIRST and stages and not first_calc_empty and self.device.type == "cuda":
             ready = _InputsReady(self.device)
+            # The receive buffers are allocated now, before the first calc: the casts wait for the
+            # inputs only, so a buffer made after the calc's launch could be a block the calc's own
+            # temporaries just freed (the caching allocator reuses blocks in the order of the stream
+            # that freed them), which the cast would then overwrite while the calc still uses it (dQ
+            # went NaN so inside a CUDA graph capture, where the pool holds nothing else).
+            bufs = {s: self._recv_buffer(kv, s) for s in stages}
 
             def issue_after_first_calc():
                 for s in stages:
-                    works[s] = self._cast_kv(kv, s, ready)
+                    works[s] = self._cast_kv(kv, s, ready, bufs[s])
 
             return issue_after_first_calc
         for s in stages:
@@ -189,7 +213,19 @@ class DistAttnRuntime(_FFARuntimeMixin):
 
     # ---------------------------------------------------------------- forward
     def forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool):
-        """Returns (out [Sq,hq,d] q.dtype, lse [Sq,hq] fp32|fp64, max_logits [hq] | None, tail kv)."""
+        """Returns (out [Sq,hq,d] q.dtype, lse [Sq,hq] fp32|fp64, max_logits [hq] | None, tail kv);
+        from a CUDA graph where ``self.graphs`` allows (no sink, no max_logits: nothing but out and
+        lse leaves the call, and both are allocated here, outside the graph)."""
+        if self.graphs is None or sink is not None or return_max_logits:
+            return self._forward(q, k, v, sink, scale, softcap, return_max_logits)
+        out = torch.empty((*q.shape[:2], v.shape[-1]), dtype=q.dtype, device=q.device)
+        lse = torch.empty(q.shape[:2], dtype=_acc_dtype(q.dtype), device=q.device)
+        key = ("fwd", scale, softcap, *(_graphs.tensor_key(t) for t in (q, k, v, out, lse)))
+        self.graphs.run(key, lambda: self._forward(q, k, v, None, scale, softcap, False, into=(out, lse)))
+        return out, lse, None, None
+
+    def _forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool, into=None):
+        """The forward; ``into``: (out, lse) to leave the results in (returned as they are)."""
         D = self.num_stages
         kv = self._kv_source(k, v) if D > 0 else None
         works: dict[int, Any] = {}
@@ -202,9 +238,9 @@ class DistAttnRuntime(_FFARuntimeMixin):
         # value_dtype); the sink and max_logits still work on fp32 accumulators.
         direct = self.writes and sink is None and not return_max_logits
         if direct:
-            out = torch.empty((sq, hq, v.shape[-1]), dtype=value_dtype(q.dtype, self.contributors),
-                              device=q.device)
-            lse = torch.empty((sq, hq), dtype=acc, device=q.device)
+            given_out, given_lse = into if into is not None else (None, None)
+            out = _empty_or(given_out, (sq, hq, v.shape[-1]), value_dtype(q.dtype, self.contributors), q.device)
+            lse = _empty_or(given_lse, (sq, hq), acc, q.device)
         else:
             out = torch.zeros((sq, hq, v.shape[-1]), dtype=acc, device=q.device)
             lse = torch.full((sq, hq), float("-inf"), dtype=acc, device=q.device)
@@ -233,12 +269,32 @@ class DistAttnRuntime(_FFARuntimeMixin):
             out.zero_()
             lse.fill_(float("-inf"))
         self._finish_forward(out, lse, sink, max_logits)
-        return out.to(q.dtype), lse, max_logits, tail
+        out = out.to(q.dtype)
+        if into is not None:
+            for dst, src in zip(into, (out, lse)):
+                if dst is not src:
+                    dst.copy_(src)
+            out, lse = into
+        return out, lse, max_logits, tail
 
     # ---------------------------------------------------------------- backward
     def backward(self, dout, q, k, v, out, lse, sink, tail, scale: float, softcap: float,
                  need_dsink: bool):
-        """Returns (dq, dk, dv, dsink | None), local to this rank.
+        """Returns (dq, dk, dv, dsink | None), local to this rank; from a CUDA graph where
+        ``self.graphs`` allows (no sink: only dq and dK/dV, allocated here, leave the call)."""
+        if self.graphs is None or sink is not None or tail is not None:
+            return self._backward(dout, q, k, v, out, lse, sink, tail, scale, softcap, need_dsink)
+        sk = k.shape[0]
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dkv = torch.empty((2 * sk, *k.shape[1:]), dtype=k.dtype, device=k.device)
+        key = ("bwd", scale, softcap, *(_graphs.tensor_key(t) for t in (dout, q, k, v, out, lse, dq, dkv)))
+        self.graphs.run(key, lambda: self._backward(dout, q, k, v, out, lse, None, None, scale, softcap, False,
+                                                    into=(dq, dkv)))
+        return dq, dkv[:sk], dkv[sk:], None
+
+    def _backward(self, dout, q, k, v, out, lse, sink, tail, scale: float, softcap: float,
+                  need_dsink: bool, into=None):
+        """The backward; ``into``: (dq, dK/dV [2 Sk]) to leave dq and dK/dV in (returned as views).
 
         With a magi_ffa that writes buffers (``writes_buffers``), the first call reaching dq writes
         it (in q's dtype where exact), the host calc writes this rank's dK/dV and each stage
@@ -253,10 +309,13 @@ class DistAttnRuntime(_FFARuntimeMixin):
         hp = self.flags.bwd_high_precision_reduce or acc == torch.float64
         comm_dtype = acc if hp else k.dtype  # the dK/dV payloads' dtype
         w = self.writes
-        dq = (torch.empty(q.shape, dtype=value_dtype(q.dtype, self.contributors), device=q.device)
-              if w else torch.zeros(q.shape, dtype=acc, device=q.device))
-        dkv_host = (torch.empty((2 * sk, *k.shape[1:]), dtype=comm_dtype, device=k.device) if w
-                    else torch.zeros((2 * sk, *k.shape[1:]), dtype=acc, device=k.device))
+        given_dq, given_dkv = into if into is not None else (None, None)
+        if w:
+            dq = _empty_or(given_dq, q.shape, value_dtype(q.dtype, self.contributors), q.device)
+            dkv_host = _empty_or(given_dkv, (2 * sk, *k.shape[1:]), comm_dtype, k.device)
+        else:
+            dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+            dkv_host = torch.zeros((2 * sk, *k.shape[1:]), dtype=acc, device=k.device)
 
         if self.save_tail and tail is not None:
             order = [D - 1] + list(range(D - 1)) + [None]
@@ -336,6 +395,11 @@ class DistAttnRuntime(_FFARuntimeMixin):
             dkv = dkv_host.add_(dkv_red)
         else:
             dkv = dkv_host + dkv_red.to(acc)
+        if into is not None:
+            for dst, src in zip(into, (dq, dkv)):
+                if dst is not src:
+                    dst.copy_(src)
+            dq, dkv = into
         return dq.to(q.dtype), dkv[:sk].to(k.dtype), dkv[sk:].to(v.dtype), dsink
 
 

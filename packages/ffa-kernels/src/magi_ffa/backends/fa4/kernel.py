@@ -131,7 +131,9 @@ def _lse_for_fa4(lse: torch.Tensor, mask: SliceBlockMask) -> torch.Tensor:
     """
     b = 1 if _varlen(mask) else _batch(mask)
     copies: dict = {}
-    if not lse.is_inference():  # inference tensors have no version counter: made every time
+    # made every time for inference tensors (no version counter) and inside a CUDA graph capture
+    # (its copy would live in the graph's pool, which later captures reuse)
+    if not lse.is_inference() and not (lse.is_cuda and torch.cuda.is_current_stream_capturing()):
         last, version, seen = _last_lse
         if last is lse and version == lse._version:
             copies = seen

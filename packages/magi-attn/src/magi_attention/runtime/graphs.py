@@ -1,0 +1,122 @@
+"""CUDA graphs of a runtime's whole forward and backward on one layer's tensors (MAGI_ATTENTION_CUDA_GRAPHS).
+
+Why: issuing one layer's calc_attn from Python (the stage kernels, the casts and reduces, the merges)
+took 0.4-0.9 ms of host time per forward and 1-1.7 ms per backward on the lent 2 x H200 hosts,
+against ~0.5 / ~1.2 ms of kernels for a 32k-token varlen causal step, so such steps ran at the
+host's pace (BENCHMARKS.md). Once captured, a call is one graph launch.
+
+What a graph bakes in, and so what its key holds: the address, shape, strides and dtype of every
+tensor the call reads or writes that is not the runtime's own (the inputs, and the outputs, which
+are allocated before the call, outside the graph), the scalars, and, with the native collectives,
+the parity of the group's native call count and its buffer's generation (a native call writes the
+buffer half its count's parity names; a replay writes the halves it was captured with). The rest
+lives as long as the runtime: its slice tensors and FFACalls (which hold the translated masks), the
+collectives' plans and the graphs' one memory pool. That pool is shared by all of the runtime's
+graphs: a call frees every temporary by its end, and the graphs replay one after another on one
+stream.
+
+When: a key is captured on its second sighting, so every cache a call fills (compiled kernels, masks,
+plans, copy tables) was filled by an eager call first, and replayed from its third
+(``magi_grpcoll.LaunchGraphs``' policy). Only on CUDA, with the native collectives or no remote
+stage (their launches are capturable; NCCL's a2a-v is not tried), and for calls whose tensors do
+not outlive them (no sink, no max_logits, no kept tail). A failed capture turns graphs off for the
+runtime, with one warning; its call runs eagerly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from magi_attention import _compat
+
+__all__ = ["RuntimeGraphs", "graphs_supported", "stats", "tensor_key"]
+
+CAPACITY = 512  # graphs per runtime: a forward and a backward per layer, each at two parities
+_totals = {"replays": 0, "captures": 0, "eager": 0}  # over every runtime of the process
+
+
+def stats() -> dict:
+    """Whole-call graph use so far in this process: replayed, captured, run eagerly."""
+    return dict(_totals)
+
+
+def graphs_supported() -> bool:
+    """Whether the loaded magi_grpcoll offers what runtime graphs need (interface 1.4)."""
+    return _compat.offers(_compat.grpcoll, ">=1.4")
+
+
+def tensor_key(t: torch.Tensor) -> tuple:
+    """What a captured launch sequence assumes about a tensor it was captured with."""
+    return t.data_ptr(), t.shape, t.stride(), t.dtype
+
+
+class _Captured:
+    """A graph and the native calls it holds: a replay moves the group's native call count on."""
+
+    def __init__(self, graph, group, native_calls: int) -> None:
+        self._graph, self._group, self._native_calls = graph, group, native_calls
+
+    def replay(self) -> None:
+        self._graph.replay()
+        if self._native_calls:
+            calls, _ = _compat.grpcoll.native_call_state(self._group)
+            _compat.grpcoll.set_native_call_count(self._group, calls + self._native_calls)
+
+
+class RuntimeGraphs:
+    """One runtime's graphs (see the module docstring). ``capture`` stands in for the CUDA capture in
+    tests (a function of the launch returning something with ``replay()``, or None)."""
+
+    def __init__(self, group, device: torch.device, native: bool, capture: Callable | None = None) -> None:
+        self._group, self._device, self._native = group, device, native
+        self._pool = None
+        self._stream = None
+        self._failed: str | None = None
+        self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, min_sightings=2,
+                                                    capture=capture or self._capture,
+                                                    enabled=lambda: self._failed is None, totals=_totals)
+
+    def run(self, key: tuple, launch: Callable[[], None]) -> None:
+        """``launch()`` (which writes only tensors described in ``key``), eagerly or from a graph."""
+        state = _compat.grpcoll.native_call_state(self._group) if self._native else None
+        where = None if state is None else (state[0] % 2, state[1])
+        self._graphs.run((key, where), launch, family=key)
+
+    def _native_calls(self) -> int:
+        state = _compat.grpcoll.native_call_state(self._group) if self._native else None
+        return 0 if state is None else state[0]
+
+    def _capture(self, launch: Callable[[], None]):
+        """A graph of ``launch()`` (recorded on a side stream into the runtime's pool, not run), or None."""
+        before = self._native_calls()
+        if self._pool is None or not len(self._graphs):  # a pool dies with its last graph
+            self._pool = torch.cuda.graph_pool_handle()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=self._device)
+        current = torch.cuda.current_stream(self._device)
+        self._stream.wait_stream(current)
+        graph = torch.cuda.CUDAGraph()
+        error = None
+        try:
+            with torch.cuda.stream(self._stream):
+                graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+                try:
+                    launch()
+                finally:
+                    graph.capture_end()
+        except Exception as e:  # noqa: BLE001 - the call then runs eagerly
+            error = e
+        current.wait_stream(self._stream)
+        held = self._native_calls() - before
+        if self._native and held:
+            _compat.grpcoll.set_native_call_count(self._group, before)  # the captured calls ran nothing
+        if error is not None:
+            self._failed = f"{type(error).__name__}: {error}"
+            warnings.warn(f"magi_attention: capturing a calc_attn call into a CUDA graph failed ({self._failed}); "
+                          "this runtime's calls run eagerly from now on (MAGI_ATTENTION_CUDA_GRAPHS=0 silences "
+                          "this).", RuntimeWarning, stacklevel=4)
+            return None
+        return _Captured(graph, self._group, held)

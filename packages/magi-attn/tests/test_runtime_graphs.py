@@ -1,0 +1,161 @@
+"""Whole calc_attn calls from CUDA graphs (runtime/graphs.py, MAGI_ATTENTION_CUDA_GRAPHS), on CPU.
+
+The captures themselves run on GPUs (test_gpu_dist.py, case ``fa4_native_cuda_graphs``). Here: the
+runtime's graph path (outputs allocated before the call, results left in them) gives exactly what
+the plain path gives, on 2 gloo ranks; and the bookkeeping of captures and replays (keys, the native
+collectives' call count, a failed capture) with CUDA stood in for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from magi_attention.testing.dist import run_distributed
+
+
+class _EagerGraphs:
+    """RuntimeGraphs' place in the runtime, running every call eagerly and noting its key."""
+
+    def __init__(self):
+        self.kinds = []
+
+    def run(self, key, launch):
+        self.kinds.append(key[0])
+        launch()
+
+
+def _graph_path_vs_plain(rank, world, mask):
+    from magi_attention.api import DistAttnConfig, OverlapConfig, calc_attn, dispatch, magi_attn_flex_key
+    from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+    T, h, d = 96, 2, 16
+    cu = [0, 17, 58, 96]
+    qr = [[a, b] for a, b in zip(cu, cu[1:])]
+    kr, types = ([[0, T]] * 3, [0] * 3) if mask == "full" else (qr, [1] * 3)  # else varlen causal
+    overlap = OverlapConfig(degree=3 if mask == "full" else 1, min_chunk_size=8, max_num_chunks=64)
+    key = magi_attn_flex_key(qr, kr, types, T, T, h, h, d, 0, 8, torch.distributed.group.WORLD,
+                             DistAttnConfig(overlap_config=overlap))
+    runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+    torch.manual_seed(0)
+    # bf16: with three or more calls reaching a row, out / dq accumulate in fp32 and are copied
+    # into the given outputs at the end; with fewer, they are the given outputs
+    q, k, v, do = (torch.randn(T, h, d).to(torch.bfloat16) for _ in range(4))
+    lq, lk, lv, ldo = (dispatch(x, key) for x in (q, k, v, do))
+
+    def step():
+        xs = [t.detach().clone().requires_grad_() for t in (lq, lk, lv)]
+        out, meta = calc_attn(*xs, key)
+        out.backward(ldo)
+        return [out.detach(), meta.lse, *(x.grad for x in xs)]
+
+    plain = step()
+    graphs = runtime.graphs = _EagerGraphs()
+    for _ in range(2):
+        for got, want in zip(step(), plain):
+            assert got.dtype == want.dtype and torch.equal(got, want)
+    assert graphs.kinds == ["fwd", "bwd", "fwd", "bwd"], graphs.kinds
+    return runtime.contributors
+
+
+@pytest.mark.parametrize("mask", ["full", "varlen_causal"])
+def test_the_graph_path_gives_what_the_plain_path_gives(mask):
+    contributors = run_distributed(_graph_path_vs_plain, 2, mask, timeout=180)
+    # full, three stages: more than two calls reach some rows (accumulated in fp32, then copied into
+    # the given outputs); varlen causal, one stage: at most two (the given outputs written directly)
+    assert (max(contributors) >= 3) == (mask == "full"), contributors
+
+
+# ------------------------------------------------------------------------ bookkeeping, CUDA faked
+class _FakeGraph:
+    """torch.cuda.CUDAGraph's part in a capture: the launch runs (recorded), a replay runs nothing."""
+
+    made: list = []
+    capturing = False
+
+    def __init__(self):
+        self.replays = 0
+        type(self).made.append(self)
+
+    def capture_begin(self, pool=None, capture_error_mode=None):
+        type(self).capturing = True
+
+    def capture_end(self):
+        type(self).capturing = False
+
+    def replay(self):
+        self.replays += 1
+
+
+class _Stream:
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.fixture
+def cuda_faked(monkeypatch):
+    import magi_grpcoll
+    from magi_attention import _compat
+
+    _FakeGraph.made, _FakeGraph.capturing = [], False
+    for name, value in (("CUDAGraph", _FakeGraph), ("Stream", lambda device=None: _Stream()),
+                        ("current_stream", lambda device=None: _Stream()),
+                        ("stream", lambda s: contextlib.nullcontext()), ("graph_pool_handle", object),
+                        ("is_current_stream_capturing", lambda: _FakeGraph.capturing)):
+        monkeypatch.setattr(torch.cuda, name, value)
+    state = {"calls": None, "gen": 5}  # the native collectives' state of the group
+    monkeypatch.setattr(magi_grpcoll, "native_call_state",
+                        lambda group: None if state["calls"] is None else (state["calls"], state["gen"]))
+    monkeypatch.setattr(magi_grpcoll, "set_native_call_count", lambda group, n: state.update(calls=n))
+    monkeypatch.setattr(_compat, "grpcoll", magi_grpcoll)
+    return state
+
+
+def test_captured_on_the_second_sighting_replayed_after_with_the_native_count_moved_on(cuda_faked):
+    from magi_attention.runtime import graphs
+
+    state, ran = cuda_faked, []
+
+    def launch():  # a layer's call: two native calls
+        ran.append(1)
+        state["calls"] = (state["calls"] or 0) + 2
+
+    before = graphs.stats()
+    rg = graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=True)
+    rg.run(("fwd", 1), launch)  # first sighting: eager
+    assert len(ran) == 1 and state["calls"] == 2 and not _FakeGraph.made
+    rg.run(("fwd", 1), launch)  # second: captured (the launch runs into the capture), then replayed
+    assert len(ran) == 2 and len(_FakeGraph.made) == 1 and _FakeGraph.made[0].replays == 1
+    assert state["calls"] == 4  # set back after the capture, moved on by the replay
+    rg.run(("fwd", 1), launch)  # third: replayed only
+    assert len(ran) == 2 and _FakeGraph.made[0].replays == 2 and state["calls"] == 6
+    state["calls"] = 7  # another call's parity: another key of the family, captured at once
+    rg.run(("fwd", 1), launch)
+    assert len(_FakeGraph.made) == 2 and state["calls"] == 9
+    state["gen"] = 6  # the shared buffer was replaced: the old graphs' halves are gone
+    rg.run(("fwd", 1), launch)
+    assert len(_FakeGraph.made) == 3
+    after = graphs.stats()
+    assert after["captures"] - before["captures"] == 3 and after["eager"] - before["eager"] == 1
+
+
+def test_a_failed_capture_runs_the_call_eagerly_and_turns_graphs_off(cuda_faked):
+    from magi_attention.runtime import graphs
+
+    state, ran = cuda_faked, []
+
+    def launch():
+        ran.append(1)
+        state["calls"] = (state["calls"] or 0) + 1
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("not capturable")
+
+    rg = graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=True)
+    rg.run(("bwd",), launch)
+    with pytest.warns(RuntimeWarning, match="capturing a calc_attn call"):
+        rg.run(("bwd",), launch)
+    # the capture failed after one native call: the count is set back, then the eager call adds its own
+    assert state["calls"] == 2 and len(ran) == 3
+    rg.run(("bwd",), launch)
+    assert len(ran) == 4 and state["calls"] == 3 and len(_FakeGraph.made) == 1
