@@ -159,3 +159,29 @@ def test_a_failed_capture_runs_the_call_eagerly_and_turns_graphs_off(cuda_faked)
     assert state["calls"] == 2 and len(ran) == 3
     rg.run(("bwd",), launch)
     assert len(ran) == 4 and state["calls"] == 3 and len(_FakeGraph.made) == 1
+
+
+def test_graphs_asked_for_where_they_cannot_run_say_why_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from magi_attention.runtime import graphs
+
+    monkeypatch.setattr(graphs, "_warned", set())
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    native = SimpleNamespace(cuda_graphs=True, native_grpcoll=True)
+    a2av = SimpleNamespace(cuda_graphs=True, native_grpcoll=False)
+    assert graphs.unusable_reason(native, cuda, 2, False) is None
+    assert graphs.unusable_reason(a2av, cuda, 0, False) is None  # no remote stage: nothing to capture but kernels
+    assert "CUDA" in graphs.unusable_reason(native, cpu, 2, False)
+    assert "HIDE_TAIL" in graphs.unusable_reason(native, cuda, 2, True)
+    assert "NATIVE_GRPCOLL" in graphs.unusable_reason(a2av, cuda, 2, False)
+    monkeypatch.setattr(graphs, "graphs_supported", lambda: False)
+    assert "interface 1.4" in graphs.unusable_reason(native, cuda, 2, False)
+    assert graphs.make_runtime_graphs(SimpleNamespace(cuda_graphs=False), None, cpu, 2, False) is None
+    with pytest.warns(RuntimeWarning, match="MAGI_ATTENTION_CUDA_GRAPHS=1 is ignored here: the runtime runs on cpu"):
+        assert graphs.make_runtime_graphs(native, None, cpu, 2, False) is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same reason again: no second warning
+        assert graphs.make_runtime_graphs(native, None, cpu, 2, False) is None

@@ -131,10 +131,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self._plans: dict[int, tuple[Any, Any]] = {}
         # whole calls replayed from CUDA graphs (graphs.py): the native collectives' launches are
         # capturable, a2a-v's NCCL calls are not tried; a kept tail outlives its forward
-        self.graphs = (_graphs.RuntimeGraphs(cp_group, device, native=flags.native_grpcoll)
-                       if flags.cuda_graphs and device.type == "cuda" and not self.save_tail
-                       and (flags.native_grpcoll or self.num_stages == 0) and _graphs.graphs_supported()
-                       else None)
+        self.graphs = _graphs.make_runtime_graphs(flags, cp_group, device, self.num_stages, self.save_tail)
 
     # ---------------------------------------------------------------- communication
     def _stage_plans(self, s: int, device: torch.device):

@@ -32,7 +32,7 @@ import torch
 
 from magi_attention import _compat
 
-__all__ = ["RuntimeGraphs", "graphs_supported", "stats", "tensor_key"]
+__all__ = ["RuntimeGraphs", "graphs_supported", "make_runtime_graphs", "stats", "tensor_key", "unusable_reason"]
 
 CAPACITY = 512  # graphs per runtime: a forward and a backward per layer, each at two parities
 _totals = {"replays": 0, "captures": 0, "eager": 0}  # over every runtime of the process
@@ -46,6 +46,37 @@ def stats() -> dict:
 def graphs_supported() -> bool:
     """Whether the loaded magi_grpcoll offers what runtime graphs need (interface 1.4)."""
     return _compat.offers(_compat.grpcoll, ">=1.4")
+
+
+def unusable_reason(flags, device: torch.device, num_stages: int, keeps_tail: bool) -> str | None:
+    """Why a runtime with these flags cannot replay its calls from graphs (None: it can)."""
+    if device.type != "cuda":
+        return f"the runtime runs on {device.type}, not CUDA"
+    if keeps_tail:
+        return "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE=1 keeps a stage's K/V from the forward to the backward"
+    if num_stages and not flags.native_grpcoll:
+        return "remote stages need MAGI_ATTENTION_NATIVE_GRPCOLL=1 (a2a-v's NCCL calls are not captured)"
+    if not graphs_supported():
+        return "the installed magi_grpcoll is older than interface 1.4"
+    return None
+
+
+_warned: set = set()
+
+
+def make_runtime_graphs(flags, group, device: torch.device, num_stages: int, keeps_tail: bool):
+    """A runtime's RuntimeGraphs when MAGI_ATTENTION_CUDA_GRAPHS asks for them and they can run, else
+    None (with one warning per reason when they were asked for and cannot)."""
+    if not flags.cuda_graphs:
+        return None
+    reason = unusable_reason(flags, device, num_stages, keeps_tail)
+    if reason is None:
+        return RuntimeGraphs(group, device, native=flags.native_grpcoll)
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"magi_attention: MAGI_ATTENTION_CUDA_GRAPHS=1 is ignored here: {reason}.", RuntimeWarning,
+                      stacklevel=3)
+    return None
 
 
 def tensor_key(t: torch.Tensor) -> tuple:
