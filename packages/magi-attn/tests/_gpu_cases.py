@@ -116,6 +116,7 @@ def _run_one(case: dict, device: torch.device) -> dict:
         undispatch,
     )
     from magi_attention.common.enum import AttnOverlapMode
+    from magi_attention.runtime import graphs
     from magi_ffa.testing import assert_close_to_ref
 
     T, hq, hk, d, chunk = case["T"], case["hq"], case["hk"], case["d"], case["chunk"]
@@ -142,8 +143,6 @@ def _run_one(case: dict, device: torch.device) -> dict:
     # capture the second and replay from the third); every repetition is checked
     lq, lk, lv = (dispatch(x, key).detach().requires_grad_() for x in (q, k, v))
     ldo = dispatch(do, key)
-    from magi_attention.runtime import graphs
-
     replays_before = graphs.stats()["replays"]
     errs, failures = {}, []
     for i in range(case.get("repeat", 1)):

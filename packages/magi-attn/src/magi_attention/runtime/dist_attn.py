@@ -74,9 +74,9 @@ class _InputsReady:
     collective does not delay it.
 
     Only the casts issued before the first calc go through it; their receive buffers are allocated
-    on the compute stream before that calc is launched (``_issue_first_casts``). Temporaries a collective implementation allocates under it
-    belong to the side stream, whose next use always waits on a later event of the compute stream,
-    recorded after every read of them that was queued.
+    on the compute stream before that calc is launched (``_issue_first_casts``). Temporaries a
+    collective implementation allocates under it belong to the side stream, whose next use always
+    waits on a later event of the compute stream, recorded after every read of them that was queued.
     """
 
     _streams: dict = {}  # device -> the side stream (one per device, reused)
