@@ -48,10 +48,10 @@ class FFACall:
             raise FFATypeError(f"FFACall(): backend must be a str or None, got {type(backend).__name__}.")
         self._ranges = (q_ranges, k_ranges, attn_type_map)
         self._deterministic, self._backend = deterministic, backend
-        self._layouts: dict = {}  # _layout(...) -> (FFAInputs fields past q/k/v, chosen backend)
+        self._layouts: dict = {}  # _layout(...) -> (FFAInputs fields past q/k/v, its memo, chosen backend)
 
     def _bound(self, fn: str, q, k, v, softmax_scale, softcap):
-        """(checked q, k, v, the call's FFAInputs, its backend): looked up, or checked now."""
+        """(the call's FFAInputs, its backend): the layout looked up, or checked now."""
         key = _layout(q, k, v, softmax_scale, softcap)
         hit = self._layouts.get(key)
         if hit is None:
