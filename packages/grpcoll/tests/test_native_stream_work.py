@@ -71,3 +71,44 @@ def test_a_bindings_tables_and_fold_sources_are_marked_used_on_the_comm_stream(m
     t = b.table("push", 64)
     assert t is made[0] and t.recorded == [comm]
     assert b.table("push", 64) is t and t.recorded == [comm]  # looked up again: marked once
+
+
+class _CommStream(_Stream):
+    def wait_stream(self, other) -> None:
+        self.waited.append(other)
+
+
+class _Event:
+    def record(self, stream) -> None:
+        self.stream = stream
+
+
+def _issue(monkeypatch, record):
+    """One op through ``_on_comm_stream`` with streams, events and tensors faked."""
+    import contextlib
+
+    import torch
+
+    current, comm = _CommStream(), _CommStream()
+    monkeypatch.setattr(native, "_current_stream", lambda device: current)
+    monkeypatch.setattr(native, "_comm_stream", lambda device: comm)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda s: None)
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    ran, ts = [], (_DeviceTensor(), _DeviceTensor())
+    work = native._on_comm_stream(torch.device("cpu"), [*ts, None], lambda: ran.append(1), record)
+    assert ran == [1] and comm.waited == [current]  # after the current stream's work
+    return work, comm, ts
+
+
+def test_a_call_may_hold_its_tensors_whatever_the_module_switch_says(monkeypatch):
+    monkeypatch.setattr(native, "RECORD_STREAMS", True)
+    work, comm, ts = _issue(monkeypatch, record=False)  # the call's record_streams=False wins
+    assert all(t.recorded == [] for t in ts) and work._held == ts
+    work.wait()
+    assert work._held == ()
+    work, comm, ts = _issue(monkeypatch, record=None)  # not given: the switch
+    assert all(t.recorded == [comm] for t in ts) and work._held == ()
+    monkeypatch.setattr(native, "RECORD_STREAMS", False)
+    work, comm, ts = _issue(monkeypatch, record=True)
+    assert all(t.recorded == [comm] for t in ts) and work._held == ()

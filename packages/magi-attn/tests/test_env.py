@@ -11,7 +11,7 @@ def test_defaults(monkeypatch):
     monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
     f = env.snapshot_flags()
     assert not any([f.deterministic, f.qo_comm, f.sdpa_backend, f.cat_gqa])
-    assert f.dsink_all_reduce_op == "none"
+    assert f.dsink_all_reduce_op == "none" and f.cuda_graphs == "auto"
     assert env.dist_attn_runtime_dict_size() == 1000
     assert env.ffa_fwd_sm_margin() == 4
     monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1")
@@ -21,7 +21,8 @@ def test_defaults(monkeypatch):
 @pytest.mark.parametrize("name,value", [("MAGI_ATTENTION_DETERMINISTIC_MODE", "yes"),
                                         ("MAGI_ATTENTION_DSINK_ALL_REDUCE_OP", "max"),
                                         ("MAGI_ATTENTION_DIST_ATTN_RUNTIME_DICT_SIZE", "0"),
-                                        ("MAGI_ATTENTION_SDPA_BACKEND", "2")])
+                                        ("MAGI_ATTENTION_SDPA_BACKEND", "2"),
+                                        ("MAGI_ATTENTION_CUDA_GRAPHS", "on")])
 def test_bad_values_raise(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(EnvFlagError, match=name):
@@ -40,6 +41,12 @@ def test_conflicts(monkeypatch, pair):
     with pytest.raises(EnvFlagError) as ei:
         env.check_flag_comb()
     assert all(n in str(ei.value) for n in pair)
+
+
+def test_cuda_graphs_mode(monkeypatch):
+    for raw, mode in (("auto", "auto"), ("AUTO", "auto"), ("1", "1"), ("0", "0"), ("", "auto")):
+        monkeypatch.setenv("MAGI_ATTENTION_CUDA_GRAPHS", raw)
+        assert env.cuda_graphs_mode() == mode and env.snapshot_flags().cuda_graphs == mode
 
 
 def test_dsink_op(monkeypatch):

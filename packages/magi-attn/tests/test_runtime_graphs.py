@@ -168,8 +168,8 @@ def test_graphs_asked_for_where_they_cannot_run_say_why_once(monkeypatch):
 
     monkeypatch.setattr(graphs, "_warned", set())
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    native = SimpleNamespace(cuda_graphs=True, native_grpcoll=True)
-    a2av = SimpleNamespace(cuda_graphs=True, native_grpcoll=False)
+    native = SimpleNamespace(cuda_graphs="1", native_grpcoll=True, fa4_backend=False)
+    a2av = SimpleNamespace(cuda_graphs="1", native_grpcoll=False, fa4_backend=False)
     assert graphs.unusable_reason(native, cuda, 2, False) is None
     assert graphs.unusable_reason(a2av, cuda, 0, False) is None  # no remote stage: nothing to capture but kernels
     assert "CUDA" in graphs.unusable_reason(native, cpu, 2, False)
@@ -177,7 +177,7 @@ def test_graphs_asked_for_where_they_cannot_run_say_why_once(monkeypatch):
     assert "NATIVE_GRPCOLL" in graphs.unusable_reason(a2av, cuda, 2, False)
     monkeypatch.setattr(graphs, "graphs_supported", lambda: False)
     assert "interface 1.4" in graphs.unusable_reason(native, cuda, 2, False)
-    assert graphs.make_runtime_graphs(SimpleNamespace(cuda_graphs=False), None, cpu, 2, False) is None
+    assert graphs.make_runtime_graphs(SimpleNamespace(cuda_graphs="0"), None, cpu, 2, False) is None
     with pytest.warns(RuntimeWarning, match="MAGI_ATTENTION_CUDA_GRAPHS=1 is ignored here: the runtime runs on cpu"):
         assert graphs.make_runtime_graphs(native, None, cpu, 2, False) is None
     import warnings
@@ -185,3 +185,31 @@ def test_graphs_asked_for_where_they_cannot_run_say_why_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same reason again: no second warning
         assert graphs.make_runtime_graphs(native, None, cpu, 2, False) is None
+
+
+def test_auto_uses_graphs_only_where_checked_on_gpus_and_says_nothing(monkeypatch):
+    import warnings
+    from types import SimpleNamespace
+
+    from magi_attention.runtime import graphs
+
+    monkeypatch.setattr(graphs, "_warned", set())
+    monkeypatch.setattr(graphs, "RuntimeGraphs", lambda group, device, native: ("graphs", native))
+    monkeypatch.setattr(graphs, "graphs_supported", lambda: True)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+
+    def flags(mode, fa4, native):
+        return SimpleNamespace(cuda_graphs=mode, fa4_backend=fa4, native_grpcoll=native)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never warns
+        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2, False) == ("graphs", True)
+        assert graphs.make_runtime_graphs(flags("auto", True, False), None, cuda, 0, False) == ("graphs", False)
+        assert graphs.make_runtime_graphs(flags("auto", False, True), None, cuda, 2, False) is None  # Triton
+        assert graphs.make_runtime_graphs(flags("auto", True, False), None, cuda, 2, False) is None  # a2av
+        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cpu, 2, False) is None
+        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2, True) is None  # kept tail
+    # 1 asks for them beyond what was checked (the Triton backend) and says why where they cannot run
+    assert graphs.make_runtime_graphs(flags("1", False, True), None, cuda, 2, False) == ("graphs", True)
+    with pytest.warns(RuntimeWarning, match="NATIVE_GRPCOLL"):
+        assert graphs.make_runtime_graphs(flags("1", True, False), None, cuda, 2, False) is None

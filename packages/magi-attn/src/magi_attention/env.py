@@ -17,7 +17,7 @@ __all__ = [
     "is_sanity_check_enable", "is_flatten_head_groups_enable", "is_sdpa_backend_enable",
     "is_fa4_backend_enable", "is_cuda_device_max_connections_one",
     "is_deterministic_mode_enable", "is_profile_mode_enable", "is_auto_range_merge_enable",
-    "is_cat_gqa_enable", "is_cuda_graphs_enable", "dist_attn_backward_hide_tail_reduce",
+    "is_cat_gqa_enable", "cuda_graphs_mode", "dist_attn_backward_hide_tail_reduce",
     "dist_attn_runtime_dict_size",
     "is_hierarchical_comm_enable", "is_qo_comm_enable", "is_native_grpcoll_enable",
     "is_cpp_backend_enable", "is_fwd_high_precision_reduce_enable",
@@ -44,7 +44,7 @@ FLAG_DEFAULTS: dict[str, str] = {
     "MAGI_ATTENTION_SDPA_BACKEND": "0",
     "MAGI_ATTENTION_DETERMINISTIC_MODE": "0",
     "MAGI_ATTENTION_PROFILE_MODE": "0",
-    "MAGI_ATTENTION_CUDA_GRAPHS": "0",
+    "MAGI_ATTENTION_CUDA_GRAPHS": "auto",
 }
 
 _DSINK_OPS = ("none", "sum", "avg")
@@ -123,12 +123,21 @@ def is_cat_gqa_enable() -> bool:
     return _toggle("MAGI_ATTENTION_CATGQA")
 
 
-def is_cuda_graphs_enable() -> bool:
-    """MAGI_ATTENTION_CUDA_GRAPHS: replay whole calc_attn calls from CUDA graphs (runtime/graphs.py; not in v1.1.0).
+_GRAPH_MODES = ("auto", "1", "0")
+
+
+def cuda_graphs_mode() -> str:
+    """MAGI_ATTENTION_CUDA_GRAPHS: replay whole calc_attn calls from CUDA graphs (runtime/graphs.py; not in v1.1.0): auto | 1 | 0.
 
     A layer's forward or backward is captured once its tensors come back at the same addresses.
+    ``auto``: where that has been checked on GPUs (the fa4 backend, with the native group collectives
+    or no remote stage); ``1``: wherever graphs can run, saying once why where they cannot; ``0``: never.
     """
-    return _toggle("MAGI_ATTENTION_CUDA_GRAPHS")
+    raw = os.environ.get("MAGI_ATTENTION_CUDA_GRAPHS", FLAG_DEFAULTS["MAGI_ATTENTION_CUDA_GRAPHS"]).strip().lower()
+    raw = raw or FLAG_DEFAULTS["MAGI_ATTENTION_CUDA_GRAPHS"]
+    if raw not in _GRAPH_MODES:
+        raise EnvFlagError(f"MAGI_ATTENTION_CUDA_GRAPHS={raw!r} is not valid; expected one of {_GRAPH_MODES}.")
+    return raw
 
 
 def dist_attn_backward_hide_tail_reduce() -> bool:
@@ -214,7 +223,7 @@ class EnvFlags:
     bwd_high_precision_reduce: bool
     dsink_all_reduce_op: str
     prefetch_stage_by_stage: bool
-    cuda_graphs: bool = False
+    cuda_graphs: str = "0"  # cuda_graphs_mode()
 
 
 def snapshot_flags() -> EnvFlags:
@@ -234,7 +243,7 @@ def snapshot_flags() -> EnvFlags:
         bwd_high_precision_reduce=is_bwd_high_precision_reduce_enable(),
         dsink_all_reduce_op=dsink_all_reduce_op(),
         prefetch_stage_by_stage=is_cuda_device_max_connections_one(),
-        cuda_graphs=is_cuda_graphs_enable(),
+        cuda_graphs=cuda_graphs_mode(),
     )
 
 

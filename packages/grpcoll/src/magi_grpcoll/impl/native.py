@@ -206,9 +206,10 @@ def _current_stream(device) -> torch.cuda.Stream:
 class _StreamWork:
     """The pending part of a native op: an event on the comm stream that the current stream waits on.
 
-    ``held``: the op's tensors when they were not marked used on the comm stream (``RECORD_STREAMS``
-    off): kept until the wait, after which freeing them is ordered after the op on the waiting
-    stream; a work dropped before its wait marks them then, so the allocator still waits for the op.
+    ``held``: the op's tensors when they were not marked used on the comm stream (the call's
+    ``record_streams=False``, or ``RECORD_STREAMS`` off): kept until the wait, after which freeing
+    them is ordered after the op on the waiting stream; a work dropped before its wait marks them
+    then, so the allocator still waits for the op.
     """
 
     def __init__(self, event, device, stream=None, held: tuple = ()) -> None:
@@ -247,7 +248,8 @@ COPY_ENGINE_CASTS = True
 #: allocator hands back other addresses and the CUDA graphs keyed by addresses rarely replay (4-layer
 #: varlen steps on 2 x H200: 134 replays, 53 captures, 226 eager launches). Held, a block is reusable
 #: once the waiting stream has waited for the op. That assumes the tensors live on the stream that
-#: waits (the runtime's one compute stream), so it stays on until an A/B has measured the other way.
+#: waits, so it stays the default here; a caller that knows that holds (magi_attention's runtime, whose
+#: tensors live on its one compute stream) passes ``record_streams=False`` to its calls (interface 1.5).
 RECORD_STREAMS = True
 #: A ``group_reduce(fold_at_wait=True)`` runs here (on): every row is pushed to its owner's receive
 #: region during the transfer (push fraction 1: nothing is left to pull), and the fold runs at the
@@ -277,9 +279,9 @@ def _used_on_comm_stream(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _on_comm_stream(device, tensors, fn) -> _StreamWork:
+def _on_comm_stream(device, tensors, fn, record: bool | None = None) -> _StreamWork:
     """Run fn() on the comm stream after the current stream's work; return its pending work (holding
-    ``tensors`` until the wait when ``RECORD_STREAMS`` is off)."""
+    ``tensors`` until the wait when ``record`` is False; None: ``RECORD_STREAMS``)."""
     stream = _comm_stream(device)
     current = _current_stream(device)
     stream.wait_stream(current)
@@ -293,12 +295,13 @@ def _on_comm_stream(device, tensors, fn) -> _StreamWork:
         with torch.cuda.stream(stream):
             fn()
     used = tuple(t for t in tensors if t is not None and t.is_cuda)
-    if RECORD_STREAMS:
+    record = RECORD_STREAMS if record is None else record
+    if record:
         for t in used:
             t.record_stream(stream)
     ev = torch.cuda.Event()
     ev.record(stream)
-    return _StreamWork(ev, device, stream, () if RECORD_STREAMS else used)
+    return _StreamWork(ev, device, stream, () if record else used)
 
 
 def cast_receive_positions(plan) -> torch.Tensor:
@@ -431,7 +434,8 @@ class NativeImpl(GrpCollImpl):
         buf, hdl, peer_bufs, half_off, gen = self._buffers.half(group, total, device)
         return buf, hdl, peer_bufs, tuple(half_off + o for o in offs), half_off, gen
 
-    def cast(self, plan, inputs, outputs, group, *, async_op, input_lse=None, output_lse=None, **kwargs):
+    def cast(self, plan, inputs, outputs, group, *, async_op, input_lse=None, output_lse=None,
+             record_streams: bool | None = None, **kwargs):
         from magi_grpcoll.work import GrpCollWork
 
         b = self._bind_cast(plan, group)
@@ -465,7 +469,7 @@ class NativeImpl(GrpCollImpl):
         family = ("cast", gen, engines,
                   *((s.data_ptr(), d.data_ptr(), rb) for (s, d), rb in zip(pairs, rbs)))
         work = _on_comm_stream(dev, [t for pair in pairs for t in pair],
-                               lambda: b.graphs.run((family, half_off), launch, family))
+                               lambda: b.graphs.run((family, half_off), launch, family), record_streams)
         defaults = tuple(d for _, d in pairs)
 
         def post(*outs):
@@ -474,7 +478,8 @@ class NativeImpl(GrpCollImpl):
         return GrpCollWork([work], post, async_op, (buf, b))
 
     def reduce(self, plan, input, output, group, *, async_op, reduce_op="sum", acc_reduce=True,
-               comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, **kwargs):
+               comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False,
+               record_streams: bool | None = None, **kwargs):
         from magi_grpcoll.work import GrpCollWork
 
         if fold_at_wait and not FOLD_AT_WAIT:  # switched off: a2av folds at the wait
@@ -514,7 +519,7 @@ class NativeImpl(GrpCollImpl):
             family = fold_key(output, output_lse)
             work = _on_comm_stream(input.device, [input, x, output, input_lse, output_lse],
                                    lambda: b.graphs.run((family, half_off), lambda: (send(), fold(output, output_lse)),
-                                                        family))
+                                                        family), record_streams)
 
             def post(*outs):
                 return (output, output_lse) if lse else output
@@ -522,7 +527,7 @@ class NativeImpl(GrpCollImpl):
             return GrpCollWork([work], post, async_op, (buf, x, b))
 
         work = _on_comm_stream(input.device, [input, x, input_lse],
-                               lambda: b.graphs.run((sent, half_off), send, sent))
+                               lambda: b.graphs.run((sent, half_off), send, sent), record_streams)
         self._buffers.hold(group)
 
         def post_fold(*outs):  # after the caller's writes to the output: fold on the comm stream, then wait
@@ -530,7 +535,8 @@ class NativeImpl(GrpCollImpl):
             out_lse = outs[1] if len(outs) > 1 else output_lse
             key = fold_key(out, out_lse)
             fold_work = _on_comm_stream(input.device, [x, out, input_lse, out_lse],
-                                        lambda: b.graphs.run((key, half_off), lambda: fold(out, out_lse), key))
+                                        lambda: b.graphs.run((key, half_off), lambda: fold(out, out_lse), key),
+                                        record_streams)
             self._buffers.release(group)
             fold_work.wait()
             return (out, out_lse) if lse else out

@@ -57,6 +57,15 @@ def reduce_folds_at_wait() -> bool:
     return _compat.offers(_compat.grpcoll, ">=1.3")
 
 
+def native_holds_tensors() -> bool:
+    """Whether the loaded magi_grpcoll's native calls take ``record_streams=False`` (interface 1.5):
+    their tensors are then held until the wait instead of marked used on the comm stream, so their
+    blocks come back to the caching allocator in program order and a layer's tensors keep their
+    addresses from step to step (what the whole-call graphs key on). Safe for the runtime: every
+    tensor it hands a native call lives on the stream that waits for it."""
+    return _compat.offers(_compat.grpcoll, ">=1.5")
+
+
 def native_folds_at_wait() -> bool:
     """Whether magi_grpcoll's native collectives fold a ``fold_at_wait`` reduce themselves (their
     ``FOLD_AT_WAIT`` switch, on by default; a magi_grpcoll without the switch: no) instead of

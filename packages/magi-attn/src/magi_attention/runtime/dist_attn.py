@@ -43,6 +43,7 @@ from magi_attention.runtime._common import (
     cast_lists,
     kernel_backend,
     native_folds_at_wait,
+    native_holds_tensors,
     reduce_folds_at_wait,
     value_dtype,
     writes_buffers,
@@ -113,6 +114,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self.flags = flags
         self.device = device
         self.comm_kwargs = dict(comm_kwargs or {})
+        if flags.native_grpcoll and native_holds_tensors():
+            self.comm_kwargs["record_streams"] = False  # stable addresses (graphs.py); 2 x H200: no slower
         self.host_calc = _Calc(rank_plan.host_calc, device)
         self.stages = list(rank_plan.stages)
         self.stage_calcs = [_Calc(s.calc, device) for s in self.stages]

@@ -17,29 +17,46 @@ stream.
 
 When: a key is captured on its second sighting, so every cache a call fills (compiled kernels, masks,
 plans, copy tables) was filled by an eager call first, and replayed from its third
-(``magi_grpcoll.LaunchGraphs``' policy). Only on CUDA, with the native collectives or no remote
-stage (their launches are capturable; NCCL's a2a-v is not tried), and for calls whose tensors do
-not outlive them (no sink, no max_logits, no kept tail). A failed capture turns graphs off for the
-runtime, with one warning; its call runs eagerly.
+(``magi_grpcoll.LaunchGraphs``' policy). That needs the caching allocator to hand a layer's tensors
+back at the same addresses step after step. It did not while the native collectives marked their
+tensors used on the comm stream (``record_stream``): a freed block then waits for that stream's
+events, so on GPU-bound steps the addresses wandered, keys came back twice and never again, and
+64k-token varlen steps on 2 x H200 made 7 captures for 3 replays in 64 calls, 20% slower than eager.
+So the runtime's native calls hold their tensors until the wait instead (``record_streams=False``,
+magi_grpcoll interface 1.5; runtime/dist_attn.py), and a runtime keeps few captures that have not
+replayed yet (``_CaptureGuard``): at most ``IDLE_FLOOR``, or twice as many as its graphs that have,
+which lets a model whose addresses recur capture all its layers within a few steps while one whose
+addresses wander soon stops capturing.
+
+Where: on CUDA, with the native collectives or no remote stage (their launches are capturable; NCCL's
+a2a-v is not tried), for calls whose tensors do not outlive them (no sink, no max_logits, no kept
+tail); by default (``auto``) only with the fa4 backend, the configuration checked against float64 on
+GPUs. A failed capture turns graphs off for the runtime, with one warning; its call runs eagerly.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
 
 from magi_attention import _compat
 
-__all__ = ["RuntimeGraphs", "graphs_supported", "make_runtime_graphs", "stats", "tensor_key", "unusable_reason"]
+__all__ = ["RuntimeGraphs", "checked_on_gpus", "graphs_supported", "make_runtime_graphs", "stats", "tensor_key", "unusable_reason"]
 
 CAPACITY = 512  # graphs per runtime: a forward and a backward per layer, each at two parities
-_totals = {"replays": 0, "captures": 0, "eager": 0}  # over every runtime of the process
+IDLE_FLOOR = 4  # captures a runtime may hold that have not replayed yet, at least
+PROBE_EVERY = 16  # a guard that refuses lets every so many refused captures through (addresses may settle)
+#: over every runtime of the process; "replays" counts a capture's own first run too
+_totals = {"replays": 0, "captures": 0, "eager": 0, "refused": 0, "capture us": 0}
 
 
 def stats() -> dict:
-    """Whole-call graph use so far in this process: replayed, captured, run eagerly."""
+    """Whole-call graph use so far in this process: replayed, captured, run eagerly, captures refused
+    by the guard, and the host time the captures took (microseconds)."""
     return dict(_totals)
 
 
@@ -61,18 +78,25 @@ def unusable_reason(flags, device: torch.device, num_stages: int, keeps_tail: bo
     return None
 
 
+def checked_on_gpus(flags) -> bool:
+    """Whether graphs of this configuration have been checked against float64 on GPUs
+    (test_gpu_dist.py's ``fa4_native_cuda_graphs``): what MAGI_ATTENTION_CUDA_GRAPHS=auto asks for."""
+    return bool(flags.fa4_backend)
+
+
 _warned: set = set()
 
 
 def make_runtime_graphs(flags, group, device: torch.device, num_stages: int, keeps_tail: bool):
     """A runtime's RuntimeGraphs when MAGI_ATTENTION_CUDA_GRAPHS asks for them and they can run, else
-    None (with one warning per reason when they were asked for and cannot)."""
-    if not flags.cuda_graphs:
+    None (with one warning per reason where ``1`` asked for them and they cannot; ``auto`` stays quiet)."""
+    mode = flags.cuda_graphs
+    if mode == "0" or (mode == "auto" and not checked_on_gpus(flags)):
         return None
     reason = unusable_reason(flags, device, num_stages, keeps_tail)
     if reason is None:
         return RuntimeGraphs(group, device, native=flags.native_grpcoll)
-    if reason not in _warned:
+    if mode == "1" and reason not in _warned:
         _warned.add(reason)
         warnings.warn(f"magi_attention: MAGI_ATTENTION_CUDA_GRAPHS=1 is ignored here: {reason}.", RuntimeWarning,
                       stacklevel=3)
@@ -89,12 +113,34 @@ class _Captured:
 
     def __init__(self, graph, group, native_calls: int) -> None:
         self._graph, self._group, self._native_calls = graph, group, native_calls
+        self.replays = 0  # the first is the capture's own run
 
     def replay(self) -> None:
         self._graph.replay()
+        self.replays += 1
         if self._native_calls:
             calls, _ = _compat.grpcoll.native_call_state(self._group)
             _compat.grpcoll.set_native_call_count(self._group, calls + self._native_calls)
+
+
+class _CaptureGuard:
+    """Whether a runtime may capture one more graph (see the module docstring): no while it holds
+    ``max(IDLE_FLOOR, 2 * replayed)`` graphs that have not replayed since their capture, but every
+    ``PROBE_EVERY``-th refusal is let through."""
+
+    def __init__(self) -> None:
+        self._graphs: weakref.WeakSet = weakref.WeakSet()  # a graph dropped by LaunchGraphs leaves
+        self._refused = 0
+
+    def allows(self) -> bool:
+        idle = sum(1 for g in self._graphs if g.replays < 2)
+        if idle < max(IDLE_FLOOR, 2 * (len(self._graphs) - idle)):
+            return True
+        self._refused += 1
+        return self._refused % PROBE_EVERY == 0
+
+    def add(self, graph: _Captured) -> None:
+        self._graphs.add(graph)
 
 
 class RuntimeGraphs:
@@ -106,6 +152,7 @@ class RuntimeGraphs:
         self._pool = None
         self._stream = None
         self._failed: str | None = None
+        self._guard = _CaptureGuard()
         self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, min_sightings=2,
                                                     capture=capture or self._capture,
                                                     enabled=lambda: self._failed is None, totals=_totals)
@@ -121,7 +168,12 @@ class RuntimeGraphs:
         return 0 if state is None else state[0]
 
     def _capture(self, launch: Callable[[], None]):
-        """A graph of ``launch()`` (recorded on a side stream into the runtime's pool, not run), or None."""
+        """A graph of ``launch()`` (recorded on a side stream into the runtime's pool, not run), or None
+        (the call then runs eagerly)."""
+        if not self._guard.allows():
+            _totals["refused"] += 1
+            return None
+        started = time.perf_counter()
         before = self._native_calls()
         if self._pool is None or not len(self._graphs):  # a pool dies with its last graph
             self._pool = torch.cuda.graph_pool_handle()
@@ -150,4 +202,7 @@ class RuntimeGraphs:
                           "this runtime's calls run eagerly from now on (MAGI_ATTENTION_CUDA_GRAPHS=0 silences "
                           "this).", RuntimeWarning, stacklevel=4)
             return None
-        return _Captured(graph, self._group, held)
+        captured = _Captured(graph, self._group, held)
+        self._guard.add(captured)
+        _totals["capture us"] += round((time.perf_counter() - started) * 1e6)
+        return captured
