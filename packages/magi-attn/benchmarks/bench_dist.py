@@ -476,9 +476,11 @@ def _defaults(a, cuda: bool, world: int):
         a.heads, a.head_dim = a.heads or 16, a.head_dim or 128
         a.chunk_size = a.chunk_size or 512
         # the first call compiles/autotunes the kernels and sets up NCCL; the native collectives
-        # capture their CUDA graphs on a later step (the second sighting, the third where a step
-        # makes an odd number of calls), so three warm-ups time the steady state of training
-        a.warmup = 3 if a.warmup is None else a.warmup
+        # capture their CUDA graphs on the second or third step, the runtime's whole-call graphs
+        # (MAGI_ATTENTION_CUDA_GRAPHS) a few layers a step from the second on (runtime/graphs.py's
+        # guard): eight warm-ups time the steady state of training (with three, a timed capture
+        # step read up to 30% slow on 2 x H200)
+        a.warmup = 8 if a.warmup is None else a.warmup
         a.repeats = a.repeats or (3 if a.quick else 5)
     else:
         a.heads, a.head_dim = a.heads or 4, a.head_dim or 32
