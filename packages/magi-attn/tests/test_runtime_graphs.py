@@ -109,6 +109,11 @@ def cuda_faked(monkeypatch):
                         lambda group: None if state["calls"] is None else (state["calls"], state["gen"]))
     monkeypatch.setattr(magi_grpcoll, "set_native_call_count", lambda group, n: state.update(calls=n))
     monkeypatch.setattr(_compat, "grpcoll", magi_grpcoll)
+    from collections import OrderedDict
+
+    from magi_attention.runtime import graphs
+
+    monkeypatch.setattr(graphs, "_holders", OrderedDict())  # no other test's runtimes among those keeping graphs
     return state
 
 
@@ -213,3 +218,75 @@ def test_auto_uses_graphs_only_where_checked_on_gpus_and_says_nothing(monkeypatc
     assert graphs.make_runtime_graphs(flags("1", False, True), None, cuda, 2, False) == ("graphs", True)
     with pytest.warns(RuntimeWarning, match="NATIVE_GRPCOLL"):
         assert graphs.make_runtime_graphs(flags("1", True, False), None, cuda, 2, False) is None
+
+
+def _layer_launch(state, ran):
+    def launch():  # a layer's call: one native call
+        ran.append(1)
+        state["calls"] = (state["calls"] or 0) + 1
+    return launch
+
+
+def test_keys_that_recur_are_all_captured_within_a_few_steps(cuda_faked):
+    from magi_attention.runtime import graphs
+
+    state, ran = cuda_faked, []
+    rg = graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=False)
+    layers = 3 * graphs.IDLE_FLOOR
+    launch = _layer_launch(state, ran)
+    per_step = []
+    for _ in range(5):
+        made = len(_FakeGraph.made)
+        for layer in range(layers):
+            rg.run(("fwd", layer), launch)
+        per_step.append(len(_FakeGraph.made) - made)
+    # step 1 eager; step 2 up to the floor; step 3 the rest (twice the replayed ones); then replays only
+    assert per_step == [0, graphs.IDLE_FLOOR, layers - graphs.IDLE_FLOOR, 0, 0], per_step
+    ran.clear()
+    for layer in range(layers):
+        rg.run(("fwd", layer), launch)
+    assert not ran  # every layer replayed
+
+
+def test_keys_seen_twice_and_never_again_stop_the_captures(cuda_faked):
+    from magi_attention.runtime import graphs
+
+    state, ran = cuda_faked, []
+    rg = graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=False)
+    launch = _layer_launch(state, ran)
+    before = graphs.stats()
+    wandering = 20 * graphs.PROBE_EVERY
+    for address in range(wandering):  # every key comes back once (its second sighting), then never
+        rg.run(("fwd", address), launch)
+        rg.run(("fwd", address), launch)
+    after = graphs.stats()
+    captures, refused = (after[k] - before[k] for k in ("captures", "refused"))
+    # the floor, then one probe per PROBE_EVERY refusals: a wandering runtime pays few captures
+    assert captures == graphs.IDLE_FLOOR + refused // (graphs.PROBE_EVERY - 1), (captures, refused)
+    assert captures + refused == wandering and captures < wandering // 10
+    assert len(ran) == 2 * wandering  # every call ran (eagerly or as its capture's first replay)
+    assert after["capture us"] >= before["capture us"]
+
+
+def test_only_the_most_recently_used_runtimes_keep_their_graphs(cuda_faked, monkeypatch):
+    from magi_attention.runtime import graphs
+
+    monkeypatch.setattr(graphs, "RUNTIMES_WITH_GRAPHS", 2)
+    state, ran = cuda_faked, []
+    launch = _layer_launch(state, ran)
+    a, b, c = (graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=False) for _ in range(3))
+    for rg in (a, b):  # each captures its call on the second sighting
+        rg.run(("fwd",), launch)
+        rg.run(("fwd",), launch)
+    assert len(_FakeGraph.made) == 2
+    a.run(("fwd",), launch)  # a replays: now b is the least recently used
+    ran.clear()
+    c.run(("fwd",), launch)
+    c.run(("fwd",), launch)  # c's first graph: b drops its graphs
+    assert len(_FakeGraph.made) == 3 and len(b._graphs) == 0 and len(a._graphs) == 1
+    ran.clear()
+    for _ in range(3):
+        for rg in (a, b, c):
+            rg.run(("fwd",), launch)
+    assert len(ran) == 3  # only b ran its launches, eagerly, and never captured again
+    assert len(_FakeGraph.made) == 3 and len(b._graphs) == 0

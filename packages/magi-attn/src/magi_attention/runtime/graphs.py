@@ -32,6 +32,14 @@ Where: on CUDA, with the native collectives or no remote stage (their launches a
 a2a-v is not tried), for calls whose tensors do not outlive them (no sink, no max_logits, no kept
 tail); by default (``auto``) only with the fa4 backend, the configuration checked against float64 on
 GPUs. A failed capture turns graphs off for the runtime, with one warning; its call runs eagerly.
+
+Memory: each runtime's graphs keep one pool, about one call's temporaries (its stages' K/V receive
+buffers and the kernels' scratch). A runtime lives as long as its key stays in the runtime dict
+(``MAGI_ATTENTION_DIST_ATTN_RUNTIME_DICT_SIZE``, 1000 by default), so masks that recur, each with its
+own runtime, could pile pools up. Only the ``RUNTIMES_WITH_GRAPHS`` runtimes that used their graphs
+most recently keep them; an older one drops its graphs (and so its pool) and runs eagerly from then
+on, rather than capturing again, which would cost more host time than it saves when several masks
+take turns.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from __future__ import annotations
 import time
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -50,6 +59,8 @@ __all__ = ["RuntimeGraphs", "checked_on_gpus", "graphs_supported", "make_runtime
 CAPACITY = 512  # graphs per runtime: a forward and a backward per layer, each at two parities
 IDLE_FLOOR = 4  # captures a runtime may hold that have not replayed yet, at least
 PROBE_EVERY = 16  # a guard that refuses lets every so many refused captures through (addresses may settle)
+RUNTIMES_WITH_GRAPHS = 4  # runtimes of the process that keep graphs (each its own pool), most recently used
+_holders: OrderedDict = OrderedDict()  # id(RuntimeGraphs) -> weakref, the most recently used last
 #: over every runtime of the process; "replays" counts a capture's own first run too
 _totals = {"replays": 0, "captures": 0, "eager": 0, "refused": 0, "capture us": 0}
 
@@ -153,8 +164,8 @@ class RuntimeGraphs:
         self._stream = None
         self._failed: str | None = None
         self._guard = _CaptureGuard()
-        self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, min_sightings=2,
-                                                    capture=capture or self._capture,
+        self._graphs_capture = capture or self._capture
+        self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, min_sightings=2, capture=self._graphs_capture,
                                                     enabled=lambda: self._failed is None, totals=_totals)
 
     def run(self, key: tuple, launch: Callable[[], None]) -> None:
@@ -162,6 +173,29 @@ class RuntimeGraphs:
         state = _compat.grpcoll.native_call_state(self._group) if self._native else None
         where = None if state is None else (state[0] % 2, state[1])
         self._graphs.run((key, where), launch, family=key)
+        if len(self._graphs):  # used now: the last runtime to lose its graphs
+            ref = _holders.get(id(self))
+            if ref is not None and ref() is self:
+                _holders.move_to_end(id(self))
+            else:  # its first graph: room for its pool
+                self._hold()
+
+    def _hold(self) -> None:
+        """Count this runtime among those keeping graphs; the least recently used beyond
+        ``RUNTIMES_WITH_GRAPHS`` drop theirs."""
+        _holders[id(self)] = weakref.ref(self)
+        while len(_holders) > RUNTIMES_WITH_GRAPHS:
+            _, ref = _holders.popitem(last=False)
+            older = ref()
+            if older is not None and older is not self:
+                older._drop(f"{RUNTIMES_WITH_GRAPHS} other runtimes used their graphs more recently")
+
+    def _drop(self, why: str) -> None:
+        """Free this runtime's graphs and their pool; its calls run eagerly from now on."""
+        self._failed = why
+        self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, min_sightings=2, capture=self._graphs_capture,
+                                                    enabled=lambda: False, totals=_totals)
+        self._pool = None
 
     def _native_calls(self) -> int:
         state = _compat.grpcoll.native_call_state(self._group) if self._native else None
