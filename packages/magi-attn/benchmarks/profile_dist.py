@@ -4,7 +4,9 @@
         packages/magi-attn/benchmarks/profile_dist.py --mask varlen_causal --seqlen 32768
 
 Uses bench_dist's masks and setup (bf16, hq=hk=16, d=128, chunk 512); the kernel backend and
-group collectives follow the environment (MAGI_ATTENTION_FA4_BACKEND, MAGI_ATTENTION_NATIVE_GRPCOLL).
+group collectives follow the environment (MAGI_ATTENTION_FA4_BACKEND, MAGI_ATTENTION_NATIVE_GRPCOLL). With the
+fa4 backend, whole calls replay from CUDA graphs by default: set MAGI_ATTENTION_CUDA_GRAPHS=0 to profile the
+host path a call takes without them.
 Prints: host ms per forward and per backward (no sync inside), device ms per forward and backward (back to
 back, and one forward after a sync as bench_dist times it), the host paths of a forward and of a backward (us per
 call by function, cumulative), and the top device kernels of two forward+backward passes. ``--stages`` adds,
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     def step():
         fwd().backward(ldo)
 
-    for _ in range(3):
+    for _ in range(8):  # as bench_dist: the graphs (native and whole-call) are captured by then
         step()
     torch.cuda.synchronize()
     dist.barrier()
