@@ -54,7 +54,8 @@ import torch
 
 from magi_attention import _compat
 
-__all__ = ["RuntimeGraphs", "checked_on_gpus", "graphs_supported", "make_runtime_graphs", "stats", "tensor_key", "unusable_reason"]
+__all__ = ["RuntimeGraphs", "checked_on_gpus", "graphs_supported", "make_runtime_graphs", "stats", "tensor_key",
+           "unusable_reason"]
 
 CAPACITY = 512  # graphs per runtime: a forward and a backward per layer, each at two parities
 IDLE_FLOOR = 4  # captures a runtime may hold that have not replayed yet, at least
@@ -183,6 +184,7 @@ class RuntimeGraphs:
     def _hold(self) -> None:
         """Count this runtime among those keeping graphs; the least recently used beyond
         ``RUNTIMES_WITH_GRAPHS`` drop theirs."""
+        _holders.pop(id(self), None)  # a dead runtime's entry under a reused id
         _holders[id(self)] = weakref.ref(self)
         while len(_holders) > RUNTIMES_WITH_GRAPHS:
             _, ref = _holders.popitem(last=False)
