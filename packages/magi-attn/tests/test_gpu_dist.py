@@ -45,12 +45,16 @@ CASES = [
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
               "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"},
          switches={"magi_grpcoll.impl.native:FOLD_AT_WAIT": True}),
-    # whole calls from CUDA graphs, as MAGI_ATTENTION_CUDA_GRAPHS=auto (the default) turns them on for
-    # the fa4 backend: captured once a repetition's tensors come back at the addresses of an earlier one
+    # whole calls from CUDA graphs, as MAGI_ATTENTION_CUDA_GRAPHS=auto (the default) turns them on:
+    # captured once a repetition's tensors come back at the addresses of an earlier one
     # (the second repetition at the earliest), replayed after
     dict(_BASE, name="fa4_native_cuda_graphs", mask="varlen_causal", seed=11, degree=2, repeat=6,
          graph_replays=2,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
+    # the same through the Triton kernels (passed on 2 x H200 with MAGI_ATTENTION_CUDA_GRAPHS=1, before
+    # auto took the Triton kernels in)
+    dict(_BASE, name="native_cuda_graphs", mask="varlen_causal", seed=12, degree=2, repeat=6, graph_replays=2,
+         env={"MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
     # the same repetitions without them (the yardstick of the cases above)
     dict(_BASE, name="fa4_native_repeated", mask="varlen_causal", seed=11, degree=2, repeat=6,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",

@@ -173,8 +173,8 @@ def test_graphs_asked_for_where_they_cannot_run_say_why_once(monkeypatch):
 
     monkeypatch.setattr(graphs, "_warned", set())
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    native = SimpleNamespace(cuda_graphs="1", native_grpcoll=True, fa4_backend=False)
-    a2av = SimpleNamespace(cuda_graphs="1", native_grpcoll=False, fa4_backend=False)
+    native = SimpleNamespace(cuda_graphs="1", native_grpcoll=True, fa4_backend=False, sdpa_backend=False)
+    a2av = SimpleNamespace(cuda_graphs="1", native_grpcoll=False, fa4_backend=False, sdpa_backend=False)
     assert graphs.unusable_reason(native, cuda, 2, False) is None
     assert graphs.unusable_reason(a2av, cuda, 0, False) is None  # no remote stage: nothing to capture but kernels
     assert "CUDA" in graphs.unusable_reason(native, cpu, 2, False)
@@ -201,20 +201,25 @@ def test_auto_uses_graphs_only_where_checked_on_gpus_and_says_nothing(monkeypatc
     monkeypatch.setattr(graphs, "_warned", set())
     monkeypatch.setattr(graphs, "RuntimeGraphs", lambda group, device, native: ("graphs", native))
     monkeypatch.setattr(graphs, "graphs_supported", lambda: True)
+    monkeypatch.delenv("MAGI_ATTENTION_KERNEL_BACKEND", raising=False)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
 
-    def flags(mode, fa4, native):
-        return SimpleNamespace(cuda_graphs=mode, fa4_backend=fa4, native_grpcoll=native)
+    def flags(mode, fa4, native, sdpa=False):
+        return SimpleNamespace(cuda_graphs=mode, fa4_backend=fa4, native_grpcoll=native, sdpa_backend=sdpa)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto never warns
         assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2, False) == ("graphs", True)
         assert graphs.make_runtime_graphs(flags("auto", True, False), None, cuda, 0, False) == ("graphs", False)
-        assert graphs.make_runtime_graphs(flags("auto", False, True), None, cuda, 2, False) is None  # Triton
+        assert graphs.make_runtime_graphs(flags("auto", False, True), None, cuda, 2, False) == ("graphs", True)
         assert graphs.make_runtime_graphs(flags("auto", True, False), None, cuda, 2, False) is None  # a2av
         assert graphs.make_runtime_graphs(flags("auto", True, True), None, cpu, 2, False) is None
         assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2, True) is None  # kept tail
-    # 1 asks for them beyond what was checked (the Triton backend) and says why where they cannot run
+        assert graphs.make_runtime_graphs(flags("auto", False, True, sdpa=True), None, cuda, 2, False) is None
+        monkeypatch.setenv("MAGI_ATTENTION_KERNEL_BACKEND", "torch")  # the reference kernels: not checked
+        assert graphs.make_runtime_graphs(flags("auto", False, True), None, cuda, 2, False) is None
+        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2, False) == ("graphs", True)
+    # 1 asks for them with any kernels and says why where they cannot run
     assert graphs.make_runtime_graphs(flags("1", False, True), None, cuda, 2, False) == ("graphs", True)
     with pytest.warns(RuntimeWarning, match="NATIVE_GRPCOLL"):
         assert graphs.make_runtime_graphs(flags("1", True, False), None, cuda, 2, False) is None

@@ -130,8 +130,9 @@ def cuda_graphs_mode() -> str:
     """MAGI_ATTENTION_CUDA_GRAPHS: replay whole calc_attn calls from CUDA graphs (runtime/graphs.py; not in v1.1.0): auto | 1 | 0.
 
     A layer's forward or backward is captured once its tensors come back at the same addresses.
-    ``auto``: where that has been checked on GPUs (the fa4 backend, with the native group collectives
-    or no remote stage); ``1``: wherever graphs can run, saying once why where they cannot; ``0``: never.
+    ``auto``: with the kernels whose graphs were checked on GPUs (FA4, Triton), where graphs can run
+    (CUDA, the native group collectives or no remote stage); ``1``: with any kernels, saying once why
+    where they cannot run; ``0``: never.
     """
     raw = os.environ.get("MAGI_ATTENTION_CUDA_GRAPHS", FLAG_DEFAULTS["MAGI_ATTENTION_CUDA_GRAPHS"]).strip().lower()
     raw = raw or FLAG_DEFAULTS["MAGI_ATTENTION_CUDA_GRAPHS"]

@@ -30,8 +30,8 @@ addresses wander soon stops capturing.
 
 Where: on CUDA, with the native collectives or no remote stage (their launches are capturable; NCCL's
 a2a-v is not tried), for calls whose tensors do not outlive them (no sink, no max_logits, no kept
-tail); by default (``auto``) only with the fa4 backend, the configuration checked against float64 on
-GPUs. A failed capture turns graphs off for the runtime, with one warning; its call runs eagerly.
+tail); by default (``auto``) only with the kernels whose graphs were checked against float64 on GPUs
+(FA4 and Triton). A failed capture turns graphs off for the runtime, with one warning; its call runs eagerly.
 
 Memory: each runtime's graphs keep one pool, about one call's temporaries (its stages' K/V receive
 buffers and the kernels' scratch). A runtime lives as long as its key stays in the runtime dict
@@ -44,6 +44,7 @@ take turns.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 import weakref
@@ -91,9 +92,16 @@ def unusable_reason(flags, device: torch.device, num_stages: int, keeps_tail: bo
 
 
 def checked_on_gpus(flags) -> bool:
-    """Whether graphs of this configuration have been checked against float64 on GPUs
-    (test_gpu_dist.py's ``fa4_native_cuda_graphs``): what MAGI_ATTENTION_CUDA_GRAPHS=auto asks for."""
-    return bool(flags.fa4_backend)
+    """Whether this configuration's kernels are the ones whose graphs were checked against float64 on
+    GPUs (test_gpu_dist.py: ``fa4_native_cuda_graphs``, ``native_cuda_graphs``): FA4 or the Triton
+    kernels, not the torch reference backend (a debugging path, whose host-side steps a capture may
+    not take). What MAGI_ATTENTION_CUDA_GRAPHS=auto asks for."""
+    if flags.sdpa_backend:
+        return False
+    if flags.fa4_backend:
+        return True
+    chosen = os.environ.get("MAGI_ATTENTION_KERNEL_BACKEND", "").strip().lower()  # magi_ffa's choice on CUDA
+    return chosen in ("", "auto", "ffa", "triton")
 
 
 _warned: set = set()
