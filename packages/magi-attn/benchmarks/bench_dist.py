@@ -8,7 +8,10 @@ Launch (any world size; NCCL on GPUs, gloo with ``--device cpu`` for a smoke tes
 For each mask (full, causal, varlen causal with long-tailed documents, sliding window) and total
 length T it times forward and backward of
 
-- ``magi``: key -> dispatch (untimed) -> calc_attn (timed) on the cp group;
+- ``magi``: key -> dispatch (untimed) -> calc_attn (timed) on the cp group; with ``--fresh-masks``
+  the varlen mask packs the same documents in a new order every step (a new key and runtime each
+  step, as in varlen training whose batches are packed anew), and the key's creation and the
+  inputs' dispatch are timed with the forward;
 - ``ffa_single``: single-device flex_flash_attn_func on a sequence of length T/cp with the
   analogous mask (same mask kind; varlen: same document-length law; sliding window: same
   absolute window), run on every rank at once (each on its own device);
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import functools
 import math
 import os
 import subprocess
@@ -47,8 +51,10 @@ BWD_FACTOR = 2.5
 
 
 # ------------------------------------------------------------------------------------ masks
-def build_mask(kind: str, T: int, *, window: int, doc_base: int, doc_cap: int, seed: int = 0):
-    """(q_ranges, k_ranges, type codes) of a named mask over T tokens."""
+def build_mask(kind: str, T: int, *, window: int, doc_base: int, doc_cap: int, seed: int = 0,
+               order_seed: int | None = None):
+    """(q_ranges, k_ranges, type codes) of a named mask over T tokens; ``order_seed`` shuffles a
+    varlen mask's documents (the same lengths, so the same area and tiles, in another order)."""
     from magi_attention.api.functools import cu_seqlens_slices
 
     if kind == "full":
@@ -56,7 +62,10 @@ def build_mask(kind: str, T: int, *, window: int, doc_base: int, doc_cap: int, s
     if kind == "causal":
         return [(0, T)], [(0, T)], [1]
     if kind == "varlen_causal":
-        cu = np.concatenate([[0], np.cumsum(doc_lengths(T, seed, doc_base, doc_cap))]).tolist()
+        lengths = doc_lengths(T, seed, doc_base, doc_cap)
+        if order_seed is not None:
+            lengths = [lengths[i] for i in np.random.default_rng(order_seed).permutation(len(lengths))]
+        cu = np.concatenate([[0], np.cumsum(lengths)]).tolist()
         qs, ks, ts, _, _ = cu_seqlens_slices(cu, cu, causal=True)
         return qs, ks, ts
     if kind == "sliding_window":
@@ -93,7 +102,10 @@ class Timer:
 
 
 # ------------------------------------------------------------------------------------ methods
-def run_magi(cfg, mask, q, k, v, do, timer):
+def run_magi(cfg, mask, q, k, v, do, timer, mask_of_step=None):
+    """(fwd s, bwd s) of ``cfg.layers`` stacked calc_attn calls on ``mask``; with ``mask_of_step``
+    (``--fresh-masks``) each step makes the key of ``mask_of_step(step)`` and dispatches the inputs
+    with it, inside the timed forward."""
     from magi_attention.api import (
         DistAttnConfig,
         OverlapConfig,
@@ -108,8 +120,14 @@ def run_magi(cfg, mask, q, k, v, do, timer):
     pad = compute_pad_size(T, world, cfg.chunk_size)
     dcfg = DistAttnConfig(dispatch_config=dispatch_config(cfg.dispatch_alg),
                           **({"overlap_config": OverlapConfig(degree=cfg.degree)} if cfg.degree else {}))
-    key = magi_attn_flex_key(qr, kr, tm, T, T, q.shape[1], k.shape[1], q.shape[2], pad,
-                             cfg.chunk_size, dist.group.WORLD, dcfg)
+
+    def make_key(qr, kr, tm):
+        return magi_attn_flex_key(qr, kr, tm, T, T, q.shape[1], k.shape[1], q.shape[2], pad,
+                                  cfg.chunk_size, dist.group.WORLD, dcfg)
+
+    if mask_of_step is not None:
+        return _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer)
+    key = make_key(qr, kr, tm)
     lq, lk, lv = (leaf(dispatch(x, key)) for x in (q, k, v))
     ldo = dispatch(do, key)
     if cfg.dispatch_alg.startswith("cost_aware") and dist.get_rank() == 0:
@@ -119,6 +137,33 @@ def run_magi(cfg, mask, q, k, v, do, timer):
         print(f"  {cfg.dispatch_alg} dispatch at T={T}: chunk {meta.chunk_size}, rank 0 holds "
               f"{len(meta.partitions[0])} chunks", flush=True)
     return timer.measure(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, ldo)
+
+
+def _shuffled_mask(kind: str, T: int, window: int, doc_base: int, step: int):
+    """Step ``step``'s mask under --fresh-masks: the benchmark's documents in an order of its own."""
+    return build_mask(kind, T, window=window, doc_base=doc_base, doc_cap=T // 4, order_seed=step + 1)
+
+
+def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
+    """run_magi with a new mask every step: the step's key, the dispatch of the global q, k, v leaves
+    (once, as a model dispatches its input), then the stacked layers on the dispatched K/V."""
+    from magi_attention.api import calc_attn, dispatch
+
+    keys = []
+    leaves = [leaf(x) for x in (q, k, v)]
+    ldo = dispatch(do, make_key(*mask_of_step(-1)))  # the local gradient's shape is every key's
+
+    def fwd():
+        keys.append(make_key(*mask_of_step(len(keys))))
+        x, lk, lv = (dispatch(t, keys[-1]) for t in leaves)
+        for _ in range(cfg.layers):
+            x = calc_attn(x, lk, lv, keys[-1])[0]
+        return x
+
+    times = measure(fwd, leaves, ldo, timer.device, timer.warmup, timer.repeats)
+    if dist.get_rank() == 0:  # every step a key of its own, so a runtime of its own
+        print(f"[bench_dist]   fresh masks: {len(set(keys))} keys in {len(keys)} steps", flush=True)
+    return times
 
 
 #: 0/1 flags that set a module-level switch of the library for an A/B: flag -> (module, attribute,
@@ -456,6 +501,9 @@ def parse_args(argv=None):
     p.add_argument("--dispatch-alg", default="min_heap",
                    help=f"dispatch algorithm of magi's key: {', '.join(DISPATCH_ALGS)} (':<float>' sets "
                         f"top_p / allocation_ratio / remote_cost); default min_heap, the library's")
+    p.add_argument("--fresh-masks", action="store_true",
+                   help="varlen masks: a new document order every step (a new key and runtime each "
+                        "step, as in varlen training); the key and the dispatch are timed with the forward")
     p.add_argument("--layers", type=int, default=1,
                    help="attention calls per step, stacked as in a model (own K/V per layer); TFLOP/s "
                         "count all of them")
@@ -586,7 +634,10 @@ def main(argv=None) -> int:
                 t0, counts0 = time.perf_counter(), launch_counts()
                 try:
                     if m == "magi":
-                        tf, tb = run_magi(a, mask, q, k, v, do, timer)
+                        fresh = None  # --fresh-masks: the same documents, in the order of the step
+                        if a.fresh_masks and kind.startswith("varlen"):
+                            fresh = functools.partial(_shuffled_mask, kind, T, window, doc_base)
+                        tf, tb = run_magi(a, mask, q, k, v, do, timer, mask_of_step=fresh)
                     elif m == "ffa_single":
                         tf, tb = run_ffa_single(local_mask, q[:Tl], k[:Tl], v[:Tl], do[:Tl],
                                                 timer)
@@ -635,6 +686,8 @@ def main(argv=None) -> int:
                   "group collectives": _grpcoll_impl_name() + (
                       f" (comm stream priority {a.comm_stream_priority})" if a.comm_stream_priority is not None else ""),
                   "layers per step": a.layers, "warmup/repeats": f"{a.warmup}/{a.repeats}",
+                  "fresh masks": ("varlen masks: a new document order every step, key and dispatch timed "
+                                  "with the forward" if a.fresh_masks else "no"),
                   "torch": torch.__version__,
                   "library environment": library_environment(),
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}

@@ -58,3 +58,25 @@ def test_bench_dist_cpu_world4(tmp_path):
     # the full mask's area is exact: T*T cells at every T
     full = [r for r in rows if r["mask"] == "full" and r["method"] == "magi"]
     assert all(int(r["area"]) == int(r["total_seqlen"]) ** 2 for r in full)
+
+
+@pytest.mark.dist
+def test_bench_dist_fresh_masks_make_a_key_every_step(tmp_path):
+    """--fresh-masks: every step packs the varlen documents in a new order (a key and runtime of its
+    own, as varlen training meets them); the area stays that of the fixed mask."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for var in ("CUDA_VISIBLE_DEVICES", "MAGI_ATTENTION_KERNEL_BACKEND", "MAGI_ATTENTION_FA4_BACKEND"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(BENCH),
+           "--device", "cpu", "--quick", "--masks", "varlen_causal", "causal", "--methods", "magi", "ffa_single",
+           "--warmup", "1", "--repeats", "3", "--fresh-masks", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert log.count("fresh masks: 4 keys in 4 steps") == 1, log[-2000:]  # varlen only; causal has one mask
+    rows = list(csv.DictReader(open(tmp_path / "bench_dist.csv")))
+    magi = [r for r in rows if r["method"] == "magi"]
+    assert {(r["mask"], r["direction"]) for r in magi} == {(m, d) for m in ("varlen_causal", "causal")
+                                                           for d in ("fwd", "bwd")}
+    assert all(float(r["time_ms"]) > 0 and float(r["efficiency"]) > 0 for r in magi)
+    assert "fresh masks: varlen masks" in (tmp_path / "bench_dist.md").read_text()
