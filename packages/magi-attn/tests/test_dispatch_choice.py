@@ -19,7 +19,13 @@ from magi_attention.config import (
 )
 from magi_attention.errors import MagiAttentionError
 from magi_attention.meta import dispatch_choice
-from magi_attention.meta.dispatch_choice import planned_time, planned_work, slice_tiles, solve_dispatch
+from magi_attention.meta.dispatch_choice import (
+    calls_tiles,
+    planned_time,
+    planned_work,
+    slice_tiles,
+    solve_dispatch,
+)
 from magi_attention.runtime.runtime_mgr import _overlap_params
 
 T, CHUNK = 4096, 128
@@ -206,6 +212,19 @@ def test_slice_tiles_match_a_dense_count_for_every_mask_type():
         for i in range(len(q)):  # and slice by slice: no slice borrows another's tiles
             assert slice_tiles([q[i]], [k[i]], [t[i]], tile) == want[i], (q[i], k[i], t[i])
     assert slice_tiles(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), 8) == (0, 0)
+
+
+def test_calls_tiles_count_each_call_as_slice_tiles_does():
+    rng = np.random.default_rng(7)
+    calls = []
+    for n in (5, 0, 1, 17, 3):  # a call without slices among them
+        q = np.sort(rng.integers(0, 300, size=(n, 2)), axis=1)
+        k = np.sort(rng.integers(0, 300, size=(n, 2)), axis=1)  # some empty (equal ends), some overlapping
+        calls.append((q, k, rng.integers(0, 4, size=n)))
+    tiles, q_tiles = calls_tiles(calls, 16)
+    assert [(int(a), int(b)) for a, b in zip(tiles, q_tiles)] == [slice_tiles(*c, 16) for c in calls]
+    assert sum(tiles) > 0 and tiles[1] == q_tiles[1] == 0
+    assert [len(x) for x in calls_tiles([])] == [0, 0]
 
 
 def test_planned_time_counts_every_call_and_received_token():
