@@ -282,3 +282,20 @@ def test_the_tile_model_overrides_the_area_choice_only_by_its_margin(monkeypatch
     area_causal = solve_dispatch(CostAwareDispatchAlg(cost_model="area"), *causal, total, chunk, 2, params)
     tiles_causal = solve_dispatch(CostAwareDispatchAlg(), *causal, total, chunk, 2, params)
     assert [list(p) for p in tiles_causal.partitions] == [list(p) for p in area_causal.partitions]
+
+
+def test_the_dispatch_choice_benchmark_runs_and_dumps_every_choice(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_dispatch_choice.py"
+    dump = tmp_path / "choices.txt"
+    proc = subprocess.run([sys.executable, str(script), "--seqlens", "8192", "--cps", "2", "4", "--dump", str(dump)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| 8192 |")]
+    assert len(rows) == 2 * 7  # causal, sliding window, 4 varlen draws, random slices; at each cp
+    assert all(float(r.split("|")[4]) > 0 for r in rows)
+    lines = dump.read_text().splitlines()
+    assert len(lines) == 14 and all(ln.startswith("8192 ") for ln in lines)
