@@ -104,8 +104,9 @@ class Timer:
 # ------------------------------------------------------------------------------------ methods
 def run_magi(cfg, mask, q, k, v, do, timer, mask_of_step=None):
     """(fwd s, bwd s) of ``cfg.layers`` stacked calc_attn calls on ``mask``; with ``mask_of_step``
-    (``--fresh-masks``) each step makes the key of ``mask_of_step(step)`` and dispatches the inputs
-    with it, inside the timed forward."""
+    (``--fresh-masks``: ``build_mask`` of ``mask`` short of its ``order_seed``) each step makes the key
+    of ``mask_of_step(order_seed=step + 1)`` and dispatches the inputs with it, inside the timed
+    forward."""
     from magi_attention.api import (
         DistAttnConfig,
         OverlapConfig,
@@ -139,11 +140,6 @@ def run_magi(cfg, mask, q, k, v, do, timer, mask_of_step=None):
     return timer.measure(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, ldo)
 
 
-def _shuffled_mask(kind: str, T: int, window: int, doc_base: int, step: int):
-    """Step ``step``'s mask under --fresh-masks: the benchmark's documents in an order of its own."""
-    return build_mask(kind, T, window=window, doc_base=doc_base, doc_cap=T // 4, order_seed=step + 1)
-
-
 def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
     """run_magi with a new mask every step: the step's key, the dispatch of the global q, k, v leaves
     (once, as a model dispatches its input), then the stacked layers on the dispatched K/V."""
@@ -151,10 +147,10 @@ def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
 
     keys = []
     leaves = [leaf(x) for x in (q, k, v)]
-    ldo = dispatch(do, make_key(*mask_of_step(-1)))  # the local gradient's shape is every key's
+    ldo = dispatch(do, make_key(*mask_of_step(order_seed=0)))  # the local gradient's shape is every key's
 
     def fwd():
-        keys.append(make_key(*mask_of_step(len(keys))))
+        keys.append(make_key(*mask_of_step(order_seed=len(keys) + 1)))
         x, lk, lv = (dispatch(t, keys[-1]) for t in leaves)
         for _ in range(cfg.layers):
             x = calc_attn(x, lk, lv, keys[-1])[0]
@@ -612,7 +608,8 @@ def main(argv=None) -> int:
 
         q, k, v, do = rnd(T, hq), rnd(T, hk), rnd(T, hk), rnd(T, hq)
         for kind in a.masks:
-            mask = build_mask(kind, T, window=window, doc_base=doc_base, doc_cap=T // 4)
+            make_mask = functools.partial(build_mask, kind, T, window=window, doc_base=doc_base, doc_cap=T // 4)
+            mask = make_mask()
             area = mask_area(*mask)
             flops = fwd_flops(area, d, hq)
             local_mask = build_mask(kind, Tl, window=window, doc_base=doc_base,
@@ -634,9 +631,8 @@ def main(argv=None) -> int:
                 t0, counts0 = time.perf_counter(), launch_counts()
                 try:
                     if m == "magi":
-                        fresh = None  # --fresh-masks: the same documents, in the order of the step
-                        if a.fresh_masks and kind.startswith("varlen"):
-                            fresh = functools.partial(_shuffled_mask, kind, T, window, doc_base)
+                        # --fresh-masks: the same documents, in an order of the step's own
+                        fresh = make_mask if a.fresh_masks and kind.startswith("varlen") else None
                         tf, tb = run_magi(a, mask, q, k, v, do, timer, mask_of_step=fresh)
                     elif m == "ffa_single":
                         tf, tb = run_ffa_single(local_mask, q[:Tl], k[:Tl], v[:Tl], do[:Tl],

@@ -68,6 +68,17 @@ def _empty_or(given: torch.Tensor | None, shape, dtype: torch.dtype, device) -> 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _left_in(into: tuple | None, results: tuple) -> tuple:
+    """``results``, or where the caller gave ``into`` (tensors of the same shapes), copied into those
+    that are not already the results themselves and ``into`` returned."""
+    if into is None:
+        return results
+    for dst, src in zip(into, results):
+        if dst is not src:
+            dst.copy_(src)
+    return into
+
+
 class _InputsReady:
     """An event recorded on the compute stream once the casts' inputs are ready, and a side stream
     that waits on it: a collective issued under ``issue()`` waits for that event only (collectives
@@ -269,12 +280,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
             out.zero_()
             lse.fill_(float("-inf"))
         self._finish_forward(out, lse, sink, max_logits)
-        out = out.to(q.dtype)
-        if into is not None:
-            for dst, src in zip(into, (out, lse)):
-                if dst is not src:
-                    dst.copy_(src)
-            out, lse = into
+        out, lse = _left_in(into, (out.to(q.dtype), lse))
         return out, lse, max_logits, tail
 
     # ---------------------------------------------------------------- backward
@@ -395,11 +401,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
             dkv = dkv_host.add_(dkv_red)
         else:
             dkv = dkv_host + dkv_red.to(acc)
-        if into is not None:
-            for dst, src in zip(into, (dq, dkv)):
-                if dst is not src:
-                    dst.copy_(src)
-            dq, dkv = into
+        dq, dkv = _left_in(into, (dq, dkv))
         return dq.to(q.dtype), dkv[:sk].to(k.dtype), dkv[sk:].to(v.dtype), dsink
 
 

@@ -173,13 +173,12 @@ class RuntimeGraphs:
         self._stream = None
         self._failed: str | None = None
         self._guard = _CaptureGuard()
-        self._graphs_capture = capture or self._capture
-        self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, min_sightings=2, capture=self._graphs_capture,
+        self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, min_sightings=2, capture=capture or self._capture,
                                                     enabled=lambda: self._failed is None, totals=_totals)
 
     def run(self, key: tuple, launch: Callable[[], None]) -> None:
         """``launch()`` (which writes only tensors described in ``key``), eagerly or from a graph."""
-        state = _compat.grpcoll.native_call_state(self._group) if self._native else None
+        state = self._native_state()
         where = None if state is None else (state[0] % 2, state[1])
         self._graphs.run((key, where), launch, family=key)
         if len(self._graphs):  # used now: the last runtime to lose its graphs
@@ -202,13 +201,17 @@ class RuntimeGraphs:
 
     def _drop(self, why: str) -> None:
         """Free this runtime's graphs and their pool; its calls run eagerly from now on."""
-        self._failed = why
-        self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, min_sightings=2, capture=self._graphs_capture,
-                                                    enabled=lambda: False, totals=_totals)
+        self._failed = why  # keeps the new LaunchGraphs below switched off, as a failed capture does
+        self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, enabled=lambda: self._failed is None,
+                                                    totals=_totals)  # the old one's graphs die with it
         self._pool = None
 
+    def _native_state(self) -> tuple[int, int] | None:
+        """The group's (native call count, buffer generation), or None (no native calls)."""
+        return _compat.grpcoll.native_call_state(self._group) if self._native else None
+
     def _native_calls(self) -> int:
-        state = _compat.grpcoll.native_call_state(self._group) if self._native else None
+        state = self._native_state()
         return 0 if state is None else state[0]
 
     def _capture(self, launch: Callable[[], None]):
