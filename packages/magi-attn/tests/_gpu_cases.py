@@ -174,6 +174,49 @@ def _run_one(case: dict, device: torch.device) -> dict:
     return errs
 
 
+def _allowed_sync(site: str) -> bool:
+    """The one sync a new mask's step may make: binding a new plan of the native group collectives
+    exchanges remote meta on a stream of its own (it waits for the peers, not for the queued kernels)."""
+    return site.startswith("magi_grpcoll/impl/native.py:") and site.endswith(" exchange")
+
+
+def _run_fresh(case: dict, device: torch.device) -> dict:
+    """``fresh_masks`` steps with a mask of their own each (varlen training packs its documents anew
+    every step), every one checked as :func:`_run_one` checks; then one more new mask, whose step
+    (key, dispatch, forward, backward) must make no host sync but the native meta exchange: each
+    other one would drain the GPU's queue mid-step."""
+    from magi_attention.api import (
+        DistAttnConfig,
+        OverlapConfig,
+        calc_attn,
+        compute_pad_size,
+        dispatch,
+        magi_attn_flex_key,
+    )
+    from magi_attention.testing.syncs import HostSyncs
+
+    errs = {}
+    for step in range(case["fresh_masks"]):
+        errs = _run_one(dict(case, seed=case["seed"] + step), device)
+    T, hq, hk, d, chunk = case["T"], case["hq"], case["hk"], case["d"], case["chunk"]
+    qr, kr, tm = build_mask(dict(case, seed=case["seed"] + case["fresh_masks"]))
+    gen = torch.Generator(device=device).manual_seed(case["seed"])
+    q, k, v, do = (torch.randn(T, h, d, device=device, generator=gen).to(torch.bfloat16) for h in (hq, hk, hk, hq))
+    cfg = DistAttnConfig(overlap_config=OverlapConfig(degree=case["degree"]))
+    torch.cuda.synchronize()
+    with HostSyncs() as syncs:
+        key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, compute_pad_size(T, dist.get_world_size(), chunk),
+                                 chunk, dist.group.WORLD, cfg)
+        lq, lk, lv = (dispatch(x, key).detach().requires_grad_() for x in (q, k, v))
+        ldo = dispatch(do, key)
+        lout, _ = calc_attn(lq, lk, lv, key)
+        lout.backward(ldo)
+    torch.cuda.synchronize()
+    bad = {site: n for site, n in syncs.sites().items() if not _allowed_sync(site)}
+    assert not bad, f"{case['name']} rank {dist.get_rank()}: host syncs of a new mask's step: {bad}"
+    return errs
+
+
 def _set_switches(switches: dict) -> dict:
     """Set library switches {"module:ATTRIBUTE": value} (a case's ``switches``); returns the old values."""
     old = {}
@@ -209,7 +252,7 @@ def run_gpu_cases(rank: int, world: int, cases: list[dict]) -> dict:
         os.environ.update(env)
         saved = _set_switches(case.get("switches", {}))
         try:
-            results[case["name"]] = ("ok", _run_one(case, device))
+            results[case["name"]] = ("ok", (_run_fresh if case.get("fresh_masks") else _run_one)(case, device))
         except Exception:  # noqa: BLE001 - reported to the parent test
             results[case["name"]] = ("error", traceback.format_exc())
         finally:

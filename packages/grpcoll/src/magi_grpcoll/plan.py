@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from magi_grpcoll.checks import check_rank, check_rank_list, check_rank_sets, check_split_sizes
+from magi_grpcoll.transfer import upload
 
 __all__ = ["GroupCastPlan", "GroupReducePlan", "ReduceMap"]
 
@@ -41,7 +42,7 @@ def ranges_to_rows(starts: list[int], lengths: list[int], device) -> torch.Tenso
     ln = torch.tensor(lengths, dtype=torch.int64)
     cu = torch.cumsum(ln, 0) - ln  # where each range begins in the concatenation
     rows = torch.arange(total, dtype=torch.int64) + torch.repeat_interleave(st - cu, ln)
-    return rows.to(device)
+    return upload(rows, device)
 
 
 def _is_identity(starts: list[int], lengths: list[int], n: int) -> bool:
@@ -170,8 +171,8 @@ class ReduceMap:
             pos = ranges_to_rows(*layer_pos[c], "cpu")
             rows = ranges_to_rows(*layer_src[c], "cpu")
             contrib[pos, c] = rows
-            layers.append((pos.to(device), rows.to(device)))
-        return ReduceMap(touched.to(device), tuple(layers), count.to(device), contrib.to(device))
+            layers.append((upload(pos, device), upload(rows, device)))
+        return ReduceMap(upload(touched, device), tuple(layers), upload(count, device), upload(contrib, device))
 
 
 @dataclass(frozen=True, eq=False)

@@ -27,7 +27,9 @@ current stream's prior work; the returned work's ``wait_post_process()`` makes t
 wait for it and returns the tensors given to the call. Until then, do not touch ``output`` (a
 reduce reads it on the comm stream). Binding a plan the first time needs remote meta: one
 all_to_all (cast) or all_gather (reduce) of small int tensors plus an all_reduce for the buffer
-size; the binding is cached on the plan. A bound plan called again on tensors at the same
+size; the binding is cached on the plan. That exchange runs on a stream of its own (``_MetaStream``)
+and everything else of a binding on the host, so binding a new plan (every step of varlen training)
+waits for the peers' answer but never for the kernels queued on the caller's stream. A bound plan called again on tensors at the same
 addresses replays its launches from a CUDA graph
 (``impl._graphs``): the same kernels in the same order, for ~0.05 ms of host time instead of 0.1-0.3.
 """
@@ -44,6 +46,7 @@ from magi_grpcoll.impl.base import GrpCollImpl, cast_pairs, get_impl, register_i
 from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, build_runs, copy_chunks, copy_runs, row_bytes
 from magi_grpcoll.kernels.range_reduce import OWN, RECEIVED, FoldSources, fold_from_sources
+from magi_grpcoll.transfer import host_of, upload
 
 __all__ = ["NativeImpl", "native_call_state", "set_native_call_count"]
 
@@ -175,12 +178,35 @@ def _byte_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _plan_send_layout(plan):
-    """send_rows (input rows in a2a send order) and the destination rank of each, as int64 lists/tensors."""
-    dev = plan.device
-    rows = plan.send_rows if plan.send_rows is not None else torch.arange(plan.input_len, device=dev)
-    peer = torch.repeat_interleave(torch.arange(plan.world_size, device=dev),
-                                   torch.tensor(plan.send_counts, device=dev))
+    """send_rows (input rows in a2a send order) and the destination rank of each, int64 host tensors."""
+    rows = host_of(plan.send_rows) if plan.send_rows is not None else torch.arange(plan.input_len)
+    peer = torch.repeat_interleave(torch.arange(plan.world_size), torch.tensor(plan.send_counts))
     return rows, peer
+
+
+class _MetaStream:
+    """A side stream for a binding's exchange of remote meta (small NCCL collectives, read back on
+    the host). On the caller's stream they would wait for every kernel queued before them, and
+    their read-back would make the host wait too; here the host waits only for the peers."""
+
+    _streams: dict = {}
+
+    @classmethod
+    def of(cls, device) -> torch.cuda.Stream:
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        s = cls._streams.get(idx)
+        if s is None:
+            s = cls._streams[idx] = torch.cuda.Stream(device=idx)
+        return s
+
+
+def _exchange(device, run):
+    """``run()`` (collectives on host-made inputs, results read back) on the meta stream; a plain
+    call off CUDA (no queue to keep) and inside a caller's graph capture."""
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return run()
+    with torch.cuda.stream(_MetaStream.of(device)):
+        return run()
 
 
 _stream_objects: dict = {}  # (device index, raw cudaStream_t) -> torch.cuda.Stream
@@ -305,12 +331,12 @@ def _on_comm_stream(device, tensors, fn, record: bool | None = None) -> _StreamW
 
 
 def cast_receive_positions(plan) -> torch.Tensor:
-    """[sum(recv_counts)] int64: the output row of each a2a-v receive slot (what sources must learn)."""
-    inv = torch.empty(sum(plan.recv_counts), dtype=torch.int64, device=plan.device)
+    """[sum(recv_counts)] int64 host tensor: the output row of each a2a-v receive slot (what sources
+    must learn)."""
     if plan.recv_rows is None:
-        inv.copy_(torch.arange(inv.numel(), device=plan.device))
-    else:
-        inv[plan.recv_rows] = torch.arange(plan.output_len, device=plan.device)
+        return torch.arange(sum(plan.recv_counts))
+    inv = torch.empty(sum(plan.recv_counts), dtype=torch.int64)
+    inv[host_of(plan.recv_rows)] = torch.arange(plan.output_len)
     return inv
 
 
@@ -336,7 +362,7 @@ def reduce_binding(plan, counts: torch.Tensor, push_fraction: float) -> _Binding
     transfer, and the pushes run under the stage copies.
     """
     me = plan.rank
-    rows, peer = (t.cpu() for t in _plan_send_layout(plan))
+    rows, peer = _plan_send_layout(plan)
     to_peers = counts.clone()
     to_peers.fill_diagonal_(0)
     pushed = torch.ceil(to_peers.double() * push_fraction).long()  # [r, d]
@@ -350,7 +376,7 @@ def reduce_binding(plan, counts: torch.Tensor, push_fraction: float) -> _Binding
     send_dst = torch.where(push, push_base[me, peer] + m, stage_base[me, peer] + m - pushed[me, peer])
     send = (rows[remote], send_dst[remote], torch.where(push, peer, _LOCAL)[remote])
     # the fold: receive slot j from source src, index m inside src's block
-    slots = plan.rmap.contrib.cpu()
+    slots = host_of(plan.rmap.contrib)
     valid = slots >= 0
     recv_ends = torch.cumsum(counts[:, me], 0)
     src = torch.searchsorted(recv_ends, slots.clamp(min=0), right=True).clamp(max=plan.world_size - 1)
@@ -362,7 +388,7 @@ def reduce_binding(plan, counts: torch.Tensor, push_fraction: float) -> _Binding
     who = torch.where(own, OWN, torch.where(got_pushed, RECEIVED, src))
     row[~valid], who[~valid] = -1, OWN
     dev = plan.device
-    sources = FoldSources(plan.rmap.touched, who.to(dev, torch.int32), row.to(dev), plan.rmap.count)
+    sources = FoldSources(plan.rmap.touched, upload(who.to(torch.int32), dev), upload(row, dev), plan.rmap.count)
     regions = (int(pushed.sum(0).max().item()), int(staged.sum(1).max().item()))
     return _Binding({"send": send}, regions, dev, sources=sources, push_fraction=push_fraction)
 
@@ -401,13 +427,19 @@ class NativeImpl(GrpCollImpl):
         b = self._bindings.get(plan)
         if b is None:
             dev = plan.device
-            # each receiver tells each source the final output row of every row it will receive from it
-            inv = cast_receive_positions(plan)
-            pos = torch.empty(sum(plan.send_counts), dtype=torch.int64, device=dev)
-            dist.all_to_all_single(pos, inv, list(plan.send_counts), list(plan.recv_counts), group=group)
-            cap = torch.tensor([plan.output_len], device=dev)
-            dist.all_reduce(cap, op=dist.ReduceOp.MAX, group=group)
-            b = self._bindings[plan] = cast_binding(plan, pos, int(cap.item()))
+
+            def exchange():
+                # each receiver tells each source the final output row of every row it will receive
+                # from it; the buffer holds the largest output of the group
+                inv = cast_receive_positions(plan).to(dev)
+                pos = torch.empty(sum(plan.send_counts), dtype=torch.int64, device=dev)
+                dist.all_to_all_single(pos, inv, list(plan.send_counts), list(plan.recv_counts), group=group)
+                cap = torch.tensor([plan.output_len], device=dev)
+                dist.all_reduce(cap, op=dist.ReduceOp.MAX, group=group)
+                return pos.cpu(), int(cap.item())
+
+            pos, cap = _exchange(dev, exchange)
+            b = self._bindings[plan] = cast_binding(plan, pos, cap)
         return b
 
     def _bind_reduce(self, plan, group, push_fraction: float | None = None):
@@ -418,10 +450,13 @@ class NativeImpl(GrpCollImpl):
         store = self._bindings if push_fraction is None else self._fold_bindings
         b = store.get(plan)
         if b is None or b.push_fraction != fraction:
-            mine = torch.tensor(plan.send_counts, dtype=torch.int64, device=plan.device)
-            table = [torch.empty_like(mine) for _ in range(plan.world_size)]
-            dist.all_gather(table, mine, group=group)
-            b = store[plan] = reduce_binding(plan, torch.stack(table).cpu(), fraction)
+            def exchange():
+                mine = torch.tensor(plan.send_counts, dtype=torch.int64, device=plan.device)
+                table = [torch.empty_like(mine) for _ in range(plan.world_size)]
+                dist.all_gather(table, mine, group=group)
+                return torch.stack(table).cpu()
+
+            b = store[plan] = reduce_binding(plan, _exchange(plan.device, exchange), fraction)
         return b
 
     def _regions(self, group, device, sizes):

@@ -16,6 +16,7 @@ import math
 import torch
 
 from magi_grpcoll.kernels._select import triton_available
+from magi_grpcoll.transfer import upload
 
 __all__ = ["CHUNK_BYTES", "build_chunks", "build_runs", "copy_chunks", "copy_runs", "row_bytes"]
 
@@ -50,7 +51,7 @@ def build_chunks(src_rows: torch.Tensor, dst_rows: torch.Tensor, dst: torch.Tens
     starts = torch.nonzero(brk | (within % max_rows == 0)).squeeze(1)
     lens = torch.diff(starts, append=torch.tensor([n]))
     table = _interleave(torch.stack([src_rows[starts], dst_rows[starts], lens, dst[starts]], dim=1))
-    return table.to(device) if device is not None else table
+    return upload(table, device) if device is not None else table
 
 
 def build_runs(src_rows: torch.Tensor, dst_rows: torch.Tensor, dst: torch.Tensor) -> list[tuple[int, int, int, int]]:

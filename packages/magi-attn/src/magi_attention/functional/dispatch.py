@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from magi_attention.common.host_collective import run_and_release
+from magi_attention.common.transfer import index_tensor
 from magi_attention.errors import MagiAttentionError
 
 __all__ = ["ChunkLayout", "dispatch_func", "undispatch_func"]
@@ -46,7 +47,7 @@ class ChunkLayout:
 
 def _local(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     chunks = x.reshape(layout.num_chunks, layout.chunk_size, *x.shape[1:])
-    ids = torch.tensor(layout.partitions[layout.rank], dtype=torch.long, device=x.device)
+    ids = index_tensor(layout.partitions[layout.rank], x.device)
     return chunks.index_select(0, ids).reshape(layout.shard_seqlen, *x.shape[1:])
 
 
@@ -62,7 +63,7 @@ def _gather(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
         gathered = torch.cat(parts, 0)
     chunks = gathered.reshape(layout.num_chunks, layout.chunk_size, *x.shape[1:])
     out = torch.empty_like(chunks)
-    perm = torch.tensor(layout.perm(), dtype=torch.long, device=x.device)
+    perm = index_tensor(layout.perm(), x.device)
     out.index_copy_(0, perm, chunks)
     return out.reshape(layout.total_seqlen, *x.shape[1:])
 

@@ -105,13 +105,18 @@ def _optional_kwargs(fn: Any, **opts: Any) -> dict:
 
 
 class _Calc:
-    """One stage's slices as tensors on the compute device (built once)."""
+    """One stage's slices as host (CPU) int32 tensors, built once.
 
-    def __init__(self, calc: Any, device: torch.device):
+    Host tensors, not device ones: magi_ffa uploads host ranges without making the host wait and
+    keeps their host copy, where device ranges cost a blocking upload here and a device read-back
+    (a host sync) in magi_ffa. On a step with a new mask every such sync drains the GPU's queue.
+    """
+
+    def __init__(self, calc: Any):
         q, k, t = calc.as_arrays()
-        self.q_ranges = torch.from_numpy(np.ascontiguousarray(q, dtype=np.int32)).to(device)
-        self.k_ranges = torch.from_numpy(np.ascontiguousarray(k, dtype=np.int32)).to(device)
-        self.types = torch.from_numpy(np.ascontiguousarray(t, dtype=np.int32)).to(device)
+        self.q_ranges = torch.from_numpy(np.ascontiguousarray(q, dtype=np.int32))
+        self.k_ranges = torch.from_numpy(np.ascontiguousarray(k, dtype=np.int32))
+        self.types = torch.from_numpy(np.ascontiguousarray(t, dtype=np.int32))
         self.area = int(calc.area)
         self.empty = self.q_ranges.shape[0] == 0 or self.area == 0
         self.bound: Any = None  # magi_ffa.FFACall of these slices (False: none), made at the first call

@@ -127,9 +127,9 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self.comm_kwargs = dict(comm_kwargs or {})
         if flags.native_grpcoll and native_holds_tensors():
             self.comm_kwargs["record_streams"] = False  # stable addresses (graphs.py); 2 x H200: no slower
-        self.host_calc = _Calc(rank_plan.host_calc, device)
+        self.host_calc = _Calc(rank_plan.host_calc)
         self.stages = list(rank_plan.stages)
-        self.stage_calcs = [_Calc(s.calc, device) for s in self.stages]
+        self.stage_calcs = [_Calc(s.calc) for s in self.stages]
         self.backend = kernel_backend(flags)
         self.save_tail = flags.bwd_hide_tail_reduce and self.num_stages > 0
         self.stage_by_stage = flags.prefetch_stage_by_stage or flags.native_grpcoll

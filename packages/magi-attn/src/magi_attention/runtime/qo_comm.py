@@ -116,8 +116,8 @@ class QOCommRuntime(_FFARuntimeMixin):
         self.device = device
         self.comm_kwargs = dict(comm_kwargs or {})
         self.groups = int(plan.num_head_groups)
-        self.host_calc = _Calc(rp.host_calc, device)
-        self.remote_calc = _Calc(rp.remote_calc, device)
+        self.host_calc = _Calc(rp.host_calc)
+        self.remote_calc = _Calc(rp.remote_calc)
         self.n_rq = int(rp.num_remote_q_tokens)
         self.n_rk = int(rp.num_remote_kv_tokens)
         self.q_cast, self.kv_cast = rp.q_cast, rp.kv_cast

@@ -11,7 +11,8 @@ key intervals (a causal or inverse-causal edge moves one interval end by one key
   block, its q blocks). Layout is FlexAttention's BlockMask: counts ``[1, 1, rows]`` and indices
   ``[1, 1, rows, width]`` packed left in ascending order (width = the largest count).
 
-Everything here is plain torch (runs on any device) so it is tested on CPU against the dense mask.
+Everything is computed on the host (numpy) and uploaded once without a host sync
+(``magi_ffa.transfer``), so it is tested on CPU against the dense mask.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from magi_ffa.backends.fa4.decompose import decompose as decompose_mask
 from magi_ffa.backends.fa4.native import NativeMask, recognise_native
+from magi_ffa.transfer import to_device
 
 __all__ = ["BlockLists", "SliceBlockMask", "build_slice_block_mask", "row_intervals"]
 
@@ -137,55 +139,51 @@ class SliceBlockMask:
         return vis
 
 
-def _pack(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pack(sel: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
     """bool [rows, cols] -> counts [1,1,rows], indices [1,1,rows,width] (selected first, ascending).
 
     Compact: width is the largest count (at least 1), as FA4 reads only the first count entries.
+    Built on the host and uploaded: FA4 insists on a packed row-major last dimension (it refused
+    the backward lists of causal masks, whose compact width is 1, when given a strided slice).
     """
-    cnt = sel.sum(-1, dtype=torch.int32)
-    idx = torch.sort((~sel).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
-    width = max(1, int(cnt.max())) if cnt.numel() else 1
-    return _row_major(cnt[None, None]), _row_major(idx[..., :width][None, None])
+    cnt = sel.sum(-1, dtype=np.int32)
+    idx = np.argsort(~sel, axis=-1, kind="stable").astype(np.int32)  # selected (False) first, in order
+    width = max(1, int(cnt.max())) if cnt.size else 1
+    return to_device(cnt[None, None], device), to_device(idx[None, None, :, :width], device)
 
 
-def _row_major(t: torch.Tensor) -> torch.Tensor:
-    """A packed row-major copy. Not ``.contiguous()``: torch calls a slice of width 1 contiguous
-    whatever its last stride, and FA4 insists on last stride 1 (it refused the backward lists of
-    causal masks, whose compact width is 1, with "Expected strides[leading_dim] == 1")."""
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
-
-
-def _lists(partial: torch.Tensor, full: torch.Tensor) -> BlockLists:
-    mc, mi = _pack(partial)
-    fc, fi = _pack(full)
+def _lists(partial: np.ndarray, full: np.ndarray, device) -> BlockLists:
+    mc, mi = _pack(partial, device)
+    fc, fi = _pack(full, device)
     return BlockLists(mc, mi, fc, fi)
 
 
-def _tile_classes(lo: torch.Tensor, hi: torch.Tensor, seqlen_k: int, bm: int, bn: int):
-    """bool [Mb, Nb] partial / full, from per-row intervals via difference arrays per q block."""
+def _tile_classes(lo: np.ndarray, hi: np.ndarray, seqlen_k: int, bm: int, bn: int) -> tuple[np.ndarray, np.ndarray]:
+    """bool [Mb, Nb] partial / full, from per-row intervals via difference arrays per q block
+    (host numpy: a new mask's tiles are classified without reading anything back from the GPU)."""
     k_runs, sq = lo.shape
     mb, nb = -(-sq // bm), -(-seqlen_k // bn)
     if mb == 0 or nb == 0:
-        empty = torch.zeros(mb, nb, dtype=torch.bool, device=lo.device)
-        return empty, empty.clone()
-    lo, hi = lo.long(), hi.long()
+        empty = np.zeros((mb, nb), dtype=bool)
+        return empty, empty.copy()
+    lo, hi = lo.astype(np.int64), hi.astype(np.int64)
     nonempty = hi > lo
-    qblk = (torch.arange(sq, device=lo.device) // bm).expand(k_runs, sq)
+    qblk = np.broadcast_to(np.arange(sq, dtype=np.int64) // bm, (k_runs, sq))
     # blocks the interval touches: [lo // bn, ceil(hi / bn)); fully covers: [ceil(lo / bn), end)
     touch_lo, touch_hi = lo // bn, -(-hi // bn)
     full_lo = -(-lo // bn)
-    full_hi = torch.where(hi >= seqlen_k, torch.full_like(hi, nb), hi // bn)  # last block may be short
-    full_hi = torch.maximum(full_hi, full_lo)
+    full_hi = np.where(hi >= seqlen_k, nb, hi // bn)  # the last block may be short
+    full_hi = np.maximum(full_hi, full_lo)
 
-    def coverage(a, b):
-        diff = torch.zeros(mb, nb + 1, dtype=torch.int64, device=lo.device)
+    def coverage(a, b):  # rows of each q block covering each k block
         m = nonempty & (b > a)
-        diff.index_put_((qblk[m], a[m]), torch.ones_like(a[m]), accumulate=True)
-        diff.index_put_((qblk[m], b[m]), -torch.ones_like(b[m]), accumulate=True)
-        return diff.cumsum(-1)[:, :nb]
+        base = qblk[m] * (nb + 1)
+        size = mb * (nb + 1)
+        diff = np.bincount(base + a[m], minlength=size) - np.bincount(base + b[m], minlength=size)
+        return diff.reshape(mb, nb + 1).cumsum(-1)[:, :nb]
 
     touched = coverage(touch_lo, touch_hi) > 0
-    rows_in_block = torch.full((mb,), bm, dtype=torch.int64, device=lo.device)
+    rows_in_block = np.full(mb, bm, dtype=np.int64)
     rows_in_block[-1] = sq - (mb - 1) * bm
     full = coverage(full_lo, full_hi) == rows_in_block[:, None]
     return touched & ~full, full
@@ -200,9 +198,7 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
     if bm <= 0 or bn <= 0:
         raise ValueError(f"build_slice_block_mask(): block_size must be positive, got {block_size}.")
     lo_np, hi_np = row_intervals(q_ranges, k_ranges, attn_type_map, seqlen_q)
-    lo = torch.from_numpy(lo_np).to(device)
-    hi = torch.from_numpy(hi_np).to(device)
-    partial, full = _tile_classes(lo, hi, seqlen_k, bm, bn)
+    partial, full = _tile_classes(lo_np, hi_np, seqlen_k, bm, bn)
     empty = (hi_np <= lo_np).all(0)
     native = recognise_native(lo_np, hi_np, seqlen_q, seqlen_k, device)
     has_partial = bool(partial.any())
@@ -211,9 +207,10 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
         visible = np.maximum(hi_np.astype(np.int64) - lo_np, 0).sum(0)
         parts = decompose_mask(q_ranges, k_ranges, attn_type_map, visible, functools.partial(
             build_slice_block_mask, block_size=block_size, device=device, decompose=False))
-    return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), _row_major(lo), _row_major(hi), partial, full,
-                          fwd=_lists(partial, full), bwd=_lists(partial.T, full.T),
-                          empty_rows=torch.from_numpy(empty).to(device) if empty.any() else None,
-                          seeing_rows=(torch.from_numpy(np.flatnonzero(~empty).astype(np.int32)).to(device)
+    return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), to_device(lo_np, device), to_device(hi_np, device),
+                          to_device(partial, device), to_device(full, device),
+                          fwd=_lists(partial, full, device), bwd=_lists(partial.T, full.T, device),
+                          empty_rows=to_device(empty, device) if empty.any() else None,
+                          seeing_rows=(to_device(np.flatnonzero(~empty).astype(np.int32), device)
                                        if empty.any() else None),
                           native=native, has_partial=has_partial, parts=parts)

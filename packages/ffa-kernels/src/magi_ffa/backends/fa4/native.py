@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from magi_ffa.transfer import to_device
+
 __all__ = ["NativeMask", "recognise_native"]
 
 
@@ -178,7 +180,7 @@ def _documents(lo: np.ndarray, hi: np.ndarray, seqlen_q: int, seqlen_k: int, dev
         return NativeMask(causal=causal, batch=len(q_len))  # no empty documents: used == q_len
     cu_q = np.concatenate([[0], np.cumsum(q_len)])
     cu_k = np.concatenate([[0], np.cumsum(k_len)])
-    as_tensor = lambda a: torch.tensor(a, dtype=torch.int32, device=device)  # noqa: E731
+    as_tensor = lambda a: to_device(np.asarray(a, dtype=np.int32), device)  # noqa: E731
     return NativeMask(causal=causal, cu_seqlens_q=as_tensor(cu_q), cu_seqlens_k=as_tensor(cu_k),
                       max_seqlen_q=max(q_len), max_seqlen_k=max(k_len),
                       seqused_q=as_tensor(used) if used != q_len else None)
@@ -205,7 +207,7 @@ def _window_documents(lo: np.ndarray, hi: np.ndarray, seqlen: int, device) -> Na
     if len(starts) > max(MIN_ROWS_PER_DOCUMENT, seqlen // MIN_ROWS_PER_DOCUMENT):
         return None
     cu = np.append(starts, seqlen)
-    cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
+    cu_t = to_device(cu.astype(np.int32), device)
     longest = int(np.diff(cu).max())
     return NativeMask(window_left=left, window_right=0, cu_seqlens_q=cu_t, cu_seqlens_k=cu_t,
                       max_seqlen_q=longest, max_seqlen_k=longest)
