@@ -17,6 +17,7 @@ from test_fa4_backend import _masks
 def fake_fa4(monkeypatch):
     _fake_fa4.install_backend_on_cpu(monkeypatch)
     monkeypatch.delenv(replay.ENV, raising=False)
+    monkeypatch.setenv(replay.RECORD_AT_ENV, "2")  # these tests record on the second call
     yield _fake_fa4.CALLS
     from magi_ffa.backends import fa4 as fa4_backend
 
@@ -108,7 +109,7 @@ def test_off_by_env(fake_fa4, monkeypatch):
     monkeypatch.setenv(replay.ENV, "0")
     for seed in range(4):
         _check_call(*_data(seed, 16, 16), [[0, 16]], [[0, 16]], [1])
-    assert replay.stats() == {"recorded": 0, "replayed": 0, "refused": 0, "refusals": []}
+    assert replay.stats() == {"recorded": 0, "replayed": 0, "refused": 0, "trusted": 0, "refusals": []}
 
 
 @pytest.mark.parametrize("host_work,reason", [
@@ -139,3 +140,50 @@ def _forward_four_times():
         with torch.no_grad():
             out, _ = flex_flash_attn_func(q, k, v, [[0, 16]], [[0, 16]], [1], backend="fa4")
         torch.testing.assert_close(out, ref_attn_dense(q, k, v, [[0, 16]], [[0, 16]], [1])[0], atol=1e-10, rtol=0)
+
+
+def test_a_checked_structure_is_trusted_for_a_new_mask(fake_fa4):
+    """Varlen training brings new masks every step: the second mask of the same kernel structure
+    (here two document packings of 24 tokens) is recorded without the check, and its replays are
+    still right, forward and backward."""
+    masks = [([[0, 8], [8, 24]], [[0, 8], [8, 24]], [1, 1]), ([[0, 16], [16, 24]], [[0, 16], [16, 24]], [1, 1])]
+    for i, (qr, kr, ts) in enumerate(masks):
+        for seed in range(3):  # compiled (or seen once), recorded, replayed
+            _check_call(*_data(10 * i + seed, 24, 24), qr, kr, ts)
+    s = replay.stats()
+    assert s["refused"] == 0, s["refusals"]
+    assert s["recorded"] == 4 and s["trusted"] == 2 and s["replayed"] == 4, s
+
+
+def test_a_structure_is_trusted_only_after_its_check_passed(fake_fa4, monkeypatch):
+    """A tape whose check failed teaches nothing: the next mask of that structure is checked (and
+    refused) too."""
+    monkeypatch.setattr(_fake_fa4, "LAUNCH_UNCACHED", True)
+    for qr in ([[0, 16]], [[0, 12]]):
+        for seed in range(2):
+            q, k, v, _ = _data(seed, 16, 16)
+            with torch.no_grad():
+                flex_flash_attn_func(q, k, v, qr, [[0, 16]], [1], backend="fa4")
+    s = replay.stats()
+    assert s["refused"] == 2 and s["trusted"] == 0 and s["recorded"] == 0, s
+
+
+def test_a_key_is_recorded_only_at_its_record_at_call(fake_fa4, monkeypatch):
+    """By default a key runs FA4's own path until its 8th call (a recording costs tens of replays'
+    savings; a new mask per step calls its keys once per layer): recorded then, replayed after."""
+    monkeypatch.delenv(replay.RECORD_AT_ENV)
+    assert replay.record_at() == replay.RECORD_AT == 8
+    for n in range(1, 10):
+        q, k, v, _ = _data(n, 16, 16)
+        with torch.no_grad():
+            out, _ = flex_flash_attn_func(q, k, v, [[0, 16]], [[0, 16]], [1], backend="fa4")
+        torch.testing.assert_close(out, ref_attn_dense(q, k, v, [[0, 16]], [[0, 16]], [1])[0], atol=1e-10, rtol=0)
+        s = replay.stats()
+        assert (s["recorded"], s["replayed"]) == ((0, 0) if n < 8 else (1, n - 8)), (n, s)
+
+
+@pytest.mark.parametrize("raw", ["1", "x"])
+def test_record_at_must_be_a_later_call(monkeypatch, raw):
+    monkeypatch.setenv(replay.RECORD_AT_ENV, raw)
+    with pytest.raises(ValueError, match=replay.RECORD_AT_ENV):
+        replay.record_at()

@@ -6,7 +6,8 @@ launches themselves are tvm-ffi calls of a few µs. At 8k tokens that decision t
 kernel. For a call whose decisions cannot change (the same mask object, shapes, strides, dtypes,
 alignment and scalars: the caller's key) the decisions are recorded once and replayed:
 
-* **record** (the second call of a key; the first one compiles): the call runs under a
+* **record** (the ``record_at()``-th call of a key, default the 8th; the first one compiles): the
+  call runs under a
   TorchFunctionMode that sees every torch op it makes, with FA4's compile caches wrapped so that
   every compiled-kernel launch is seen with its arguments. Each tensor argument is traced to where
   it comes from: a view of one of the call's inputs, a buffer FA4 allocated during the call
@@ -19,7 +20,20 @@ alignment and scalars: the caller's key) the decisions are recorded once and rep
   here); if not, the key is not replayable. Only the elements the call computes are compared: the
   caller names them (``computed``) where FA4 leaves some unwritten, such as the rows a
   ``seqused_q`` call skips, whose contents are whatever the buffers held.
+  The check runs a call's kernels a second time and reads the results back (host syncs), so it is
+  made once per *structure*: the sequence of compiled kernels and where each argument comes from,
+  values and mask tensors aside. A tape of a structure already checked is trusted. That is what
+  varlen training needs, whose documents are packed anew every step: each step's masks are new
+  keys, recorded on their second call, and their kernels' structures repeat from step to step.
 * **replay**: allocate, zero, launch the recorded kernels with the new call's tensors.
+
+Why not record on the second call: a recording traces every torch op of FA4's Python (hundreds per
+call), which costs far more host time than one call (a 32k varlen step with a new mask each step,
+2 x H200, cProfile: ~17 ms per recording, check included, against 0.1-0.2 ms saved per replay). A
+key pays back only after tens of replays, and the keys of a mask that lives one step (varlen
+training packs its documents anew every step) are called once per layer and die. Waiting for the
+8th call leaves those alone (up to 7 layers) and costs a long-lived key nothing that matters.
+``MAGI_FFA_FA4_RECORD_AT`` sets the call (2 or more).
 
 Keys that are not replayable keep FA4's own path, so the worst case is today's speed. Off with
 ``MAGI_FFA_FA4_LAUNCH_REPLAY=0``. Not used while a CUDA graph is being captured (the capture
@@ -40,24 +54,28 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["clear", "launch", "stats"]
 
 ENV = "MAGI_FFA_FA4_LAUNCH_REPLAY"
+RECORD_AT_ENV = "MAGI_FFA_FA4_RECORD_AT"
+RECORD_AT = 8  # the call of a key that is recorded (default; see the module docstring)
 MAX_TAPES = 64
 
-_SEEN_ONCE = object()  # the first call of a key compiles: it is not recorded
-_tapes: OrderedDict = OrderedDict()  # key -> _Tape | _SEEN_ONCE | the reason it is refused (str)
+_tapes: OrderedDict = OrderedDict()  # key -> _Tape | calls so far (int, not recorded yet) | why refused (str)
 _lock = threading.Lock()
 _active = threading.local()  # .recorder: the _Recorder of the call being recorded on this thread
-_counts = {"recorded": 0, "replayed": 0, "refused": 0}
+_counts = {"recorded": 0, "replayed": 0, "refused": 0, "trusted": 0}  # trusted: recorded, check skipped
+_checked: OrderedDict = OrderedDict()  # structures (_structure) whose tapes passed the check
 _refusals: list[str] = []
 
 
 def stats() -> dict:
-    """Counts of recorded, replayed and refused calls, and the last refusal reasons (tests, benches)."""
+    """Counts of recorded, replayed and refused calls, of recorded ones whose check was skipped (a
+    structure checked before: ``trusted``), and the last refusal reasons (tests, benches)."""
     return {**_counts, "refusals": list(_refusals)}
 
 
 def clear() -> None:
     with _lock:
         _tapes.clear()
+        _checked.clear()
         _refusals.clear()
         for k in _counts:
             _counts[k] = 0
@@ -65,6 +83,21 @@ def clear() -> None:
 
 def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
+
+
+def record_at() -> int:
+    """The call of a key that is recorded (``MAGI_FFA_FA4_RECORD_AT``, default ``RECORD_AT``; at least 2:
+    the first call compiles FA4's kernels, which a recording must not see)."""
+    raw = os.environ.get(RECORD_AT_ENV, "").strip()
+    if not raw:
+        return RECORD_AT
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"{RECORD_AT_ENV}={raw!r} is not an integer") from None
+    if n < 2:
+        raise ValueError(f"{RECORD_AT_ENV}={raw!r}: the call to record must be 2 or later")
+    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +178,7 @@ class _Recorder(TorchFunctionMode):
         return result
 
     def _observe(self, func, args, kwargs, result) -> None:
-        name = getattr(func, "__name__", repr(func))
+        name = getattr(func, "__name__", None) or repr(func)  # repr only when needed: it is slow
         if func in _FACTORIES:
             if isinstance(result, torch.Tensor):
                 self.steps.append(("alloc", len(self.created), tuple(result.shape), tuple(result.stride()),
@@ -348,6 +381,30 @@ def _matches(recorded, replayed) -> bool:
     return True
 
 
+def _shape_of(tpl) -> tuple:
+    """A template without its values: where each argument comes from, not which tensor or value."""
+    kind = tpl[0]
+    if kind in ("in", "new"):
+        return (kind, tpl[1], len(tpl[3]))
+    if kind == "seq":
+        return ("seq", tpl[1], tuple(_shape_of(t) for t in tpl[2]))
+    return (kind, type(tpl[1]).__name__)
+
+
+def _structure(rec: _Recorder, outputs_tpl) -> tuple:
+    """What the check of a tape establishes, for every tape that shares it: the compiled kernels in
+    order and the origin of each of their arguments, allocations and zeroings."""
+    parts = []
+    for step in rec.steps:
+        if step[0] == "launch":
+            parts.append(("launch", id(step[1]), _shape_of(step[2])))
+        elif step[0] == "alloc":
+            parts.append(("alloc", step[1], len(step[2]), step[4], step[6]))
+        else:
+            parts.append(("zero", _shape_of(step[1])))
+    return tuple(parts), _shape_of(outputs_tpl)
+
+
 def _everything(result):
     return result
 
@@ -367,18 +424,26 @@ def _record(key, owner, call, inputs, written, constants, module, computed):
             raise _NotReplayable(rec.failure)
         outputs_tpl = rec._template(result)
         tape = _Tape(rec, outputs_tpl, owner)
-        # the check: same inputs, NaN stand-ins for the buffers the call writes
-        expected = [t.clone() for t in _tensors_in(computed(result))]
-        trial = list(inputs)
-        for i in written:
-            if trial[i] is not None:
-                trial[i] = torch.full_like(trial[i], float("nan"))
-        if not _matches(expected, computed(tape.run(trial))):
-            raise _NotReplayable("the replayed launches did not reproduce the call's results")
+        structure = _structure(rec, outputs_tpl)
+        trusted = structure in _checked
+        if not trusted:  # the check: same inputs, NaN stand-ins for the buffers the call writes
+            expected = [t.clone() for t in _tensors_in(computed(result))]
+            trial = list(inputs)
+            for i in written:
+                if trial[i] is not None:
+                    trial[i] = torch.full_like(trial[i], float("nan"))
+            if not _matches(expected, computed(tape.run(trial))):
+                raise _NotReplayable("the replayed launches did not reproduce the call's results")
     except _NotReplayable as e:
         _refuse(key, str(e))
         return result
+    with _lock:
+        _checked[structure] = True
+        _checked.move_to_end(structure)
+        while len(_checked) > MAX_TAPES:
+            _checked.popitem(last=False)
     _counts["recorded"] += 1
+    _counts["trusted"] += trusted
     _remember(key, tape)
     return result
 
@@ -405,9 +470,10 @@ def launch(key: tuple, owner, call: Callable, inputs: Sequence[torch.Tensor | No
     if isinstance(entry, _Tape):  # it keeps `owner` alive, so id(owner) in the key is still owner's
         _counts["replayed"] += 1
         return entry.run(list(inputs))
-    if entry is None:
-        _remember(full_key, _SEEN_ONCE)
+    if entry is None or isinstance(entry, int):
+        calls = (entry or 0) + 1
+        if calls >= record_at():
+            return _record(full_key, owner, call, list(inputs), written, constants, module, computed or _everything)
+        _remember(full_key, calls)
         return call(*inputs)
-    if entry is _SEEN_ONCE:
-        return _record(full_key, owner, call, list(inputs), written, constants, module, computed or _everything)
     return call(*inputs)  # refused: FA4's own path
