@@ -185,14 +185,7 @@ def _run_fresh(case: dict, device: torch.device) -> dict:
     every step), every one checked as :func:`_run_one` checks; then one more new mask, whose step
     (key, dispatch, forward, backward) must make no host sync but the native meta exchange: each
     other one would drain the GPU's queue mid-step."""
-    from magi_attention.api import (
-        DistAttnConfig,
-        OverlapConfig,
-        calc_attn,
-        compute_pad_size,
-        dispatch,
-        magi_attn_flex_key,
-    )
+    from magi_attention import api
     from magi_attention.testing.syncs import HostSyncs
 
     errs = {}
@@ -202,14 +195,14 @@ def _run_fresh(case: dict, device: torch.device) -> dict:
     qr, kr, tm = build_mask(dict(case, seed=case["seed"] + case["fresh_masks"]))
     gen = torch.Generator(device=device).manual_seed(case["seed"])
     q, k, v, do = (torch.randn(T, h, d, device=device, generator=gen).to(torch.bfloat16) for h in (hq, hk, hk, hq))
-    cfg = DistAttnConfig(overlap_config=OverlapConfig(degree=case["degree"]))
+    cfg = api.DistAttnConfig(overlap_config=api.OverlapConfig(degree=case["degree"]))
     torch.cuda.synchronize()
     with HostSyncs() as syncs:
-        key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, compute_pad_size(T, dist.get_world_size(), chunk),
-                                 chunk, dist.group.WORLD, cfg)
-        lq, lk, lv = (dispatch(x, key).detach().requires_grad_() for x in (q, k, v))
-        ldo = dispatch(do, key)
-        lout, _ = calc_attn(lq, lk, lv, key)
+        key = api.magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d,
+                                     api.compute_pad_size(T, dist.get_world_size(), chunk), chunk, dist.group.WORLD, cfg)
+        lq, lk, lv = (api.dispatch(x, key).detach().requires_grad_() for x in (q, k, v))
+        ldo = api.dispatch(do, key)
+        lout, _ = api.calc_attn(lq, lk, lv, key)
         lout.backward(ldo)
     torch.cuda.synchronize()
     bad = {site: n for site, n in syncs.sites().items() if not _allowed_sync(site)}
