@@ -39,25 +39,25 @@ def row_intervals(q_ranges, k_ranges, attn_type_map, seqlen_q: int) -> tuple[np.
     qr = np.asarray(q_ranges, dtype=np.int64).reshape(-1, 2)
     kr = np.asarray(k_ranges, dtype=np.int64).reshape(-1, 2)
     types = np.asarray(attn_type_map, dtype=np.int64).reshape(-1)
-    rows, los, his = [], [], []
-    for (qs, qe), (ks, ke), t in zip(qr, kr, types):
-        if qe <= qs or ke <= ks:
-            continue
-        r = np.arange(qs, qe, dtype=np.int64)
-        lo = np.full_like(r, ks)
-        hi = np.full_like(r, ke)
-        if t in (1, 3):  # causal: bottom-right aligned diagonal
-            hi = np.minimum(hi, ke - qe + r + 1)
-        if t in (2, 3):  # inverse causal: top-left aligned diagonal
-            lo = np.maximum(lo, ks + r - qs)
-        keep = lo < hi
-        rows.append(r[keep])
-        los.append(lo[keep])
-        his.append(hi[keep])
-    if not rows or sum(len(r) for r in rows) == 0:
+    live = (qr[:, 1] > qr[:, 0]) & (kr[:, 1] > kr[:, 0])
+    qr, kr, types = qr[live], kr[live], types[live]
+    # every row of every slice at once: the slice's columns, cut by its diagonals
+    n = qr[:, 1] - qr[:, 0]
+    of = np.repeat(np.arange(len(n)), n)  # the slice of each row
+    row = np.arange(of.size, dtype=np.int64) - np.repeat(np.cumsum(n) - n, n) + qr[of, 0]
+    qs, qe, ks, ke, t = qr[of, 0], qr[of, 1], kr[of, 0], kr[of, 1], types[of]
+    lo = np.where((t == 2) | (t == 3), np.maximum(ks, ks + row - qs), ks)  # inverse causal: top-left
+    hi = np.where((t == 1) | (t == 3), np.minimum(ke, ke - qe + row + 1), ke)  # causal: bottom-right
+    keep = lo < hi
+    row, lo, hi = row[keep], lo[keep], hi[keep]
+    if row.size == 0:
         z = np.zeros((1, seqlen_q), dtype=np.int32)
         return z, z.copy()
-    row, lo, hi = (np.concatenate(x) for x in (rows, los, his))
+    if np.bincount(row, minlength=seqlen_q).max() == 1:  # slices on disjoint rows: nothing to merge
+        out_lo = np.zeros((1, seqlen_q), dtype=np.int32)
+        out_hi = np.zeros((1, seqlen_q), dtype=np.int32)
+        out_lo[0, row], out_hi[0, row] = lo, hi
+        return out_lo, out_hi
     order = np.lexsort((lo, row))
     row, lo, hi = row[order], lo[order], hi[order]
     # merge per row: offset by row * span so one running maximum never crosses rows
@@ -93,28 +93,68 @@ class BlockLists:
     full_idx: torch.Tensor  # int32 [1, 1, rows, cols]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity (its caches key on it)
 class SliceBlockMask:
-    """Everything FA4 needs for one mask at one block size (built once per mask, then cached)."""
+    """Everything FA4 needs for one mask at one block size (built once per mask, then cached).
+
+    The row intervals are kept on the host; their device copies and the block lists are built on
+    first use. A mask FA4 expresses itself (``native``: the varlen documents of a training batch)
+    never uses them, and at 32k rows they were half of the translation's host time, which a new
+    mask every step pays (varlen training packs its documents anew).
+    """
 
     seqlen_q: int
     seqlen_k: int
     block_size: tuple[int, int]  # (q block, k block)
-    lo: torch.Tensor  # int32 [K, Sq]
-    hi: torch.Tensor  # int32 [K, Sq]
-    partial: torch.Tensor  # bool [Mb, Nb]: tile visible but not entirely
-    full: torch.Tensor  # bool [Mb, Nb]: every cell of the tile visible
-    fwd: BlockLists  # per q block
-    bwd: BlockLists  # per k block
+    lo_host: np.ndarray  # int32 [K, Sq]: each row's merged key intervals [lo, hi)
+    hi_host: np.ndarray  # int32 [K, Sq]
+    device: torch.device | None = None  # where the device tensors go (None: the CPU)
     empty_rows: torch.Tensor | None = None  # bool [Sq]: rows that see no key (None: there are none)
     seeing_rows: torch.Tensor | None = None  # int32 [n]: the other rows, when there are empty ones
     native: NativeMask | None = None  # set when FA4's own masking expresses the mask (native.py)
-    has_partial: bool = True  # False: every visible tile is whole (block-aligned masks)
     parts: tuple | None = None  # decompose.MaskPart per native part, when the mask is their sum
 
     @property
     def num_intervals(self) -> int:
-        return int(self.lo.shape[0])
+        return int(self.lo_host.shape[0])
+
+    @functools.cached_property
+    def _classes(self) -> tuple[np.ndarray, np.ndarray]:
+        return _tile_classes(self.lo_host, self.hi_host, self.seqlen_k, *self.block_size)
+
+    @functools.cached_property
+    def lo(self) -> torch.Tensor:
+        return to_device(self.lo_host, self.device)
+
+    @functools.cached_property
+    def hi(self) -> torch.Tensor:
+        return to_device(self.hi_host, self.device)
+
+    @functools.cached_property
+    def partial(self) -> torch.Tensor:
+        """bool [Mb, Nb]: tiles visible but not entirely."""
+        return to_device(self._classes[0], self.device)
+
+    @functools.cached_property
+    def full(self) -> torch.Tensor:
+        """bool [Mb, Nb]: tiles whose every cell is visible."""
+        return to_device(self._classes[1], self.device)
+
+    @functools.cached_property
+    def has_partial(self) -> bool:
+        """False: every visible tile is whole (block-aligned masks: no mask function needed)."""
+        return bool(self._classes[0].any())
+
+    @functools.cached_property
+    def fwd(self) -> BlockLists:
+        """The lists per q block."""
+        return _lists(*self._classes, self.device)
+
+    @functools.cached_property
+    def bwd(self) -> BlockLists:
+        """The lists per k block."""
+        partial, full = self._classes
+        return _lists(partial.T, full.T, self.device)
 
     def skipped_rows(self, direction: str) -> torch.Tensor | None:
         """bool [Sq]: rows FA4 leaves unwritten in ``direction`` ("fwd": out / lse, "bwd": dq), the
@@ -124,10 +164,12 @@ class SliceBlockMask:
 
     @functools.cached_property
     def device_tensors(self) -> tuple[torch.Tensor, ...]:
-        """Every tensor FA4 may be handed for this mask (constant while the mask is cached)."""
+        """Every tensor FA4 may be handed for this mask (constant while the mask is cached): its
+        native form's, or the intervals and block lists."""
+        if self.native is not None:
+            return self.native.device_tensors
         lists = tuple(t for b in (self.fwd, self.bwd) for t in (b.mask_cnt, b.mask_idx, b.full_cnt, b.full_idx))
-        native = () if self.native is None else self.native.device_tensors
-        return (self.lo, self.hi, *lists, *native)
+        return (self.lo, self.hi, *lists)
 
     def cell_mask(self, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
         """The mask function in torch (what the FA4 mask_mod computes): broadcasting bool."""
@@ -198,19 +240,16 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
     if bm <= 0 or bn <= 0:
         raise ValueError(f"build_slice_block_mask(): block_size must be positive, got {block_size}.")
     lo_np, hi_np = row_intervals(q_ranges, k_ranges, attn_type_map, seqlen_q)
-    partial, full = _tile_classes(lo_np, hi_np, seqlen_k, bm, bn)
     empty = (hi_np <= lo_np).all(0)
-    native = recognise_native(lo_np, hi_np, seqlen_q, seqlen_k, device)
-    has_partial = bool(partial.any())
-    parts = None
-    if decompose and native is None and has_partial:
-        visible = np.maximum(hi_np.astype(np.int64) - lo_np, 0).sum(0)
-        parts = decompose_mask(q_ranges, k_ranges, attn_type_map, visible, functools.partial(
-            build_slice_block_mask, block_size=block_size, device=device, decompose=False))
-    return SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), to_device(lo_np, device), to_device(hi_np, device),
-                          to_device(partial, device), to_device(full, device),
-                          fwd=_lists(partial, full, device), bwd=_lists(partial.T, full.T, device),
+    mask = SliceBlockMask(seqlen_q, seqlen_k, (bm, bn), lo_np, hi_np, device,
                           empty_rows=to_device(empty, device) if empty.any() else None,
                           seeing_rows=(to_device(np.flatnonzero(~empty).astype(np.int32), device)
                                        if empty.any() else None),
-                          native=native, has_partial=has_partial, parts=parts)
+                          native=recognise_native(lo_np, hi_np, seqlen_q, seqlen_k, device))
+    if decompose and mask.native is None and mask.has_partial:
+        visible = np.maximum(hi_np.astype(np.int64) - lo_np, 0).sum(0)
+        parts = decompose_mask(q_ranges, k_ranges, attn_type_map, visible, functools.partial(
+            build_slice_block_mask, block_size=block_size, device=device, decompose=False))
+        # the builder completes its own new mask (keeping the tile classes it computed)
+        object.__setattr__(mask, "parts", parts)
+    return mask
