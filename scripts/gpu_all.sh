@@ -5,14 +5,17 @@
 #                                     first carries .carry/fa4-libs and runs fa4-libs, the next ones carry
 #                                     .carry/fa4 and run fa4 (tests, profile) or test-fa4 (tests only), bench-fa4,
 #                                     varlen-paths (FA4's varlen vs batch kernels) and/or bench-dist-fa4 (the
-#                                     runtime on the fa4 backend, >= 2 GPUs) and profile-dist-fa4; see
+#                                     runtime on the fa4 backend, >= 2 GPUs), profile-dist-fa4 and
+#                                     new-mask-fa4 (a new mask every step: new_mask_cost.py's phases and host
+#                                     syncs, and bench_dist --fresh-masks against the same mask every step); see
 #                                     scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out); set GIT_COMMIT=<hash> in the command (the
 # machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
 # STEP_TIMEOUT=<seconds> bounds every step. Extra arguments per step: TEST_PKGS, TEST_ARGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, BENCH_FA4_ARGS,
-# BENCH_FFA_ARGS, VARLEN_PATHS_ARGS, BENCH_GRPCOLL_ARGS, BENCH_DIST_ARGS, PROFILE_DIST_MASKS / PROFILE_DIST_ARGS, BENCH_QO_ARGS.
+# BENCH_FFA_ARGS, VARLEN_PATHS_ARGS, BENCH_GRPCOLL_ARGS, BENCH_DIST_ARGS, PROFILE_DIST_MASKS / PROFILE_DIST_ARGS, BENCH_QO_ARGS,
+# NEW_MASK_SEQLENS (new-mask-fa4, default 32768 65536).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
@@ -58,7 +61,7 @@ unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first
 if has fa4-libs; then  # FA4 arrives in two calls: the first keeps its CUDA libraries' first part on the warm machine
   mkdir -p /tmp/fa4-libs-parts && cp .carry/fa4-libs/*.part-* /tmp/fa4-libs-parts/ && echo "FA4 libraries, part 1 kept" || status=1
 fi
-if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
+if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
   if [ ! -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
     unpack_fa4_libs .carry/fa4/*.part-*
   fi
@@ -112,6 +115,18 @@ if has profile-dist-fa4 && [ "$NGPU" -ge 2 ]; then  # where one calc_attn's time
   for m in ${PROFILE_DIST_MASKS:-causal varlen_causal}; do
     MAGI_ATTENTION_FA4_BACKEND=1 run "profile-dist-fa4-$m" $PY -m torch.distributed.run --standalone \
       --nproc-per-node 2 packages/magi-attn/benchmarks/profile_dist.py --mask "$m" ${PROFILE_DIST_ARGS:-}
+  done
+fi
+if has new-mask-fa4 && [ "$NGPU" -ge 2 ]; then  # varlen training's new mask per step (tuning.md "A new mask every step")
+  for T in ${NEW_MASK_SEQLENS:-32768 65536}; do
+    MAGI_ATTENTION_FA4_BACKEND=1 MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "new-mask-cost-$T" $PY -m torch.distributed.run \
+      --standalone --nproc-per-node 2 packages/magi-attn/benchmarks/new_mask_cost.py --seqlen "$T" --cprofile 0
+  done
+  for fresh in "" --fresh-masks; do
+    MAGI_ATTENTION_FA4_BACKEND=1 MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "bench-dist-fa4${fresh:+-fresh}" $PY -m \
+      torch.distributed.run --standalone --nproc-per-node 2 packages/magi-attn/benchmarks/bench_dist.py --layers 4 \
+      --masks varlen_causal --seqlens ${NEW_MASK_SEQLENS:-32768 65536} --methods magi ffa_single \
+      --dispatch-alg cost_aware $fresh --out "$OUT/bench_dist_fa4${fresh:+_fresh}"
   done
 fi
 if has bench-qo && [ "$NGPU" -ge 2 ]; then
