@@ -103,3 +103,20 @@ def test_empty_mask_and_bad_block_size():
     assert not bm.full.any() and not bm.partial.any() and int(bm.fwd.mask_cnt.sum()) == 0
     with pytest.raises(ValueError, match="block_size"):
         build_slice_block_mask([[0, 4]], [[0, 4]], [0], 4, 4, (0, 4))
+
+
+def test_uploads_take_host_data_and_pack_every_stride():
+    """magi_ffa.transfer.to_device: numpy or CPU input, a packed row-major result whose size-1
+    dimensions have canonical strides too (FA4 checks the last stride); device input is refused
+    (it would be read back to the host)."""
+    import numpy as np
+    import pytest
+    from magi_ffa.transfer import to_device
+
+    strided = np.arange(24, dtype=np.int32).reshape(4, 6)[:, ::3][None]  # [1, 4, 2], not contiguous
+    t = to_device(strided, None)
+    assert t.stride() == (8, 2, 1) and t.tolist() == strided.tolist()
+    one = to_device(torch.arange(5, dtype=torch.int32)[None, None, :, None], None)
+    assert one.stride() == (5, 5, 1, 1)
+    with pytest.raises(ValueError, match="host data"):
+        to_device(torch.empty(2, device="meta"), None)
