@@ -214,6 +214,25 @@ def test_slice_tiles_match_a_dense_count_for_every_mask_type():
     assert slice_tiles(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), 8) == (0, 0)
 
 
+def test_slice_tiles_closed_form_matches_the_dense_count_on_a_full_grid():
+    """Every (lq, lk) up to 3 tiles and a bit, every type, three tile sizes: the closed form per slice
+    (``_slices_tiles``) against the dense mask, slice by slice."""
+    for tile in (1, 3, 8):
+        top = 3 * tile + 2
+        q, k, t, want = [], [], [], []
+        for lq in range(top):
+            for lk in range(top):
+                for ty in range(4):
+                    q.append([5, 5 + lq])
+                    k.append([2, 2 + lk])
+                    t.append(ty)
+                    want.append(_dense_tiles(q[-1], k[-1], ty, tile))
+        tiles, q_tiles = calls_tiles([([qi], [ki], [ti]) for qi, ki, ti in zip(q, k, t)], tile)
+        got = [(int(a), int(b)) for a, b in zip(tiles, q_tiles)]
+        bad = [(qi, ki, ti, g, w) for qi, ki, ti, g, w in zip(q, k, t, got, want) if g != w]
+        assert not bad, bad[:5]
+
+
 def test_calls_tiles_count_each_call_as_slice_tiles_does():
     rng = np.random.default_rng(7)
     calls = []

@@ -23,12 +23,35 @@ ROTATION_SHIFTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
 
 def planned_work(plan: Any, cp_size: int, remote_cost: float) -> list[float]:
     """Per rank: host-stage area + ``remote_cost`` x remote-stage area of a plan built for every rank."""
-    work = []
-    for r in range(cp_size):
-        rp = plan.rank_plan(r)
-        remote = sum(int(s.calc.area) for s in rp.stages)
-        work.append(int(rp.host_calc.area) + remote_cost * remote)
-    return work
+    return _PlanCalls(plan, cp_size).work(remote_cost)
+
+
+class _PlanCalls:
+    """What the two cost models read of a plan, taken in one walk over its ranks, so the plan itself
+    can be dropped (at cp 64 plans are large): per rank its host and stage areas, the K/V tokens its
+    stages receive and, per call (host, then stages), the call's index in ``calls`` (None: empty),
+    which holds each non-empty call's (q_ranges, k_ranges, types) arrays."""
+
+    def __init__(self, plan: Any, cp_size: int):
+        self.calls: list = []
+        self.ranks: list[tuple[int, int, list, int]] = []  # (host area, stage area, call slots, recv tokens)
+        for r in range(cp_size):
+            rp = plan.rank_plan(r)
+            stages = list(rp.stages)
+            slots = []
+            for c in (rp.host_calc, *(s.calc for s in stages)):
+                if int(c.area):  # an empty call costs nothing
+                    slots.append(len(self.calls))
+                    self.calls.append(c.as_arrays())
+                else:
+                    slots.append(None)
+            self.ranks.append((int(rp.host_calc.area), sum(int(s.calc.area) for s in stages), slots,
+                               sum(int(s.num_recv_tokens) for s in stages)))
+        self.num_slices = sum(len(c[2]) for c in self.calls)
+
+    def work(self, remote_cost: float) -> list[float]:
+        """planned_work of the plan."""
+        return [host + remote_cost * remote for host, remote, _, _ in self.ranks]
 
 
 #: The tile model's constants (CostAwareDispatchAlg(cost_model="tiles")), in units of one full tile's
@@ -49,26 +72,44 @@ RECV_TOKEN_COST = 0.04  # per K/V token a rank receives: the part of its transfe
 TILE_MARGIN = 0.05
 
 
-def _q_tile_counts(q_ranges, k_ranges, types, tile: int):
-    """(kept, nq, of, n): which slices have any cell, the q tiles of each kept slice, the kept slice of
-    each q tile and each q tile's visible tiles (see ``slice_tiles``)."""
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _slices_tiles(q_ranges, k_ranges, types, tile: int):
+    """(kept, tiles, q tiles): which slices have any cell, and per kept slice the tiles a kernel
+    visits and its q tiles (see ``slice_tiles``), in closed form per slice.
+
+    Why closed form: counting q tile by q tile expands a slice into ceil(lq / tile) entries, and a
+    key's cost-aware choice counts the calls of ~40-60 candidate plans; long slices made that
+    expansion the choice's largest cost. Per q tile i (rows [i*b, min(lq, (i+1)*b))), the visible
+    columns are one interval [lo_i, hi_i), so n_i = ceil(hi_i / b) - floor(lo_i / b), and per type
+    the sum over i is an arithmetic series (d = lk - lq, K = ceil(lk / b), nq = ceil(lq / b)):
+
+    * full: nq * K;
+    * causal (bottom-right): hi_i = d + (i+1)*b but the last tile's lk, so n_i = max(0, i+1 +
+      ceil(d / b)) for i < nq - 1, plus K;
+    * inverse causal (top-left): lo_i = i*b while below lk, so n_i = K - i for i < min(nq, K);
+    * bi-causal: nothing when lk < lq, else n_i = 1 + ceil(d / b) for i < nq - 1, plus K - (nq - 1).
+    """
     q = np.asarray(q_ranges, dtype=np.int64).reshape(-1, 2)
     k = np.asarray(k_ranges, dtype=np.int64).reshape(-1, 2)
     t = np.asarray(types, dtype=np.int64).reshape(-1)
     lq, lk = q[:, 1] - q[:, 0], k[:, 1] - k[:, 0]
     kept = (lq > 0) & (lk > 0)
     lq, lk, t = lq[kept], lk[kept], t[kept]
-    nq = -(-lq // tile)
-    of = np.repeat(np.arange(lq.size), nq)  # the slice of each q tile
-    first = np.arange(of.size) - np.repeat(np.cumsum(nq) - nq, nq)  # q tile index inside its slice
-    lq, lk, t = lq[of], lk[of], t[of]
-    r0 = first * tile
-    r1 = np.minimum(lq, r0 + tile)  # the tile's rows [r0, r1)
-    lo = np.where((t == 2) | (t == 3), np.minimum(r0, lk), 0)
-    hi = np.where((t == 1) | (t == 3), np.minimum(lk, lk - lq + r1), lk)
-    hi = np.where((t == 3) & (lk < lq), 0, hi)  # bi-causal with more rows than keys: no row sees any
-    n = np.where(hi > lo, -(-hi // tile) - lo // tile, 0)
-    return kept, nq, of, n
+    b = tile
+    nq, big_k, cd = _ceil_div(lq, b), _ceil_div(lk, b), _ceil_div(lk - lq, b)
+    # causal: sum_{j=1}^{m} max(0, j + cd) with m = nq - 1, then the last tile's K
+    m = nq - 1
+    j0 = np.maximum(1, 1 - cd)
+    cnt = np.maximum(0, m - j0 + 1)
+    causal = cnt * (j0 + m) // 2 + cd * cnt + big_k  # sum of j over j0..m, exact (or 0 when cnt is 0)
+    mm = np.minimum(nq, big_k)
+    inverse = mm * big_k - mm * (mm - 1) // 2
+    bicausal = np.where(lk < lq, 0, m * (1 + cd) + big_k - m)
+    n = np.select([t == 0, t == 1, t == 2], [nq * big_k, causal, inverse], bicausal)
+    return kept, n, nq
 
 
 def slice_tiles(q_ranges, k_ranges, types, tile: int = TILE) -> tuple[int, int]:
@@ -77,9 +118,9 @@ def slice_tiles(q_ranges, k_ranges, types, tile: int = TILE) -> tuple[int, int]:
     (0 full, 1 causal and 3 bi-causal bottom-right aligned, 2 inverse causal and 3 top-left).
 
     Per q tile the visible columns are one interval (its first row's start to its last row's end),
-    so the count is closed-form: vectorised over all q tiles of all slices at once.
+    so each slice's count is closed-form (``_slices_tiles``), vectorised over all slices at once.
     """
-    _, nq, _, n = _q_tile_counts(q_ranges, k_ranges, types, tile)
+    _, n, nq = _slices_tiles(q_ranges, k_ranges, types, tile)
     return int(n.sum()), int(nq.sum())
 
 
@@ -92,9 +133,9 @@ def calls_tiles(calls, tile: int = TILE) -> tuple[np.ndarray, np.ndarray]:
     arrays = [[np.asarray(x, dtype=np.int64) for x in c] for c in calls]
     q, k = (np.concatenate([a[i].reshape(-1, 2) for a in arrays]) for i in (0, 1))
     t = np.concatenate([a[2].reshape(-1) for a in arrays])
-    kept, nq, of, n = _q_tile_counts(q, k, t, tile)
+    kept, n, nq = _slices_tiles(q, k, t, tile)
     call_of_slice = np.repeat(np.arange(len(calls)), [a[2].size for a in arrays])[kept]
-    tiles = np.bincount(call_of_slice[of], weights=n, minlength=len(calls))
+    tiles = np.bincount(call_of_slice, weights=n, minlength=len(calls))
     q_tiles = np.bincount(call_of_slice, weights=nq, minlength=len(calls))
     return tiles.astype(np.int64), q_tiles.astype(np.int64)
 
@@ -102,16 +143,29 @@ def calls_tiles(calls, tile: int = TILE) -> tuple[np.ndarray, np.ndarray]:
 def planned_time(plan: Any, cp_size: int) -> list[float]:
     """Per rank, in tiles (the tile model): every kernel call's tiles, q tiles and launch, plus the
     K/V tokens its stages receive (see the constants above)."""
-    rank_plans = [plan.rank_plan(r) for r in range(cp_size)]
-    per_rank = [[rp.host_calc, *(s.calc for s in rp.stages)] for rp in rank_plans]
-    busy = [c for calcs in per_rank for c in calcs if int(c.area)]  # an empty call costs nothing
-    tiles, q_tiles = calls_tiles([c.as_arrays() for c in busy])
-    of_calc = {id(c): float(t) + ROW_TILE_COST * float(n) + CALL_COST for c, t, n in zip(busy, tiles, q_tiles)}
-    cost = []
-    for rp, (host, *stages) in zip(rank_plans, per_rank):
-        calls = of_calc.get(id(host), 0.0) + sum(of_calc.get(id(c), 0.0) for c in stages)
-        cost.append(calls + RECV_TOKEN_COST * sum(int(s.num_recv_tokens) for s in rp.stages))
-    return cost
+    return _times([_PlanCalls(plan, cp_size)])[0]
+
+
+def _times(plans: list[_PlanCalls]) -> list[list[float]]:
+    """planned_time of several plans, their calls counted in one ``calls_tiles`` pass: numpy's
+    per-call overhead paid once for all of a key's candidates instead of once per candidate."""
+    tiles, q_tiles = calls_tiles([c for pc in plans for c in pc.calls])
+    out, base = [], 0
+    for pc in plans:
+        n = len(pc.calls)
+        cost_of = [float(t) + ROW_TILE_COST * float(q) + CALL_COST
+                   for t, q in zip(tiles[base:base + n], q_tiles[base:base + n])]
+        base += n
+        per_rank = []
+        for _, _, slots, recv in pc.ranks:
+            host, *stages = (0.0 if i is None else cost_of[i] for i in slots)
+            per_rank.append(host + sum(stages) + RECV_TOKEN_COST * recv)
+        out.append(per_rank)
+    return out
+
+
+#: slices of the candidates' calls held for one tile count at most (a few MB of index arrays)
+TILE_BATCH_SLICES = 1 << 17
 
 
 def rotated_sequential(meta: Any, shift: int) -> Any:
@@ -163,13 +217,19 @@ def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: in
         shifts = [s for s in ROTATION_SHIFTS if s < per_rank] or [0]  # one chunk per rank: no turn
         yield from (rotated_sequential(seq, s) for s in shifts)
 
-    metas, area, tiles = [], [], []  # each plan weighed once and dropped: at cp 64 plans are large
+    metas, area, tiles = [], [], []
+    pending: list[_PlanCalls] = []  # candidates awaiting their tile count, counted together (_times)
     for meta in (m for chunk in chunks for name in alg.candidates for m in candidates(name, chunk)):
-        plan = plan_of(meta)
+        pc = _PlanCalls(plan_of(meta), cp_size)  # each plan read once and dropped
         metas.append(meta)
-        area.append(max(planned_work(plan, cp_size, alg.remote_cost)))
+        area.append(max(pc.work(alg.remote_cost)))
         if alg.cost_model == "tiles":
-            tiles.append(max(planned_time(plan, cp_size)))
+            pending.append(pc)
+            if sum(p.num_slices for p in pending) >= TILE_BATCH_SLICES:  # memory stays bounded at large cp
+                tiles.extend(max(t) for t in _times(pending))
+                pending.clear()
+    if pending:
+        tiles.extend(max(t) for t in _times(pending))
     by_area = area.index(min(area))  # the first on ties
     if alg.cost_model == "area":
         return metas[by_area]
