@@ -23,6 +23,7 @@ from magi_ffa.backends.base import FFAInputs
 from magi_ffa.errors import FFAInputError, FFATypeError
 from magi_ffa.ops import acc_dtype, ffa_attention, result_buffers, rowsum_out_dout, run_backward, run_forward
 from magi_ffa.select import select_backend
+from magi_ffa.transfer import to_device
 from magi_ffa.types import AttnForwardMeta
 
 __all__ = ["ffa_backward", "ffa_forward", "flex_flash_attn_func"]
@@ -95,10 +96,9 @@ def _prepare_checked(fn, q, k, v, q_ranges, k_ranges, attn_type_map, softmax_sca
         # a private copy: the caller may change its own CPU tensor after this call
         host = tuple(h.clone() if h is x else h for h, x in zip((qr, kr, tm), raw))
         if q.device.type == "cuda" and not checks.is_compiling():
-            # one pinned, non-blocking upload: a pageable copy would make the host wait
+            # one upload that does not make the host wait (magi_ffa.transfer)
             n = qr.shape[0]
-            flat = torch.cat([qr.reshape(-1), kr.reshape(-1), tm]).pin_memory()
-            flat = flat.to(q.device, non_blocking=True)
+            flat = to_device(torch.cat([qr.reshape(-1), kr.reshape(-1), tm]), q.device)
             qr, kr, tm = flat[: 2 * n].view(n, 2), flat[2 * n : 4 * n].view(n, 2), flat[4 * n :]
         else:
             qr, kr, tm = (x.to(q.device) for x in host)

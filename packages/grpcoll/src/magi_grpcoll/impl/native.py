@@ -27,7 +27,7 @@ current stream's prior work; the returned work's ``wait_post_process()`` makes t
 wait for it and returns the tensors given to the call. Until then, do not touch ``output`` (a
 reduce reads it on the comm stream). Binding a plan the first time needs remote meta: one
 all_to_all (cast) or all_gather (reduce) of small int tensors plus an all_reduce for the buffer
-size; the binding is cached on the plan. That exchange runs on a stream of its own (``_MetaStream``)
+size; the binding is cached on the plan. That exchange runs on a stream of its own (``_exchange``)
 and everything else of a binding on the host, so binding a new plan (every step of varlen training)
 waits for the peers' answer but never for the kernels queued on the caller's stream. A bound plan called again on tensors at the same
 addresses replays its launches from a CUDA graph
@@ -184,28 +184,20 @@ def _plan_send_layout(plan):
     return rows, peer
 
 
-class _MetaStream:
-    """A side stream for a binding's exchange of remote meta (small NCCL collectives, read back on
-    the host). On the caller's stream they would wait for every kernel queued before them, and
-    their read-back would make the host wait too; here the host waits only for the peers."""
-
-    _streams: dict = {}
-
-    @classmethod
-    def of(cls, device) -> torch.cuda.Stream:
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        s = cls._streams.get(idx)
-        if s is None:
-            s = cls._streams[idx] = torch.cuda.Stream(device=idx)
-        return s
+_meta_streams: dict = {}  # device -> the stream of the bindings' meta exchanges
 
 
 def _exchange(device, run):
-    """``run()`` (collectives on host-made inputs, results read back) on the meta stream; a plain
-    call off CUDA (no queue to keep) and inside a caller's graph capture."""
+    """``run()`` (small collectives on host-made inputs, their results read back) on a stream of its
+    own: on the caller's stream they would wait for every kernel queued before them, and the
+    read-back would make the host wait for those too; here the host waits only for the peers. A
+    plain call off CUDA (no queue to keep) and inside a caller's graph capture."""
     if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return run()
-    with torch.cuda.stream(_MetaStream.of(device)):
+    stream = _meta_streams.get(device)
+    if stream is None:
+        stream = _meta_streams[device] = torch.cuda.Stream(device=device)
+    with torch.cuda.stream(stream):
         return run()
 
 

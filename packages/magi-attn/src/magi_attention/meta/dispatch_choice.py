@@ -30,9 +30,10 @@ class _PlanCalls:
     """What the two cost models read of a plan, taken in one walk over its ranks, so the plan itself
     can be dropped (at cp 64 plans are large): per rank its host and stage areas, the K/V tokens its
     stages receive and, per call (host, then stages), the call's index in ``calls`` (None: empty),
-    which holds each non-empty call's (q_ranges, k_ranges, types) arrays."""
+    which holds each non-empty call's (q_ranges, k_ranges, types) arrays (``with_calls``: read them;
+    the area model needs only the areas)."""
 
-    def __init__(self, plan: Any, cp_size: int):
+    def __init__(self, plan: Any, cp_size: int, with_calls: bool = True):
         self.calls: list = []
         self.ranks: list[tuple[int, int, list, int]] = []  # (host area, stage area, call slots, recv tokens)
         for r in range(cp_size):
@@ -40,7 +41,7 @@ class _PlanCalls:
             stages = list(rp.stages)
             slots = []
             for c in (rp.host_calc, *(s.calc for s in stages)):
-                if int(c.area):  # an empty call costs nothing
+                if with_calls and int(c.area):  # an empty call costs nothing
                     slots.append(len(self.calls))
                     self.calls.append(c.as_arrays())
                 else:
@@ -217,13 +218,14 @@ def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: in
         shifts = [s for s in ROTATION_SHIFTS if s < per_rank] or [0]  # one chunk per rank: no turn
         yield from (rotated_sequential(seq, s) for s in shifts)
 
+    weigh_tiles = alg.cost_model == "tiles"
     metas, area, tiles = [], [], []
     pending: list[_PlanCalls] = []  # candidates awaiting their tile count, counted together (_times)
     for meta in (m for chunk in chunks for name in alg.candidates for m in candidates(name, chunk)):
-        pc = _PlanCalls(plan_of(meta), cp_size)  # each plan read once and dropped
+        pc = _PlanCalls(plan_of(meta), cp_size, with_calls=weigh_tiles)  # each plan read once and dropped
         metas.append(meta)
         area.append(max(pc.work(alg.remote_cost)))
-        if alg.cost_model == "tiles":
+        if weigh_tiles:
             pending.append(pc)
             if sum(p.num_slices for p in pending) >= TILE_BATCH_SLICES:  # memory stays bounded at large cp
                 tiles.extend(max(t) for t in _times(pending))

@@ -55,8 +55,6 @@ def decompose(q_ranges, k_ranges, types, visible_per_row: np.ndarray, build) -> 
     row of the whole mask sees (the parts share no cell exactly when their counts add up to it,
     since the mask is their union). ``build(q_ranges, k_ranges, types, sq, sk)`` translates a
     sub-problem (block_sparse.build_slice_block_mask without decomposition)."""
-    from magi_ffa.backends.fa4.block_sparse import row_intervals  # it imports this module
-
     qr = np.asarray(q_ranges, dtype=np.int64).reshape(-1, 2)
     kr = np.asarray(k_ranges, dtype=np.int64).reshape(-1, 2)
     ty = np.asarray(types, dtype=np.int64).reshape(-1)
@@ -74,9 +72,7 @@ def decompose(q_ranges, k_ranges, types, visible_per_row: np.ndarray, build) -> 
         if sub.native is None or sub.num_intervals != 1:
             return None
         parts.append(MaskPart((qs, qe), (ks, ke), sub))
-        # its visible keys per row, from the host intervals (the sub-mask's own are on the device)
-        lo, hi = row_intervals(qr[sel] - qs, kr[sel] - ks, ty[sel], qe - qs)
-        counted[qs:qe] += np.maximum(hi[0].astype(np.int64) - lo[0], 0)
+        counted[qs:qe] += np.maximum(sub.hi_host[0].astype(np.int64) - sub.lo_host[0], 0)  # its keys per row
     if not np.array_equal(counted, visible_per_row):
         return None
     return tuple(sorted(parts, key=lambda p: -(p.covers[0] * p.covers[1])))

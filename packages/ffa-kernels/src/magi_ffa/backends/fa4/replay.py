@@ -24,7 +24,7 @@ alignment and scalars: the caller's key) the decisions are recorded once and rep
   made once per *structure*: the sequence of compiled kernels and where each argument comes from,
   values and mask tensors aside. A tape of a structure already checked is trusted. That is what
   varlen training needs, whose documents are packed anew every step: each step's masks are new
-  keys, recorded on their second call, and their kernels' structures repeat from step to step.
+  keys, and their kernels' structures repeat from step to step.
 * **replay**: allocate, zero, launch the recorded kernels with the new call's tensors.
 
 Why not record on the second call: a recording traces every torch op of FA4's Python (hundreds per
