@@ -10,8 +10,12 @@ block until the copy has run.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:  # numpy is not a dependency of magi_ffa's core (only its fa4 backend uses it)
+    import numpy as np
 
 __all__ = ["to_device"]
 
@@ -24,7 +28,7 @@ def to_device(x: torch.Tensor | np.ndarray, device) -> torch.Tensor:
     1, and neither numpy nor torch keep the strides of size-1 dimensions canonical. On CUDA the
     result must not be read on the host before the stream has run the copy (like a kernel's output).
     """
-    t = torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
     device = torch.device("cpu") if device is None else torch.device(device)
     if t.device.type != "cpu":
         raise ValueError(f"to_device(): expects host data, got a tensor on {t.device}")
