@@ -23,6 +23,7 @@ import cProfile
 import functools
 import os
 import pstats
+import re
 import statistics
 import sys
 import time
@@ -46,6 +47,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cprofile", type=int, default=40, metavar="N",
                     help="also cProfile the timed steps on rank 0 and print the N functions of most own "
                          "time and of our packages' most cumulative time (0: off)")
+    ap.add_argument("--profile-dir", default=None, metavar="DIR",
+                    help="instead, cProfile each phase of the timed steps on rank 0 apart and write "
+                         "DIR/<phase>.prof (pstats files, to read with python -m pstats)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("new_mask_cost: needs CUDA (it counts host-device syncs)")
@@ -70,12 +74,19 @@ def main(argv=None) -> int:
         with syncs.paused():
             torch.cuda.synchronize()
 
+    by_phase = collections.defaultdict(cProfile.Profile) if a.profile_dir and rank == 0 else None
+
     def phase(name, fn, timed):
         syncs.phase = name
         drain()
+        prof = by_phase[name] if by_phase is not None and timed else None
+        if prof:
+            prof.enable()
         t0 = time.perf_counter()
         out = fn()
         t1 = time.perf_counter()  # host time of the phase: what it issues and every wait inside
+        if prof:
+            prof.disable()
         drain()
         if timed:
             times[name].append((t1 - t0) * 1e3)
@@ -99,7 +110,7 @@ def main(argv=None) -> int:
 
     for i in range(3):
         step(i, False)
-    prof = cProfile.Profile() if a.cprofile and rank == 0 else None
+    prof = cProfile.Profile() if a.cprofile and rank == 0 and not a.profile_dir else None
     if prof:
         prof.enable()
     for i in range(3, 3 + a.steps):
@@ -116,6 +127,11 @@ def main(argv=None) -> int:
         print(f"[new_mask_cost] host-device syncs of one step: {sum(syncs.counts.values())}")
         for (ph, site), n in sorted(syncs.counts.items()):
             print(f"  {ph:22s} {n:4d}  {site}")
+        if by_phase:
+            os.makedirs(a.profile_dir, exist_ok=True)
+            for name, p in by_phase.items():
+                p.dump_stats(os.path.join(a.profile_dir, re.sub(r"\W+", "_", name).strip("_") + ".prof"))
+            print(f"[new_mask_cost] per-phase profiles in {a.profile_dir}")
         if prof:
             st = pstats.Stats(prof)
             st.sort_stats("tottime").print_stats(a.cprofile)

@@ -54,9 +54,13 @@ class HostSyncs:
             else:
                 self._show(message, category, filename, lineno, file, line)
 
+        # turning the mode on warns once per process that it is a prototype: not a sync, so it is
+        # silenced before the hook that counts syncs goes in
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.cuda.set_sync_debug_mode("warn")
         warnings.showwarning = show
         warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
         return self
 
     def __exit__(self, *exc) -> None:
