@@ -45,7 +45,13 @@ def _addr_table(bufs):
 
 
 def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
-    from magi_grpcoll.impl.native import cast_binding, cast_receive_positions, reduce_binding
+    from magi_grpcoll.impl.native import (
+        cast_binding,
+        cast_positions_from_lists,
+        cast_receive_positions,
+        reduce_binding,
+        reduce_counts_from_lists,
+    )
     from magi_grpcoll.kernels import fold_from_sources, reduce_rows
     from magi_grpcoll.kernels.chunk_copy import copy_chunks, copy_runs, row_bytes
     from magi_grpcoll.plan import GroupCastPlan, GroupReducePlan
@@ -55,8 +61,14 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     # the binding's exchange: receiver d's slots from source r go back to r
     invs = [torch.split(cast_receive_positions(pl), list(pl.recv_counts)) for pl in plans]
     cap = max(pl.output_len for pl in plans)
-    binds = [cast_binding(pl, torch.cat([invs[d][p] for d in range(world)]), cap)
-             for p, pl in enumerate(plans)]
+    exchanged = [torch.cat([invs[d][p] for d in range(world)]) for p in range(world)]
+    binds = [cast_binding(pl, exchanged[p], cap) for p, pl in enumerate(plans)]
+    # plans given every rank's lists derive the same meta locally (no exchange, no host sync)
+    group = [meta.of(p) for p in range(world)]
+    for p in range(world):
+        pos, c = cast_positions_from_lists(GroupCastPlan.build(*meta.of(p), rank=p, world_size=world,
+                                                               group_lists=group))
+        assert torch.equal(pos, exchanged[p]) and c == cap, f"local cast meta of rank {p}"
     xs = [torch.randn(sum(s), 3, 4, generator=gen) for s in meta.in_sizes]
     half = 1  # the second buffer half, as on odd calls
     outs = [torch.full((sum(meta.out_sizes[p]), 3, 4), float("nan")) for p in range(world)]
@@ -87,6 +99,11 @@ def _simulate(world: int, rng: random.Random, gen: torch.Generator) -> None:
     rm = reduce_meta_of(meta)
     rplans = [GroupReducePlan.build(*rm[p], rank=p, world_size=world) for p in range(world)]
     counts = torch.tensor([list(pl.send_counts) for pl in rplans], dtype=torch.int64)
+    for p in range(world):  # locally, from every rank's lists: built directly or as a cast's transpose
+        direct = GroupReducePlan.build(*rm[p], rank=p, world_size=world, group_lists=rm)
+        transposed = GroupCastPlan.build(*meta.of(p), rank=p, world_size=world, group_lists=group).transpose()
+        assert torch.equal(reduce_counts_from_lists(direct), counts), f"local reduce meta of rank {p}"
+        assert torch.equal(reduce_counts_from_lists(transposed), counts), f"transposed reduce meta of rank {p}"
     ins = [torch.randn(sum(m[0]), 3, 4, generator=gen) for m in rm]
     ins_l = [torch.randn(sum(m[0]), 3, generator=gen) for m in rm]
     olds = [torch.randn(sum(m[1]), 3, 4, generator=gen) for m in rm]

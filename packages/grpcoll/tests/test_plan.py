@@ -139,3 +139,34 @@ def test_hier_layout_sends_once_per_node():
     assert lay2.c.send_counts == (5, 7)
     lay3 = _build_layout(gmeta, [5, 2], [0, 0], 3, 2, 2, "cpu")
     assert lay3.c.recv_counts == (7, 0)
+
+
+def test_group_lists_are_kept_transposed_and_checked():
+    # every rank's lists, as a planner running on every rank has them (the spec's worked example)
+    in_sizes = [[2, 1, 1], [0], [2, 1, 1], [0]]
+    dsts = [[[1], [1, 2], [2]], [[]], [[1], [1], [1]], [[]]]
+    out_sizes = [[], [2, 2, 1, 1, 1], [1, 1], []]
+    srcs = [[], [0, 2, 0, 2, 2], [0, 0], []]
+    group = [(in_sizes[p], out_sizes[p], dsts[p], srcs[p]) for p in range(4)]
+    plan = GroupCastPlan.build(*group[1], rank=1, world_size=4, group_lists=group)
+    assert plan.group_lists[2] == ((2, 1, 1), (1, 1), ((1,), (1,), (1,)), (0, 0))
+    assert GroupCastPlan.build(*group[1], rank=1, world_size=4).group_lists is None
+    rp = plan.transpose()  # the reduce keeps every rank's transposed lists
+    assert rp.group_lists[0] == ((), (2, 1, 1), (), ((1,), (1, 2), (2,)))
+    assert rp.transpose().group_lists == plan.group_lists
+    # one entry per rank, this rank's own lists at its index, and the ranks agreeing pairwise
+    with pytest.raises(GrpCollError, match="one entry per rank"):
+        GroupCastPlan.build(*group[1], rank=1, world_size=4, group_lists=group[:3])
+    with pytest.raises(GrpCollError, match=r"group_lists\[1\] differs"):
+        GroupCastPlan.build(*group[1], rank=1, world_size=4, group_lists=[group[0]] * 4)
+    bad = list(group)
+    bad[2] = ([2, 1, 1], [1, 1], [[1], [1], [3]], [0, 0])  # rank 2 sends its last row to 3, not to 1
+    with pytest.raises(GrpCollError, match="rank 2 sends 3 rows to rank 1, which expects 4 from it"):
+        GroupCastPlan.build(*group[1], rank=1, world_size=4, group_lists=bad)
+    bad[2] = ([2, 1, 1], [1, 1], [[1], [1], [7]], [0, 0])
+    with pytest.raises(GrpCollError, match=r"group_lists\[2\]\[2\] \(dst_indices\)"):
+        GroupCastPlan.build(*group[1], rank=1, world_size=4, group_lists=bad)
+    with pytest.raises(GrpCollError, match="rank 0 sends 0 rows to rank 2, which expects 2"):
+        GroupReducePlan.build(*rp.group_lists[1][:4], rank=1, world_size=4,
+                              group_lists=[rp.group_lists[0], rp.group_lists[1], ((1, 1), (1, 1), (0, 0), ((0,), (0,))),
+                                           rp.group_lists[3]])

@@ -56,7 +56,7 @@ CASES = [
     dict(_BASE, name="native_cuda_graphs", mask="varlen_causal", seed=12, degree=2, repeat=6, graph_replays=2,
          env={"MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
     # a new mask every step, as varlen training packs its documents: each step checked, and the
-    # last one's host syncs pinned down (only the native meta exchange, on its own stream, may wait)
+    # last one pinned down: no host sync at all (the native binding exchanges nothing, see group_lists)
     dict(_BASE, name="native_fresh_masks", mask="varlen_causal", seed=20, degree=2, fresh_masks=2,
          env={"MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
     dict(_BASE, name="fa4_native_fresh_masks", mask="varlen_causal", seed=30, degree=2, fresh_masks=2,

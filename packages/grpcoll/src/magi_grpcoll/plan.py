@@ -98,6 +98,39 @@ def _send_side(ins, world_size: int, member, device):
     return send_counts, send_rows
 
 
+def _group_lists(fn: str, group_lists, rank: int, world_size: int, own: tuple, check_entry, sent_to,
+                 received_from) -> tuple:
+    """Every rank's split lists (index = rank), normalised and checked against each other.
+
+    ``own`` is this rank's normalised entry, ``check_entry(name, entry)`` normalises one entry,
+    ``sent_to(entry)`` / ``received_from(entry)`` give the rows an entry's rank sends to / receives
+    from each rank. The rows rank r sends to p must be the rows p expects from r: a planner that
+    runs on every rank (magi_attention's solver) can thus be checked without communication.
+    """
+    from magi_grpcoll.errors import GrpCollError
+
+    if not isinstance(group_lists, (list, tuple)) or len(group_lists) != world_size:
+        got = f"length {len(group_lists)}" if isinstance(group_lists, (list, tuple)) else type(group_lists).__name__
+        raise GrpCollError(f"{fn}(): group_lists must hold one entry per rank ({world_size}); got {got}.")
+    entries = []
+    for r, entry in enumerate(group_lists):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 4:
+            raise GrpCollError(f"{fn}(): group_lists[{r}] must be the 4 split lists of rank {r} (as this "
+                               f"function's first four arguments); got {type(entry).__name__}.")
+        entries.append(check_entry(f"group_lists[{r}]", entry))
+    if entries[rank] != own:
+        raise GrpCollError(f"{fn}(): group_lists[{rank}] differs from this rank's own split lists (the "
+                           "first four arguments); entry r must be rank r's lists.")
+    sends = [sent_to(e) for e in entries]
+    recvs = [received_from(e) for e in entries]
+    for r in range(world_size):
+        for p in range(world_size):
+            if sends[r][p] != recvs[p][r]:
+                raise GrpCollError(f"{fn}(): group_lists disagree: rank {r} sends {sends[r][p]} rows to rank "
+                                   f"{p}, which expects {recvs[p][r]} from it.")
+    return tuple(entries)
+
+
 class _SplitLengths:
     """Row totals of the split lists (shared by both plan classes)."""
 
@@ -175,6 +208,11 @@ class ReduceMap:
         return ReduceMap(upload(touched, device), tuple(layers), upload(count, device), upload(contrib, device))
 
 
+def _transposed(group_lists):
+    """Every rank's lists of the transposed collective (outputs become inputs), or None."""
+    return None if group_lists is None else tuple((o, i, s, d) for i, o, d, s in group_lists)
+
+
 @dataclass(frozen=True, eq=False)
 class GroupCastPlan(_SplitLengths):
     """One rank's precomputed group_cast: split i of the input goes to every rank in dst_indices[i];
@@ -189,6 +227,8 @@ class GroupCastPlan(_SplitLengths):
         send_counts / recv_counts: [W] rows sent to / received from each rank. [GENERATED]
         send_rows: [sum(send_counts)] int64 input rows in send order, or None for the identity. [GENERATED]
         recv_rows: [S_out] int64, output row j takes receive-buffer row recv_rows[j], or None. [GENERATED]
+        group_lists: every rank's normalised lists (index = rank) when the builder was given them, else
+            None; then native binds without exchanging meta.
     """
 
     rank: int
@@ -202,16 +242,38 @@ class GroupCastPlan(_SplitLengths):
     recv_counts: tuple[int, ...]
     send_rows: torch.Tensor | None
     recv_rows: torch.Tensor | None
+    group_lists: tuple | None = None
+
+    @staticmethod
+    def _entry(fn: str, name: str, lists, world_size: int) -> tuple:
+        """One rank's normalised (input sizes, output sizes, dst_indices, src_index)."""
+        ins = tuple(check_split_sizes(fn, f"{name}[0] (input_split_sizes)", lists[0], None))
+        outs = tuple(check_split_sizes(fn, f"{name}[1] (output_split_sizes)", lists[1], None))
+        dsts = check_rank_sets(fn, f"{name}[2] (dst_indices)", lists[2], len(ins), world_size)
+        srcs = tuple(check_rank_list(fn, f"{name}[3] (src_index)", lists[3], len(outs), world_size))
+        return ins, outs, dsts, srcs
 
     @staticmethod
     def build(input_split_sizes, output_split_sizes, dst_indices, src_index, *, rank: int,
-              world_size: int, device=None) -> GroupCastPlan:
-        """Build the plan of rank ``rank`` (pure, no communication; loops over splits happen here only)."""
+              world_size: int, device=None, group_lists=None) -> GroupCastPlan:
+        """Build the plan of rank ``rank`` (pure, no communication; loops over splits happen here only).
+
+        ``group_lists``: optionally every rank's four lists (index = rank), when the caller plans for
+        all ranks anyway. They are checked against each other here, and an implementation that
+        needs its peers' layouts (native: where each sent row lands) derives them locally instead
+        of exchanging them, which would make the host wait for the GPU on a plan's first call.
+        """
         fn = "GroupCastPlan.build"
         rank, ins, outs = _check_world(fn, rank, world_size, input_split_sizes, output_split_sizes)
         dsts = check_rank_sets(fn, "dst_indices", dst_indices, len(ins), world_size)
         srcs = check_rank_list(fn, "src_index", src_index, len(outs), world_size)
         device = _resolve_device(device)
+        if group_lists is not None:
+            group_lists = _group_lists(
+                fn, group_lists, rank, world_size, (tuple(ins), tuple(outs), dsts, tuple(srcs)),
+                lambda name, e: GroupCastPlan._entry(fn, name, e, world_size),
+                lambda e: [sum(n for n, d in zip(e[0], e[2]) if p in d) for p in range(world_size)],
+                lambda e: [sum(n for n, r in zip(e[1], e[3]) if r == p) for p in range(world_size)])
         out_off = _cumsum0(outs)
 
         send_counts, send_rows = _send_side(ins, world_size, lambda i, r: r in dsts[i], device)
@@ -228,13 +290,13 @@ class GroupCastPlan(_SplitLengths):
         recv_rows = None if _is_identity(recv_starts, list(outs), out_off[-1]) else \
             ranges_to_rows(recv_starts, list(outs), device)
         return GroupCastPlan(rank, world_size, device, tuple(ins), tuple(outs), dsts, srcs,
-                             tuple(send_counts), tuple(recv_counts), send_rows, recv_rows)
+                             tuple(send_counts), tuple(recv_counts), send_rows, recv_rows, group_lists)
 
     def transpose(self) -> GroupReducePlan:
         """The reduce that sends every output split back to where it came from (backward of this cast)."""
         return GroupReducePlan.build(self.output_split_sizes, self.input_split_sizes, self.src_index,
                                      self.dst_indices, rank=self.rank, world_size=self.world_size,
-                                     device=self.device)
+                                     device=self.device, group_lists=_transposed(self.group_lists))
 
     def cast(self, input, output, group=None, *, async_op: bool = False, input_lse=None, output_lse=None,
              impl=None, **kwargs):
@@ -261,6 +323,7 @@ class GroupReducePlan(_SplitLengths):
     Attributes:
         send_counts / recv_counts / send_rows: as in :class:`GroupCastPlan`. [GENERATED]
         rmap: :class:`ReduceMap` from receive-buffer rows to output rows. [GENERATED]
+        group_lists: as in :class:`GroupCastPlan`.
     """
 
     rank: int
@@ -274,16 +337,33 @@ class GroupReducePlan(_SplitLengths):
     recv_counts: tuple[int, ...]
     send_rows: torch.Tensor | None
     rmap: ReduceMap
+    group_lists: tuple | None = None
+
+    @staticmethod
+    def _entry(fn: str, name: str, lists, world_size: int) -> tuple:
+        """One rank's normalised (input sizes, output sizes, dst_index, src_indices)."""
+        ins = tuple(check_split_sizes(fn, f"{name}[0] (input_split_sizes)", lists[0], None))
+        outs = tuple(check_split_sizes(fn, f"{name}[1] (output_split_sizes)", lists[1], None))
+        dst = tuple(check_rank_list(fn, f"{name}[2] (dst_index)", lists[2], len(ins), world_size))
+        srcs = check_rank_sets(fn, f"{name}[3] (src_indices)", lists[3], len(outs), world_size)
+        return ins, outs, dst, srcs
 
     @staticmethod
     def build(input_split_sizes, output_split_sizes, dst_index, src_indices, *, rank: int,
-              world_size: int, device=None) -> GroupReducePlan:
-        """Build the plan of rank ``rank`` (pure, no communication)."""
+              world_size: int, device=None, group_lists=None) -> GroupReducePlan:
+        """Build the plan of rank ``rank`` (pure, no communication); ``group_lists`` as in
+        :meth:`GroupCastPlan.build` (native then derives every rank's send counts locally)."""
         fn = "GroupReducePlan.build"
         rank, ins, outs = _check_world(fn, rank, world_size, input_split_sizes, output_split_sizes)
         dst = check_rank_list(fn, "dst_index", dst_index, len(ins), world_size)
         srcs = check_rank_sets(fn, "src_indices", src_indices, len(outs), world_size)
         device = _resolve_device(device)
+        if group_lists is not None:
+            group_lists = _group_lists(
+                fn, group_lists, rank, world_size, (tuple(ins), tuple(outs), tuple(dst), srcs),
+                lambda name, e: GroupReducePlan._entry(fn, name, e, world_size),
+                lambda e: [sum(n for n, d in zip(e[0], e[2]) if d == p) for p in range(world_size)],
+                lambda e: [sum(n for n, r in zip(e[1], e[3]) if p in r) for p in range(world_size)])
         out_off = _cumsum0(outs)
 
         send_counts, send_rows = _send_side(ins, world_size, lambda i, r: dst[i] == r, device)
@@ -299,13 +379,13 @@ class GroupReducePlan(_SplitLengths):
                   for k in range(len(outs)) if outs[k] > 0 for r in srcs[k]]
         rmap = ReduceMap.from_pieces(pieces, None, out_off, device)
         return GroupReducePlan(rank, world_size, device, tuple(ins), tuple(outs), dst, srcs,
-                               tuple(send_counts), tuple(recv_counts), send_rows, rmap)
+                               tuple(send_counts), tuple(recv_counts), send_rows, rmap, group_lists)
 
     def transpose(self) -> GroupCastPlan:
         """The cast whose transpose this reduce is."""
         return GroupCastPlan.build(self.output_split_sizes, self.input_split_sizes, self.src_indices,
                                    self.dst_index, rank=self.rank, world_size=self.world_size,
-                                   device=self.device)
+                                   device=self.device, group_lists=_transposed(self.group_lists))
 
     def reduce(self, input, output, group=None, *, async_op: bool = False, reduce_op: str = "sum",
                acc_reduce: bool = True, comm_dtype=None, input_lse=None, output_lse=None,

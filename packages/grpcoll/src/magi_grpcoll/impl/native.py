@@ -46,6 +46,7 @@ from magi_grpcoll.impl.base import GrpCollImpl, cast_pairs, get_impl, register_i
 from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, build_runs, copy_chunks, copy_runs, row_bytes
 from magi_grpcoll.kernels.range_reduce import OWN, RECEIVED, FoldSources, fold_from_sources
+from magi_grpcoll.plan import ranges_to_rows
 from magi_grpcoll.transfer import host_of, upload
 
 __all__ = ["NativeImpl", "native_call_state", "set_native_call_count"]
@@ -332,6 +333,30 @@ def cast_receive_positions(plan) -> torch.Tensor:
     return inv
 
 
+def cast_positions_from_lists(plan) -> tuple[torch.Tensor, int]:
+    """What the cast binding's exchange returns, derived from ``plan.group_lists`` (every rank's
+    lists): the output row at its destination of every row this rank sends (send order), and the
+    group's largest output. A destination's output splits naming this rank take its rows in order
+    (stable order), so the rows sent to p land in p's splits from this rank, back to back."""
+    me, parts = plan.rank, []
+    for _, outs, _, srcs in plan.group_lists:
+        starts, lens, off = [], [], 0
+        for n, r in zip(outs, srcs):
+            if r == me:
+                starts.append(off)
+                lens.append(n)
+            off += n
+        parts.append(ranges_to_rows(starts, lens, "cpu"))
+    return torch.cat(parts), max(sum(e[1]) for e in plan.group_lists)
+
+
+def reduce_counts_from_lists(plan) -> torch.Tensor:
+    """What the reduce binding's exchange returns, derived from ``plan.group_lists``: ``counts[r][d]``,
+    the rows rank r sends to rank d."""
+    return torch.tensor([[sum(n for n, d in zip(ins, dst) if d == p) for p in range(plan.world_size)]
+                         for ins, _, dst, _ in plan.group_lists], dtype=torch.int64)
+
+
 def cast_binding(plan, pos: torch.Tensor, capacity_rows: int) -> _Binding:
     """Bind a cast plan given ``pos`` (the destination output row of every sent row, in send order)."""
     rows, peer = _plan_send_layout(plan)
@@ -430,7 +455,7 @@ class NativeImpl(GrpCollImpl):
                 dist.all_reduce(cap, op=dist.ReduceOp.MAX, group=group)
                 return pos.cpu(), int(cap.item())
 
-            pos, cap = _exchange(dev, exchange)
+            pos, cap = cast_positions_from_lists(plan) if plan.group_lists is not None else _exchange(dev, exchange)
             b = self._bindings[plan] = cast_binding(plan, pos, cap)
         return b
 
@@ -448,7 +473,9 @@ class NativeImpl(GrpCollImpl):
                 dist.all_gather(table, mine, group=group)
                 return torch.stack(table).cpu()
 
-            b = store[plan] = reduce_binding(plan, _exchange(plan.device, exchange), fraction)
+            counts = reduce_counts_from_lists(plan) if plan.group_lists is not None else \
+                _exchange(plan.device, exchange)
+            b = store[plan] = reduce_binding(plan, counts, fraction)
         return b
 
     def _regions(self, group, device, sizes):

@@ -66,6 +66,13 @@ def native_holds_tensors() -> bool:
     return _compat.offers(_compat.grpcoll, ">=1.5")
 
 
+def plans_take_group_lists() -> bool:
+    """Whether magi_grpcoll's plans take every rank's split lists (interface 1.6): the native
+    binding then derives its peers' layouts locally instead of exchanging them, so a new mask's
+    first call makes the host wait neither for the peers nor for the GPU."""
+    return _compat.offers(_compat.grpcoll, ">=1.6")
+
+
 def native_folds_at_wait() -> bool:
     """Whether magi_grpcoll's native collectives fold a ``fold_at_wait`` reduce themselves (their
     ``FOLD_AT_WAIT`` switch, on by default; a magi_grpcoll without the switch: no) instead of

@@ -118,8 +118,11 @@ class DistAttnRuntime(_FFARuntimeMixin):
     """Runs one rank's part of a DistAttnPlan; holds the comm args and slice tensors."""
 
     def __init__(self, rank_plan: Any, num_stages: int, cp_group: Any, flags: EnvFlags,
-                 device: torch.device, comm_kwargs: dict | None = None):
+                 device: torch.device, comm_kwargs: dict | None = None, group_plans: list | None = None):
+        """``group_plans``: every rank's plan (index = rank) when the solver built them all; the
+        stages' comm plans then carry every rank's lists (``plans_take_group_lists``)."""
         self.rank_plan = rank_plan
+        self.group_plans = group_plans
         self.num_stages = int(num_stages)
         self.cp_group = cp_group
         self.flags = flags
@@ -160,11 +163,15 @@ class DistAttnRuntime(_FFARuntimeMixin):
             c = self.stages[s].cast
             rank, world = dist.get_rank(self.cp_group), dist.get_world_size(self.cp_group)
 
+            def lists(cast, times: int):
+                return (list(cast.input_split_sizes) * times, list(cast.output_split_sizes) * times,
+                        [list(d) for d in cast.dst_indices] * times, list(cast.src_index) * times)
+
             def build(times: int):
-                return _compat.grpcoll.GroupCastPlan.build(
-                    list(c.input_split_sizes) * times, list(c.output_split_sizes) * times,
-                    [list(d) for d in c.dst_indices] * times, list(c.src_index) * times,
-                    rank=rank, world_size=world, device=device)
+                extra = {} if self.group_plans is None else {
+                    "group_lists": [lists(p.stages[s].cast, times) for p in self.group_plans]}
+                return _compat.grpcoll.GroupCastPlan.build(*lists(c, times), rank=rank, world_size=world,
+                                                           device=device, **extra)
 
             doubled = build(2)
             plans = self._plans[s] = (build(1) if self.cast_lists else doubled, doubled.transpose())

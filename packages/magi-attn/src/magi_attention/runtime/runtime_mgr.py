@@ -20,6 +20,7 @@ from magi_attention.errors import MagiAttentionError
 from magi_attention.functional.dispatch import ChunkLayout, dispatch_func, undispatch_func
 from magi_attention.meta.dispatch_choice import solve_dispatch
 from magi_attention.meta.key import DistAttnRuntimeKey, resolve_cp_group
+from magi_attention.runtime._common import plans_take_group_lists
 from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
 from magi_attention.runtime.dist_attn import DistAttnRuntime, dist_attn_func
 from magi_attention.runtime.qo_comm import QOCommRuntime, qo_comm_attn_func
@@ -153,8 +154,11 @@ class DistAttnRuntimeMgr:
             self.runtime = QOCommRuntime(plan, self.rank, key.cp_group, key.flags, self.device,
                                          comm_kwargs)
         else:
+            built = list(plan.built_ranks)
+            group_plans = [plan.rank_plan(r) for r in range(self.cp_size)] \
+                if len(built) == self.cp_size else None
             self.runtime = DistAttnRuntime(plan.rank_plan(self.rank), plan.num_stages,
-                                           key.cp_group, key.flags, self.device, comm_kwargs)
+                                           key.cp_group, key.flags, self.device, comm_kwargs, group_plans)
         self._position_ids: torch.Tensor | None = None
 
     def __repr__(self) -> str:
@@ -241,9 +245,10 @@ def init_dist_attn_runtime_mgr(key: DistAttnRuntimeKey,
             qr, kr, types, dispatch_meta, alg="binary_greedy", num_heads_q=key.num_heads_q,
             num_heads_kv=key.num_heads_kv, flatten_head_groups=key.flags.flatten_head_groups,
             ranks=[rank])
-    else:
+    else:  # every rank's plan where the native binding can use them (plans_take_group_lists)
+        every_rank = key.flags.native_grpcoll and plans_take_group_lists()
         plan = _compat.solver.make_dist_attn_plan(
-            qr, kr, types, dispatch_meta, overlap, ranks=[rank])
+            qr, kr, types, dispatch_meta, overlap, ranks=None if every_rank else [rank])
     return DistAttnRuntimeMgr(key, dispatch_meta, plan)
 
 
