@@ -70,9 +70,11 @@ if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-pat
   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
   [ -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] || { echo "FA4 libraries missing: run step fa4-libs first"; status=1; }
 fi
-# FFA_SRC / GRPCOLL_SRC let a run use another copy of the kernels / collectives (e.g. a `git archive`
-# snapshot of an earlier commit, for an A/B in the same loan).
-SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:${GRPCOLL_SRC:-$PWD/packages/grpcoll/src}:$PWD/packages/magi-attn/src:$PWD/packages/extensions/src
+# FFA_SRC / GRPCOLL_SRC / MAGI_SRC let a run use another copy of the kernels / collectives / runtime, for an
+# A/B in the same loan: e.g. `git archive <old> packages/ffa-kernels/src packages/grpcoll/src
+# packages/magi-attn/src | tar -x -C ab_old` (an untracked folder travels with the tree; keep it out of
+# commits), then a second run of the step with FFA_SRC=$PWD/ab_old/packages/ffa-kernels/src and so on.
+SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:${GRPCOLL_SRC:-$PWD/packages/grpcoll/src}:${MAGI_SRC:-$PWD/packages/magi-attn/src}:$PWD/packages/extensions/src
 export PYTHONPATH=$SRC_PATHS${PYTHONPATH:+:$PYTHONPATH}
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
 
