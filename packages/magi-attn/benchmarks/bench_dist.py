@@ -142,7 +142,9 @@ def run_magi(cfg, mask, q, k, v, do, timer, mask_of_step=None):
 
 def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
     """run_magi with a new mask every step: the step's key, the dispatch of the global q, k, v leaves
-    (once, as a model dispatches its input), then the stacked layers on the dispatched K/V."""
+    (once, as a model dispatches its input), then the stacked layers, each on K/V of its own (clones
+    of the dispatched ones, as a model's layers project their own: tensors at their own addresses, so
+    no host-side shortcut keyed by addresses meets a layer's call twice, as in training)."""
     from magi_attention.api import calc_attn, dispatch
 
     keys = []
@@ -152,8 +154,9 @@ def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
     def fwd():
         keys.append(make_key(*mask_of_step(order_seed=len(keys) + 1)))
         x, lk, lv = (dispatch(t, keys[-1]) for t in leaves)
-        for _ in range(cfg.layers):
-            x = calc_attn(x, lk, lv, keys[-1])[0]
+        for layer in range(cfg.layers):
+            k_, v_ = (lk, lv) if layer == 0 else (lk.clone(), lv.clone())
+            x = calc_attn(x, k_, v_, keys[-1])[0]
         return x
 
     times = measure(fwd, leaves, ldo, timer.device, timer.warmup, timer.repeats)
@@ -683,7 +686,9 @@ def main(argv=None) -> int:
                       f" (comm stream priority {a.comm_stream_priority})" if a.comm_stream_priority is not None else ""),
                   "layers per step": a.layers, "warmup/repeats": f"{a.warmup}/{a.repeats}",
                   "fresh masks": ("varlen masks: a new document order every step, key and dispatch timed "
-                                  "with the forward" if a.fresh_masks else "no"),
+                                  "with the forward, each layer on K/V clones of its own (since 0a2e6f1's "
+                                  "successor; before, all layers shared the dispatched K/V)"
+                                  if a.fresh_masks else "no"),
                   "torch": torch.__version__,
                   "library environment": library_environment(),
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}

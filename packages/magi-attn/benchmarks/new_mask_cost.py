@@ -98,9 +98,9 @@ def main(argv=None) -> int:
         lq, lk, lv = phase("dispatch", lambda: [dispatch(t, key) for t in (q, k, v)], timed)
         x = phase("forward, layer 1", lambda: calc_attn(lq, lk, lv, key)[0], timed)
 
-        def rest(x=x):
+        def rest(x=x):  # each layer on K/V of its own, as bench_dist --fresh-masks (its own addresses)
             for _ in range(a.layers - 1):
-                x = calc_attn(x, lk, lv, key)[0]
+                x = calc_attn(x, lk.clone(), lv.clone(), key)[0]
             return x
 
         x = phase(f"forward, layers 2-{a.layers}", rest, timed) if a.layers > 1 else x
