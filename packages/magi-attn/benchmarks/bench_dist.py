@@ -686,8 +686,8 @@ def main(argv=None) -> int:
                       f" (comm stream priority {a.comm_stream_priority})" if a.comm_stream_priority is not None else ""),
                   "layers per step": a.layers, "warmup/repeats": f"{a.warmup}/{a.repeats}",
                   "fresh masks": ("varlen masks: a new document order every step, key and dispatch timed "
-                                  "with the forward, each layer on K/V clones of its own (since 0a2e6f1's "
-                                  "successor; before, all layers shared the dispatched K/V)"
+                                  "with the forward, each layer on K/V clones of its own (from 552f6f4 on; "
+                                  "before, all layers shared the dispatched K/V)"
                                   if a.fresh_masks else "no"),
                   "torch": torch.__version__,
                   "library environment": library_environment(),
