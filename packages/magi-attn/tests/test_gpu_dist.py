@@ -1,10 +1,11 @@
-"""Two GPUs over NCCL, Triton kernels, bf16, realistic sizes: dispatch -> calc_attn -> undispatch.
+"""Two GPUs over NCCL, bf16, realistic sizes: dispatch -> calc_attn -> undispatch.
 
 Forward and backward of causal, varlen causal, sliding window and block causal masks (16k tokens,
-GQA 8/2, d 128), each tensor checked on every rank with the FFA criterion (see _gpu_cases), plus
-one case through magi_grpcoll's native implementation when it can run, and six on the fa4 kernel
-backend when Flash-Attention 4 is importable. All cases share one
-2-rank spawn. Skips unless at least two CUDA devices are visible.
+GQA 8/2, d 128), each tensor checked on every rank with the FFA criterion (see _gpu_cases), on the
+Triton kernels and, when Flash-Attention 4 is importable, on the fa4 backend; through the a2av and,
+where it can run, the native group collectives; with hidden tails, whole-call CUDA graphs and a new
+mask every step (whose step must make no host sync). All cases share one 2-rank spawn. Skips unless
+at least two CUDA devices are visible.
 """
 
 import pytest
@@ -61,6 +62,9 @@ CASES = [
          env={"MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
     dict(_BASE, name="fa4_native_fresh_masks", mask="varlen_causal", seed=30, degree=2, fresh_masks=2,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
+    # the same through the default a2av collectives (added in stop 35, not yet run on a GPU)
+    dict(_BASE, name="fa4_a2av_fresh_masks", mask="varlen_causal", seed=40, degree=2, fresh_masks=2,
+         env={"MAGI_ATTENTION_FA4_BACKEND": "1"}),
     # the same repetitions without them (the yardstick of the cases above)
     dict(_BASE, name="fa4_native_repeated", mask="varlen_causal", seed=11, degree=2, repeat=6,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
