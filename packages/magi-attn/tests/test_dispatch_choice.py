@@ -263,6 +263,31 @@ def test_planned_time_counts_every_call_and_received_token():
         assert any(s.num_recv_tokens for s in rp.stages)  # the received tokens term is exercised
 
 
+@pytest.mark.parametrize("cp", [2, 4])
+def test_plans_read_flat_from_the_solver_or_walked_give_the_same_costs(monkeypatch, cp):
+    """The solver's flat_calls (interface 1.1) and the walk over an older solver's plan objects
+    read the same calls, so both give the same work and time, bit for bit."""
+    from magi_attention.meta.dispatch_choice import _PlanCalls, _times
+
+    if not _compat.offers(_compat.solver, ">=1.1"):
+        pytest.skip("magi_solver without DistAttnPlan.flat_calls (< 1.1)")
+    params = _overlap_params(DistAttnConfig())
+    plans = []
+    for mask in _masks().values():
+        for alg in ("min_heap", "sequential"):
+            meta = _compat.solver.make_dispatch_meta(*mask, T, CHUNK, cp, alg)
+            plans.append(_compat.solver.make_dist_attn_plan(*mask, meta, params))
+    flat = [_PlanCalls(p, cp) for p in plans]
+    monkeypatch.setattr(_compat.solver, "INTERFACE_VERSION", "1.0")
+    walked = [_PlanCalls(p, cp) for p in plans]
+    for a, b in zip(flat, walked):
+        for field in ("area", "recv", "q", "k", "types", "call"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), field
+        assert a.work(1.75) == b.work(1.75)
+    assert _times(flat) == _times(walked)
+    assert any((a.area == 0).any() for a in flat)  # empty calls (left out of the slices) are exercised
+
+
 def _long_tailed_documents(total):
     """Causal documents drawn as bench_dist draws them (``benchmarks/_common.doc_lengths``): a few
     long ones among many short ones, the shape that fooled the area model at 128k on 2 x H200."""

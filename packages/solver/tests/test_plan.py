@@ -349,3 +349,39 @@ def test_threaded_build_matches_single_thread() -> None:
                              timeout=120, check=True)
         digests.append(out.stdout.strip())
     assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_flat_calls_read_every_call_of_every_rank(seed: int) -> None:
+    """flat_calls (interface 1.1) holds what a walk over ranks, stages and calls reads."""
+    rng = random.Random(300 + seed)
+    cp = rng.choice([1, 2, 3, 4, 8])
+    chunk = rng.choice([1, 2, 4])
+    total = chunk * cp * rng.randint(1, 4)
+    qr, kr, ts = random_mask(rng, total)
+    _, plan = build(qr, kr, ts, total, chunk, cp, OVERLAPS[seed % len(OVERLAPS)], "min_heap")
+    area, recv, q, k, t, call = plan.flat_calls()
+    per_rank = 1 + plan.num_stages
+    assert area.shape == (cp, per_rank) and recv.shape == (cp,) and area.dtype == recv.dtype == np.int64
+    want_q, want_k, want_t, want_call = [], [], [], []
+    for r in range(cp):
+        rp = plan.rank_plan(r)
+        calcs = [rp.host_calc, *(s.calc for s in rp.stages)]
+        assert area[r].tolist() == [c.area for c in calcs]
+        assert recv[r] == sum(s.num_recv_tokens for s in rp.stages)
+        for j, c in enumerate(calcs):
+            if c.area:  # empty calls are left out
+                cq, ck, ct = c.as_arrays()
+                want_q += cq.tolist()
+                want_k += ck.tolist()
+                want_t += ct.tolist()
+                want_call += [r * per_rank + j] * len(c)
+    assert q.dtype == k.dtype == t.dtype == call.dtype == np.int32
+    assert q.reshape(-1, 2).tolist() == want_q and k.reshape(-1, 2).tolist() == want_k
+    assert t.tolist() == want_t and call.tolist() == want_call
+    bare = plan.flat_calls(with_slices=False)
+    assert np.array_equal(bare[0], area) and np.array_equal(bare[1], recv) and bare[5].shape == (0,)
+    if cp > 1:  # every rank must be built
+        meta = make_dispatch_meta(qr, kr, ts, total, chunk, cp, "min_heap")
+        with pytest.raises(RangeError, match="was not built"):
+            make_dist_attn_plan(qr, kr, ts, meta, OverlapParams(), ranks=[0]).flat_calls()

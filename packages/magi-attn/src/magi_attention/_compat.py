@@ -8,6 +8,7 @@ module objects ``ffa``, ``grpcoll`` and ``solver`` exported here (tests may swap
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 
@@ -61,8 +62,10 @@ def _cmp(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return (a > b) - (a < b)
 
 
+@functools.lru_cache(maxsize=256)
 def version_satisfies(version: str, spec: str) -> bool:
-    """Whether a "major.minor" version lies in a comma-separated range spec."""
+    """Whether a "major.minor" version lies in a comma-separated range spec (cached: ``offers`` is
+    asked on hot paths, such as each of a key's ~40 candidate plans)."""
     v = _as_tuple(version)
     ops = {">=": lambda c: c >= 0, "<=": lambda c: c <= 0, "==": lambda c: c == 0,
            "!=": lambda c: c != 0, ">": lambda c: c > 0, "<": lambda c: c < 0}

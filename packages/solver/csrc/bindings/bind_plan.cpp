@@ -172,6 +172,60 @@ dst_indices).
             return std::const_pointer_cast<RankPlan>(p.plans[static_cast<size_t>(r)]);
           },
           py::arg("rank"), "This rank's plan (shared, read-only); RangeError when it was not built.")
+      .def(
+          "flat_calls",
+          [](const DistAttnPlan& p, bool with_slices) {
+            // every rank's kernel calls (host stage, then each remote stage) in flat arrays: what a
+            // cost model reads of a plan, in one call instead of a walk over ranks, stages and calls
+            const auto cp = static_cast<py::ssize_t>(p.cp_size);
+            const auto per_rank = static_cast<py::ssize_t>(1 + p.num_stages);
+            py::array_t<int64_t> area({cp, per_rank}), recv({cp});
+            int64_t *ap = area.mutable_data(), *rp = recv.mutable_data();
+            py::ssize_t n = 0;
+            for (py::ssize_t r = 0; r < cp; ++r) {
+              const RankPlan& rank = p.rank_plan(r);  // RangeError unless every rank was built
+              MAGI_CHECK(static_cast<py::ssize_t>(rank.stages.size()) + 1 == per_rank,
+                         "DistAttnPlan.flat_calls(): rank " << r << " has " << rank.stages.size()
+                                                            << " stages, not num_stages=" << p.num_stages << ".");
+              rp[r] = 0;
+              for (py::ssize_t j = 0; j < per_rank; ++j) {
+                const CalcArgs& c = j == 0 ? rank.host_calc : rank.stages[j - 1].calc;
+                ap[r * per_rank + j] = c.area;
+                if (with_slices && c.area) {
+                  check_int32(c);
+                  n += static_cast<py::ssize_t>(c.slices.size());
+                }
+                if (j > 0) rp[r] += rank.stages[j - 1].num_recv_tokens;
+              }
+            }
+            auto q = int32_array({n, 2}), k = int32_array({n, 2});
+            auto t = int32_array({n}), call = int32_array({n});
+            int32_t *qp = q.mutable_data(), *kp = k.mutable_data(), *tp = t.mutable_data(), *cl = call.mutable_data();
+            py::ssize_t i = 0;
+            for (py::ssize_t r = 0; with_slices && r < cp; ++r) {
+              const RankPlan& rank = p.rank_plan(r);
+              for (py::ssize_t j = 0; j < per_rank; ++j) {
+                const CalcArgs& c = j == 0 ? rank.host_calc : rank.stages[j - 1].calc;
+                if (!c.area) continue;  // an empty call costs nothing: its slices are left out
+                for (const auto& s : c.slices) {
+                  qp[2 * i] = static_cast<int32_t>(s.qs), qp[2 * i + 1] = static_cast<int32_t>(s.qe);
+                  kp[2 * i] = static_cast<int32_t>(s.ks), kp[2 * i + 1] = static_cast<int32_t>(s.ke);
+                  tp[i] = static_cast<int32_t>(s.type);
+                  cl[i] = static_cast<int32_t>(r * per_rank + j);
+                  ++i;
+                }
+              }
+            }
+            return py::make_tuple(area, recv, q, k, t, call);
+          },
+          py::arg("with_slices") = true, R"doc(
+Every rank's kernel calls in flat arrays (every rank must be built): (area int64 [cp, 1 + num_stages]:
+call j of rank r, 0 the host stage; recv int64 [cp]: K/V tokens the rank's stages receive; q int32
+[N, 2], k int32 [N, 2], mask types int32 [N], call int32 [N]: the slices of every non-empty call and
+the call each belongs to, r * (1 + num_stages) + j). with_slices=False: no slices (N = 0). Why: the
+cost-aware dispatch weighs ~40 candidate plans per key; walking each from Python cost as much as
+planning it.
+)doc")
       .def("__repr__", &DistAttnPlan::repr);
 
   m.def(

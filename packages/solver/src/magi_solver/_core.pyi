@@ -484,6 +484,12 @@ class DistAttnPlan:
     def built_ranks(self) -> list[int]: ...
     def rank_plan(self, rank: int) -> RankPlan:
         """RangeError when this rank was not built."""
+    def flat_calls(self, with_slices: bool = True) -> tuple[Any, Any, Any, Any, Any, Any]:
+        """Every rank's kernel calls in flat numpy arrays (interface 1.1; every rank must be built):
+        (area int64 [cp, 1 + num_stages], call j of rank r with 0 the host stage; recv int64 [cp], the
+        K/V tokens a rank's stages receive; q int32 [N, 2], k int32 [N, 2], mask types int32 [N], call
+        int32 [N]: the slices of every non-empty call and its index r * (1 + num_stages) + j).
+        ``with_slices=False`` leaves the slices out (N = 0)."""
 
 def make_dist_attn_plan(
     q_ranges: Sequence[tuple[int, int]],

@@ -27,32 +27,47 @@ def planned_work(plan: Any, cp_size: int, remote_cost: float) -> list[float]:
 
 
 class _PlanCalls:
-    """What the two cost models read of a plan, taken in one walk over its ranks, so the plan itself
-    can be dropped (at cp 64 plans are large): per rank its host and stage areas, the K/V tokens its
-    stages receive and, per call (host, then stages), the call's index in ``calls`` (None: empty),
-    which holds each non-empty call's (q_ranges, k_ranges, types) arrays (``with_calls``: read them;
-    the area model needs only the areas)."""
+    """What the two cost models read of a plan built for every rank, flat, so the plan itself can be
+    dropped (at cp 64 plans are large): ``area`` int64 [cp, 1 + stages] (call j of rank r, 0 the
+    host stage), ``recv`` int64 [cp] (the K/V tokens a rank's stages receive) and, with
+    ``with_calls`` (the tile model; the area model needs only the areas), the slices of every
+    non-empty call: ``q``, ``k`` [N, 2], ``types`` [N] and ``call`` [N], the flat index r * (1 +
+    stages) + j of the call a slice belongs to.
+
+    Read in one call from the solver (interface 1.1, ``DistAttnPlan.flat_calls``); walking a plan
+    from Python instead cost as much as planning it. Older solvers are walked here.
+    """
 
     def __init__(self, plan: Any, cp_size: int, with_calls: bool = True):
-        self.calls: list = []
-        self.ranks: list[tuple[int, int, list, int]] = []  # (host area, stage area, call slots, recv tokens)
+        if _compat.offers(_compat.solver, ">=1.1"):
+            self.area, self.recv, self.q, self.k, self.types, self.call = plan.flat_calls(with_calls)
+        else:
+            self._walk(plan, cp_size, with_calls)
+        self.num_slices = len(self.types)
+
+    def _walk(self, plan: Any, cp_size: int, with_calls: bool) -> None:
+        """``flat_calls`` read through the plan's Python objects (solver interface 1.0)."""
+        area, recv, arrays, calls = [], [], [], []
         for r in range(cp_size):
             rp = plan.rank_plan(r)
             stages = list(rp.stages)
-            slots = []
-            for c in (rp.host_calc, *(s.calc for s in stages)):
+            cs = [rp.host_calc, *(st.calc for st in stages)]
+            area.append([int(c.area) for c in cs])
+            recv.append(sum(int(st.num_recv_tokens) for st in stages))
+            for j, c in enumerate(cs):
                 if with_calls and int(c.area):  # an empty call costs nothing
-                    slots.append(len(self.calls))
-                    self.calls.append(c.as_arrays())
-                else:
-                    slots.append(None)
-            self.ranks.append((int(rp.host_calc.area), sum(int(s.calc.area) for s in stages), slots,
-                               sum(int(s.num_recv_tokens) for s in stages)))
-        self.num_slices = sum(len(c[2]) for c in self.calls)
+                    arrays.append(c.as_arrays())
+                    calls.append(np.full(len(c), r * len(cs) + j, dtype=np.int32))
+        self.area, self.recv = np.array(area, dtype=np.int64), np.array(recv, dtype=np.int64)
+        self.q, self.k = (np.concatenate([a[i] for a in arrays]) if arrays else np.zeros((0, 2), np.int32)
+                          for i in (0, 1))
+        self.types = np.concatenate([a[2] for a in arrays]) if arrays else np.zeros(0, np.int32)
+        self.call = np.concatenate(calls) if calls else np.zeros(0, np.int32)
 
     def work(self, remote_cost: float) -> list[float]:
         """planned_work of the plan."""
-        return [host + remote_cost * remote for host, remote, _, _ in self.ranks]
+        return [host + remote_cost * remote
+                for host, remote in zip(self.area[:, 0].tolist(), self.area[:, 1:].sum(1).tolist())]
 
 
 #: The tile model's constants (CostAwareDispatchAlg(cost_model="tiles")), in units of one full tile's
@@ -150,20 +165,29 @@ def planned_time(plan: Any, cp_size: int) -> list[float]:
 
 
 def _times(plans: list[_PlanCalls]) -> list[list[float]]:
-    """planned_time of several plans, their calls counted in one ``calls_tiles`` pass: numpy's
+    """planned_time of several plans, their calls counted in one ``_slices_tiles`` pass: numpy's
     per-call overhead paid once for all of a key's candidates instead of once per candidate."""
-    tiles, q_tiles = calls_tiles([c for pc in plans for c in pc.calls])
-    out, base = [], 0
-    for pc in plans:
-        n = len(pc.calls)
-        cost_of = [float(t) + ROW_TILE_COST * float(q) + CALL_COST
-                   for t, q in zip(tiles[base:base + n], q_tiles[base:base + n])]
-        base += n
-        per_rank = []
-        for _, _, slots, recv in pc.ranks:
-            host, *stages = (0.0 if i is None else cost_of[i] for i in slots)
-            per_rank.append(host + sum(stages) + RECV_TOKEN_COST * recv)
-        out.append(per_rank)
+    sizes = [pc.area.size for pc in plans]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    q, k = (np.concatenate([getattr(pc, f).reshape(-1, 2) for pc in plans]).astype(np.int64) for f in ("q", "k"))
+    t = np.concatenate([pc.types for pc in plans]).astype(np.int64)
+    call = np.concatenate([pc.call.astype(np.int64) + off for pc, off in zip(plans, offsets)])
+    kept, n, nq = _slices_tiles(q, k, t, TILE)
+    total = int(sum(sizes))
+    tiles = np.bincount(call[kept], weights=n, minlength=total).astype(np.int64).tolist()
+    q_tiles = np.bincount(call[kept], weights=nq, minlength=total).astype(np.int64).tolist()
+    out = []
+    for pc, off in zip(plans, offsets.tolist()):
+        cp, per_rank = pc.area.shape
+        busy = (pc.area != 0).ravel().tolist()  # an empty call costs nothing
+        cost_of = [float(tiles[off + i]) + ROW_TILE_COST * float(q_tiles[off + i]) + CALL_COST if busy[i] else 0.0
+                   for i in range(cp * per_rank)]
+        recv = pc.recv.tolist()
+        per_rank_cost = []
+        for r in range(cp):
+            host, *stages = cost_of[r * per_rank:(r + 1) * per_rank]
+            per_rank_cost.append(host + sum(stages) + RECV_TOKEN_COST * recv[r])
+        out.append(per_rank_cost)
     return out
 
 
