@@ -122,7 +122,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         """``group_plans``: every rank's plan (index = rank) when the solver built them all; the
         stages' comm plans then carry every rank's lists (``plans_take_group_lists``)."""
         self.rank_plan = rank_plan
-        self.group_plans = group_plans
+        # every rank's stage casts, read once (each read of a plan's ``stages`` copies all of them)
+        self.group_casts = None if group_plans is None else [[st.cast for st in p.stages] for p in group_plans]
         self.num_stages = int(num_stages)
         self.cp_group = cp_group
         self.flags = flags
@@ -168,8 +169,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
                         [list(d) for d in cast.dst_indices] * times, list(cast.src_index) * times)
 
             def build(times: int):
-                extra = {} if self.group_plans is None else {
-                    "group_lists": [lists(p.stages[s].cast, times) for p in self.group_plans]}
+                extra = {} if self.group_casts is None else {
+                    "group_lists": [lists(casts[s], times) for casts in self.group_casts]}
                 return _compat.grpcoll.GroupCastPlan.build(*lists(c, times), rank=rank, world_size=world,
                                                            device=device, **extra)
 
