@@ -343,3 +343,18 @@ def test_the_dispatch_choice_benchmark_runs_and_dumps_every_choice(tmp_path):
     assert all(float(r.split("|")[4]) > 0 for r in rows)
     lines = dump.read_text().splitlines()
     assert len(lines) == 14 and all(ln.startswith("8192 ") for ln in lines)
+
+
+def test_the_new_key_host_cost_tool_runs_and_times_every_piece():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "new_key_host_cost.py"
+    proc = subprocess.run([sys.executable, str(script), "--seqlens", "4096", "8192", "--cp", "2", "--keys", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[float(x) for x in ln.split("|")[2:7]] for ln in proc.stdout.splitlines()
+            if ln.startswith(("| 4096 |", "| 8192 |"))]
+    assert len(rows) == 2 and all(min(r) >= 0 and r[0] > 0 and r[4] > 0 for r in rows)
+    assert all(r[4] == pytest.approx(sum(r[:4]), abs=0.03) for r in rows)  # the total: the pieces (rounded)
