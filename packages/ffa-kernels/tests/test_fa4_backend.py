@@ -302,3 +302,31 @@ def test_missing_fa4_is_a_clear_import_error(monkeypatch):
     with pytest.raises(ImportError, match=r"magi-ffa-kernels\[fa4\]"):
         flex_flash_attn_func(q, q, q, r, r, [1], backend="fa4")
     assert not FA4Backend().is_available()
+
+
+def test_the_window_precheck_only_rules_out_what_the_full_check_rejects(monkeypatch):
+    """native._window_ruled_out looks at a few rows before the full window check: it must never rule
+    out a real window (full, causal, left / right / both bounded, at sizes where the sampled rows
+    fall inside and outside the bounds), and where it rules a mask out, the full check agrees."""
+    import numpy as np
+
+    for s in (5, 8, 64, 301):
+        for left, right in [(None, None), (None, 0), (3, 0), (0, 4), (7, 2), (s, 1), (1, s)]:
+            rows = np.arange(s)
+            lo = np.zeros(s, np.int64) if left is None else np.maximum(0, rows - left)
+            hi = np.full(s, s, np.int64) if right is None else np.minimum(s, rows + right + 1)
+            assert not native._window_ruled_out(lo, hi, s), (s, left, right)
+            assert native._window(lo, hi, s) is not None, (s, left, right)
+    rng = random.Random(3)
+    ruled_out = 0
+    for _ in range(300):
+        s = rng.randint(4, 80)
+        cuts = [0, *sorted(rng.sample(range(1, s), rng.randint(1, 4))), s]
+        qr, kr, ts = varlen_slices([b - a for a, b in zip(cuts, cuts[1:])], rng.choice([0, 1]))
+        lo, hi = row_intervals(qr, kr, ts, s)
+        if native._window_ruled_out(lo[0], hi[0], s):
+            ruled_out += 1
+            monkeypatch.setattr(native, "_window_ruled_out", lambda *a: False)
+            assert native._window(lo[0], hi[0], s) is None
+            monkeypatch.undo()
+    assert ruled_out > 50  # the pre-check does rule out most document masks

@@ -120,3 +120,38 @@ def test_uploads_take_host_data_and_pack_every_stride():
     assert one.stride() == (5, 5, 1, 1)
     with pytest.raises(ValueError, match="host data"):
         to_device(torch.empty(2, device="meta"), None)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_slices_on_disjoint_rows_fill_the_same_intervals_as_the_row_expansion(monkeypatch, seed):
+    """row_intervals' slice-by-slice fill (slices on disjoint rows, e.g. varlen documents) gives what
+    expanding every row gives: all four types, keys shorter and longer than queries, gaps, empty
+    slices, any order; overlapping rows still merge through the expansion."""
+    import numpy as np
+    from magi_ffa.backends.fa4 import block_sparse
+
+    rng = np.random.default_rng(seed)
+    sq = 300
+    cuts = np.sort(rng.choice(np.arange(1, sq), size=12, replace=False))
+    edges = [0, *cuts.tolist(), sq]
+    qr, kr, ts = [], [], []
+    for a, b in zip(edges, edges[1:]):
+        if rng.random() < 0.2:  # rows no slice covers
+            continue
+        ks = int(rng.integers(0, 200))
+        qr.append([a, b])
+        kr.append([ks, ks + int(rng.integers(0, 2 * (b - a) + 2))])  # empty, shorter or longer keys
+        ts.append(int(rng.integers(0, 4)))
+    perm = rng.permutation(len(qr))
+    qr, kr, ts = [qr[i] for i in perm], [kr[i] for i in perm], [ts[i] for i in perm]
+    filled = row_intervals(qr, kr, ts, sq)
+    monkeypatch.setattr(block_sparse, "FILL_SLICES_MAX", 0)  # every row expanded
+    expanded = row_intervals(qr, kr, ts, sq)
+    assert all(np.array_equal(f, e) and f.dtype == e.dtype for f, e in zip(filled, expanded))
+    assert (filled[1] > filled[0]).any() and (filled[1] <= filled[0]).any()  # rows that see keys, and rows that do not
+    # a slice overlapping another's rows is merged by the expansion whichever the threshold
+    monkeypatch.setattr(block_sparse, "FILL_SLICES_MAX", 512)
+    lo, hi = row_intervals([*qr, [0, sq]], [*kr, [0, 1]], [*ts, 0], sq)
+    monkeypatch.setattr(block_sparse, "FILL_SLICES_MAX", 0)
+    lo2, hi2 = row_intervals([*qr, [0, sq]], [*kr, [0, 1]], [*ts, 0], sq)
+    assert np.array_equal(lo, lo2) and np.array_equal(hi, hi2)

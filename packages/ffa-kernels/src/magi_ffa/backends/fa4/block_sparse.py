@@ -30,6 +30,36 @@ from magi_ffa.transfer import to_device
 __all__ = ["BlockLists", "SliceBlockMask", "build_slice_block_mask", "row_intervals"]
 
 
+#: up to this many slices on disjoint rows, ``row_intervals`` fills each slice's rows with a few slice
+#: writes instead of expanding every row at once: a varlen mask's documents (a 64k-row mask of 40
+#: documents: 3.4 -> 0.3 ms on the development machine); one slice per row stays vectorised
+FILL_SLICES_MAX = 512
+
+
+def _fill_disjoint(qr, kr, types, seqlen_q: int) -> tuple[np.ndarray, np.ndarray]:
+    """``row_intervals`` of live slices on pairwise disjoint rows, slice by slice: each row belongs
+    to one slice at most, so nothing merges. A causal slice (bottom-right) shows a row
+    ``[ks, ke - qe + r + 1)``, seen from its first row with a key on; an inverse causal one (top-left)
+    ``[ks + r - qs, ke)``, up to its last such row; bi-causal both, every row or none."""
+    lo = np.zeros((1, seqlen_q), dtype=np.int32)
+    hi = np.zeros((1, seqlen_q), dtype=np.int32)
+    rows = np.arange(seqlen_q, dtype=np.int64)
+    for (qs, qe), (ks, ke), t in zip(qr.tolist(), kr.tolist(), types.tolist()):
+        lq, lk = qe - qs, ke - ks
+        a, b = qs, qe  # the rows that see a key
+        if t == 1:
+            a = max(qs, qe - lk)
+        elif t == 2:
+            b = min(qe, qs + lk)
+        elif t == 3 and lk < lq:
+            continue
+        if a >= b:
+            continue
+        lo[0, a:b] = rows[a:b] + (ks - qs) if t in (2, 3) else ks
+        hi[0, a:b] = rows[a:b] + (ke - qe + 1) if t in (1, 3) else ke
+    return lo, hi
+
+
 def row_intervals(q_ranges, k_ranges, attn_type_map, seqlen_q: int) -> tuple[np.ndarray, np.ndarray]:
     """Each query row's merged visible key intervals: int32 ``lo``, ``hi`` of shape [K, Sq].
 
@@ -41,6 +71,10 @@ def row_intervals(q_ranges, k_ranges, attn_type_map, seqlen_q: int) -> tuple[np.
     types = np.asarray(attn_type_map, dtype=np.int64).reshape(-1)
     live = (qr[:, 1] > qr[:, 0]) & (kr[:, 1] > kr[:, 0])
     qr, kr, types = qr[live], kr[live], types[live]
+    if 0 < len(qr) <= FILL_SLICES_MAX:
+        order = np.argsort(qr[:, 0], kind="stable")
+        if (qr[order[1:], 0] >= qr[order[:-1], 1]).all():  # slices on disjoint rows: fill them in
+            return _fill_disjoint(qr, kr, types, seqlen_q)
     # every row of every slice at once: the slice's columns, cut by its diagonals
     n = qr[:, 1] - qr[:, 0]
     of = np.repeat(np.arange(len(n)), n)  # the slice of each row

@@ -102,8 +102,24 @@ def _bound(offsets: np.ndarray, active: np.ndarray) -> tuple[bool, int | None]:
     return bool(w >= 0 and (offsets[active] == w).all()), w
 
 
+def _window_ruled_out(lo: np.ndarray, hi: np.ndarray, seqlen: int) -> bool:
+    """Whether a few rows already show that ``_window`` will find no window: the last row, if its
+    start is clipped, fixes ``left`` for every clipped row; the first row, if its end is clipped,
+    fixes ``right``. Why: a varlen mask of many documents reaches ``_window`` first, and the full
+    check cost it ~0.6 ms at 64k rows on the development machine."""
+    last = seqlen - 1
+    for r in (seqlen // 4, seqlen // 2, 3 * seqlen // 4):
+        if lo[last] > 0 and lo[r] > 0 and r - int(lo[r]) != last - int(lo[last]):
+            return True
+        if hi[0] < seqlen and hi[r] < seqlen and int(hi[r]) - 1 - r != int(hi[0]) - 1:
+            return True
+    return False
+
+
 def _window(lo: np.ndarray, hi: np.ndarray, seqlen: int) -> NativeMask | None:
     """One sequence with a (possibly unbounded) window per row, or None."""
+    if _window_ruled_out(lo, hi, seqlen):
+        return None
     r = np.arange(seqlen, dtype=np.int64)
     lo, hi = lo.astype(np.int64), hi.astype(np.int64)
     ok_l, left = _bound(r - lo, lo > 0)
