@@ -39,6 +39,32 @@ def test_build_chunks_merges_runs_and_caps_bytes():
     assert build_chunks(src[:0], dst[:0], who[:0], 16).shape == (0, 4)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_build_chunks_matches_a_row_by_row_reference(seed):
+    """Runs merged row by row, then cut every max_rows from each run's start (any order of chunks)."""
+    rng = random.Random(seed)
+    n = rng.randint(1, 400)
+    src, dst_rows, dst = [], [], []
+    for i in range(n):  # mostly continuing runs, with breaks on either side or of destination
+        cont = i > 0 and rng.random() < 0.85
+        src.append(src[-1] + 1 if cont and rng.random() < 0.95 else rng.randint(0, 999))
+        dst_rows.append(dst_rows[-1] + 1 if cont and rng.random() < 0.95 else rng.randint(0, 999))
+        dst.append(dst[-1] if cont and rng.random() < 0.95 else rng.randint(-1, 2))
+    for row_nbytes, max_bytes in [(16, 64), (16, 16), (1, None), (48, 1000)]:
+        max_rows = n if max_bytes is None else max(1, max_bytes // row_nbytes)
+        want, i = [], 0
+        while i < n:
+            j = i + 1
+            while j < n and src[j] == src[j - 1] + 1 and dst_rows[j] == dst_rows[j - 1] + 1 and dst[j] == dst[i]:
+                j += 1
+            for a in range(i, j, max_rows):
+                want.append([src[a], dst_rows[a], min(max_rows, j - a), dst[a]])
+            i = j
+        got = build_chunks(torch.tensor(src), torch.tensor(dst_rows), torch.tensor(dst), row_nbytes,
+                           max_bytes=max_bytes).tolist()
+        assert sorted(got) == sorted(want), (seed, row_nbytes, max_bytes)
+
+
 def _addr_table(bufs):
     table = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64)
     return table, table.data_ptr()

@@ -44,12 +44,19 @@ def build_chunks(src_rows: torch.Tensor, dst_rows: torch.Tensor, dst: torch.Tens
         return torch.empty((0, 4), dtype=torch.int64, device=device)
     brk = torch.ones(n, dtype=torch.bool)
     brk[1:] = (src_rows[1:] != src_rows[:-1] + 1) | (dst_rows[1:] != dst_rows[:-1] + 1) | (dst[1:] != dst[:-1])
+    # runs, then each cut into pieces of max_rows (per run, not per row: a new mask's bindings are
+    # built on the host every step)
     run_first = torch.nonzero(brk).squeeze(1)
-    run_of = torch.cumsum(brk.to(torch.int64), 0) - 1
-    within = torch.arange(n) - run_first[run_of]
+    run_len = torch.diff(run_first, append=torch.tensor([n]))
     max_rows = n if max_bytes is None else max(1, max_bytes // max(row_nbytes, 1))
-    starts = torch.nonzero(brk | (within % max_rows == 0)).squeeze(1)
-    lens = torch.diff(starts, append=torch.tensor([n]))
+    pieces = (run_len + max_rows - 1) // max_rows
+    if int(pieces.max()) == 1:
+        starts, lens = run_first, run_len
+    else:
+        piece = torch.arange(int(pieces.sum())) - torch.repeat_interleave(torch.cumsum(pieces, 0) - pieces, pieces)
+        starts = torch.repeat_interleave(run_first, pieces) + piece * max_rows
+        lens = torch.minimum(torch.repeat_interleave(run_first + run_len, pieces) - starts,
+                             torch.tensor(max_rows))
     table = _interleave(torch.stack([src_rows[starts], dst_rows[starts], lens, dst[starts]], dim=1))
     return upload(table, device) if device is not None else table
 
