@@ -140,22 +140,26 @@ def slice_tiles(q_ranges, k_ranges, types, tile: int = TILE) -> tuple[int, int]:
     return int(n.sum()), int(nq.sum())
 
 
+def _tiles_by_call(q, k, t, call, n_calls: int, tile: int = TILE) -> tuple[np.ndarray, np.ndarray]:
+    """(tiles, q tiles) int64 [n_calls] of slices (q, k [N, 2], types [N]) belonging to call ``call``
+    [N]: ``slice_tiles`` per call, in one vectorised pass."""
+    q, k = (np.asarray(x).reshape(-1, 2).astype(np.int64) for x in (q, k))
+    kept, n, nq = _slices_tiles(q, k, np.asarray(t).reshape(-1).astype(np.int64), tile)
+    of = np.asarray(call, dtype=np.int64)[kept]
+    return (np.bincount(of, weights=n, minlength=n_calls).astype(np.int64),
+            np.bincount(of, weights=nq, minlength=n_calls).astype(np.int64))
+
+
 def calls_tiles(calls, tile: int = TILE) -> tuple[np.ndarray, np.ndarray]:
     """``slice_tiles`` of each of several kernel calls (each a (q_ranges, k_ranges, types) triple),
     counted in one vectorised pass: (tiles per call, q tiles per call). Why: weighing a plan's calls
     one by one cost the cost-aware dispatch most of its time (numpy's per-call overhead)."""
     if not calls:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    # one concatenation per field, then one cast (the solver's arrays are int32; per-array casts were
-    # a third of this function's time)
-    q, k = (np.concatenate([np.reshape(c[i], (-1, 2)) for c in calls]).astype(np.int64) for i in (0, 1))
-    sizes = [np.size(c[2]) for c in calls]
-    t = np.concatenate([np.reshape(c[2], -1) for c in calls]).astype(np.int64)
-    kept, n, nq = _slices_tiles(q, k, t, tile)
-    call_of_slice = np.repeat(np.arange(len(calls)), sizes)[kept]
-    tiles = np.bincount(call_of_slice, weights=n, minlength=len(calls))
-    q_tiles = np.bincount(call_of_slice, weights=nq, minlength=len(calls))
-    return tiles.astype(np.int64), q_tiles.astype(np.int64)
+    q, k = (np.concatenate([np.reshape(c[i], (-1, 2)) for c in calls]) for i in (0, 1))
+    t = np.concatenate([np.reshape(c[2], -1) for c in calls])
+    call = np.repeat(np.arange(len(calls)), [np.size(c[2]) for c in calls])
+    return _tiles_by_call(q, k, t, call, len(calls), tile)
 
 
 def planned_time(plan: Any, cp_size: int) -> list[float]:
@@ -169,13 +173,10 @@ def _times(plans: list[_PlanCalls]) -> list[list[float]]:
     per-call overhead paid once for all of a key's candidates instead of once per candidate."""
     sizes = [pc.area.size for pc in plans]
     offsets = np.cumsum([0, *sizes[:-1]])
-    q, k = (np.concatenate([getattr(pc, f).reshape(-1, 2) for pc in plans]).astype(np.int64) for f in ("q", "k"))
-    t = np.concatenate([pc.types for pc in plans]).astype(np.int64)
+    q, k = (np.concatenate([getattr(pc, f).reshape(-1, 2) for pc in plans]) for f in ("q", "k"))
     call = np.concatenate([pc.call.astype(np.int64) + off for pc, off in zip(plans, offsets)])
-    kept, n, nq = _slices_tiles(q, k, t, TILE)
-    total = int(sum(sizes))
-    tiles = np.bincount(call[kept], weights=n, minlength=total).astype(np.int64).tolist()
-    q_tiles = np.bincount(call[kept], weights=nq, minlength=total).astype(np.int64).tolist()
+    tiles, q_tiles = (x.tolist() for x in _tiles_by_call(q, k, np.concatenate([pc.types for pc in plans]),
+                                                         call, int(sum(sizes))))
     out = []
     for pc, off in zip(plans, offsets.tolist()):
         cp, per_rank = pc.area.shape
