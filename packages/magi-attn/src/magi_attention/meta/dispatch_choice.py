@@ -253,15 +253,18 @@ def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: in
     weigh_tiles = alg.cost_model == "tiles"
     metas, area, tiles = [], [], []
     pending: list[_PlanCalls] = []  # candidates awaiting their tile count, counted together (_times)
+    pending_slices = 0
     for meta in (m for chunk in chunks for name in alg.candidates for m in candidates(name, chunk)):
         pc = _PlanCalls(plan_of(meta), cp_size, with_calls=weigh_tiles)  # each plan read once and dropped
         metas.append(meta)
         area.append(max(pc.work(alg.remote_cost)))
         if weigh_tiles:
             pending.append(pc)
-            if sum(p.num_slices for p in pending) >= TILE_BATCH_SLICES:  # memory stays bounded at large cp
+            pending_slices += pc.num_slices
+            if pending_slices >= TILE_BATCH_SLICES:  # memory stays bounded at large cp
                 tiles.extend(max(t) for t in _times(pending))
                 pending.clear()
+                pending_slices = 0
     if pending:
         tiles.extend(max(t) for t in _times(pending))
     by_area = area.index(min(area))  # the first on ties
