@@ -122,7 +122,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         """``group_plans``: every rank's plan (index = rank) when the solver built them all; the
         stages' comm plans then carry every rank's lists (``plans_take_group_lists``)."""
         self.rank_plan = rank_plan
-        # every rank's stage casts, read once (each read of a plan's ``stages`` copies all of them)
+        # every rank's stage casts, read once (not per stage plan built)
         self.group_casts = None if group_plans is None else [[st.cast for st in p.stages] for p in group_plans]
         self.num_stages = int(num_stages)
         self.cp_group = cp_group
