@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_dist import build_mask  # noqa: E402
+from bench_dist import build_mask, doc_law  # noqa: E402
 
 
 def masks(T: int, rng) -> list[tuple[str, tuple]]:
@@ -29,8 +29,7 @@ def masks(T: int, rng) -> list[tuple[str, tuple]]:
     out = [("causal", build_mask("causal", T, window=0, doc_base=0, doc_cap=0)),
            ("sliding_window", build_mask("sliding_window", T, window=T // 8, doc_base=0, doc_cap=0))]
     for seed in range(4):
-        out.append((f"varlen_causal_{seed}", build_mask("varlen_causal", T, window=0, seed=seed,
-                                                         doc_base=max(8, min(256, T // 128)), doc_cap=T // 4)))
+        out.append((f"varlen_causal_{seed}", build_mask("varlen_causal", T, window=0, seed=seed, **doc_law(T))))
     n = 40
     qs, ks = (np.sort(rng.integers(0, T, size=(n, 2)), axis=1) for _ in range(2))
     qs[:, 1] += 1

@@ -51,6 +51,12 @@ BWD_FACTOR = 2.5
 
 
 # ------------------------------------------------------------------------------------ masks
+def doc_law(T: int) -> dict:
+    """The long-tailed document-length law of the varlen masks at T tokens (``build_mask``'s
+    ``doc_base`` / ``doc_cap``): what every benchmark of a varlen mask draws from."""
+    return dict(doc_base=max(8, min(256, T // 128)), doc_cap=T // 4)
+
+
 def build_mask(kind: str, T: int, *, window: int, doc_base: int, doc_cap: int, seed: int = 0,
                order_seed: int | None = None):
     """(q_ranges, k_ranges, type codes) of a named mask over T tokens; ``order_seed`` shuffles a
@@ -603,7 +609,7 @@ def main(argv=None) -> int:
             continue
         Tl = T // world
         window = max(1, T // 8)
-        doc_base = max(8, min(256, T // 128))
+        doc_base = doc_law(T)["doc_base"]
         gen = torch.Generator(device=device).manual_seed(1234 + T)
 
         def rnd(n, h, gen=gen):
@@ -611,7 +617,7 @@ def main(argv=None) -> int:
 
         q, k, v, do = rnd(T, hq), rnd(T, hk), rnd(T, hk), rnd(T, hq)
         for kind in a.masks:
-            make_mask = functools.partial(build_mask, kind, T, window=window, doc_base=doc_base, doc_cap=T // 4)
+            make_mask = functools.partial(build_mask, kind, T, window=window, **doc_law(T))
             mask = make_mask()
             area = mask_area(*mask)
             flops = fwd_flops(area, d, hq)

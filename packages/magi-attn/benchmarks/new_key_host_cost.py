@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_dist import build_mask  # noqa: E402
+from bench_dist import build_mask, doc_law  # noqa: E402
 
 #: rows of K/V at the benchmark's heads and head dim (16 x 128, bf16): what the chunk tables are cut by
 ROW_BYTES = 16 * 128 * 2
@@ -64,8 +64,7 @@ def _one_length(T: int, cp: int, chunk: int, keys: int) -> tuple[float, float, f
 
     cpu = torch.device("cpu")
     overlap, alg, flags = _overlap_params(DistAttnConfig()), CostAwareDispatchAlg(), snapshot_flags()
-    masks = [build_mask("varlen_causal", T, window=0, seed=1, order_seed=i + 1,
-                        doc_base=max(8, min(256, T // 128)), doc_cap=T // 4) for i in range(keys)]
+    masks = [build_mask("varlen_causal", T, window=0, seed=1, order_seed=i + 1, **doc_law(T)) for i in range(keys)]
     metas, runtimes = [], []
 
     def choose(mask):

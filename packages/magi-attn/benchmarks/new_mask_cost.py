@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import leaf  # noqa: E402
-from bench_dist import build_mask, dispatch_config  # noqa: E402
+from bench_dist import build_mask, dispatch_config, doc_law  # noqa: E402
 from magi_attention.testing.syncs import OUR_PACKAGES, HostSyncs  # noqa: E402
 
 
@@ -63,8 +63,7 @@ def main(argv=None) -> int:
     dev = torch.device("cuda", local)
     gen = torch.Generator(device=dev).manual_seed(7)
     q, k, v = (leaf(torch.randn(T, hq, d, device=dev, dtype=torch.bfloat16, generator=gen)) for _ in range(3))
-    make_mask = functools.partial(build_mask, "varlen_causal", T, window=T // 8,
-                                  doc_base=max(8, min(256, T // 128)), doc_cap=T // 4)
+    make_mask = functools.partial(build_mask, "varlen_causal", T, window=T // 8, **doc_law(T))
     pad = compute_pad_size(T, world, a.chunk_size)
     dcfg = DistAttnConfig(dispatch_config=dispatch_config(a.dispatch_alg))
     times: dict[str, list[float]] = collections.defaultdict(list)

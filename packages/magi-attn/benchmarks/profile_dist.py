@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import count_delta, launch_counts, stack_layers  # noqa: E402
-from bench_dist import MASKS, build_mask, dispatch_config, mask_area  # noqa: E402
+from bench_dist import MASKS, build_mask, dispatch_config, doc_law, mask_area  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -70,8 +70,7 @@ def main(argv=None) -> int:
     if not 0 <= args.host_rank < world:
         raise SystemExit(f"profile_dist: --host-rank must be in [0, {world}) (got {args.host_rank})")
     T, h, d = args.seqlen, 16, 128
-    qr, kr, tm = build_mask(args.mask, T, window=max(1, T // 8), doc_base=max(8, min(256, T // 128)),
-                            doc_cap=T // 4)
+    qr, kr, tm = build_mask(args.mask, T, window=max(1, T // 8), **doc_law(T))
     gen = torch.Generator(device="cuda").manual_seed(1234 + T)
     q, k, v, do = (torch.randn(T, h, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
     key = magi_attn_flex_key(qr, kr, tm, T, T, h, h, d, compute_pad_size(T, world, args.chunk_size),
