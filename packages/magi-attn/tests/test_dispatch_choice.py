@@ -20,7 +20,7 @@ from magi_attention.config import (
 from magi_attention.errors import MagiAttentionError
 from magi_attention.meta import dispatch_choice
 from magi_attention.meta.dispatch_choice import (
-    calls_tiles,
+    _tiles_by_call,
     planned_time,
     planned_work,
     slice_tiles,
@@ -227,23 +227,26 @@ def test_slice_tiles_closed_form_matches_the_dense_count_on_a_full_grid():
                     k.append([2, 2 + lk])
                     t.append(ty)
                     want.append(_dense_tiles(q[-1], k[-1], ty, tile))
-        tiles, q_tiles = calls_tiles([([qi], [ki], [ti]) for qi, ki, ti in zip(q, k, t)], tile)
+        tiles, q_tiles = _tiles_by_call(q, k, t, np.arange(len(t)), len(t), tile)  # one call per slice
         got = [(int(a), int(b)) for a, b in zip(tiles, q_tiles)]
         bad = [(qi, ki, ti, g, w) for qi, ki, ti, g, w in zip(q, k, t, got, want) if g != w]
         assert not bad, bad[:5]
 
 
-def test_calls_tiles_count_each_call_as_slice_tiles_does():
+def test_tiles_by_call_count_each_call_as_slice_tiles_does():
     rng = np.random.default_rng(7)
     calls = []
     for n in (5, 0, 1, 17, 3):  # a call without slices among them
         q = np.sort(rng.integers(0, 300, size=(n, 2)), axis=1)
         k = np.sort(rng.integers(0, 300, size=(n, 2)), axis=1)  # some empty (equal ends), some overlapping
         calls.append((q, k, rng.integers(0, 4, size=n)))
-    tiles, q_tiles = calls_tiles(calls, 16)
+    q, k, t = (np.concatenate([c[i] for c in calls]) for i in range(3))
+    of = np.repeat(np.arange(len(calls)), [len(c[2]) for c in calls])
+    tiles, q_tiles = _tiles_by_call(q, k, t, of, len(calls), 16)
     assert [(int(a), int(b)) for a, b in zip(tiles, q_tiles)] == [slice_tiles(*c, 16) for c in calls]
     assert sum(tiles) > 0 and tiles[1] == q_tiles[1] == 0
-    assert [len(x) for x in calls_tiles([])] == [0, 0]
+    none = np.zeros((0, 2), dtype=np.int64)
+    assert [len(x) for x in _tiles_by_call(none, none, none[:, 0], none[:, 0], 0)] == [0, 0]
 
 
 def test_planned_time_counts_every_call_and_received_token():

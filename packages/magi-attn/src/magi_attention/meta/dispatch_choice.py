@@ -14,7 +14,7 @@ import numpy as np
 from magi_attention import _compat
 from magi_attention.config import CostAwareDispatchAlg, DispatchAlg
 
-__all__ = ["calls_tiles", "planned_time", "planned_work", "rotated_sequential", "slice_tiles", "solve_dispatch"]
+__all__ = ["planned_time", "planned_work", "rotated_sequential", "slice_tiles", "solve_dispatch"]
 
 #: the turns (in chunks) the "rotated_sequential" candidate tries, log-spaced: a few plans cover
 #: small and large ones
@@ -142,24 +142,13 @@ def slice_tiles(q_ranges, k_ranges, types, tile: int = TILE) -> tuple[int, int]:
 
 def _tiles_by_call(q, k, t, call, n_calls: int, tile: int = TILE) -> tuple[np.ndarray, np.ndarray]:
     """(tiles, q tiles) int64 [n_calls] of slices (q, k [N, 2], types [N]) belonging to call ``call``
-    [N]: ``slice_tiles`` per call, in one vectorised pass."""
+    [N]: ``slice_tiles`` per call, in one vectorised pass. Why: weighing calls one by one cost the
+    cost-aware dispatch most of its time (numpy's per-call overhead)."""
     q, k = (np.asarray(x).reshape(-1, 2).astype(np.int64) for x in (q, k))
     kept, n, nq = _slices_tiles(q, k, np.asarray(t).reshape(-1).astype(np.int64), tile)
     of = np.asarray(call, dtype=np.int64)[kept]
     return (np.bincount(of, weights=n, minlength=n_calls).astype(np.int64),
             np.bincount(of, weights=nq, minlength=n_calls).astype(np.int64))
-
-
-def calls_tiles(calls, tile: int = TILE) -> tuple[np.ndarray, np.ndarray]:
-    """``slice_tiles`` of each of several kernel calls (each a (q_ranges, k_ranges, types) triple),
-    counted in one vectorised pass: (tiles per call, q tiles per call). Why: weighing a plan's calls
-    one by one cost the cost-aware dispatch most of its time (numpy's per-call overhead)."""
-    if not calls:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    q, k = (np.concatenate([np.reshape(c[i], (-1, 2)) for c in calls]) for i in (0, 1))
-    t = np.concatenate([np.reshape(c[2], -1) for c in calls])
-    call = np.repeat(np.arange(len(calls)), [np.size(c[2]) for c in calls])
-    return _tiles_by_call(q, k, t, call, len(calls), tile)
 
 
 def planned_time(plan: Any, cp_size: int) -> list[float]:
