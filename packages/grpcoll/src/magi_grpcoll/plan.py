@@ -208,6 +208,18 @@ class ReduceMap:
         return ReduceMap(upload(touched, device), tuple(layers), upload(count, device), upload(contrib, device))
 
 
+def _entry(fn: str, name: str, lists, world_size: int, cast: bool) -> tuple:
+    """One rank's four lists, normalised as the builder normalises its own: a cast's (input sizes,
+    output sizes, dst_indices, src_index), or a reduce's (..., dst_index, src_indices)."""
+    ins = tuple(check_split_sizes(fn, f"{name}[0] (input_split_sizes)", lists[0], None))
+    outs = tuple(check_split_sizes(fn, f"{name}[1] (output_split_sizes)", lists[1], None))
+    if cast:
+        return (ins, outs, check_rank_sets(fn, f"{name}[2] (dst_indices)", lists[2], len(ins), world_size),
+                tuple(check_rank_list(fn, f"{name}[3] (src_index)", lists[3], len(outs), world_size)))
+    return (ins, outs, tuple(check_rank_list(fn, f"{name}[2] (dst_index)", lists[2], len(ins), world_size)),
+            check_rank_sets(fn, f"{name}[3] (src_indices)", lists[3], len(outs), world_size))
+
+
 def _transposed(group_lists):
     """Every rank's lists of the transposed collective (outputs become inputs), or None."""
     return None if group_lists is None else tuple((o, i, s, d) for i, o, d, s in group_lists)
@@ -245,15 +257,6 @@ class GroupCastPlan(_SplitLengths):
     group_lists: tuple | None = None
 
     @staticmethod
-    def _entry(fn: str, name: str, lists, world_size: int) -> tuple:
-        """One rank's normalised (input sizes, output sizes, dst_indices, src_index)."""
-        ins = tuple(check_split_sizes(fn, f"{name}[0] (input_split_sizes)", lists[0], None))
-        outs = tuple(check_split_sizes(fn, f"{name}[1] (output_split_sizes)", lists[1], None))
-        dsts = check_rank_sets(fn, f"{name}[2] (dst_indices)", lists[2], len(ins), world_size)
-        srcs = tuple(check_rank_list(fn, f"{name}[3] (src_index)", lists[3], len(outs), world_size))
-        return ins, outs, dsts, srcs
-
-    @staticmethod
     def build(input_split_sizes, output_split_sizes, dst_indices, src_index, *, rank: int,
               world_size: int, device=None, group_lists=None) -> GroupCastPlan:
         """Build the plan of rank ``rank`` (pure, no communication; loops over splits happen here only).
@@ -271,7 +274,7 @@ class GroupCastPlan(_SplitLengths):
         if group_lists is not None:
             group_lists = _group_lists(
                 fn, group_lists, rank, world_size, (tuple(ins), tuple(outs), dsts, tuple(srcs)),
-                lambda name, e: GroupCastPlan._entry(fn, name, e, world_size),
+                lambda name, e: _entry(fn, name, e, world_size, cast=True),
                 lambda e: [sum(n for n, d in zip(e[0], e[2]) if p in d) for p in range(world_size)],
                 lambda e: [sum(n for n, r in zip(e[1], e[3]) if r == p) for p in range(world_size)])
         out_off = _cumsum0(outs)
@@ -340,15 +343,6 @@ class GroupReducePlan(_SplitLengths):
     group_lists: tuple | None = None
 
     @staticmethod
-    def _entry(fn: str, name: str, lists, world_size: int) -> tuple:
-        """One rank's normalised (input sizes, output sizes, dst_index, src_indices)."""
-        ins = tuple(check_split_sizes(fn, f"{name}[0] (input_split_sizes)", lists[0], None))
-        outs = tuple(check_split_sizes(fn, f"{name}[1] (output_split_sizes)", lists[1], None))
-        dst = tuple(check_rank_list(fn, f"{name}[2] (dst_index)", lists[2], len(ins), world_size))
-        srcs = check_rank_sets(fn, f"{name}[3] (src_indices)", lists[3], len(outs), world_size)
-        return ins, outs, dst, srcs
-
-    @staticmethod
     def build(input_split_sizes, output_split_sizes, dst_index, src_indices, *, rank: int,
               world_size: int, device=None, group_lists=None) -> GroupReducePlan:
         """Build the plan of rank ``rank`` (pure, no communication); ``group_lists`` as in
@@ -361,7 +355,7 @@ class GroupReducePlan(_SplitLengths):
         if group_lists is not None:
             group_lists = _group_lists(
                 fn, group_lists, rank, world_size, (tuple(ins), tuple(outs), tuple(dst), srcs),
-                lambda name, e: GroupReducePlan._entry(fn, name, e, world_size),
+                lambda name, e: _entry(fn, name, e, world_size, cast=False),
                 lambda e: [sum(n for n, d in zip(e[0], e[2]) if d == p) for p in range(world_size)],
                 lambda e: [sum(n for n, r in zip(e[1], e[3]) if p in r) for p in range(world_size)])
         out_off = _cumsum0(outs)

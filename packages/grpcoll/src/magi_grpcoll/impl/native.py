@@ -25,13 +25,14 @@ issued in the same order on every rank.
 Everything runs on a side CUDA stream of high priority (``COMM_STREAM_PRIORITY``), after the
 current stream's prior work; the returned work's ``wait_post_process()`` makes the current stream
 wait for it and returns the tensors given to the call. Until then, do not touch ``output`` (a
-reduce reads it on the comm stream). Binding a plan the first time needs remote meta: one
-all_to_all (cast) or all_gather (reduce) of small int tensors plus an all_reduce for the buffer
-size; the binding is cached on the plan. That exchange runs on a stream of its own (``_exchange``)
-and everything else of a binding on the host, so binding a new plan (every step of varlen training)
-waits for the peers' answer but never for the kernels queued on the caller's stream. A bound plan called again on tensors at the same
-addresses replays its launches from a CUDA graph
-(``impl._graphs``): the same kernels in the same order, for ~0.05 ms of host time instead of 0.1-0.3.
+reduce reads it on the comm stream). Binding a plan the first time needs its peers' layouts. A plan
+built with every rank's lists (``group_lists``) derives them on the host, exchanging nothing;
+otherwise one all_to_all (cast) or all_gather (reduce) of small int tensors plus an all_reduce for
+the buffer size fetches them, on a stream of its own (``_exchange``), so binding waits for the
+peers' answer but never for the kernels queued on the caller's stream. The binding is cached on the
+plan. A bound plan called again on tensors at the same addresses replays its launches from a CUDA
+graph (``impl._graphs``): the same kernels in the same order, for ~0.05 ms of host time instead of
+0.1-0.3.
 """
 
 from __future__ import annotations
