@@ -52,6 +52,21 @@ def test_a_key_is_captured_on_its_second_sighting_and_replayed_after(cuda_faked)
     assert {k: after[k] - before[k] for k in after} == {"replays": 2, "captures": 1, "eager": 2}
 
 
+def test_a_native_binding_does_not_capture_what_one_step_sees_twice(cuda_faked):
+    """A plan used for one step only (a new mask every step) casts K/V in the forward and again in the
+    backward, often at the same addresses: two sightings must not pay a capture that replays once.
+    A plan that comes back (the next step's) is captured then."""
+    from magi_grpcoll.impl.native import _Binding
+
+    binding, calls = _Binding({}, (0,), torch.device("cpu")), []
+    binding.graphs._capture = _Graph
+    for tag in ("forward", "backward"):
+        binding.graphs.run("cast", _recording(calls, tag))
+    assert calls == ["forward", "backward"] and binding.graphs.captures == 0
+    binding.graphs.run("cast", _recording(calls, "next step"))
+    assert calls[-1] == "next step" and binding.graphs.captures == 1 and binding.graphs.replays == 1
+
+
 def test_least_recently_used_graphs_are_dropped_and_not_captured_again(cuda_faked):
     graphs = LaunchGraphs(capacity=2, min_sightings=1, capture=_Graph)
     calls = []

@@ -11,9 +11,10 @@ on the comm stream are freed only once its events are seen complete.)
 
 Policy (:class:`LaunchGraphs`): a key (everything the launches read: addresses, row sizes, the
 buffer's generation and half) is captured once its *family* (the same key with the buffer half left
-out) has been seen twice, so calls whose addresses never repeat pay no capture, and where a step
-makes an odd number of native calls (each call's half then alternates from step to step) both
-halves are captured by the third step, not the fourth. A model calls each plan once per layer on
+out) has been seen ``min_sightings`` times (native bindings: three, see
+``native.GRAPH_MIN_SIGHTINGS``), so calls whose addresses never repeat pay no capture, and where a
+step makes an odd number of native calls (each call's half then alternates from step to step) both
+halves are captured one step apart, not two. A model calls each plan once per layer on
 that layer's tensors, so a binding holds up to ``capacity`` graphs (``MAGI_GRPCOLL_GRAPH_CAPACITY``,
 default 256), least recently used dropped; a key whose graph was dropped is never captured again
 (it runs eagerly): more distinct keys than ``capacity`` would otherwise be re-captured on every
