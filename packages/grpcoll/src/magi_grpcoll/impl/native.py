@@ -30,9 +30,9 @@ built with every rank's lists (``group_lists``) derives them on the host, exchan
 otherwise one all_to_all (cast) or all_gather (reduce) of small int tensors plus an all_reduce for
 the buffer size fetches them, on a stream of its own (``_exchange``), so binding waits for the
 peers' answer but never for the kernels queued on the caller's stream. The binding is cached on the
-plan. A bound plan called again on tensors at the same addresses replays its launches from a CUDA
-graph (``impl._graphs``): the same kernels in the same order, for ~0.05 ms of host time instead of
-0.1-0.3.
+plan. A bound plan called a third time on tensors at the same addresses (``GRAPH_MIN_SIGHTINGS``)
+replays its launches from a CUDA graph (``impl._graphs``): the same kernels in the same order, for
+~0.05 ms of host time instead of 0.1-0.3.
 """
 
 from __future__ import annotations
