@@ -345,6 +345,13 @@ def run_api_checks(rank, world, _args=None):
     w = torch.randn(T, 3, dtype=torch.float64)
     (undispatch(lx, k1) * w).sum().backward()
     assert torch.allclose(x.grad, w)
+    # the all-gather behind both, flat (as on NCCL) and into views: every rank's rows in rank order
+    from magi_attention.functional.dispatch import _all_gather
+
+    mine = torch.arange(15, dtype=torch.float64).reshape(5, 3) + 100 * rank
+    want = torch.cat([torch.arange(15, dtype=torch.float64).reshape(5, 3) + 100 * r for r in range(world)])
+    for flat in (True, False):
+        assert torch.equal(_all_gather(mine, world, g, flat=flat), want), f"flat={flat}"
     # per-group LRU of size 2: a second group interleaved does not disturb the first
     os.environ["MAGI_ATTENTION_DIST_ATTN_RUNTIME_DICT_SIZE"] = "2"
     mgrs.clear()

@@ -51,16 +51,27 @@ def _local(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     return chunks.index_select(0, ids).reshape(layout.shard_seqlen, *x.shape[1:])
 
 
+def _all_gather(x: torch.Tensor, world: int, group, flat: bool | None = None) -> torch.Tensor:
+    """[world * n, ...]: every rank's ``x`` [n, ...] in rank order, gathered into one tensor.
+
+    Why not a list of parts and a ``cat``: that pass over the gathered tensor is a copy of the
+    whole sequence (256 MB per tensor at 64k tokens, 16 heads of 128), made by every undispatch and
+    every dispatch backward. NCCL gathers into the flat tensor itself (``flat``, default: on NCCL);
+    other backends gather into views of it (gloo had no flat all-gather before torch ~2.2).
+    """
+    out = x.new_empty((world * x.shape[0], *x.shape[1:]))
+    if dist.get_backend(group) == "nccl" if flat is None else flat:
+        run_and_release(lambda ts: dist.all_gather_into_tensor(ts[1], ts[0], group=group, async_op=True), [x, out])
+    else:
+        run_and_release(lambda ts: dist.all_gather(ts[1:], ts[0], group=group, async_op=True),
+                        [x, *out.chunk(world)])
+    return out
+
+
 def _gather(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     x = x.contiguous()
     world = len(layout.partitions)
-    if world == 1:
-        gathered = x
-    else:
-        parts = [torch.empty_like(x) for _ in range(world)]
-        run_and_release(lambda ts: dist.all_gather(ts[1:], ts[0], group=layout.group, async_op=True),
-                        [x, *parts])
-        gathered = torch.cat(parts, 0)
+    gathered = x if world == 1 else _all_gather(x, world, layout.group)
     chunks = gathered.reshape(layout.num_chunks, layout.chunk_size, *x.shape[1:])
     out = torch.empty_like(chunks)
     perm = index_tensor(layout.perm(), x.device)
