@@ -7,7 +7,9 @@
 #                                     varlen-paths (FA4's varlen vs batch kernels) and/or bench-dist-fa4 (the
 #                                     runtime on the fa4 backend, >= 2 GPUs), profile-dist-fa4 and
 #                                     new-mask-fa4 (a new mask every step: new_mask_cost.py's phases and host
-#                                     syncs, and bench_dist --fresh-masks against the same mask every step); see
+#                                     syncs, and bench_dist --fresh-masks against the same mask every step) and
+#                                     ab-new-mask (the same new-mask runs, this tree against AB_OLD, a folder from
+#                                     scripts/ab_archive.sh carried with the call: order new, old, new); see
 #                                     scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out); set GIT_COMMIT=<hash> in the command (the
 # machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
@@ -61,7 +63,7 @@ unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first
 if has fa4-libs; then  # FA4 arrives in two calls: the first keeps its CUDA libraries' first part on the warm machine
   mkdir -p /tmp/fa4-libs-parts && cp .carry/fa4-libs/*.part-* /tmp/fa4-libs-parts/ && echo "FA4 libraries, part 1 kept" || status=1
 fi
-if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
+if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4 || has ab-new-mask; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
   if [ ! -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
     unpack_fa4_libs .carry/fa4/*.part-*
   fi
@@ -130,6 +132,31 @@ if has new-mask-fa4 && [ "$NGPU" -ge 2 ]; then  # varlen training's new mask per
       --masks varlen_causal --seqlens ${NEW_MASK_SEQLENS:-32768 65536} --methods magi ffa_single \
       --dispatch-alg cost_aware $fresh --out "$OUT/bench_dist_fa4${fresh:+_fresh}"
   done
+fi
+if has ab-new-mask && [ "$NGPU" -ge 2 ]; then  # new-mask-fa4's runs, this tree against AB_OLD's library sources
+  if [ -d "${AB_OLD:-}/packages" ]; then
+    AB=$(cd "$AB_OLD" && pwd)
+    OLD_PATHS=$AB/packages/ffa-kernels/src:$AB/packages/grpcoll/src:$AB/packages/magi-attn/src
+    OLD_NAME="$(cat "$AB/COMMIT" 2>/dev/null || echo "$AB_OLD") (library sources; benchmarks of ${GIT_COMMIT:-this tree})"
+    echo "ab-new-mask: new = this tree (${GIT_COMMIT:-unknown}), old = $OLD_NAME"
+    for T in ${NEW_MASK_SEQLENS:-32768 65536}; do
+      for v in new old; do  # old: its sources first on the path, so they shadow this tree's
+        PYTHONPATH=$([ $v = old ] && echo "$OLD_PATHS:")$PYTHONPATH MAGI_ATTENTION_FA4_BACKEND=1 \
+          MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "ab-new-mask-cost-$T-$v" $PY -m torch.distributed.run --standalone \
+          --nproc-per-node 2 packages/magi-attn/benchmarks/new_mask_cost.py --seqlen "$T" --cprofile 0
+      done
+    done
+    for v in new old new2; do  # run order new, old, new: the spread of the two new runs is the noise
+      PYTHONPATH=$([ $v = old ] && echo "$OLD_PATHS:")$PYTHONPATH MAGI_ATTENTION_FA4_BACKEND=1 \
+        GIT_COMMIT=$([ $v = old ] && echo "$OLD_NAME" || echo "${GIT_COMMIT:-unknown}") \
+        MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "ab-fresh-$v" $PY -m torch.distributed.run --standalone \
+        --nproc-per-node 2 packages/magi-attn/benchmarks/bench_dist.py --layers 4 --masks varlen_causal \
+        --seqlens ${NEW_MASK_SEQLENS:-32768 65536} --methods magi ffa_single --dispatch-alg cost_aware \
+        --fresh-masks --out "$OUT/ab_fresh_$v"
+    done
+  else
+    echo "ab-new-mask: AB_OLD must name a folder made by scripts/ab_archive.sh, carried with the call"; status=1
+  fi
 fi
 if has bench-qo && [ "$NGPU" -ge 2 ]; then
   run bench-qo $PY -m torch.distributed.run --standalone --nproc-per-node 2 \
