@@ -17,7 +17,8 @@
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
 # STEP_TIMEOUT=<seconds> bounds every step. Extra arguments per step: TEST_PKGS, TEST_ARGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, BENCH_FA4_ARGS,
 # BENCH_FFA_ARGS, VARLEN_PATHS_ARGS, BENCH_GRPCOLL_ARGS, BENCH_DIST_ARGS, PROFILE_DIST_MASKS / PROFILE_DIST_ARGS, BENCH_QO_ARGS,
-# NEW_MASK_SEQLENS (new-mask-fa4, default 32768 65536).
+# NEW_MASK_SEQLENS (new-mask-fa4 and ab-new-mask, default 32768 65536), AB_OLD and AB_ARGS (ab-new-mask: the old
+# sources' folder; arguments both of its scripts take, e.g. --pin-cpus).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
@@ -143,7 +144,7 @@ if has ab-new-mask && [ "$NGPU" -ge 2 ]; then  # new-mask-fa4's runs, this tree 
       for v in new old; do  # old: its sources first on the path, so they shadow this tree's
         PYTHONPATH=$([ $v = old ] && echo "$OLD_PATHS:")$PYTHONPATH MAGI_ATTENTION_FA4_BACKEND=1 \
           MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "ab-new-mask-cost-$T-$v" $PY -m torch.distributed.run --standalone \
-          --nproc-per-node 2 packages/magi-attn/benchmarks/new_mask_cost.py --seqlen "$T" --cprofile 0
+          --nproc-per-node 2 packages/magi-attn/benchmarks/new_mask_cost.py --seqlen "$T" --cprofile 0 ${AB_ARGS:-}
       done
     done
     for v in new old new2; do  # run order new, old, new: the spread of the two new runs is the noise
@@ -152,7 +153,7 @@ if has ab-new-mask && [ "$NGPU" -ge 2 ]; then  # new-mask-fa4's runs, this tree 
         MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "ab-fresh-$v" $PY -m torch.distributed.run --standalone \
         --nproc-per-node 2 packages/magi-attn/benchmarks/bench_dist.py --layers 4 --masks varlen_causal \
         --seqlens ${NEW_MASK_SEQLENS:-32768 65536} --methods magi ffa_single --dispatch-alg cost_aware \
-        --fresh-masks --out "$OUT/ab_fresh_$v"
+        --fresh-masks ${AB_ARGS:-} --out "$OUT/ab_fresh_$v"
     done
   else
     echo "ab-new-mask: AB_OLD must name a folder made by scripts/ab_archive.sh, carried with the call"; status=1

@@ -7,6 +7,7 @@ forward/backward the same way (slowest rank's median), so their numbers stay com
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["count_delta", "doc_lengths", "launch_counts", "leaf", "measure", "stack_layers"]
+__all__ = ["count_delta", "doc_lengths", "launch_counts", "leaf", "measure", "pin_cpus", "stack_layers"]
 
 
 def doc_lengths(total: int, seed: int, base: int, cap: int) -> list[int]:
@@ -28,6 +29,21 @@ def doc_lengths(total: int, seed: int, base: int, cap: int) -> list[int]:
         out.append(n)
         s += n
     return out
+
+
+def pin_cpus(local_rank: int, local_world: int) -> list[int]:
+    """Pin this process to its block of the CPUs it may use (the allowed CPUs, sorted, cut into
+    ``local_world`` contiguous blocks; block ``local_rank``) and return them.
+
+    Why: a step with a new mask is host-bound, its Python runs on one core at a time, and unpinned
+    ranks may move between cores and sockets; on the lent hosts one phase of the same code read up
+    to 2x apart between runs. ``--pin-cpus`` lets a run measure whether placement is part of that.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cpus) // max(1, local_world))
+    mine = cpus[local_rank * per:(local_rank + 1) * per] or cpus
+    os.sched_setaffinity(0, mine)
+    return mine
 
 
 def measure(fwd, leaves, dout, device: torch.device, warmup: int,

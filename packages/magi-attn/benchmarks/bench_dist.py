@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from _common import count_delta, doc_lengths, launch_counts, leaf, measure, stack_layers
+from _common import count_delta, doc_lengths, launch_counts, leaf, measure, pin_cpus, stack_layers
 
 MASKS = ("full", "causal", "varlen_causal", "sliding_window")
 METHODS = ("magi", "ffa_single", "ring", "ulysses")
@@ -509,6 +509,9 @@ def parse_args(argv=None):
     p.add_argument("--fresh-masks", action="store_true",
                    help="varlen masks: a new document order every step (a new key and runtime each "
                         "step, as in varlen training); the key and the dispatch are timed with the forward")
+    p.add_argument("--pin-cpus", action="store_true",
+                   help="pin each rank to its block of the host's CPUs (_common.pin_cpus), for an A/B of "
+                        "CPU placement on host-bound runs such as --fresh-masks")
     p.add_argument("--layers", type=int, default=1,
                    help="attention calls per step, stacked as in a model (own K/V per layer); TFLOP/s "
                         "count all of them")
@@ -573,6 +576,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("MAGI_ATTENTION_SDPA_BACKEND", "1")
         torch.set_num_threads(1)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    pinned = pin_cpus(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if a.pin_cpus else None
     if cuda:
         torch.cuda.set_device(local_rank)
     if a.comm_stream_priority is not None:
@@ -695,6 +699,7 @@ def main(argv=None) -> int:
                                   "with the forward, each layer on K/V clones of its own (from 552f6f4 on; "
                                   "before, all layers shared the dispatched K/V)"
                                   if a.fresh_masks else "no"),
+                  "cpus": f"pinned, rank 0 to {len(pinned)} cpus from {pinned[0]}" if pinned else "not pinned",
                   "torch": torch.__version__,
                   "library environment": library_environment(),
                   "wall time": f"{time.perf_counter() - t_start:.0f} s"}

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import leaf  # noqa: E402
+from _common import leaf, pin_cpus  # noqa: E402
 from bench_dist import build_mask, dispatch_config, doc_law  # noqa: E402
 from magi_attention.testing.syncs import OUR_PACKAGES, HostSyncs  # noqa: E402
 
@@ -50,10 +50,14 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-dir", default=None, metavar="DIR",
                     help="instead, cProfile each phase of the timed steps on rank 0 apart and write "
                          "DIR/<phase>.prof (pstats files, to read with python -m pstats)")
+    ap.add_argument("--pin-cpus", action="store_true",
+                    help="pin each rank to its block of the host's CPUs (as bench_dist.py's)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("new_mask_cost: needs CUDA (it counts host-device syncs)")
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if a.pin_cpus:
+        pin_cpus(local, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.cuda.set_device(local)
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
         step(3 + a.steps, False)
     if rank == 0:
         print(f"[new_mask_cost] T={T} world={world} layers={a.layers} dispatch={a.dispatch_alg} "
-              f"steps={a.steps}; host ms per phase, each timed alone (median):")
+              f"steps={a.steps}{' cpus pinned' if a.pin_cpus else ''}; host ms per phase, each timed alone (median):")
         for name, ts in times.items():
             print(f"  {name:22s} {statistics.median(ts):8.2f}")
         print(f"[new_mask_cost] host-device syncs of one step: {sum(syncs.counts.values())}")
