@@ -291,6 +291,26 @@ def test_plans_read_flat_from_the_solver_or_walked_give_the_same_costs(monkeypat
     assert any((a.area == 0).any() for a in flat)  # empty calls (left out of the slices) are exercised
 
 
+def test_costs_of_many_plans_at_once_equal_each_alone():
+    """The choice weighs all its candidates in one numpy pass, their calls padded to the most
+    stages: plans of 1 to 3 stages (and empty calls) weighed together give each one's own costs,
+    bit for bit."""
+    from magi_attention.config import OverlapConfig
+    from magi_attention.meta.dispatch_choice import _PlanCalls, _times, _works
+
+    pcs = []
+    for degree in (1, 2, 3):
+        params = _overlap_params(DistAttnConfig(overlap_config=OverlapConfig(degree=degree)))
+        for mask in _masks().values():
+            meta = _compat.solver.make_dispatch_meta(*mask, T, CHUNK, 2, "min_heap")
+            pcs.append(_PlanCalls(_compat.solver.make_dist_attn_plan(*mask, meta, params), 2))
+    assert len({pc.area.shape for pc in pcs}) > 1  # the padding is exercised
+    assert _times(pcs) == [_times([pc])[0] for pc in pcs]
+    assert _works([pc.area for pc in pcs], 1.75).tolist() == [pc.work(1.75) for pc in pcs]
+    host, remote = pcs[-1].area[:, 0], pcs[-1].area[:, 1:].sum(1)  # the work's definition, in Python floats
+    assert pcs[-1].work(1.75) == [float(h) + 1.75 * float(r) for h, r in zip(host.tolist(), remote.tolist())]
+
+
 def _long_tailed_documents(total):
     """Causal documents drawn as bench_dist draws them (``benchmarks/_common.doc_lengths``): a few
     long ones among many short ones, the shape that fooled the area model at 128k on 2 x H200."""

@@ -66,8 +66,7 @@ class _PlanCalls:
 
     def work(self, remote_cost: float) -> list[float]:
         """planned_work of the plan."""
-        return [host + remote_cost * remote
-                for host, remote in zip(self.area[:, 0].tolist(), self.area[:, 1:].sum(1).tolist())]
+        return _works([self.area], remote_cost)[0].tolist()
 
 
 #: The tile model's constants (CostAwareDispatchAlg(cost_model="tiles")), in units of one full tile's
@@ -158,27 +157,42 @@ def planned_time(plan: Any, cp_size: int) -> list[float]:
 
 
 def _times(plans: list[_PlanCalls]) -> list[list[float]]:
-    """planned_time of several plans, their calls counted in one ``_slices_tiles`` pass: numpy's
-    per-call overhead paid once for all of a key's candidates instead of once per candidate."""
+    """planned_time of several plans, their calls counted in one ``_slices_tiles`` pass and their
+    costs summed in one numpy pass over all of them (each plan's calls padded with empty ones to the
+    most stages): numpy's per-call overhead paid once for all of a key's candidates instead of once
+    per candidate. The sums run in the scalar version's order (a rank's host call, plus its stages
+    added one by one, plus its received tokens), so the values are the same bit for bit."""
     sizes = [pc.area.size for pc in plans]
     offsets = np.cumsum([0, *sizes[:-1]])
     q, k = (np.concatenate([getattr(pc, f).reshape(-1, 2) for pc in plans]) for f in ("q", "k"))
     call = np.concatenate([pc.call.astype(np.int64) + off for pc, off in zip(plans, offsets)])
-    tiles, q_tiles = (x.tolist() for x in _tiles_by_call(q, k, np.concatenate([pc.types for pc in plans]),
-                                                         call, int(sum(sizes))))
-    out = []
-    for pc, off in zip(plans, offsets.tolist()):
-        cp, per_rank = pc.area.shape
-        busy = (pc.area != 0).ravel().tolist()  # an empty call costs nothing
-        cost_of = [float(tiles[off + i]) + ROW_TILE_COST * float(q_tiles[off + i]) + CALL_COST if busy[i] else 0.0
-                   for i in range(cp * per_rank)]
-        recv = pc.recv.tolist()
-        per_rank_cost = []
-        for r in range(cp):
-            host, *stages = cost_of[r * per_rank:(r + 1) * per_rank]
-            per_rank_cost.append(host + sum(stages) + RECV_TOKEN_COST * recv[r])
-        out.append(per_rank_cost)
+    tiles, q_tiles = _tiles_by_call(q, k, np.concatenate([pc.types for pc in plans]), call, int(sum(sizes)))
+    cost = tiles.astype(np.float64) + ROW_TILE_COST * q_tiles.astype(np.float64) + CALL_COST
+    busy = np.concatenate([(pc.area != 0).ravel() for pc in plans])  # an empty call costs nothing
+    cost = np.where(busy, cost, 0.0)
+    per_rank = _padded([cost[off:off + size].reshape(pc.area.shape)
+                        for pc, off, size in zip(plans, offsets.tolist(), sizes)])  # [plans, cp, 1 + stages]
+    stages = np.zeros(per_rank.shape[:2])
+    for j in range(1, per_rank.shape[2]):
+        stages = stages + per_rank[:, :, j]
+    recv = np.stack([pc.recv for pc in plans]).astype(np.float64)
+    return (per_rank[:, :, 0] + stages + RECV_TOKEN_COST * recv).tolist()
+
+
+def _padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """[len(arrays), cp, most columns]: 2-D arrays of one row count, zero-padded on the right."""
+    width = max(a.shape[1] for a in arrays)
+    out = np.zeros((len(arrays), arrays[0].shape[0], width), dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, :, :a.shape[1]] = a
     return out
+
+
+def _works(areas: list[np.ndarray], remote_cost: float) -> np.ndarray:
+    """[plans, cp] planned_work of plans given by their area arrays [cp, 1 + stages], in one numpy
+    pass: per rank, host area + remote_cost x its stages' area (an exact integer sum)."""
+    a = _padded(areas)
+    return a[:, :, 0].astype(np.float64) + remote_cost * a[:, :, 1:].sum(2).astype(np.float64)
 
 
 #: slices of the candidates' calls held for one tile count at most (a few MB of index arrays)
@@ -240,13 +254,13 @@ def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: in
         yield from (rotated_sequential(seq, s) for s in shifts)
 
     weigh_tiles = alg.cost_model == "tiles"
-    metas, area, tiles = [], [], []
+    metas, areas, tiles = [], [], []
     pending: list[_PlanCalls] = []  # candidates awaiting their tile count, counted together (_times)
     pending_slices = 0
     for meta in (m for chunk in chunks for name in alg.candidates for m in candidates(name, chunk)):
         pc = _PlanCalls(plan_of(meta), cp_size, with_calls=weigh_tiles)  # each plan read once and dropped
         metas.append(meta)
-        area.append(max(pc.work(alg.remote_cost)))
+        areas.append(pc.area)
         if weigh_tiles:
             pending.append(pc)
             pending_slices += pc.num_slices
@@ -256,6 +270,7 @@ def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: in
                 pending_slices = 0
     if pending:
         tiles.extend(max(t) for t in _times(pending))
+    area = _works(areas, alg.remote_cost).max(1).tolist()
     by_area = area.index(min(area))  # the first on ties
     if alg.cost_model == "area":
         return metas[by_area]
