@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # numpy is not a dependency of magi_ffa's core (only its fa4 backend uses it)
+if TYPE_CHECKING:  # only for the annotation: this module takes numpy arrays from its callers
     import numpy as np
 
 __all__ = ["to_device"]
