@@ -122,16 +122,23 @@ if has profile-dist-fa4 && [ "$NGPU" -ge 2 ]; then  # where one calc_attn's time
       --nproc-per-node 2 packages/magi-attn/benchmarks/profile_dist.py --mask "$m" ${PROFILE_DIST_ARGS:-}
   done
 fi
+new_mask_cost() {  # new_mask_cost NAME T [ARG...]: new_mask_cost.py's phases at T, fa4 and native collectives
+  local name=$1 T=$2; shift 2
+  MAGI_ATTENTION_FA4_BACKEND=1 MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "$name" $PY -m torch.distributed.run \
+    --standalone --nproc-per-node 2 packages/magi-attn/benchmarks/new_mask_cost.py --seqlen "$T" --cprofile 0 "$@"
+}
+varlen_layers() {  # varlen_layers NAME OUT [ARG...]: bench_dist's 4-layer varlen causal runs, fa4 and native collectives
+  local name=$1 out=$2; shift 2
+  MAGI_ATTENTION_FA4_BACKEND=1 MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "$name" $PY -m torch.distributed.run \
+    --standalone --nproc-per-node 2 packages/magi-attn/benchmarks/bench_dist.py --layers 4 --masks varlen_causal \
+    --seqlens ${NEW_MASK_SEQLENS:-32768 65536} --methods magi ffa_single --dispatch-alg cost_aware "$@" --out "$out"
+}
 if has new-mask-fa4 && [ "$NGPU" -ge 2 ]; then  # varlen training's new mask per step (tuning.md "A new mask every step")
   for T in ${NEW_MASK_SEQLENS:-32768 65536}; do
-    MAGI_ATTENTION_FA4_BACKEND=1 MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "new-mask-cost-$T" $PY -m torch.distributed.run \
-      --standalone --nproc-per-node 2 packages/magi-attn/benchmarks/new_mask_cost.py --seqlen "$T" --cprofile 0
+    new_mask_cost "new-mask-cost-$T" "$T"
   done
   for fresh in "" --fresh-masks; do
-    MAGI_ATTENTION_FA4_BACKEND=1 MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "bench-dist-fa4${fresh:+-fresh}" $PY -m \
-      torch.distributed.run --standalone --nproc-per-node 2 packages/magi-attn/benchmarks/bench_dist.py --layers 4 \
-      --masks varlen_causal --seqlens ${NEW_MASK_SEQLENS:-32768 65536} --methods magi ffa_single \
-      --dispatch-alg cost_aware $fresh --out "$OUT/bench_dist_fa4${fresh:+_fresh}"
+    varlen_layers "bench-dist-fa4${fresh:+-fresh}" "$OUT/bench_dist_fa4${fresh:+_fresh}" $fresh
   done
 fi
 if has ab-new-mask && [ "$NGPU" -ge 2 ]; then  # new-mask-fa4's runs, this tree against AB_OLD's library sources
@@ -142,18 +149,13 @@ if has ab-new-mask && [ "$NGPU" -ge 2 ]; then  # new-mask-fa4's runs, this tree 
     echo "ab-new-mask: new = this tree (${GIT_COMMIT:-unknown}), old = $OLD_NAME"
     for T in ${NEW_MASK_SEQLENS:-32768 65536}; do
       for v in new old; do  # old: its sources first on the path, so they shadow this tree's
-        PYTHONPATH=$([ $v = old ] && echo "$OLD_PATHS:")$PYTHONPATH MAGI_ATTENTION_FA4_BACKEND=1 \
-          MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "ab-new-mask-cost-$T-$v" $PY -m torch.distributed.run --standalone \
-          --nproc-per-node 2 packages/magi-attn/benchmarks/new_mask_cost.py --seqlen "$T" --cprofile 0 ${AB_ARGS:-}
+        PYTHONPATH=$([ $v = old ] && echo "$OLD_PATHS:")$PYTHONPATH new_mask_cost "ab-new-mask-cost-$T-$v" "$T" ${AB_ARGS:-}
       done
     done
     for v in new old new2; do  # run order new, old, new: the spread of the two new runs is the noise
-      PYTHONPATH=$([ $v = old ] && echo "$OLD_PATHS:")$PYTHONPATH MAGI_ATTENTION_FA4_BACKEND=1 \
+      PYTHONPATH=$([ $v = old ] && echo "$OLD_PATHS:")$PYTHONPATH \
         GIT_COMMIT=$([ $v = old ] && echo "$OLD_NAME" || echo "${GIT_COMMIT:-unknown}") \
-        MAGI_ATTENTION_NATIVE_GRPCOLL=1 run "ab-fresh-$v" $PY -m torch.distributed.run --standalone \
-        --nproc-per-node 2 packages/magi-attn/benchmarks/bench_dist.py --layers 4 --masks varlen_causal \
-        --seqlens ${NEW_MASK_SEQLENS:-32768 65536} --methods magi ffa_single --dispatch-alg cost_aware \
-        --fresh-masks ${AB_ARGS:-} --out "$OUT/ab_fresh_$v"
+        varlen_layers "ab-fresh-$v" "$OUT/ab_fresh_$v" --fresh-masks ${AB_ARGS:-}
     done
   else
     echo "ab-new-mask: AB_OLD must name a folder made by scripts/ab_archive.sh, carried with the call"; status=1
