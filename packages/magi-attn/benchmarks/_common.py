@@ -31,14 +31,15 @@ def doc_lengths(total: int, seed: int, base: int, cap: int) -> list[int]:
     return out
 
 
-def pin_cpus(local_rank: int, local_world: int) -> list[int]:
+def pin_cpus() -> list[int]:
     """Pin this process to its block of the CPUs it may use (the allowed CPUs, sorted, cut into
-    ``local_world`` contiguous blocks; block ``local_rank``) and return them.
+    torchrun's ``LOCAL_WORLD_SIZE`` contiguous blocks; block ``LOCAL_RANK``) and return them.
 
     Why: a step with a new mask is host-bound, its Python runs on one core at a time, and unpinned
     ranks may move between cores and sockets; on the lent hosts one phase of the same code read up
     to 2x apart between runs. ``--pin-cpus`` lets a run measure whether placement is part of that.
     """
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     cpus = sorted(os.sched_getaffinity(0))
     per = max(1, len(cpus) // max(1, local_world))
     mine = cpus[local_rank * per:(local_rank + 1) * per] or cpus

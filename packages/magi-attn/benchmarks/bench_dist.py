@@ -576,7 +576,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("MAGI_ATTENTION_SDPA_BACKEND", "1")
         torch.set_num_threads(1)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    pinned = pin_cpus(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if a.pin_cpus else None
+    pinned = pin_cpus() if a.pin_cpus else None
     if cuda:
         torch.cuda.set_device(local_rank)
     if a.comm_stream_priority is not None:

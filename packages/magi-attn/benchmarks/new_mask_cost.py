@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         raise SystemExit("new_mask_cost: needs CUDA (it counts host-device syncs)")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if a.pin_cpus:
-        pin_cpus(local, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        pin_cpus()
     torch.cuda.set_device(local)
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
