@@ -220,6 +220,13 @@ def _entry(fn: str, name: str, lists, world_size: int, cast: bool) -> tuple:
             check_rank_sets(fn, f"{name}[3] (src_indices)", lists[3], len(outs), world_size))
 
 
+def reduce_send_counts(lists, world_size: int) -> list[int]:
+    """The rows a reduce's rank sends to each rank, from its four lists (its checked
+    ``group_lists`` entry): what the plans check against the receivers, and what the native
+    binding derives its peers' send counts from."""
+    return [sum(n for n, d in zip(lists[0], lists[2]) if d == p) for p in range(world_size)]
+
+
 def _transposed(group_lists):
     """Every rank's lists of the transposed collective (outputs become inputs), or None."""
     return None if group_lists is None else tuple((o, i, s, d) for i, o, d, s in group_lists)
@@ -356,7 +363,7 @@ class GroupReducePlan(_SplitLengths):
             group_lists = _group_lists(
                 fn, group_lists, rank, world_size, (tuple(ins), tuple(outs), tuple(dst), srcs),
                 lambda name, e: _entry(fn, name, e, world_size, cast=False),
-                lambda e: [sum(n for n, d in zip(e[0], e[2]) if d == p) for p in range(world_size)],
+                lambda e: reduce_send_counts(e, world_size),
                 lambda e: [sum(n for n, r in zip(e[1], e[3]) if p in r) for p in range(world_size)])
         out_off = _cumsum0(outs)
 

@@ -48,7 +48,7 @@ from magi_grpcoll.impl.base import GrpCollImpl, cast_pairs, get_impl, register_i
 from magi_grpcoll.kernels._select import triton_available
 from magi_grpcoll.kernels.chunk_copy import build_chunks, build_runs, copy_chunks, copy_runs, row_bytes
 from magi_grpcoll.kernels.range_reduce import OWN, RECEIVED, FoldSources, fold_from_sources
-from magi_grpcoll.plan import ranges_to_rows
+from magi_grpcoll.plan import ranges_to_rows, reduce_send_counts
 from magi_grpcoll.transfer import host_of, upload
 
 __all__ = ["NativeImpl", "native_call_state", "set_native_call_count"]
@@ -363,8 +363,7 @@ def cast_positions_from_lists(plan) -> tuple[torch.Tensor, int]:
 def reduce_counts_from_lists(plan) -> torch.Tensor:
     """What the reduce binding's exchange returns, derived from ``plan.group_lists``: ``counts[r][d]``,
     the rows rank r sends to rank d."""
-    return torch.tensor([[sum(n for n, d in zip(ins, dst) if d == p) for p in range(plan.world_size)]
-                         for ins, _, dst, _ in plan.group_lists], dtype=torch.int64)
+    return torch.tensor([reduce_send_counts(e, plan.world_size) for e in plan.group_lists], dtype=torch.int64)
 
 
 def cast_binding(plan, pos: torch.Tensor, capacity_rows: int) -> _Binding:
