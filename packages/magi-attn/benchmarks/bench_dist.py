@@ -190,6 +190,9 @@ LIBRARY_SWITCHES = {
     "--fa4-varlen-windows": ("magi_ffa.backends.fa4.native", "VARLEN_WINDOWS", "ffa kernel backend", "varlen windows",
                              "the fa4 backend runs documents with a sliding window natively (1) or "
                              "through block lists (0)"),
+    "--split-host-backward": ("magi_attention.runtime.dist_attn", "SPLIT_HOST_BACKWARD", "runtime",
+                              "split host backward", "the backward's host stage as two calls, the block no "
+                              "dK/dV reduce touches after the remote stages (1), or one call first (0)"),
     "--host-stage-first": ("magi_attention.runtime.dist_attn", "HOST_STAGE_FIRST", "runtime", "host stage first",
                            "launch the host stage before issuing the K/V casts, which wait for the "
                            "inputs only (1), or issue the casts first (0)"),

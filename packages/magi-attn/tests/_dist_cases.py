@@ -181,10 +181,12 @@ def run_cases(cases, group=None, rank_label=""):
     from magi_attention.runtime import _common as runtime_common
     from magi_attention.runtime import dist_attn
 
-    list_casts, binds = dist_attn.cast_lists, runtime_common.bound_calls
+    list_casts, binds, split_default = dist_attn.cast_lists, runtime_common.bound_calls, dist_attn.SPLIT_HOST_BACKWARD
     for case in cases:
         for k_, v_ in case.get("env", {}).items():
             os.environ[k_] = v_
+        if "split_host_backward" in case:  # the backward's host stage split around the remote stages, or not
+            dist_attn.SPLIT_HOST_BACKWARD = case["split_host_backward"]
         if "cast_lists" in case:  # runtimes built for this case take K/V as a list or concatenated
             dist_attn.cast_lists = lambda want=case["cast_lists"]: want and list_casts()
         if "bound_calls" in case:  # the kernel calls of a magi_ffa without FFACall (interface < 1.4)
@@ -265,6 +267,13 @@ def run_cases(cases, group=None, rank_label=""):
         if order is not None:
             order.restore()
             order.check(f"{case['name']} world {world} rank {rank}")
+        if world in case.get("host_split", {}):  # on how many ranks the backward split its host stage
+            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+            took = torch.tensor([float(bool(dist_attn_runtime_dict_mgr.get_mgr(key).runtime.host_split_rows))])
+            dist.all_reduce(took, group=group)
+            assert int(took.item()) == case["host_split"][world], \
+                f"{case['name']}: {int(took.item())} of {world} ranks split the host stage's backward"
         if reduce_flags is not None and world > 1:  # the dK/dV reduce path the case is about was taken
             assert reduce_flags.folds_at_wait == [case["fold_at_wait"]], \
                 f"{case['name']}: reduces issued with fold_at_wait={reduce_flags.folds_at_wait}"
@@ -291,6 +300,7 @@ def run_cases(cases, group=None, rank_label=""):
         for k_ in case.get("env", {}):
             del os.environ[k_]
         dist_attn.cast_lists, runtime_common.bound_calls = list_casts, binds
+        dist_attn.SPLIT_HOST_BACKWARD = split_default
         if windows_before is not None:
             _fa4_varlen_windows(windows_before)
         report.append((case["name"], errs))

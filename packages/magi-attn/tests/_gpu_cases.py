@@ -169,6 +169,14 @@ def _run_one(case: dict, device: torch.device) -> dict:
             errs[n] = (max(err, errs.get(n, (0.0,))[0]), (lowp[n].double() - ref[n])[fin].abs().max().item())
         del lout, meta, x
     assert not failures, "\n".join(failures)
+    if "host_split" in case:  # on how many ranks the backward split its host stage (host_split.py)
+        from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+        took = torch.tensor([float(bool(dist_attn_runtime_dict_mgr.get_mgr(key).runtime.host_split_rows))],
+                            device=device)
+        dist.all_reduce(took)
+        assert int(took.item()) == case["host_split"], \
+            f"{case['name']}: {int(took.item())} of {world} ranks split the host stage's backward"
     replays = graphs.stats()["replays"] - replays_before
     assert replays >= case.get("graph_replays", 0), f"{case['name']}: {replays} whole-call graph replays"
     return errs

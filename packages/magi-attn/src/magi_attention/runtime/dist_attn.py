@@ -33,6 +33,7 @@ import torch.distributed as dist
 from magi_attention import _compat
 from magi_attention.env import EnvFlags
 from magi_attention.runtime import graphs as _graphs
+from magi_attention.runtime import host_split as _host_split
 from magi_attention.runtime._common import (
     _acc_dtype,
     _Calc,
@@ -59,6 +60,12 @@ __all__ = ["DistAttnRuntime", "DistAttnFunc", "dist_attn_func"]
 #: and on every layer of a 4-layer varlen-causal step on 2 x H200 (``profile_dist --trace``: the
 #: host stage's FA4 kernel started ~0.5 ms after the previous layer's merge). Off: the old order.
 HOST_STAGE_FIRST = True
+
+#: The backward's host stage runs as two calls on two blocks of rows where its slices allow
+#: (host_split.py): the block that no remote stage and no dK/dV reduce touches runs after the remote
+#: stages, while the last reduce folds into the other block's rows, instead of leaving the compute
+#: stream idle for that reduce at the end of every backward. Off: one host call, first.
+SPLIT_HOST_BACKWARD = True
 
 
 def _empty_or(given: torch.Tensor | None, shape, dtype: torch.dtype, device) -> torch.Tensor:
@@ -147,6 +154,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         # kernel calls reaching this rank's out/dq: the non-empty host and stage calcs
         self.contributors = sum(not c.empty for c in [self.host_calc, *self.stage_calcs])
         self._plans: dict[int, tuple[Any, Any]] = {}
+        self._host_splits: dict[tuple[int, int], Any] = {}  # (Sq, Sk) -> (early, late) _Calcs | None
         # whole calls replayed from CUDA graphs (graphs.py): the native collectives' launches are
         # capturable, a2a-v's NCCL calls are not tried; a kept tail outlives its forward
         self.graphs = _graphs.make_runtime_graphs(flags, cp_group, device, self.num_stages, self.save_tail)
@@ -331,11 +339,13 @@ class DistAttnRuntime(_FFARuntimeMixin):
             dq = torch.zeros(q.shape, dtype=acc, device=q.device)
             dkv_host = torch.zeros((2 * sk, *k.shape[1:]), dtype=acc, device=k.device)
 
+        split = None
         if self.save_tail and tail is not None:
             order = [D - 1] + list(range(D - 1)) + [None]
             fetched = list(range(D - 1))
         else:
-            order = [None] + list(range(D))
+            split = self._split_host(q.shape[0], sk) if w and D > 0 else None
+            order = [None] + list(range(D)) + (["late"] if split is not None else [])
             fetched = list(range(D))
         # The reduces add into the host's dK/dV when the host calc has written them before the
         # first reduce is issued, or (hide tail, one stage) when the only reduce can be folded after
@@ -361,9 +371,12 @@ class DistAttnRuntime(_FFARuntimeMixin):
         dq_unwritten = w
         reduces = []
         for i, s in enumerate(order):
+            if s == "late":  # the block no reduce touches: its rows written again (dq maybe added)
+                self._bwd_rows(split[1], dout, q, k, v, out, lse, delta, dq, dkv_host, scale, softcap)
+                continue
             if s is None:
                 names = (("dk", "dv") + (("dq",) if dq_unwritten else ())) if w else ()
-                self._bwd(dout, q, k, v, out, lse, delta, self.host_calc, dq,
+                self._bwd(dout, q, k, v, out, lse, delta, self.host_calc if split is None else split[0], dq,
                           dkv_host[:sk], dkv_host[sk:], scale, softcap, overwrite=names)
                 if i == 0:
                     after_first()
@@ -411,6 +424,39 @@ class DistAttnRuntime(_FFARuntimeMixin):
             dkv = dkv_host + dkv_red.to(acc)
         dq, dkv = _left_in(into, (dq, dkv))
         return dq.to(q.dtype), dkv[:sk].to(k.dtype), dkv[sk:].to(v.dtype), dsink
+
+
+    @property
+    def host_split_rows(self) -> list[tuple[int, int]]:
+        """The late blocks of the backward's split host stage (rows), one per input shape that split."""
+        return [split[1][1] for split in self._host_splits.values() if split is not None]
+
+    def _split_host(self, sq: int, sk: int):
+        """(early calc, (late calc, its rows)) of the host stage (host_split.py), or None: made once
+        per shape, and only with ``SPLIT_HOST_BACKWARD`` on."""
+        if not SPLIT_HOST_BACKWARD or self.host_calc.empty or sq != sk:
+            return None
+        if (sq, sk) not in self._host_splits:
+            busy = [_host_split.sent_rows(st.cast.input_split_sizes, st.cast.dst_indices) for st in self.stages]
+            hc = self.host_calc
+            cut = _host_split.split_host_rows(hc.q_ranges.numpy(), hc.k_ranges.numpy(), hc.types.numpy(), sq, busy)
+            if cut is None:
+                self._host_splits[(sq, sk)] = None
+            else:  # the late call adds into dq rows a remote stage has added into, else writes them
+                a, b = cut.late_rows
+                adds_dq = any(bool(((c.q_ranges[:, 0] < b) & (c.q_ranges[:, 1] > a)).any())
+                              for c in self.stage_calcs if not c.empty)
+                self._host_splits[(sq, sk)] = (_Calc(cut.early), (_Calc(cut.late), cut.late_rows, adds_dq))
+        return self._host_splits[(sq, sk)]
+
+    def _bwd_rows(self, part, dout, q, k, v, out, lse, delta, dq, dkv_host, scale, softcap):
+        """The late block of the split host stage: its calc on rows [a, b) of every tensor, its dK/dV
+        rows written whole, its dq rows too unless a remote stage has added into them."""
+        calc, (a, b), adds_dq = part
+        sk = k.shape[0]
+        self._bwd(dout[a:b], q[a:b], k[a:b], v[a:b], out[a:b], lse[a:b], None if delta is None else delta[a:b],
+                  calc, dq[a:b], dkv_host[a:b], dkv_host[sk + a:sk + b], scale, softcap,
+                  overwrite=("dk", "dv") if adds_dq else ("dq", "dk", "dv"))
 
 
 class DistAttnFunc(torch.autograd.Function):
