@@ -68,9 +68,9 @@ def dist_cases(world: int) -> list[dict]:
         dict(base, name="rotated-sequential-dispatch", mask="sliding_window", cu=[0, 61, 96], window=(12, 0),
              degree=2, dispatch="rotated_sequential"),
         # the backward's host stage in two calls, the block no reduce touches after the remote stage
-        # (runtime/host_split.py): taken on both ranks at world 2, and the same documents with it off
+        # (runtime/host_split.py, off by default): taken on both ranks at world 2, and with the switch off
         dict(base, name="host-split-backward", mask="varlen_causal", cu=[0, 10, 22, 30, 41, 57, 66, 80, 96],
-             degree=1, host_split={2: 2}),
+             degree=1, split_host_backward=True, host_split={2: 2}),
         dict(base, name="host-split-off", mask="varlen_causal", cu=[0, 12, 22, 30, 41, 57, 66, 80, 96],
              degree=1, split_host_backward=False, host_split={2: 0}),
     ]

@@ -61,11 +61,13 @@ __all__ = ["DistAttnRuntime", "DistAttnFunc", "dist_attn_func"]
 #: host stage's FA4 kernel started ~0.5 ms after the previous layer's merge). Off: the old order.
 HOST_STAGE_FIRST = True
 
-#: The backward's host stage runs as two calls on two blocks of rows where its slices allow
-#: (host_split.py): the block that no remote stage and no dK/dV reduce touches runs after the remote
-#: stages, while the last reduce folds into the other block's rows, instead of leaving the compute
-#: stream idle for that reduce at the end of every backward. Off: one host call, first.
-SPLIT_HOST_BACKWARD = True
+#: On: the backward's host stage runs as two calls on two blocks of rows where its slices allow
+#: (host_split.py). The block that no dK/dV reduce folds into runs after the remote stages, while
+#: the last reduce folds into the other rows, instead of leaving the compute stream idle for that
+#: reduce at the end of every backward. Off by default: on 2 x H200 (64k varlen causal, fa4, native)
+#: it hid most of the exposed reduce, but FA4's backward took 5-7% longer as two calls, and the
+#: step was no faster (BENCHMARKS.md, stop 37).
+SPLIT_HOST_BACKWARD = False
 
 
 def _empty_or(given: torch.Tensor | None, shape, dtype: torch.dtype, device) -> torch.Tensor:

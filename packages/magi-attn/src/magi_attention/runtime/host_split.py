@@ -11,6 +11,11 @@ host stage then runs as two calls: the slices outside the block first, on all ro
 written as zeros), and the block's slices after the remote stages, on the block's rows, while the
 last reduce folds into the other rows. The late call writes its dK/dV rows again; its dq rows too,
 unless a remote stage has added into some of them, in which case it adds (one pass over the block).
+
+Measured (2 x H200, e4e7ae2 against d487591, BENCHMARKS.md "stop 37"): at 64k the exposed
+communication fell from ~1.5 ms to 0.24-0.87 ms per two 4-layer steps, but FA4's backward kernels
+took 5-7% longer as two calls (each call's last, partly filled wave), so the step was no faster:
+backward 0.95-0.97x at 64k, 0.99-1.04x at 128k. Behind ``dist_attn.SPLIT_HOST_BACKWARD``, off.
 """
 
 from __future__ import annotations
