@@ -156,7 +156,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         # kernel calls reaching this rank's out/dq: the non-empty host and stage calcs
         self.contributors = sum(not c.empty for c in [self.host_calc, *self.stage_calcs])
         self._plans: dict[int, tuple[Any, Any]] = {}
-        self._host_splits: dict[tuple[int, int], Any] = {}  # (Sq, Sk) -> (early, late) _Calcs | None
+        self._host_splits: dict[tuple[int, int], Any] = {}  # (Sq, Sk) -> _split_host's result
         # whole calls replayed from CUDA graphs (graphs.py): the native collectives' launches are
         # capturable, a2a-v's NCCL calls are not tried; a kept tail outlives its forward
         self.graphs = _graphs.make_runtime_graphs(flags, cp_group, device, self.num_stages, self.save_tail)
@@ -427,15 +427,14 @@ class DistAttnRuntime(_FFARuntimeMixin):
         dq, dkv = _left_in(into, (dq, dkv))
         return dq.to(q.dtype), dkv[:sk].to(k.dtype), dkv[sk:].to(v.dtype), dsink
 
-
     @property
     def host_split_rows(self) -> list[tuple[int, int]]:
         """The late blocks of the backward's split host stage (rows), one per input shape that split."""
         return [split[1][1] for split in self._host_splits.values() if split is not None]
 
     def _split_host(self, sq: int, sk: int):
-        """(early calc, (late calc, its rows)) of the host stage (host_split.py), or None: made once
-        per shape, and only with ``SPLIT_HOST_BACKWARD`` on."""
+        """(early calc, (late calc, its rows, whether it adds into dq)) of the host stage
+        (host_split.py), or None: made once per shape, and only with ``SPLIT_HOST_BACKWARD`` on."""
         if not SPLIT_HOST_BACKWARD or self.host_calc.empty or sq != sk:
             return None
         if (sq, sk) not in self._host_splits:
