@@ -79,9 +79,11 @@ def main(argv=None) -> int:
     lq, lk, lv = (dispatch(x, key).detach().requires_grad_(True) for x in (q, k, v))
     ldo = dispatch(do, key)
     L = args.layers
-    fwd, _ = stack_layers(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, L)
+    fwd, leaves = stack_layers(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, L)
 
-    def step():
+    def step():  # grads cleared first, as bench_dist's steps: no accumulation adds in the timeline
+        for t in leaves:
+            t.grad = None
         fwd().backward(ldo)
 
     for _ in range(8):  # as bench_dist: the graphs (native and whole-call) are captured by then
