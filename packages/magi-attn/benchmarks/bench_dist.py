@@ -193,6 +193,9 @@ LIBRARY_SWITCHES = {
     "--split-host-backward": ("magi_attention.runtime.dist_attn", "SPLIT_HOST_BACKWARD", "runtime",
                               "split host backward", "the backward's host stage as two calls, the block no "
                               "dK/dV reduce touches after the remote stages (1), or one call first (0)"),
+    "--graph-output-pool": ("magi_attention.runtime.graphs", "OUTPUT_POOL", "runtime", "graph output pool",
+                            "graphed calls' outputs from the runtime's own memory pool (1) or the "
+                            "process-wide allocator (0)"),
     "--host-stage-first": ("magi_attention.runtime.dist_attn", "HOST_STAGE_FIRST", "runtime", "host stage first",
                            "launch the host stage before issuing the K/V casts, which wait for the "
                            "inputs only (1), or issue the casts first (0)"),

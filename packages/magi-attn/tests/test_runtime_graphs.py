@@ -21,6 +21,10 @@ class _EagerGraphs:
     def __init__(self):
         self.kinds = []
 
+    def outputs(self):  # where the runtime allocates the call's outputs, just before run()
+        self.kinds.append("outputs")
+        return contextlib.nullcontext()
+
     def run(self, key, launch):
         self.kinds.append(key[0])
         launch()
@@ -55,7 +59,7 @@ def _graph_path_vs_plain(rank, world, mask):
     for _ in range(2):
         for got, want in zip(step(), plain):
             assert got.dtype == want.dtype and torch.equal(got, want)
-    assert graphs.kinds == ["fwd", "bwd", "fwd", "bwd"], graphs.kinds
+    assert graphs.kinds == ["outputs", "fwd", "outputs", "bwd"] * 2, graphs.kinds
     return runtime.contributors
 
 
@@ -295,3 +299,35 @@ def test_only_the_most_recently_used_runtimes_keep_their_graphs(cuda_faked, monk
             rg.run(("fwd",), launch)
     assert len(ran) == 3  # only b ran its launches, eagerly, and never captured again
     assert len(_FakeGraph.made) == 3 and len(b._graphs) == 0
+
+
+def test_graphed_outputs_come_from_the_runtimes_own_pool_with_the_switch_on(monkeypatch):
+    from magi_attention.runtime import graphs
+
+    made, used = [], []
+
+    class _Pool:
+        def __init__(self):
+            made.append(self)
+
+    @contextlib.contextmanager
+    def use_mem_pool(pool, device=None):
+        used.append((pool, device))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "MemPool", _Pool)
+    monkeypatch.setattr(torch.cuda, "use_mem_pool", use_mem_pool)
+    cuda = torch.device("cuda", 0)
+    rg = graphs.RuntimeGraphs(group=None, device=cuda, native=False)
+    monkeypatch.setattr(graphs, "OUTPUT_POOL", False)
+    with rg.outputs():  # off: the allocator as it is
+        pass
+    assert not made and not used
+    monkeypatch.setattr(graphs, "OUTPUT_POOL", True)
+    for _ in range(3):
+        with rg.outputs():
+            pass
+    assert len(made) == 1 and used == [(made[0], cuda)] * 3  # one pool per runtime, made once
+    with graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=False).outputs():
+        pass  # not CUDA: no pool
+    assert len(made) == 1

@@ -247,8 +247,9 @@ class DistAttnRuntime(_FFARuntimeMixin):
         lse leaves the call, and both are allocated here, outside the graph)."""
         if self.graphs is None or sink is not None or return_max_logits:
             return self._forward(q, k, v, sink, scale, softcap, return_max_logits)
-        out = torch.empty((*q.shape[:2], v.shape[-1]), dtype=q.dtype, device=q.device)
-        lse = torch.empty(q.shape[:2], dtype=_acc_dtype(q.dtype), device=q.device)
+        with self.graphs.outputs():
+            out = torch.empty((*q.shape[:2], v.shape[-1]), dtype=q.dtype, device=q.device)
+            lse = torch.empty(q.shape[:2], dtype=_acc_dtype(q.dtype), device=q.device)
         key = ("fwd", scale, softcap, *(_graphs.tensor_key(t) for t in (q, k, v, out, lse)))
         self.graphs.run(key, lambda: self._forward(q, k, v, None, scale, softcap, False, into=(out, lse)))
         return out, lse, None, None
@@ -309,8 +310,9 @@ class DistAttnRuntime(_FFARuntimeMixin):
         if self.graphs is None or sink is not None or tail is not None:
             return self._backward(dout, q, k, v, out, lse, sink, tail, scale, softcap, need_dsink)
         sk = k.shape[0]
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        dkv = torch.empty((2 * sk, *k.shape[1:]), dtype=k.dtype, device=k.device)
+        with self.graphs.outputs():
+            dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            dkv = torch.empty((2 * sk, *k.shape[1:]), dtype=k.dtype, device=k.device)
         key = ("bwd", scale, softcap, *(_graphs.tensor_key(t) for t in (dout, q, k, v, out, lse, dq, dkv)))
         self.graphs.run(key, lambda: self._backward(dout, q, k, v, out, lse, None, None, scale, softcap, False,
                                                     into=(dq, dkv)))

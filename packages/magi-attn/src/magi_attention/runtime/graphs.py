@@ -50,6 +50,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 
@@ -62,6 +63,13 @@ CAPACITY = 512  # graphs per runtime: a forward and a backward per layer, each a
 IDLE_FLOOR = 4  # captures a runtime may hold that have not replayed yet, at least
 PROBE_EVERY = 16  # a guard that refuses lets every so many refused captures through (addresses may settle)
 RUNTIMES_WITH_GRAPHS = 4  # runtimes of the process that keep graphs (each its own pool), most recently used
+#: On: a graphed call's outputs (out and lse, dq and dK/dV) come from a memory pool of the runtime's
+#: own (``RuntimeGraphs.outputs``). The keys hold the outputs' addresses. From the process-wide
+#: allocator those wander when the caller frees them at other points of a step: bench_dist's steps
+#: clear their gradients, and only about half of its calls replayed (2 x H100, BENCHMARKS.md
+#: "Stop 37"). From a pool that only these outputs use, a block comes back once the output that had
+#: it is freed, whatever else the step allocates. Off by default: not yet measured on GPUs.
+OUTPUT_POOL = False
 _holders: OrderedDict = OrderedDict()  # id(RuntimeGraphs) -> weakref, the most recently used last
 #: over every runtime of the process; "replays" counts a capture's own first run too
 _totals = {"replays": 0, "captures": 0, "eager": 0, "refused": 0, "capture us": 0}
@@ -170,6 +178,7 @@ class RuntimeGraphs:
     def __init__(self, group, device: torch.device, native: bool, capture: Callable | None = None) -> None:
         self._group, self._device, self._native = group, device, native
         self._pool = None
+        self._out_pool = None  # OUTPUT_POOL's pool, made at the first call that uses it
         self._stream = None
         self._failed: str | None = None
         self._guard = _CaptureGuard()
@@ -187,6 +196,15 @@ class RuntimeGraphs:
                 _holders.move_to_end(id(self))
             else:  # its first graph: room for its pool
                 self._hold()
+
+    def outputs(self):
+        """Context under which the runtime allocates a graphed call's outputs: with ``OUTPUT_POOL`` on
+        (and CUDA), the runtime's own memory pool, else the allocator as it is."""
+        if not OUTPUT_POOL or self._device.type != "cuda":
+            return nullcontext()
+        if self._out_pool is None:
+            self._out_pool = torch.cuda.MemPool()
+        return torch.cuda.use_mem_pool(self._out_pool, device=self._device)
 
     def _hold(self) -> None:
         """Count this runtime among those keeping graphs; the least recently used beyond
