@@ -171,35 +171,47 @@ def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
     return times
 
 
-#: 0/1 flags that set a module-level switch of the library for an A/B: flag -> (module, attribute,
-#: the results header's line that records it and its label there, what 1 and 0 mean); left out, the
-#: library's default holds
-LIBRARY_SWITCHES = {
-    "--comm-copy-engine": ("magi_grpcoll.impl.native", "COPY_ENGINE_CASTS", "group collectives", "copy engine casts",
-                           "native casts through the copy engines (1) or the chunk-copy kernel (0)"),
-    "--comm-record-streams": ("magi_grpcoll.impl.native", "RECORD_STREAMS", "group collectives", "record streams",
-                              "native ops mark their tensors used on the comm stream (1) or hold them "
-                              "until the wait (0: stable addresses, more graph replays)"),
-    "--native-fold-at-wait": ("magi_grpcoll.impl.native", "FOLD_AT_WAIT", "group collectives", "fold at wait",
-                              "native reduces asked to fold at the wait (the hidden tail's, under "
-                              "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE) push every row and fold at the wait (1) "
-                              "or run as a2av (0)"),
-    "--fa4-batched-documents": ("magi_ffa.backends.fa4.native", "BATCHED_DOCUMENTS", "ffa kernel backend",
-                                "batched documents", "the fa4 backend runs documents of one length as FA4's "
-                                "batch layout (1) or as varlen documents (0)"),
-    "--fa4-varlen-windows": ("magi_ffa.backends.fa4.native", "VARLEN_WINDOWS", "ffa kernel backend", "varlen windows",
-                             "the fa4 backend runs documents with a sliding window natively (1) or "
-                             "through block lists (0)"),
-    "--split-host-backward": ("magi_attention.runtime.dist_attn", "SPLIT_HOST_BACKWARD", "runtime",
-                              "split host backward", "the backward's host stage as two calls, the block no "
-                              "dK/dV reduce touches after the remote stages (1), or one call first (0)"),
-    "--graph-output-pool": ("magi_attention.runtime.graphs", "OUTPUT_POOL", "runtime", "graph output pool",
-                            "graphed calls' outputs from the runtime's own memory pool (1) or the "
-                            "process-wide allocator (0)"),
-    "--host-stage-first": ("magi_attention.runtime.dist_attn", "HOST_STAGE_FIRST", "runtime", "host stage first",
-                           "launch the host stage before issuing the K/V casts, which wait for the "
-                           "inputs only (1), or issue the casts first (0)"),
+#: 0/1 flags that set a module-level switch of the library for an A/B, by (module, the results header's
+#: line that records them): flag -> (attribute, its label on that line, what 1 and 0 mean); left out,
+#: the library's default holds
+_SWITCHES_BY_MODULE = {
+    ("magi_grpcoll.impl.native", "group collectives"): {
+        "--comm-copy-engine": ("COPY_ENGINE_CASTS", "copy engine casts",
+                               "native casts through the copy engines (1) or the chunk-copy kernel (0)"),
+        "--comm-record-streams": ("RECORD_STREAMS", "record streams",
+                                  "native ops mark their tensors used on the comm stream (1) or hold them "
+                                  "until the wait (0: stable addresses, more graph replays)"),
+        "--native-fold-at-wait": ("FOLD_AT_WAIT", "fold at wait",
+                                  "native reduces asked to fold at the wait (the hidden tail's, under "
+                                  "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE) push every row and fold at the wait (1) "
+                                  "or run as a2av (0)"),
+    },
+    ("magi_ffa.backends.fa4.native", "ffa kernel backend"): {
+        "--fa4-batched-documents": ("BATCHED_DOCUMENTS", "batched documents",
+                                    "the fa4 backend runs documents of one length as FA4's batch layout (1) "
+                                    "or as varlen documents (0)"),
+        "--fa4-varlen-windows": ("VARLEN_WINDOWS", "varlen windows",
+                                 "the fa4 backend runs documents with a sliding window natively (1) or "
+                                 "through block lists (0)"),
+    },
+    ("magi_attention.runtime.dist_attn", "runtime"): {
+        "--split-host-backward": ("SPLIT_HOST_BACKWARD", "split host backward",
+                                  "the backward's host stage as two calls, the block no dK/dV reduce "
+                                  "touches after the remote stages (1), or one call first (0)"),
+        "--host-stage-first": ("HOST_STAGE_FIRST", "host stage first",
+                               "launch the host stage before issuing the K/V casts, which wait for the "
+                               "inputs only (1), or issue the casts first (0)"),
+    },
+    ("magi_attention.runtime.graphs", "runtime"): {
+        "--graph-output-pool": ("OUTPUT_POOL", "graph output pool",
+                                "graphed calls' outputs from the runtime's own memory pool (1) or the "
+                                "process-wide allocator (0)"),
+    },
 }
+#: flag -> (module, attribute, header line, label, what 1 and 0 mean)
+LIBRARY_SWITCHES = {flag: (module, attr, line, label, what)
+                    for (module, line), flags in _SWITCHES_BY_MODULE.items()
+                    for flag, (attr, label, what) in flags.items()}
 
 
 def _switch_value(a, flag: str):
