@@ -48,6 +48,16 @@ def case_mask(case):
     raise ValueError(kind)
 
 
+def ranks_that_split_host(key, group=None, device=None) -> int:
+    """How many ranks of ``group`` split their backward's host stage for ``key`` (runtime/host_split.py);
+    every rank of the group calls it (an all_reduce)."""
+    from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+    took = torch.tensor([float(bool(dist_attn_runtime_dict_mgr.get_mgr(key).runtime.host_split_rows))], device=device)
+    dist.all_reduce(took, group=group)
+    return int(took.item())
+
+
 class _LaunchOrderSpy:
     """Records, in order, a runtime's forward/backward entries, calc launches (``_fwd`` / ``_bwd``),
     K/V casts and dK/dV reduces, with its device passing for CUDA so that the host-stage-first
@@ -268,12 +278,9 @@ def run_cases(cases, group=None, rank_label=""):
             order.restore()
             order.check(f"{case['name']} world {world} rank {rank}")
         if world in case.get("host_split", {}):  # on how many ranks the backward split its host stage
-            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
-
-            took = torch.tensor([float(bool(dist_attn_runtime_dict_mgr.get_mgr(key).runtime.host_split_rows))])
-            dist.all_reduce(took, group=group)
-            assert int(took.item()) == case["host_split"][world], \
-                f"{case['name']}: {int(took.item())} of {world} ranks split the host stage's backward"
+            took = ranks_that_split_host(key, group)
+            assert took == case["host_split"][world], \
+                f"{case['name']}: {took} of {world} ranks split the host stage's backward"
         if reduce_flags is not None and world > 1:  # the dK/dV reduce path the case is about was taken
             assert reduce_flags.folds_at_wait == [case["fold_at_wait"]], \
                 f"{case['name']}: reduces issued with fold_at_wait={reduce_flags.folds_at_wait}"

@@ -170,13 +170,10 @@ def _run_one(case: dict, device: torch.device) -> dict:
         del lout, meta, x
     assert not failures, "\n".join(failures)
     if "host_split" in case:  # on how many ranks the backward split its host stage (host_split.py)
-        from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+        from _dist_cases import ranks_that_split_host
 
-        took = torch.tensor([float(bool(dist_attn_runtime_dict_mgr.get_mgr(key).runtime.host_split_rows))],
-                            device=device)
-        dist.all_reduce(took)
-        assert int(took.item()) == case["host_split"], \
-            f"{case['name']}: {int(took.item())} of {world} ranks split the host stage's backward"
+        took = ranks_that_split_host(key, device=device)
+        assert took == case["host_split"], f"{case['name']}: {took} of {world} ranks split the host stage's backward"
     replays = graphs.stats()["replays"] - replays_before
     assert replays >= case.get("graph_replays", 0), f"{case['name']}: {replays} whole-call graph replays"
     return errs
