@@ -60,7 +60,9 @@ def _all_gather(x: torch.Tensor, world: int, group, flat: bool | None = None) ->
     other backends gather into views of it (gloo had no flat all-gather before torch ~2.2).
     """
     out = x.new_empty((world * x.shape[0], *x.shape[1:]))
-    if dist.get_backend(group) == "nccl" if flat is None else flat:
+    if flat is None:
+        flat = dist.get_backend(group) == "nccl"
+    if flat:
         run_and_release(lambda ts: dist.all_gather_into_tensor(ts[1], ts[0], group=group, async_op=True), [x, out])
     else:
         run_and_release(lambda ts: dist.all_gather(ts[1:], ts[0], group=group, async_op=True),
