@@ -56,6 +56,9 @@ if has setup; then
 else
   [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# FA4 unpacked by an earlier call of this warm machine: on the path for every step (a tests-only call
+# would otherwise skip the fa4 cases)
+[ -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && export PYTHONPATH=/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH
 unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first call's, then this call's)
   mkdir -p /tmp/site && cat /tmp/fa4-libs-parts/*.part-* "$@" | $PY -c \
     "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall(sys.argv[1])" /tmp/site \

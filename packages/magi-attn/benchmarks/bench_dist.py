@@ -22,7 +22,9 @@ length T it times forward and backward of
 FLOPs come from the exact mask area: forward 4 * area * d * hq, backward 2.5x that, times
 ``--layers`` (calls stacked per step as in a model: each layer's output is the next one's query,
 each layer has its own K/V). TFLOP/s per GPU = FLOPs / world_size / time, where time is the slowest rank's median.
-Scaling efficiency = magi TFLOP/s per GPU / ffa_single TFLOP/s.
+Scaling efficiency = magi TFLOP/s per GPU / ffa_single TFLOP/s. On CUDA, each method's peak
+reserved memory on rank 0 (CSV ``peak_reserved_gib``; the caching allocator's, graph pools included)
+is logged with its times.
 Results: CSV, a markdown table (card, date, git commit, command, world size) and, when matplotlib
 imports, one PNG per mask, all under --out (written by rank 0).
 """
@@ -438,7 +440,7 @@ def card_name(device: torch.device) -> str:
 
 
 FIELDS = ["mask", "total_seqlen", "world_size", "method", "direction", "time_ms",
-          "tflops_per_gpu", "efficiency", "area", "note"]
+          "tflops_per_gpu", "efficiency", "area", "peak_reserved_gib", "note"]
 
 
 def write_outputs(out_dir: Path, rows: list[dict], skipped: list[str], header: dict) -> None:
@@ -660,6 +662,8 @@ def main(argv=None) -> int:
                         log(f"skip {msg}")
                     continue
                 t0, counts0 = time.perf_counter(), launch_counts()
+                if cuda:  # the method's own peak (the caching allocator's, graph and output pools included)
+                    torch.cuda.reset_peak_memory_stats()
                 try:
                     if m == "magi":
                         # --fresh-masks: the same documents, in an order of the step's own
@@ -678,15 +682,17 @@ def main(argv=None) -> int:
                     log(msg)
                     continue
                 fl = (local_flops if m == "ffa_single" else flops / world) * a.layers
-                res[m] = (fl / tf / 1e12, BWD_FACTOR * fl / tb / 1e12, tf, tb)
+                peak = torch.cuda.max_memory_reserved() / 2**30 if cuda else ""
+                res[m] = (fl / tf / 1e12, BWD_FACTOR * fl / tb / 1e12, tf, tb, peak)
                 log(f"{kind:14s} T={T:7d} {m:10s} fwd {tf * 1e3:9.2f} ms {res[m][0]:8.2f} "
                     f"TFLOP/s/GPU | bwd {tb * 1e3:9.2f} ms {res[m][1]:8.2f} TFLOP/s/GPU "
-                    f"({time.perf_counter() - t0:.1f}s)")
+                    + (f"| peak {peak:.2f} GiB reserved " if cuda else "")
+                    + f"({time.perf_counter() - t0:.1f}s)")
                 if m == "magi":  # warm-up and timed steps: were the host shortcuts used?
                     log(f"  launch counts: {count_delta(counts0, launch_counts()) or 'none'}")
                 if cuda:
                     torch.cuda.empty_cache()
-            for m, (f_tf, b_tf, tf, tb) in res.items():
+            for m, (f_tf, b_tf, tf, tb, peak) in res.items():
                 for direction, tfl, t in (("fwd", f_tf, tf), ("bwd", b_tf, tb)):
                     eff = ""
                     if m == "magi" and "ffa_single" in res:
@@ -696,6 +702,7 @@ def main(argv=None) -> int:
                                  "method": m, "direction": direction, "time_ms": t * 1e3,
                                  "tflops_per_gpu": tfl, "efficiency": eff,
                                  "area": area if m != "ffa_single" else mask_area(*local_mask),
+                                 "peak_reserved_gib": f"{peak:.2f}" if peak != "" else "",
                                  "note": "" if m != "ffa_single" else f"single device, T={Tl}"})
         del q, k, v, do
         if cuda:

@@ -176,6 +176,11 @@ def _run_one(case: dict, device: torch.device) -> dict:
         assert took == case["host_split"], f"{case['name']}: {took} of {world} ranks split the host stage's backward"
     replays = graphs.stats()["replays"] - replays_before
     assert replays >= case.get("graph_replays", 0), f"{case['name']}: {replays} whole-call graph replays"
+    if case.get("graph_replays"):  # a runtime holding graphs allocates their outputs from its own pool
+        from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+        pool = dist_attn_runtime_dict_mgr.get_mgr(key).runtime.graphs._out_pool
+        assert (pool is not None) == graphs.OUTPUT_POOL, f"{case['name']}: output pool {pool}"
     return errs
 
 

@@ -301,7 +301,7 @@ def test_only_the_most_recently_used_runtimes_keep_their_graphs(cuda_faked, monk
     assert len(_FakeGraph.made) == 3 and len(b._graphs) == 0
 
 
-def test_graphed_outputs_come_from_the_runtimes_own_pool_with_the_switch_on(monkeypatch):
+def test_graphed_outputs_come_from_the_runtimes_own_pool_while_it_holds_graphs(cuda_faked, monkeypatch):
     from magi_attention.runtime import graphs
 
     made, used = [], []
@@ -317,17 +317,37 @@ def test_graphed_outputs_come_from_the_runtimes_own_pool_with_the_switch_on(monk
 
     monkeypatch.setattr(torch.cuda, "MemPool", _Pool)
     monkeypatch.setattr(torch.cuda, "use_mem_pool", use_mem_pool)
+    monkeypatch.setattr(graphs, "RUNTIMES_WITH_GRAPHS", 1)
+    state, ran = cuda_faked, []
+    launch = _layer_launch(state, ran)
     cuda = torch.device("cuda", 0)
-    rg = graphs.RuntimeGraphs(group=None, device=cuda, native=False)
-    monkeypatch.setattr(graphs, "OUTPUT_POOL", False)
-    with rg.outputs():  # off: the allocator as it is
-        pass
-    assert not made and not used
-    monkeypatch.setattr(graphs, "OUTPUT_POOL", True)
-    for _ in range(3):
-        with rg.outputs():
+    a, b = (graphs.RuntimeGraphs(group=None, device=cuda, native=False) for _ in range(2))
+    for _ in range(2):  # no graph yet (a runtime per new mask never gets one): the allocator as it is
+        with a.outputs():
             pass
-    assert len(made) == 1 and used == [(made[0], cuda)] * 3  # one pool per runtime, made once
-    with graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=False).outputs():
-        pass  # not CUDA: no pool
-    assert len(made) == 1
+        a.run(("fwd",), launch)
+    assert len(a._graphs) == 1 and not made and not used
+    for _ in range(3):  # holding a graph: one pool, made once
+        with a.outputs():
+            pass
+    assert len(made) == 1 and used == [(made[0], cuda)] * 3
+    monkeypatch.setattr(graphs, "OUTPUT_POOL", False)
+    with a.outputs():  # switched off: the allocator again, and the pool let go
+        pass
+    assert len(used) == 3 and a._out_pool is None
+    monkeypatch.setattr(graphs, "OUTPUT_POOL", True)
+    with a.outputs():
+        pass
+    assert len(made) == 2 and a._out_pool is made[1]
+    for _ in range(2):  # b's first graph: a, the least recently used, drops its graphs and its pool
+        b.run(("fwd",), launch)
+    assert len(a._graphs) == 0 and a._out_pool is None
+    with a.outputs():
+        pass
+    assert a._out_pool is None and len(used) == 4
+    cpu = graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=False)
+    for _ in range(2):
+        cpu.run(("fwd",), launch)
+    with cpu.outputs():  # not CUDA: no pool
+        pass
+    assert len(cpu._graphs) == 1 and len(made) == 2

@@ -64,11 +64,13 @@ IDLE_FLOOR = 4  # captures a runtime may hold that have not replayed yet, at lea
 PROBE_EVERY = 16  # a guard that refuses lets every so many refused captures through (addresses may settle)
 RUNTIMES_WITH_GRAPHS = 4  # runtimes of the process that keep graphs (each its own pool), most recently used
 #: On: a graphed call's outputs (out and lse, dq and dK/dV) come from a memory pool of the runtime's
-#: own (``RuntimeGraphs.outputs``). The keys hold the outputs' addresses. From the process-wide
-#: allocator those wander when the caller frees them at other points of a step: bench_dist's steps
-#: clear their gradients, and only about half of its calls replayed (2 x H100, BENCHMARKS.md
-#: "Stop 37"). From a pool that only these outputs use, a block comes back once the output that had
-#: it is freed, whatever else the step allocates. Off by default: not yet measured on GPUs.
+#: own (``RuntimeGraphs.outputs``) while it holds graphs. The keys hold the outputs' addresses, which
+#: wander when the caller frees the outputs at other points of a step (bench_dist clears its
+#: gradients every step: about half of its calls replay). Off: measured no faster and heavier (2 x
+#: H200, BENCHMARKS.md "Stop 38"). A pool from the first call on ran 83 of bench_dist's 104 calls
+#: from graphs instead of 46-53, at the same speed, but kept a pool per runtime, one per new mask.
+#: From the first graph on (as now), 40-48 calls, and 1.9 GiB (64k tokens) to 5.4 GiB (128k) more
+#: peak reserved memory.
 OUTPUT_POOL = False
 _holders: OrderedDict = OrderedDict()  # id(RuntimeGraphs) -> weakref, the most recently used last
 #: over every runtime of the process; "replays" counts a capture's own first run too
@@ -198,9 +200,14 @@ class RuntimeGraphs:
                 self._hold()
 
     def outputs(self):
-        """Context under which the runtime allocates a graphed call's outputs: with ``OUTPUT_POOL`` on
-        (and CUDA), the runtime's own memory pool, else the allocator as it is."""
-        if not OUTPUT_POOL or self._device.type != "cuda":
+        """Context under which the runtime allocates a graphed call's outputs: with ``OUTPUT_POOL`` on,
+        on CUDA and while the runtime holds graphs, its own memory pool; else the allocator as it is.
+        Why only while it holds graphs: a pool keeps the blocks of the outputs freed into it, and a
+        runtime lives on in the cache after its last call. A new mask every step leaves a runtime a
+        step, none of which captures; at most ``RUNTIMES_WITH_GRAPHS`` runtimes hold graphs, and each
+        pool goes with its runtime's graphs (``_drop``)."""
+        if not OUTPUT_POOL or self._device.type != "cuda" or not len(self._graphs):
+            self._out_pool = None
             return nullcontext()
         if self._out_pool is None:
             self._out_pool = torch.cuda.MemPool()
@@ -218,11 +225,11 @@ class RuntimeGraphs:
                 older._drop(f"{RUNTIMES_WITH_GRAPHS} other runtimes used their graphs more recently")
 
     def _drop(self, why: str) -> None:
-        """Free this runtime's graphs and their pool; its calls run eagerly from now on."""
+        """Free this runtime's graphs and their pools; its calls run eagerly from now on."""
         self._failed = why  # keeps the new LaunchGraphs below switched off, as a failed capture does
         self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, enabled=lambda: self._failed is None,
                                                     totals=_totals)  # the old one's graphs die with it
-        self._pool = None
+        self._pool = self._out_pool = None
 
     def _native_state(self) -> tuple[int, int] | None:
         """The group's (native call count, buffer generation), or None (no native calls)."""
