@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["count_delta", "doc_lengths", "launch_counts", "leaf", "measure", "pin_cpus", "stack_layers"]
+__all__ = ["count_delta", "doc_lengths", "feed_forward_layers", "launch_counts", "leaf", "measure", "pin_cpus",
+           "stack_layers"]
 
 
 def doc_lengths(total: int, seed: int, base: int, cap: int) -> list[int]:
@@ -92,20 +93,48 @@ def leaf(x: torch.Tensor) -> torch.Tensor:
     return x.detach().clone().requires_grad_(True)
 
 
-def stack_layers(attn, q, k, v, layers: int):
+def feed_forward_layers(layers: int, width: int, mult: int, device: torch.device, dtype: torch.dtype,
+                        seed: int = 0) -> tuple[list, list[torch.Tensor]]:
+    """(blocks, weights): per layer a residual feed-forward block ``x + gelu(x W1) W2`` over a token's
+    heads flattened (``width`` = hq * d, hidden ``mult * width``), and its weights as leaves.
+
+    Why: a model's layers give the GPU work between attention calls, behind which the host's work for
+    the next call can queue. Stacked attention alone shows the host's cost at its worst (a new mask
+    every step is host-bound there); with these blocks between the calls, what stays exposed is what a
+    model would see."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def weight(rows, cols):
+        w = torch.randn(rows, cols, device=device, dtype=torch.float32, generator=gen) / rows ** 0.5
+        return w.to(dtype).requires_grad_(True)
+
+    weights = [weight(*shape) for _ in range(layers) for shape in ((width, mult * width), (mult * width, width))]
+
+    def block(w1, w2):
+        def run(x):
+            flat = x.reshape(x.shape[0], -1)
+            return (flat + torch.nn.functional.gelu(flat @ w1) @ w2).view(x.shape)
+        return run
+
+    return [block(weights[2 * i], weights[2 * i + 1]) for i in range(layers)], weights
+
+
+def stack_layers(attn, q, k, v, layers: int, blocks: tuple[list, list] | None = None):
     """(fwd, leaves): ``layers`` calls of ``attn(q, k, v) -> out`` stacked as in a model, layer i's
     output being layer i+1's query and every layer having its own K/V leaves (copies of k, v), so each
     layer's calls see tensors at their own addresses, as the host-side shortcuts keyed by addresses
-    (the native collectives' CUDA graphs) meet them in training."""
+    (the native collectives' CUDA graphs) meet them in training. ``blocks``: ``feed_forward_layers``'
+    (blocks, weights), block i run on layer i's output."""
     kvs = [(k, v)] + [(leaf(k), leaf(v)) for _ in range(layers - 1)]
+    after, weights = blocks or ([lambda x: x] * layers, [])
 
     def fwd():
         x = q
-        for k_, v_ in kvs:
-            x = attn(x, k_, v_)
+        for (k_, v_), block in zip(kvs, after):
+            x = block(attn(x, k_, v_))
         return x
 
-    return fwd, [q] + [t for kv in kvs for t in kv]
+    return fwd, [q] + [t for kv in kvs for t in kv] + list(weights)
 
 
 def launch_counts() -> dict:

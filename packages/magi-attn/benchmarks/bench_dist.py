@@ -45,7 +45,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from _common import count_delta, doc_lengths, launch_counts, leaf, measure, pin_cpus, stack_layers
+from _common import (
+    count_delta,
+    doc_lengths,
+    feed_forward_layers,
+    launch_counts,
+    leaf,
+    measure,
+    pin_cpus,
+    stack_layers,
+)
 
 MASKS = ("full", "causal", "varlen_causal", "sliding_window")
 METHODS = ("magi", "ffa_single", "ring", "ulysses")
@@ -95,17 +104,20 @@ def fwd_flops(area: int, d: int, hq: int) -> float:
 
 # ------------------------------------------------------------------------------------ timing
 class Timer:
-    """Times forward and backward of ``layers`` stacked attention calls (``_common.stack_layers``);
-    median over repeats, max over ranks."""
+    """Times forward and backward of ``layers`` stacked attention calls (``_common.stack_layers``),
+    with ``blocks`` (``_common.feed_forward_layers``) between them if given; median over repeats, max
+    over ranks."""
 
-    def __init__(self, device: torch.device, warmup: int, repeats: int, layers: int = 1):
+    def __init__(self, device: torch.device, warmup: int, repeats: int, layers: int = 1,
+                 blocks: tuple[list, list] | None = None):
         self.device, self.warmup, self.repeats, self.layers = device, warmup, repeats, layers
+        self.blocks = blocks
         self.cuda = device.type == "cuda"
 
     def measure(self, attn, q, k, v, dout) -> tuple[float, float]:
         """(fwd seconds, bwd seconds) of all layers of ``attn(q, k, v) -> out`` (leaves q, k, v):
         slowest rank's median of ``repeats`` runs."""
-        fwd, leaves = stack_layers(attn, q, k, v, self.layers)
+        fwd, leaves = stack_layers(attn, q, k, v, self.layers, self.blocks)
         return measure(fwd, leaves, dout, self.device, self.warmup, self.repeats)
 
 
@@ -158,16 +170,17 @@ def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
     keys = []
     leaves = [leaf(x) for x in (q, k, v)]
     ldo = dispatch(do, make_key(*mask_of_step(order_seed=0)))  # the local gradient's shape is every key's
+    after, weights = timer.blocks or ([lambda x: x] * cfg.layers, [])
 
     def fwd():
         keys.append(make_key(*mask_of_step(order_seed=len(keys) + 1)))
         x, lk, lv = (dispatch(t, keys[-1]) for t in leaves)
-        for layer in range(cfg.layers):
+        for layer, block in zip(range(cfg.layers), after):
             k_, v_ = (lk, lv) if layer == 0 else (lk.clone(), lv.clone())
-            x = calc_attn(x, k_, v_, keys[-1])[0]
+            x = block(calc_attn(x, k_, v_, keys[-1])[0])
         return x
 
-    times = measure(fwd, leaves, ldo, timer.device, timer.warmup, timer.repeats)
+    times = measure(fwd, leaves + list(weights), ldo, timer.device, timer.warmup, timer.repeats)
     if dist.get_rank() == 0:  # every step a key of its own, so a runtime of its own
         print(f"[bench_dist]   fresh masks: {len(set(keys))} keys in {len(keys)} steps", flush=True)
     return times
@@ -535,6 +548,10 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=1,
                    help="attention calls per step, stacked as in a model (own K/V per layer); TFLOP/s "
                         "count all of them")
+    p.add_argument("--ffn-mult", type=int, default=0, metavar="M",
+                   help="after each layer's attention, a residual feed-forward block over the local tokens "
+                        "(hq*d -> M*hq*d -> hq*d, _common.feed_forward_layers): GPU work between the calls, as "
+                        "a model has; TFLOP/s still count attention FLOPs only (default 0: none)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--comm-stream-priority", type=int, default=None,
@@ -612,7 +629,11 @@ def main(argv=None) -> int:
     hq, hk, d = a.heads, a.kv_heads, a.head_dim
     if a.layers < 1:
         raise SystemExit(f"bench_dist: --layers must be >= 1 (got {a.layers})")
-    timer = Timer(device, a.warmup, a.repeats, a.layers)
+    if a.ffn_mult < 0:
+        raise SystemExit(f"bench_dist: --ffn-mult must be >= 0 (got {a.ffn_mult})")
+    blocks = (feed_forward_layers(a.layers, hq * d, a.ffn_mult, device, dtype, seed=4321 + local_rank)
+              if a.ffn_mult else None)
+    timer = Timer(device, a.warmup, a.repeats, a.layers, blocks)
 
     def log(msg):
         if rank == 0:
@@ -719,7 +740,11 @@ def main(argv=None) -> int:
                   "ffa kernel backend": _ffa_backend_name(),
                   "group collectives": _grpcoll_impl_name() + (
                       f" (comm stream priority {a.comm_stream_priority})" if a.comm_stream_priority is not None else ""),
-                  "layers per step": a.layers, "warmup/repeats": f"{a.warmup}/{a.repeats}",
+                  "layers per step": a.layers,
+                  "feed-forward blocks": (f"x + gelu(x W1) W2 after each layer, {hq * d} -> {a.ffn_mult * hq * d} "
+                                          f"-> {hq * d}; TFLOP/s count attention FLOPs only, over the whole step"
+                                          if a.ffn_mult else "none"),
+                  "warmup/repeats": f"{a.warmup}/{a.repeats}",
                   "fresh masks": ("varlen masks: a new document order every step, key and dispatch timed "
                                   "with the forward, each layer on K/V clones of its own (from 552f6f4 on; "
                                   "before, all layers shared the dispatched K/V)"

@@ -64,13 +64,14 @@ def test_bench_dist_cpu_world4(tmp_path):
 def test_bench_dist_fresh_masks_make_a_key_every_step(tmp_path):
     """--fresh-masks: every step packs the varlen documents in a new order (a key and runtime of its
     own, as varlen training meets them); the area stays that of the fixed mask. --pin-cpus pins each
-    rank to its block of CPUs, which the table records."""
+    rank to its block of CPUs, which the table records; --ffn-mult puts a feed-forward block after
+    each layer, which it records too."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for var in ("CUDA_VISIBLE_DEVICES", "MAGI_ATTENTION_KERNEL_BACKEND", "MAGI_ATTENTION_FA4_BACKEND"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(BENCH),
            "--device", "cpu", "--quick", "--masks", "varlen_causal", "causal", "--methods", "magi", "ffa_single",
-           "--warmup", "1", "--repeats", "3", "--fresh-masks", "--pin-cpus", "--out", str(tmp_path)]
+           "--warmup", "1", "--repeats", "3", "--fresh-masks", "--pin-cpus", "--ffn-mult", "2", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -82,5 +83,36 @@ def test_bench_dist_fresh_masks_make_a_key_every_step(tmp_path):
     assert all(float(r["time_ms"]) > 0 and float(r["efficiency"]) > 0 for r in magi)
     md = (tmp_path / "bench_dist.md").read_text()
     assert "fresh masks: varlen masks" in md
+    assert "feed-forward blocks: x + gelu(x W1) W2 after each layer, 128 -> 256 -> 128" in md, md
     allowed = sorted(os.sched_getaffinity(0))  # the ranks inherit this; rank 0 keeps the first half
     assert f"cpus: pinned, rank 0 to {max(1, len(allowed) // 2)} cpus from {allowed[0]}" in md, md
+
+
+def test_feed_forward_blocks_between_stacked_layers():
+    """_common.feed_forward_layers: block i is x + gelu(x W1) W2 over a token's flattened heads, after
+    layer i's attention; its weights are leaves that get gradients (float64 reference)."""
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    from _common import feed_forward_layers, stack_layers
+
+    layers, h, d, n = 3, 2, 4, 5
+    blocks, weights = feed_forward_layers(layers, h * d, 3, torch.device("cpu"), torch.float32, seed=1)
+    assert [tuple(w.shape) for w in weights] == [(8, 24), (24, 8)] * layers and all(w.requires_grad for w in weights)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(n, h, d, generator=gen).requires_grad_() for _ in range(3))
+
+    def attn(x, k_, v_):  # any differentiable stand-in for attention
+        return x * 0.5 + k_ - v_ * 0.25
+
+    fwd, leaves = stack_layers(attn, q, k, v, layers, (blocks, weights))
+    assert leaves[-len(weights):] == weights
+    out = fwd()
+    x = q.detach().double()
+    for i in range(layers):
+        x = attn(x, k.detach().double(), v.detach().double()).reshape(n, -1)
+        w1, w2 = (w.detach().double() for w in weights[2 * i:2 * i + 2])
+        x = (x + torch.nn.functional.gelu(x @ w1) @ w2).view(n, h, d)
+    torch.testing.assert_close(out.double(), x, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
