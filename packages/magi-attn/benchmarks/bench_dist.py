@@ -134,6 +134,7 @@ def run_magi(cfg, mask, q, k, v, do, timer, mask_of_step=None):
         compute_pad_size,
         dispatch,
         magi_attn_flex_key,
+        prefetch_flex_key,
     )
 
     T, world = q.shape[0], dist.get_world_size()
@@ -142,9 +143,9 @@ def run_magi(cfg, mask, q, k, v, do, timer, mask_of_step=None):
     dcfg = DistAttnConfig(dispatch_config=dispatch_config(cfg.dispatch_alg),
                           **({"overlap_config": OverlapConfig(degree=cfg.degree)} if cfg.degree else {}))
 
-    def make_key(qr, kr, tm):
-        return magi_attn_flex_key(qr, kr, tm, T, T, q.shape[1], k.shape[1], q.shape[2], pad,
-                                  cfg.chunk_size, dist.group.WORLD, dcfg)
+    def make_key(qr, kr, tm, prefetch=False):
+        return (prefetch_flex_key if prefetch else magi_attn_flex_key)(
+            qr, kr, tm, T, T, q.shape[1], k.shape[1], q.shape[2], pad, cfg.chunk_size, dist.group.WORLD, dcfg)
 
     if mask_of_step is not None:
         return _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer)
@@ -164,7 +165,9 @@ def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
     """run_magi with a new mask every step: the step's key, the dispatch of the global q, k, v leaves
     (once, as a model dispatches its input), then the stacked layers, each on K/V of its own (clones
     of the dispatched ones, as a model's layers project their own: tensors at their own addresses, so
-    no host-side shortcut keyed by addresses meets a layer's call twice, as in training)."""
+    no host-side shortcut keyed by addresses meets a layer's call twice, as in training). With
+    ``cfg.prefetch_keys``, each step's forward ends by prefetching the next step's key
+    (``prefetch_flex_key``), whose runtime is then built while the step's backward runs."""
     from magi_attention.api import calc_attn, dispatch
 
     keys = []
@@ -173,11 +176,14 @@ def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
     after, weights = timer.blocks or ([lambda x: x] * cfg.layers, [])
 
     def fwd():
-        keys.append(make_key(*mask_of_step(order_seed=len(keys) + 1)))
+        step = len(keys)
+        keys.append(make_key(*mask_of_step(order_seed=step + 1)))
         x, lk, lv = (dispatch(t, keys[-1]) for t in leaves)
         for layer, block in zip(range(cfg.layers), after):
             k_, v_ = (lk, lv) if layer == 0 else (lk.clone(), lv.clone())
             x = block(calc_attn(x, k_, v_, keys[-1])[0])
+        if cfg.prefetch_keys:
+            make_key(*mask_of_step(order_seed=step + 2), prefetch=True)
         return x
 
     times = measure(fwd, leaves + list(weights), ldo, timer.device, timer.warmup, timer.repeats)
@@ -542,6 +548,9 @@ def parse_args(argv=None):
     p.add_argument("--fresh-masks", action="store_true",
                    help="varlen masks: a new document order every step (a new key and runtime each "
                         "step, as in varlen training); the key and the dispatch are timed with the forward")
+    p.add_argument("--prefetch-keys", action="store_true",
+                   help="with --fresh-masks: each step's forward ends by prefetching the next step's key "
+                        "(api.prefetch_flex_key), built on a background thread during the backward")
     p.add_argument("--pin-cpus", action="store_true",
                    help="pin each rank to its block of the host's CPUs (_common.pin_cpus), for an A/B of "
                         "CPU placement on host-bound runs such as --fresh-masks")
@@ -629,6 +638,8 @@ def main(argv=None) -> int:
     hq, hk, d = a.heads, a.kv_heads, a.head_dim
     if a.layers < 1:
         raise SystemExit(f"bench_dist: --layers must be >= 1 (got {a.layers})")
+    if a.prefetch_keys and not a.fresh_masks:
+        raise SystemExit("bench_dist: --prefetch-keys needs --fresh-masks (a fixed mask has one key)")
     if a.ffn_mult < 0:
         raise SystemExit(f"bench_dist: --ffn-mult must be >= 0 (got {a.ffn_mult})")
     blocks = (feed_forward_layers(a.layers, hq * d, a.ffn_mult, device, dtype, seed=4321 + local_rank)
@@ -748,6 +759,8 @@ def main(argv=None) -> int:
                   "fresh masks": ("varlen masks: a new document order every step, key and dispatch timed "
                                   "with the forward, each layer on K/V clones of its own (from 552f6f4 on; "
                                   "before, all layers shared the dispatched K/V)"
+                                  + ("; each step's forward ends by prefetching the next step's key"
+                                     if a.prefetch_keys else "")
                                   if a.fresh_masks else "no"),
                   "cpus": f"pinned, rank 0 to {len(pinned)} cpus from {pinned[0]}" if pinned else "not pinned",
                   "torch": torch.__version__,

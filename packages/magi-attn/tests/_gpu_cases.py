@@ -113,6 +113,7 @@ def _run_one(case: dict, device: torch.device) -> dict:
         compute_pad_size,
         dispatch,
         magi_attn_flex_key,
+        prefetch_flex_key,
         undispatch,
     )
     from magi_attention.common.enum import AttnOverlapMode
@@ -133,8 +134,11 @@ def _run_one(case: dict, device: torch.device) -> dict:
         from magi_attention.config import CostAwareDispatchAlg
 
         dc = DispatchConfig(alg=CostAwareDispatchAlg())
-    key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, compute_pad_size(T, world, chunk),
-                             chunk, dist.group.WORLD, DistAttnConfig(dispatch_config=dc, overlap_config=oc))
+    # ``prefetch``: the key's runtime built on the prefetch thread (api.prefetch_flex_key), which
+    # must take this rank's device with it
+    make_key = prefetch_flex_key if case.get("prefetch") else magi_attn_flex_key
+    key = make_key(qr, kr, tm, T, T, hq, hk, d, compute_pad_size(T, world, chunk),
+                   chunk, dist.group.WORLD, DistAttnConfig(dispatch_config=dc, overlap_config=oc))
     as_t = lambda a: torch.tensor(a, dtype=torch.int32, device=device)  # noqa: E731
     qr_t, kr_t, tm_t = as_t(qr).reshape(-1, 2), as_t(kr).reshape(-1, 2), as_t(tm).reshape(-1)
     ref = _ref64(q, k, v, do, qr_t, kr_t, tm_t)
@@ -201,10 +205,13 @@ def _run_fresh(case: dict, device: torch.device) -> dict:
     gen = torch.Generator(device=device).manual_seed(case["seed"])
     q, k, v, do = (torch.randn(T, h, d, device=device, generator=gen).to(torch.bfloat16) for h in (hq, hk, hk, hq))
     cfg = api.DistAttnConfig(overlap_config=api.OverlapConfig(degree=case["degree"]))
+    key_args = (qr, kr, tm, T, T, hq, hk, d, api.compute_pad_size(T, dist.get_world_size(), chunk), chunk,
+                dist.group.WORLD, cfg)
+    if case.get("prefetch"):  # prefetched before the step, as the step before would
+        api.prefetch_flex_key(*key_args)
     torch.cuda.synchronize()
     with HostSyncs() as syncs:
-        key = api.magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d,
-                                     api.compute_pad_size(T, dist.get_world_size(), chunk), chunk, dist.group.WORLD, cfg)
+        key = api.magi_attn_flex_key(*key_args)
         lq, lk, lv = (api.dispatch(x, key).detach().requires_grad_() for x in (q, k, v))
         ldo = api.dispatch(do, key)
         lout, _ = api.calc_attn(lq, lk, lv, key)

@@ -65,13 +65,14 @@ def test_bench_dist_fresh_masks_make_a_key_every_step(tmp_path):
     """--fresh-masks: every step packs the varlen documents in a new order (a key and runtime of its
     own, as varlen training meets them); the area stays that of the fixed mask. --pin-cpus pins each
     rank to its block of CPUs, which the table records; --ffn-mult puts a feed-forward block after
-    each layer, which it records too."""
+    each layer and --prefetch-keys prefetches the next step's key, which it records too."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for var in ("CUDA_VISIBLE_DEVICES", "MAGI_ATTENTION_KERNEL_BACKEND", "MAGI_ATTENTION_FA4_BACKEND"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(BENCH),
            "--device", "cpu", "--quick", "--masks", "varlen_causal", "causal", "--methods", "magi", "ffa_single",
-           "--warmup", "1", "--repeats", "3", "--fresh-masks", "--pin-cpus", "--ffn-mult", "2", "--out", str(tmp_path)]
+           "--warmup", "1", "--repeats", "3", "--fresh-masks", "--prefetch-keys", "--pin-cpus", "--ffn-mult", "2", "--out",
+           str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -82,7 +83,7 @@ def test_bench_dist_fresh_masks_make_a_key_every_step(tmp_path):
                                                            for d in ("fwd", "bwd")}
     assert all(float(r["time_ms"]) > 0 and float(r["efficiency"]) > 0 for r in magi)
     md = (tmp_path / "bench_dist.md").read_text()
-    assert "fresh masks: varlen masks" in md
+    assert "fresh masks: varlen masks" in md and "prefetching the next step's key" in md
     assert "feed-forward blocks: x + gelu(x W1) W2 after each layer, 128 -> 256 -> 128" in md, md
     allowed = sorted(os.sched_getaffinity(0))  # the ranks inherit this; rank 0 keeps the first half
     assert f"cpus: pinned, rank 0 to {max(1, len(allowed) // 2)} cpus from {allowed[0]}" in md, md

@@ -318,6 +318,7 @@ def test_graphed_outputs_come_from_the_runtimes_own_pool_while_it_holds_graphs(c
     monkeypatch.setattr(torch.cuda, "MemPool", _Pool)
     monkeypatch.setattr(torch.cuda, "use_mem_pool", use_mem_pool)
     monkeypatch.setattr(graphs, "RUNTIMES_WITH_GRAPHS", 1)
+    monkeypatch.setattr(graphs, "OUTPUT_POOL", True)
     state, ran = cuda_faked, []
     launch = _layer_launch(state, ran)
     cuda = torch.device("cuda", 0)

@@ -22,12 +22,27 @@ from magi_attention.config import DistAttnConfig
 from magi_attention.errors import MagiAttentionError
 from magi_attention.meta.key import DistAttnRuntimeKey
 from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
-from magi_attention.runtime.runtime_mgr import get_or_create_mgr, init_dist_attn_runtime_key
+from magi_attention.runtime.runtime_mgr import get_or_create_mgr, init_dist_attn_runtime_key, prefetch_mgr
 
 __all__ = ["magi_attn_flex_key", "magi_attn_varlen_key", "dispatch", "undispatch", "calc_attn",
            "get_position_ids", "get_most_recent_key", "make_flex_key_for_new_mask_after_dispatch",
            "make_varlen_key_for_new_mask_after_dispatch", "magi_attn_flex_dispatch",
-           "magi_attn_varlen_dispatch"]
+           "magi_attn_varlen_dispatch", "prefetch_flex_key", "prefetch_varlen_key"]
+
+
+def _made(build, fn: str, *key_args) -> DistAttnRuntimeKey:
+    """The key of ``key_args`` (init_dist_attn_runtime_key's, checked now), its manager made by
+    ``build``: at once (get_or_create_mgr) or on the prefetch thread (prefetch_mgr)."""
+    key = init_dist_attn_runtime_key(*key_args, fn=fn)
+    build(key)
+    return key
+
+
+def _varlen_made(build, fn: str, cu_seqlens_q, cu_seqlens_k, num_heads_q, num_heads_kv, head_dim, pad_size,
+                 chunk_size, cp_group_or_mesh, causal, window_size, dist_attn_config) -> DistAttnRuntimeKey:
+    qs, ks, ts, tq, tk = cu_seqlens_slices(cu_seqlens_q, cu_seqlens_k, causal, window_size)
+    return _made(build, fn, qs, ks, ts, tq, tk, num_heads_q, num_heads_kv, head_dim, pad_size, chunk_size,
+                 cp_group_or_mesh, dist_attn_config)
 
 
 def magi_attn_flex_key(q_ranges, k_ranges, attn_mask_type, total_seqlen_q: int,
@@ -48,12 +63,9 @@ def magi_attn_flex_key(q_ranges, k_ranges, attn_mask_type, total_seqlen_q: int,
     Returns:
         A hashable DistAttnRuntimeKey for dispatch / calc_attn / undispatch.
     """
-    key = init_dist_attn_runtime_key(
-        q_ranges, k_ranges, attn_mask_type, total_seqlen_q, total_seqlen_k, num_heads_q,
-        num_heads_kv, head_dim, pad_size, chunk_size, cp_group_or_mesh, dist_attn_config,
-        is_same_source, is_q_permutable, is_k_permutable, fn="magi_attn_flex_key")
-    get_or_create_mgr(key)
-    return key
+    return _made(get_or_create_mgr, "magi_attn_flex_key", q_ranges, k_ranges, attn_mask_type, total_seqlen_q,
+                 total_seqlen_k, num_heads_q, num_heads_kv, head_dim, pad_size, chunk_size, cp_group_or_mesh,
+                 dist_attn_config, is_same_source, is_q_permutable, is_k_permutable)
 
 
 def magi_attn_varlen_key(cu_seqlens_q, cu_seqlens_k, num_heads_q: int, num_heads_kv: int,
@@ -61,12 +73,39 @@ def magi_attn_varlen_key(cu_seqlens_q, cu_seqlens_k, num_heads_q: int, num_heads
                          causal: bool = False, window_size: Sequence[int] = (-1, -1),
                          dist_attn_config: DistAttnConfig | None = None) -> DistAttnRuntimeKey:
     """Varlen (cu_seqlens) front end of magi_attn_flex_key; optional causal or sliding window."""
-    qs, ks, ts, tq, tk = cu_seqlens_slices(cu_seqlens_q, cu_seqlens_k, causal, window_size)
-    key = init_dist_attn_runtime_key(qs, ks, ts, tq, tk, num_heads_q, num_heads_kv, head_dim,
-                                     pad_size, chunk_size, cp_group_or_mesh, dist_attn_config,
-                                     fn="magi_attn_varlen_key")
-    get_or_create_mgr(key)
-    return key
+    return _varlen_made(get_or_create_mgr, "magi_attn_varlen_key", cu_seqlens_q, cu_seqlens_k, num_heads_q,
+                        num_heads_kv, head_dim, pad_size, chunk_size, cp_group_or_mesh, causal, window_size,
+                        dist_attn_config)
+
+
+def prefetch_flex_key(q_ranges, k_ranges, attn_mask_type, total_seqlen_q: int, total_seqlen_k: int,
+                      num_heads_q: int, num_heads_kv: int, head_dim: int, pad_size: int, chunk_size: int,
+                      cp_group_or_mesh: Any, dist_attn_config: DistAttnConfig | None = None,
+                      is_same_source: bool = True, is_q_permutable: bool = True,
+                      is_k_permutable: bool = True) -> DistAttnRuntimeKey:
+    """magi_attn_flex_key's key at once, its runtime built on a background thread (magi-attn's
+    addition; runtime/prefetch.py).
+
+    Call it for the next batch's mask while the current step runs: the dispatch choice and the plans
+    are then ready, or nearly, when that step starts. The arguments are checked now; a failure of
+    the build is raised where the key is first used. ``dispatch`` / ``calc_attn`` with the key, or
+    ``magi_attn_flex_key`` with the same arguments, wait for the build. Every rank of the group must
+    prefetch (or create) the same keys in the same order, as with magi_attn_flex_key.
+    """
+    return _made(prefetch_mgr, "prefetch_flex_key", q_ranges, k_ranges, attn_mask_type, total_seqlen_q,
+                 total_seqlen_k, num_heads_q, num_heads_kv, head_dim, pad_size, chunk_size, cp_group_or_mesh,
+                 dist_attn_config, is_same_source, is_q_permutable, is_k_permutable)
+
+
+def prefetch_varlen_key(cu_seqlens_q, cu_seqlens_k, num_heads_q: int, num_heads_kv: int,
+                        head_dim: int, pad_size: int, chunk_size: int, cp_group_or_mesh: Any,
+                        causal: bool = False, window_size: Sequence[int] = (-1, -1),
+                        dist_attn_config: DistAttnConfig | None = None) -> DistAttnRuntimeKey:
+    """Varlen (cu_seqlens) front end of prefetch_flex_key: magi_attn_varlen_key's key at once, its
+    runtime built on a background thread."""
+    return _varlen_made(prefetch_mgr, "prefetch_varlen_key", cu_seqlens_q, cu_seqlens_k, num_heads_q,
+                        num_heads_kv, head_dim, pad_size, chunk_size, cp_group_or_mesh, causal, window_size,
+                        dist_attn_config)
 
 
 def _mgr(key: DistAttnRuntimeKey, fn: str):

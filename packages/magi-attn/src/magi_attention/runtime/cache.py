@@ -19,6 +19,7 @@ from typing import Any
 from magi_attention.env import dist_attn_runtime_dict_size
 from magi_attention.errors import KeyNotFoundError, MagiAttentionError
 from magi_attention.meta.key import group_ranks
+from magi_attention.runtime.prefetch import PendingMgr
 
 __all__ = ["DistAttnRuntimeDict", "DistAttnRuntimeDictManager", "dist_attn_runtime_dict_mgr"]
 
@@ -76,7 +77,8 @@ class DistAttnRuntimeDictManager:
         return d
 
     def get_mgr(self, key: Any) -> Any:
-        mgr = self.dict_for(key.cp_group).get(key)
+        d = self.dict_for(key.cp_group)
+        mgr = resolved(d, key, d.get(key))
         if mgr is None:
             raise KeyNotFoundError(
                 "The dist attn runtime key does not exist! (it was never created in this process "
@@ -98,6 +100,23 @@ class DistAttnRuntimeDictManager:
             d.clear()
         self._dicts.clear()
         self._ranks.clear()
+
+
+def resolved(d: DistAttnRuntimeDict, key: Any, value: Any) -> Any:
+    """``value`` (``d``'s entry for ``key``, or None), a prefetched manager waited for and put in its
+    place (its place in the LRU kept). A failed build leaves the cache, so the next use builds
+    again, and raises here."""
+    if not isinstance(value, PendingMgr):
+        return value
+    try:
+        mgr = value.result()
+    except BaseException:
+        if d.get(key) is value:
+            del d[key]
+        raise
+    if key in d and OrderedDict.__getitem__(d, key) is value:
+        d[key] = mgr
+    return mgr
 
 
 dist_attn_runtime_dict_mgr = DistAttnRuntimeDictManager()

@@ -21,12 +21,13 @@ from magi_attention.functional.dispatch import ChunkLayout, dispatch_func, undis
 from magi_attention.meta.dispatch_choice import solve_dispatch
 from magi_attention.meta.key import DistAttnRuntimeKey, resolve_cp_group
 from magi_attention.runtime._common import plans_take_group_lists
-from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr, resolved
 from magi_attention.runtime.dist_attn import DistAttnRuntime, dist_attn_func
+from magi_attention.runtime.prefetch import build_in_background
 from magi_attention.runtime.qo_comm import QOCommRuntime, qo_comm_attn_func
 
 __all__ = ["DistAttnRuntimeMgr", "init_dist_attn_runtime_key", "init_dist_attn_runtime_mgr",
-           "get_or_create_mgr", "check_flag_comb"]
+           "get_or_create_mgr", "prefetch_mgr", "check_flag_comb"]
 
 
 def _check_int(fn: str, name: str, v: Any, lo: int) -> int:
@@ -255,8 +256,16 @@ def init_dist_attn_runtime_mgr(key: DistAttnRuntimeKey,
 def get_or_create_mgr(key: DistAttnRuntimeKey, ref_dispatch_meta: Any = None):
     """Look the key up in its group's LRU; build and insert the manager on a miss."""
     d = dist_attn_runtime_dict_mgr.dict_for(key.cp_group)
-    mgr = d.get(key)
+    mgr = resolved(d, key, d.get(key))
     if mgr is None:
         mgr = init_dist_attn_runtime_mgr(key, ref_dispatch_meta)
         d.put(key, mgr)
     return mgr
+
+
+def prefetch_mgr(key: DistAttnRuntimeKey) -> None:
+    """Enter the key in its group's LRU now and build its manager on the prefetch thread
+    (runtime/prefetch.py); a key already cached is only refreshed."""
+    d = dist_attn_runtime_dict_mgr.dict_for(key.cp_group)
+    if d.get(key) is None:
+        d.put(key, build_in_background(lambda: init_dist_attn_runtime_mgr(key)))
