@@ -124,3 +124,20 @@ def _failures_and_eviction(rank, world):
 
 def test_prefetch_failures_and_eviction():
     run_distributed(_failures_and_eviction, 2, timeout=180)
+
+
+def test_the_prefetch_thread_takes_the_callers_cuda_device(monkeypatch):
+    """A new thread starts on CUDA device 0, and a manager records the device it is built on: the
+    build must run on the caller's device (rank 1 of a node builds for cuda:1)."""
+    from magi_attention.runtime import prefetch
+
+    set_on = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: set_on.append((d, threading.current_thread().name)))
+    pending = prefetch.build_in_background(lambda: threading.current_thread().name)
+    worker = pending.result()
+    assert worker.startswith("magi-attn-prefetch") and set_on == [(3, worker)]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # CUDA not in use: no device set
+    assert prefetch.build_in_background(lambda: 7).result() == 7 and len(set_on) == 1
