@@ -28,6 +28,7 @@ from magi_attention.api import (
     dispatch,
     get_position_ids,
     magi_attn_varlen_key,
+    prefetch_varlen_key,
     undispatch,
 )
 from torch import nn
@@ -140,6 +141,9 @@ def main(argv=None) -> dict:
     p.add_argument("--chunk-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prefetch-keys", action="store_true",
+                   help="after each forward, read the next batch and prefetch its key (prefetch_varlen_key: "
+                        "its runtime is built on a background thread while this step's backward runs)")
     p.add_argument("--out", default=None, help="write the per-step losses (JSON) here on rank 0")
     a = p.parse_args(argv)
 
@@ -165,17 +169,24 @@ def main(argv=None) -> dict:
 
     losses = []
     head_dim = a.dim // a.heads
+    pad = compute_pad_size(a.seqlen, cp, a.chunk_size)
+    key_args = (a.heads, a.kv_heads, head_dim, pad, a.chunk_size, cp_group)
+
+    def batch_of(step):
+        return packed_batch(a.seed * 1000 + step * a.dp + dp_rank, a.seqlen, a.vocab, a.seqlen // 8)
+
+    batch = batch_of(0)
     for step in range(a.steps):
-        ids, labels, cu_seqlens, doc_pos = packed_batch(a.seed * 1000 + step * a.dp + dp_rank,
-                                                        a.seqlen, a.vocab, a.seqlen // 8)
+        ids, labels, cu_seqlens, doc_pos = batch
         ids, labels, doc_pos = ids.to(device), labels.to(device), doc_pos.to(device)
-        pad = compute_pad_size(a.seqlen, cp, a.chunk_size)
-        key = magi_attn_varlen_key(cu_seqlens, cu_seqlens, a.heads, a.kv_heads, head_dim, pad,
-                                   a.chunk_size, cp_group, causal=True)
+        key = magi_attn_varlen_key(cu_seqlens, cu_seqlens, *key_args, causal=True)
         local_ids = dispatch(ids, key)
         local_pos = doc_pos[get_position_ids(key)]   # RoPE restarts at each document
         logits = undispatch(model(local_ids, key, local_pos), key)   # [seqlen, vocab]
         loss = F.cross_entropy(logits.float(), labels, ignore_index=-100)
+        batch = batch_of(step + 1)
+        if a.prefetch_keys:  # the next key's runtime is built while this step's backward runs
+            prefetch_varlen_key(batch[2], batch[2], *key_args, causal=True)
         # each cp rank back-propagates only through its own tokens, and FSDP averages over
         # dp x cp: scale by cp so the result is the dp mean of the full-sequence gradient
         (loss * cp).backward()

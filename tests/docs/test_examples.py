@@ -42,8 +42,9 @@ def _check_runs(runs: dict, tmp_path) -> None:
 
 
 def test_torch_native_cp2_matches_cp1(tmp_path):
+    # the cp=2 run prefetches each next key (prefetch_varlen_key): the same losses all the same
     _check_runs({"cp1": _launch(1, tmp_path / "cp1.json"),
-                 "cp2": _launch(2, tmp_path / "cp2.json", "--cp", "2")}, tmp_path)
+                 "cp2": _launch(2, tmp_path / "cp2.json", "--cp", "2", "--prefetch-keys")}, tmp_path)
 
 
 def test_transformers_cp2_matches_cp1(tmp_path):
