@@ -111,10 +111,10 @@ def resolved(d: DistAttnRuntimeDict, key: Any, value: Any) -> Any:
     try:
         mgr = value.result()
     except BaseException:
-        if d.get(key) is value:
+        if dict.get(d, key) is value:
             del d[key]
         raise
-    if key in d and OrderedDict.__getitem__(d, key) is value:
+    if dict.get(d, key) is value:
         d[key] = mgr
     return mgr
 
