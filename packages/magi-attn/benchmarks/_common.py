@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["count_delta", "doc_lengths", "feed_forward_layers", "launch_counts", "leaf", "measure", "pin_cpus",
-           "stack_layers"]
+__all__ = ["between_layers", "count_delta", "doc_lengths", "feed_forward_layers", "launch_counts", "leaf", "measure",
+           "pin_cpus", "stack_layers"]
 
 
 def doc_lengths(total: int, seed: int, base: int, cap: int) -> list[int]:
@@ -119,6 +119,11 @@ def feed_forward_layers(layers: int, width: int, mult: int, device: torch.device
     return [block(weights[2 * i], weights[2 * i + 1]) for i in range(layers)], weights
 
 
+def between_layers(blocks: tuple[list, list] | None, layers: int) -> tuple[list, list]:
+    """(per-layer blocks, their weights): ``feed_forward_layers``' result, or none (identities)."""
+    return blocks or ([lambda x: x] * layers, [])
+
+
 def stack_layers(attn, q, k, v, layers: int, blocks: tuple[list, list] | None = None):
     """(fwd, leaves): ``layers`` calls of ``attn(q, k, v) -> out`` stacked as in a model, layer i's
     output being layer i+1's query and every layer having its own K/V leaves (copies of k, v), so each
@@ -126,7 +131,7 @@ def stack_layers(attn, q, k, v, layers: int, blocks: tuple[list, list] | None = 
     (the native collectives' CUDA graphs) meet them in training. ``blocks``: ``feed_forward_layers``'
     (blocks, weights), block i run on layer i's output."""
     kvs = [(k, v)] + [(leaf(k), leaf(v)) for _ in range(layers - 1)]
-    after, weights = blocks or ([lambda x: x] * layers, [])
+    after, weights = between_layers(blocks, layers)
 
     def fwd():
         x = q

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from _common import (
+    between_layers,
     count_delta,
     doc_lengths,
     feed_forward_layers,
@@ -173,7 +174,7 @@ def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
     keys = []
     leaves = [leaf(x) for x in (q, k, v)]
     ldo = dispatch(do, make_key(*mask_of_step(order_seed=0)))  # the local gradient's shape is every key's
-    after, weights = timer.blocks or ([lambda x: x] * cfg.layers, [])
+    after, weights = between_layers(timer.blocks, cfg.layers)
 
     def fwd():
         step = len(keys)

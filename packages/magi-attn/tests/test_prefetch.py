@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import Future
 
 import pytest
 import torch
@@ -37,7 +38,6 @@ def _prefetched_keys_match_keys_made_at_once(rank, world):
     from magi_attention.api import magi_attn_varlen_key, prefetch_varlen_key
     from magi_attention.runtime import runtime_mgr
     from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr as mgrs
-    from magi_attention.runtime.prefetch import PendingMgr
 
     g = dist.group.WORLD
     built_on = []
@@ -56,7 +56,7 @@ def _prefetched_keys_match_keys_made_at_once(rank, world):
         d = mgrs.dict_for(g)
         assert list(d)[-2:] == [a, b]  # entered at once, in the order asked
         assert magi_attn_varlen_key(*args[1], causal=causal[1]) == b  # the same key, waited for
-        assert not isinstance(dict.__getitem__(d, b), PendingMgr)  # the cache now holds the manager
+        assert not isinstance(dict.__getitem__(d, b), Future)  # the cache now holds the manager
         got = [_step(b, 1), _step(a, 2)]  # b used first: a was built before it anyway
         assert len(built_on) == 2 and all(n.startswith("magi-attn-prefetch") for n in built_on), built_on
         assert list(d)[-2:] == [b, a]  # the LRU order of use

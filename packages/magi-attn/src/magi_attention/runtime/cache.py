@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import atexit
 from collections import OrderedDict
+from concurrent.futures import Future
 from typing import Any
 
 from magi_attention.env import dist_attn_runtime_dict_size
 from magi_attention.errors import KeyNotFoundError, MagiAttentionError
 from magi_attention.meta.key import group_ranks
-from magi_attention.runtime.prefetch import PendingMgr
 
 __all__ = ["DistAttnRuntimeDict", "DistAttnRuntimeDictManager", "dist_attn_runtime_dict_mgr"]
 
@@ -106,7 +106,7 @@ def resolved(d: DistAttnRuntimeDict, key: Any, value: Any) -> Any:
     """``value`` (``d``'s entry for ``key``, or None), a prefetched manager waited for and put in its
     place (its place in the LRU kept). A failed build leaves the cache, so the next use builds
     again, and raises here."""
-    if not isinstance(value, PendingMgr):
+    if not isinstance(value, Future):  # a manager, or None
         return value
     try:
         mgr = value.result()

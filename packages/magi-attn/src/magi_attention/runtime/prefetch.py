@@ -9,8 +9,8 @@ the manager is ready when the step that uses it asks. The solver's calls release
 
 What runs on the thread: ``runtime_mgr.init_dist_attn_runtime_mgr``, which talks to no other rank
 and launches nothing on the GPU. The cache entry is made at once, on the caller's thread, as a
-``PendingMgr``, so the cp group's LRU sees the same sequence of keys on every rank, as it does
-without prefetching. Whoever looks the key up first waits for the build, and the cache then holds
+``Future`` of the manager, so the cp group's LRU sees the same sequence of keys on every rank, as
+it does without prefetching. Whoever looks the key up first waits for the build, and the cache then holds
 the manager.
 
 One worker: builds run in the order asked, a later key never before an earlier one.
@@ -25,21 +25,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["PendingMgr", "build_in_background"]
+__all__ = ["build_in_background"]
 
 _executor: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
-
-
-class PendingMgr:
-    """A cache entry whose manager is being built; ``result()`` waits for it (and raises what the
-    build raised)."""
-
-    def __init__(self, future: Future) -> None:
-        self._future = future
-
-    def result(self) -> Any:
-        return self._future.result()
 
 
 def _worker() -> ThreadPoolExecutor:
@@ -50,7 +39,7 @@ def _worker() -> ThreadPoolExecutor:
         return _executor
 
 
-def build_in_background(build: Callable[[], Any]) -> PendingMgr:
+def build_in_background(build: Callable[[], Any]) -> Future:
     """Run ``build()`` on the prefetch thread, with the caller's current CUDA device there (a
     manager records the device it runs on, and a new thread starts on device 0)."""
     device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -60,4 +49,4 @@ def build_in_background(build: Callable[[], Any]) -> PendingMgr:
             torch.cuda.set_device(device)
         return build()
 
-    return PendingMgr(_worker().submit(run))
+    return _worker().submit(run)
