@@ -3,7 +3,8 @@
 #   scripts/gpu_all.sh [STEP ...]     steps: setup tests bench-ffa bench-grpcoll bench-dist bench-qo (default: all),
 #                                     plus fa4-libs, fa4 and bench-fa4 (the FA4 backend, calls back to back: the
 #                                     first carries .carry/fa4-libs and runs fa4-libs, the next ones carry
-#                                     .carry/fa4 and run fa4 (tests, profile) or test-fa4 (tests only), bench-fa4,
+#                                     .carry/fa4 and run fa4 (tests, profile) or test-fa4 (tests only), unpack-fa4
+#                                     (only puts FA4 in place, e.g. before `tests`), bench-fa4,
 #                                     varlen-paths (FA4's varlen vs batch kernels) and/or bench-dist-fa4 (the
 #                                     runtime on the fa4 backend, >= 2 GPUs), profile-dist-fa4 and
 #                                     new-mask-fa4 (a new mask every step: new_mask_cost.py's phases and host
@@ -67,7 +68,7 @@ unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first
 if has fa4-libs; then  # FA4 arrives in two calls: the first keeps its CUDA libraries' first part on the warm machine
   mkdir -p /tmp/fa4-libs-parts && cp .carry/fa4-libs/*.part-* /tmp/fa4-libs-parts/ && echo "FA4 libraries, part 1 kept" || status=1
 fi
-if has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4 || has ab-new-mask; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
+if has unpack-fa4 || has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4 || has ab-new-mask; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
   if [ ! -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
     unpack_fa4_libs .carry/fa4/*.part-*
   fi

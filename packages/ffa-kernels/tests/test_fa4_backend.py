@@ -330,3 +330,40 @@ def test_the_window_precheck_only_rules_out_what_the_full_check_rejects(monkeypa
             assert native._window(lo[0], hi[0], s) is None
             monkeypatch.undo()
     assert ruled_out > 50  # the pre-check does rule out most document masks
+
+
+def test_a_mask_prepared_ahead_is_the_one_the_first_call_uses(fake_fa4, monkeypatch):
+    """FFACall.prepare (interface 1.5) translates the mask as the first call at those lengths would:
+    the call then builds nothing, and gives what an unprepared call gives."""
+    from magi_ffa import FFACall
+
+    built = []
+    real = fa4_backend.build_slice_block_mask
+    monkeypatch.setattr(fa4_backend, "build_slice_block_mask", lambda *a, **kw: built.append(a[3:5]) or real(*a, **kw))
+    qr, kr, ts = (torch.tensor(x, dtype=torch.int32) for x in varlen_slices([9, 14, 7], 1))
+    q = torch.randn(30, 2, 64, dtype=torch.float64)
+    k, v = torch.randn(2, 30, 2, 64, dtype=torch.float64)
+    want, want_lse, _ = FFACall(qr, kr, ts, backend="fa4").forward(q, k, v, softmax_scale=None)
+    fa4_backend.clear_mask_cache()
+    built.clear()
+    call = FFACall(qr, kr, ts, backend="fa4")
+    assert call.prepare(30, 30, q.device) and built == [(30, 30)]
+    assert call.prepare(30, 30, "cpu") and built == [(30, 30)]  # already there
+    out, lse, _ = call.forward(q, k, v, softmax_scale=None)
+    assert built == [(30, 30)]  # found, not built again
+    assert torch.equal(out, want) and torch.equal(lse, want_lse)
+    assert call.prepare(30, 40, "cpu") and built[-1] == (30, 40)  # other lengths: another translation
+    # a mask on block lists (its lists and intervals are built lazily): built too, whole or per part
+    rq, rk, rt = (torch.tensor(x, dtype=torch.int32) for x in random_slices(random.Random(3), 37, 45, 6))
+    assert FFACall(rq, rk, rt, backend="fa4").prepare(37, 45, "cpu")
+    (mask,) = [m for key, m in fa4_backend._masks._entries.items() if key[1:3] == (37, 45)]
+    assert mask.native is None
+    for m in (mask,) if mask.parts is None else [p.mask for p in mask.parts]:
+        assert "device_tensors" in vars(m)
+    # backends keeping nothing per mask, a device FA4 does not run on, bad lengths
+    assert not FFACall(qr, kr, ts, backend="torch").prepare(30, 30, "cpu")
+    assert not FFACall(qr, kr, ts, backend="auto").prepare(30, 30, "cpu")
+    assert not call.prepare(30, 30, "meta")
+    for bad in (-1, 2.0, True, None):
+        with pytest.raises(TypeError, match="seqlen_k must be an int >= 0"):
+            call.prepare(30, bad, "cpu")

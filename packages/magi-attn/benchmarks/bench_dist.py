@@ -216,6 +216,11 @@ _SWITCHES_BY_MODULE = {
                                  "the fa4 backend runs documents with a sliding window natively (1) or "
                                  "through block lists (0)"),
     },
+    ("magi_attention.runtime.runtime_mgr", "runtime manager"): {
+        "--prepare-ahead": ("PREPARE_AHEAD", "prepare ahead",
+                            "a prefetched key's build also does its runtime's first-call host work (1) "
+                            "or leaves it to the first call (0)"),
+    },
     ("magi_attention.runtime.dist_attn", "runtime"): {
         "--split-host-backward": ("SPLIT_HOST_BACKWARD", "split host backward",
                                   "the backward's host stage as two calls, the block no dK/dV reduce "
@@ -223,11 +228,6 @@ _SWITCHES_BY_MODULE = {
         "--host-stage-first": ("HOST_STAGE_FIRST", "host stage first",
                                "launch the host stage before issuing the K/V casts, which wait for the "
                                "inputs only (1), or issue the casts first (0)"),
-    },
-    ("magi_attention.runtime.graphs", "runtime"): {
-        "--graph-output-pool": ("OUTPUT_POOL", "graph output pool",
-                                "graphed calls' outputs from the runtime's own memory pool (1) or the "
-                                "process-wide allocator (0)"),
     },
 }
 #: flag -> (module, attribute, header line, label, what 1 and 0 mean)

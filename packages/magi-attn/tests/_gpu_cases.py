@@ -11,9 +11,11 @@ time so that its [g, S, S] scores fit.)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -180,11 +182,6 @@ def _run_one(case: dict, device: torch.device) -> dict:
         assert took == case["host_split"], f"{case['name']}: {took} of {world} ranks split the host stage's backward"
     replays = graphs.stats()["replays"] - replays_before
     assert replays >= case.get("graph_replays", 0), f"{case['name']}: {replays} whole-call graph replays"
-    if case.get("graph_replays"):  # a runtime holding graphs allocates their outputs from its own pool
-        from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
-
-        pool = dist_attn_runtime_dict_mgr.get_mgr(key).runtime.graphs._out_pool
-        assert (pool is not None) == graphs.OUTPUT_POOL, f"{case['name']}: output pool {pool}"
     return errs
 
 
@@ -207,19 +204,49 @@ def _run_fresh(case: dict, device: torch.device) -> dict:
     cfg = api.DistAttnConfig(overlap_config=api.OverlapConfig(degree=case["degree"]))
     key_args = (qr, kr, tm, T, T, hq, hk, d, api.compute_pad_size(T, dist.get_world_size(), chunk), chunk,
                 dist.group.WORLD, cfg)
-    if case.get("prefetch"):  # prefetched before the step, as the step before would
-        api.prefetch_flex_key(*key_args)
-    torch.cuda.synchronize()
-    with HostSyncs() as syncs:
-        key = api.magi_attn_flex_key(*key_args)
-        lq, lk, lv = (api.dispatch(x, key).detach().requires_grad_() for x in (q, k, v))
-        ldo = api.dispatch(do, key)
-        lout, _ = api.calc_attn(lq, lk, lv, key)
-        lout.backward(ldo)
-    torch.cuda.synchronize()
+    with _builds_watched() if case.get("prefetch") else contextlib.nullcontext([]) as built_on:
+        if case.get("prefetch"):  # prefetched before the step, as the step before would
+            api.prefetch_flex_key(*key_args)
+        torch.cuda.synchronize()
+        with HostSyncs() as syncs:
+            key = api.magi_attn_flex_key(*key_args)
+            lq, lk, lv = (api.dispatch(x, key).detach().requires_grad_() for x in (q, k, v))
+            ldo = api.dispatch(do, key)
+            lout, _ = api.calc_attn(lq, lk, lv, key)
+            lout.backward(ldo)
+        torch.cuda.synchronize()
     bad = dict(syncs.sites())
     assert not bad, f"{case['name']} rank {dist.get_rank()}: host syncs of a new mask's step: {bad}"
+    # prefetched: the first calls' host work (translations, bindings) was done on the prefetch thread
+    on_caller = [what for what, thread in built_on if thread == threading.current_thread().name]
+    assert not on_caller and (built_on or not case.get("prefetch")), \
+        f"{case['name']}: built at the first calls: {on_caller} (all: {built_on})"
     return errs
+
+
+_WATCHED = (("magi_ffa.backends.fa4", "build_slice_block_mask"), ("magi_grpcoll.impl.native", "cast_binding"),
+            ("magi_grpcoll.impl.native", "reduce_binding"))
+
+
+@contextlib.contextmanager
+def _builds_watched():
+    """A list that records (what, thread name) of each mask translation and native binding built inside."""
+    built, saved = [], []
+    for module, name in _WATCHED:
+        mod = importlib.import_module(module)
+        real = getattr(mod, name)
+        saved.append((mod, name, real))
+
+        def watched(*args, _real=real, _name=name, **kwargs):
+            built.append((_name, threading.current_thread().name))
+            return _real(*args, **kwargs)
+
+        setattr(mod, name, watched)
+    try:
+        yield built
+    finally:
+        for mod, name, real in saved:
+            setattr(mod, name, real)
 
 
 def _set_switches(switches: dict) -> dict:
@@ -264,6 +291,11 @@ def run_gpu_cases(rank: int, world: int, cases: list[dict]) -> dict:
             _set_switches(saved)
             for name in env:
                 os.environ.pop(name, None)
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except Exception as e:  # a sticky device error (an illegal address): no later case can run
+                status, detail = results.get(case["name"], ("error", ""))
+                raise RuntimeError(f"case {case['name']} left the device unusable ({e}); its own outcome: "
+                                   f"{status}\n{detail}") from e
         dist.barrier()
     return results

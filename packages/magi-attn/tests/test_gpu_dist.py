@@ -52,11 +52,6 @@ CASES = [
     dict(_BASE, name="fa4_native_cuda_graphs", mask="varlen_causal", seed=11, degree=2, repeat=6,
          graph_replays=2,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
-    # the same with the outputs from the runtime's own memory pool once it holds graphs
-    # (graphs.OUTPUT_POOL, off by default)
-    dict(_BASE, name="fa4_native_cuda_graphs_output_pool", mask="varlen_causal", seed=11, degree=2,
-         repeat=6, graph_replays=2, switches={"magi_attention.runtime.graphs:OUTPUT_POOL": True},
-         env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
     # the same through the Triton kernels (passed on 2 x H200 with MAGI_ATTENTION_CUDA_GRAPHS=1, before
     # auto took the Triton kernels in)
     dict(_BASE, name="native_cuda_graphs", mask="varlen_causal", seed=12, degree=2, repeat=6, graph_replays=2,

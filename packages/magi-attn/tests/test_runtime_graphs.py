@@ -21,10 +21,6 @@ class _EagerGraphs:
     def __init__(self):
         self.kinds = []
 
-    def outputs(self):  # where the runtime allocates the call's outputs, just before run()
-        self.kinds.append("outputs")
-        return contextlib.nullcontext()
-
     def run(self, key, launch):
         self.kinds.append(key[0])
         launch()
@@ -59,7 +55,7 @@ def _graph_path_vs_plain(rank, world, mask):
     for _ in range(2):
         for got, want in zip(step(), plain):
             assert got.dtype == want.dtype and torch.equal(got, want)
-    assert graphs.kinds == ["outputs", "fwd", "outputs", "bwd"] * 2, graphs.kinds
+    assert graphs.kinds == ["fwd", "bwd"] * 2, graphs.kinds
     return runtime.contributors
 
 
@@ -299,56 +295,3 @@ def test_only_the_most_recently_used_runtimes_keep_their_graphs(cuda_faked, monk
             rg.run(("fwd",), launch)
     assert len(ran) == 3  # only b ran its launches, eagerly, and never captured again
     assert len(_FakeGraph.made) == 3 and len(b._graphs) == 0
-
-
-def test_graphed_outputs_come_from_the_runtimes_own_pool_while_it_holds_graphs(cuda_faked, monkeypatch):
-    from magi_attention.runtime import graphs
-
-    made, used = [], []
-
-    class _Pool:
-        def __init__(self):
-            made.append(self)
-
-    @contextlib.contextmanager
-    def use_mem_pool(pool, device=None):
-        used.append((pool, device))
-        yield
-
-    monkeypatch.setattr(torch.cuda, "MemPool", _Pool)
-    monkeypatch.setattr(torch.cuda, "use_mem_pool", use_mem_pool)
-    monkeypatch.setattr(graphs, "RUNTIMES_WITH_GRAPHS", 1)
-    monkeypatch.setattr(graphs, "OUTPUT_POOL", True)
-    state, ran = cuda_faked, []
-    launch = _layer_launch(state, ran)
-    cuda = torch.device("cuda", 0)
-    a, b = (graphs.RuntimeGraphs(group=None, device=cuda, native=False) for _ in range(2))
-    for _ in range(2):  # no graph yet (a runtime per new mask never gets one): the allocator as it is
-        with a.outputs():
-            pass
-        a.run(("fwd",), launch)
-    assert len(a._graphs) == 1 and not made and not used
-    for _ in range(3):  # holding a graph: one pool, made once
-        with a.outputs():
-            pass
-    assert len(made) == 1 and used == [(made[0], cuda)] * 3
-    monkeypatch.setattr(graphs, "OUTPUT_POOL", False)
-    with a.outputs():  # switched off: the allocator again, and the pool let go
-        pass
-    assert len(used) == 3 and a._out_pool is None
-    monkeypatch.setattr(graphs, "OUTPUT_POOL", True)
-    with a.outputs():
-        pass
-    assert len(made) == 2 and a._out_pool is made[1]
-    for _ in range(2):  # b's first graph: a, the least recently used, drops its graphs and its pool
-        b.run(("fwd",), launch)
-    assert len(a._graphs) == 0 and a._out_pool is None
-    with a.outputs():
-        pass
-    assert a._out_pool is None and len(used) == 4
-    cpu = graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=False)
-    for _ in range(2):
-        cpu.run(("fwd",), launch)
-    with cpu.outputs():  # not CUDA: no pool
-        pass
-    assert len(cpu._graphs) == 1 and len(made) == 2

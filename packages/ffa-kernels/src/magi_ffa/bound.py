@@ -18,7 +18,7 @@ import torch
 from magi_ffa import api
 from magi_ffa.backends.base import FFAInputs
 from magi_ffa.errors import FFATypeError
-from magi_ffa.select import select_backend
+from magi_ffa.select import get_backend, resolve_backend_name, select_backend
 
 __all__ = ["FFACall"]
 
@@ -67,6 +67,23 @@ class FFACall:
         if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
             q, k, v = (t.contiguous() for t in (q, k, v))
         return FFAInputs(q, k, v, *fields, memo=memo), impl
+
+    def prepare(self, seqlen_q: int, seqlen_k: int, device) -> bool:
+        """Build now what the first call with q of ``seqlen_q`` rows and k of ``seqlen_k`` rows on
+        ``device`` would build from the ranges alone (interface 1.5): the fa4 backend's mask
+        translation. Why: a caller that knows its next mask early (the distributed runtime, on a
+        background thread while the GPU runs the current step) then pays nothing for it in the
+        call. Returns whether the backend had anything to build (False for triton and torch, which
+        keep nothing per mask that needs the call's lengths, or when the backend is chosen per call).
+        Device data is uploaded on the current CUDA stream."""
+        for name, value in (("seqlen_q", seqlen_q), ("seqlen_k", seqlen_k)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise FFATypeError(f"FFACall.prepare(): {name} must be an int >= 0, got {value!r}.")
+        name = resolve_backend_name(self._backend)
+        impl = get_backend(name) if name != "auto" else None
+        if impl is None or not impl.is_available():
+            return False
+        return bool(impl.prepare_mask(*self._ranges, seqlen_q, seqlen_k, device))
 
     def forward(self, q, k, v, *, softmax_scale: float | None, softcap: float = 0.0, out=None, lse=None,
                 max_logits=None, return_max_logits: bool = False, overwrite: bool = False):

@@ -230,6 +230,21 @@ def _run_cast(plan, input, output, group, *, async_op=False, input_lse=None, out
     return _cast_result(work, len(inputs), listed, input_lse is not None)
 
 
+def _bind_ahead(fn, plan, group, impl, row_bytes) -> bool:
+    """``plan.bind_ahead``: the arguments checked, then the implementation's ``bind_ahead``."""
+    _check_plan_group(fn, plan, group)
+    if isinstance(row_bytes, (int, str, bytes)) or not hasattr(row_bytes, "__iter__"):
+        raise GrpCollError(f"{fn}(): row_bytes must be a sequence of positive ints; got {row_bytes!r}.")
+    sizes = tuple(row_bytes)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
+        raise GrpCollError(f"{fn}(): row_bytes must be a sequence of positive ints; got {row_bytes!r}.")
+    try:
+        obj = get_impl(select_impl_name(impl))
+    except ValueError as e:
+        raise GrpCollError(f"{fn}(): {e}") from None
+    return bool(obj.bind_ahead(plan, group, sizes))
+
+
 def _run_reduce(plan, input, output, group, *, async_op=False, reduce_op="sum", acc_reduce=True,
                 comm_dtype=None, input_lse=None, output_lse=None, fold_at_wait=False, impl=None,
                 _fn="GroupReducePlan.reduce", _err=None, **kwargs):

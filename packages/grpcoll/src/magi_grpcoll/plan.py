@@ -316,6 +316,17 @@ class GroupCastPlan(_SplitLengths):
         return _run_cast(self, input, output, group, async_op=async_op, input_lse=input_lse,
                          output_lse=output_lse, impl=impl, **kwargs)
 
+    def bind_ahead(self, group=None, *, impl=None, row_bytes=()) -> bool:
+        """Do now what this plan's first ``cast`` through ``impl`` would do on the host before moving
+        anything (interface 1.7): the native binding and its copy tables for rows of each of
+        ``row_bytes`` bytes. Why: a plan built ahead (on a background thread, while the GPU works)
+        then costs its first call nothing extra. Returns whether there was anything to do (False
+        for a2av and hier, and for native without ``group_lists``). Talks to no peer; uploads its
+        tables on the current CUDA stream."""
+        from magi_grpcoll.api import _bind_ahead
+
+        return _bind_ahead("GroupCastPlan.bind_ahead", self, group, impl, row_bytes)
+
     def __repr__(self) -> str:
         return (f"GroupCastPlan(rank={self.rank}/{self.world_size}, in={self.input_len} rows/"
                 f"{len(self.input_split_sizes)} splits, out={self.output_len} rows/"
@@ -387,6 +398,13 @@ class GroupReducePlan(_SplitLengths):
         return GroupCastPlan.build(self.output_split_sizes, self.input_split_sizes, self.src_indices,
                                    self.dst_index, rank=self.rank, world_size=self.world_size,
                                    device=self.device, group_lists=_transposed(self.group_lists))
+
+    def bind_ahead(self, group=None, *, impl=None, row_bytes=()) -> bool:
+        """As :meth:`GroupCastPlan.bind_ahead`, for this plan's first ``reduce`` (not one folding at
+        the wait, which binds apart)."""
+        from magi_grpcoll.api import _bind_ahead
+
+        return _bind_ahead("GroupReducePlan.bind_ahead", self, group, impl, row_bytes)
 
     def reduce(self, input, output, group=None, *, async_op: bool = False, reduce_op: str = "sum",
                acc_reduce: bool = True, comm_dtype=None, input_lse=None, output_lse=None,

@@ -95,6 +95,11 @@ class Backend:
     def require(self) -> None:
         """Raise the ImportError (with an install hint) of a missing optional dependency."""
 
+    def prepare_mask(self, q_ranges, k_ranges, attn_type_map, seqlen_q: int, seqlen_k: int, device) -> bool:
+        """Build now what a first call on this mask would build from the ranges alone (``FFACall.prepare``);
+        whether anything was built. Backends that keep nothing per mask have nothing to do."""
+        return False
+
     def not_supported_reasons(self, inp: FFAInputs) -> list[str]:
         """Why this backend cannot run `inp` (empty list: it can)."""
         reasons: list[str] = []

@@ -50,6 +50,11 @@ class GrpCollImpl:
                input_lse, output_lse, **kwargs):
         raise NotImplementedError
 
+    def bind_ahead(self, plan, group, row_bytes: tuple[int, ...]) -> bool:
+        """Do now the per-plan host work a first call would do (``GroupCastPlan.bind_ahead``);
+        whether anything was done. Implementations without per-plan state have none."""
+        return False
+
 
 def cast_pairs(inputs, outputs, input_lse=None, output_lse=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The (source, destination) tensors one cast moves: every input and, last, the lse."""

@@ -493,6 +493,25 @@ class NativeImpl(GrpCollImpl):
             b = store[plan] = reduce_binding(plan, counts, fraction)
         return b
 
+    def bind_ahead(self, plan, group, row_bytes: tuple[int, ...]) -> bool:
+        """The plan's binding and its tables for rows of each of ``row_bytes`` bytes, made now. Only
+        from ``group_lists``: without them binding exchanges meta with the peers, a collective that
+        every rank would have to make at the same point (and never from a background thread)."""
+        from magi_grpcoll.plan import GroupReducePlan
+
+        if plan.group_lists is None:
+            return False
+        if isinstance(plan, GroupReducePlan):
+            b, kinds = self._bind_reduce(plan, group), ("send",)
+        else:
+            b, kinds = self._bind_cast(plan, group), ("post",) if COPY_ENGINE_CASTS else ("push", "post")
+            if COPY_ENGINE_CASTS:
+                b.runs("push")
+        for rb in row_bytes:
+            for kind in kinds:
+                b.table(kind, rb)
+        return True
+
     def _regions(self, group, device, sizes):
         """Byte offsets of consecutive 16-byte aligned regions in this call's buffer half, the
         half's own offset and the buffer's generation."""

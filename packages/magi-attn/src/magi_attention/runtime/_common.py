@@ -73,6 +73,18 @@ def plans_take_group_lists() -> bool:
     return _compat.offers(_compat.grpcoll, ">=1.6")
 
 
+def binds_ahead() -> bool:
+    """Whether magi_grpcoll's plans do their first call's host work on request (``bind_ahead``,
+    interface 1.7): a prefetched runtime then binds its native plans on the prefetch thread."""
+    return _compat.offers(_compat.grpcoll, ">=1.7")
+
+
+def prepares_masks() -> bool:
+    """Whether magi_ffa's bound calls build their mask translation on request (``FFACall.prepare``,
+    interface 1.5): a prefetched runtime then translates its calls on the prefetch thread."""
+    return bound_calls() and _compat.offers(_compat.ffa, ">=1.5")
+
+
 def native_folds_at_wait() -> bool:
     """Whether magi_grpcoll's native collectives fold a ``fold_at_wait`` reduce themselves (their
     ``FOLD_AT_WAIT`` switch, on by default; a magi_grpcoll without the switch: no) instead of

@@ -20,6 +20,7 @@ from typing import Any
 from magi_attention.env import dist_attn_runtime_dict_size
 from magi_attention.errors import KeyNotFoundError, MagiAttentionError
 from magi_attention.meta.key import group_ranks
+from magi_attention.runtime import prefetch
 
 __all__ = ["DistAttnRuntimeDict", "DistAttnRuntimeDictManager", "dist_attn_runtime_dict_mgr"]
 
@@ -109,7 +110,7 @@ def resolved(d: DistAttnRuntimeDict, key: Any, value: Any) -> Any:
     if not isinstance(value, Future):  # a manager, or None
         return value
     try:
-        mgr = value.result()
+        mgr = prefetch.ready(value)
     except BaseException:
         if dict.get(d, key) is value:
             del d[key]

@@ -41,10 +41,12 @@ from magi_attention.runtime._common import (
     _FFARuntimeMixin,
     _save_for_backward,
     _saved_inputs,
+    binds_ahead,
     cast_lists,
     kernel_backend,
     native_folds_at_wait,
     native_holds_tensors,
+    prepares_masks,
     reduce_folds_at_wait,
     value_dtype,
     writes_buffers,
@@ -68,6 +70,12 @@ HOST_STAGE_FIRST = True
 #: it hid most of the exposed reduce, but FA4's backward took 5-7% longer as two calls, and the
 #: step was no faster (BENCHMARKS.md, stop 37).
 SPLIT_HOST_BACKWARD = False
+
+
+#: bytes per element of the K/V casts' rows and of the dK/dV reduces' rows, as the latest runtime
+#: calls ran them (0: none yet): what ``prepare_ahead`` sizes a prefetched runtime's native copy
+#: tables for, since a key names the heads and the head dim but not the dtype
+recent_itemsizes = {"cast": 0, "reduce": 0}
 
 
 def _empty_or(given: torch.Tensor | None, shape, dtype: torch.dtype, device) -> torch.Tensor:
@@ -161,6 +169,26 @@ class DistAttnRuntime(_FFARuntimeMixin):
         # capturable, a2a-v's NCCL calls are not tried; a kept tail outlives its forward
         self.graphs = _graphs.make_runtime_graphs(flags, cp_group, device, self.num_stages, self.save_tail)
 
+    def prepare_ahead(self, seqlen: int, row_elems: int) -> None:
+        """Do now the host work of this runtime's first calls (on the prefetch thread: prefetch.py):
+        every stage's comm plans; with native collectives their bindings and copy tables for rows
+        of ``row_elems`` elements at the itemsizes the latest calls used; each kernel call's mask
+        translation for a local q and k of ``seqlen`` rows. Device data is uploaded on the current
+        stream. Talks to no other rank (the bindings come from every rank's plan)."""
+        bind = self.flags.native_grpcoll and self.group_casts is not None and binds_ahead()
+        for s in range(self.num_stages):
+            cast, reduce = self._stage_plans(s, self.device)
+            if bind:
+                for plan, kind in ((cast, "cast"), (reduce, "reduce")):
+                    size = recent_itemsizes[kind] * row_elems
+                    plan.bind_ahead(self.cp_group, impl="native", row_bytes=(size,) if size else ())
+        if prepares_masks():
+            calls = [(self.host_calc, seqlen)] + [(c, int(st.num_recv_tokens))
+                                                  for c, st in zip(self.stage_calcs, self.stages)]
+            for calc, seqlen_k in calls:
+                if not calc.empty:
+                    self._bound(calc).prepare(seqlen, seqlen_k, self.device)
+
     # ---------------------------------------------------------------- communication
     def _stage_plans(self, s: int, device: torch.device):
         """Stage ``s``'s K/V cast plan (of k and v as a list, or of the doubled split lists) and its
@@ -203,6 +231,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         after ``ready``'s event only when given; returns (work, buf). Read the buffer after
         ``work.wait_post_process()``."""
         buf = self._recv_buffer(kv, s) if buf is None else buf
+        recent_itemsizes["cast"] = buf.element_size()
         n_recv = buf.shape[0] // 2
         dst = [buf[:n_recv], buf[n_recv:]] if self.cast_lists else buf
         plan = self._stage_plans(s, buf.device)[0]
@@ -237,6 +266,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         """Issue stage ``s``'s transpose: sum partial dK/dV [2R] into owners' ``out`` [2Sk]
         (``fold_at_wait``: ``out`` is still being written; it is read when the work is waited)."""
         extra = {"fold_at_wait": True} if fold_at_wait else {}
+        recent_itemsizes["reduce"] = dkv.element_size()
         return self._stage_plans(s, dkv.device)[1].reduce(dkv, out, self.cp_group, async_op=True,
                                                           reduce_op="sum", **extra, **self.comm_kwargs)
 
@@ -247,9 +277,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         lse leaves the call, and both are allocated here, outside the graph)."""
         if self.graphs is None or sink is not None or return_max_logits:
             return self._forward(q, k, v, sink, scale, softcap, return_max_logits)
-        with self.graphs.outputs():
-            out = torch.empty((*q.shape[:2], v.shape[-1]), dtype=q.dtype, device=q.device)
-            lse = torch.empty(q.shape[:2], dtype=_acc_dtype(q.dtype), device=q.device)
+        out = torch.empty((*q.shape[:2], v.shape[-1]), dtype=q.dtype, device=q.device)
+        lse = torch.empty(q.shape[:2], dtype=_acc_dtype(q.dtype), device=q.device)
         key = ("fwd", scale, softcap, *(_graphs.tensor_key(t) for t in (q, k, v, out, lse)))
         self.graphs.run(key, lambda: self._forward(q, k, v, None, scale, softcap, False, into=(out, lse)))
         return out, lse, None, None
@@ -310,9 +339,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         if self.graphs is None or sink is not None or tail is not None:
             return self._backward(dout, q, k, v, out, lse, sink, tail, scale, softcap, need_dsink)
         sk = k.shape[0]
-        with self.graphs.outputs():
-            dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            dkv = torch.empty((2 * sk, *k.shape[1:]), dtype=k.dtype, device=k.device)
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dkv = torch.empty((2 * sk, *k.shape[1:]), dtype=k.dtype, device=k.device)
         key = ("bwd", scale, softcap, *(_graphs.tensor_key(t) for t in (dout, q, k, v, out, lse, dq, dkv)))
         self.graphs.run(key, lambda: self._backward(dout, q, k, v, out, lse, None, None, scale, softcap, False,
                                                     into=(dq, dkv)))

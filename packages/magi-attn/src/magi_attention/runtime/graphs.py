@@ -50,7 +50,6 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 
@@ -63,15 +62,6 @@ CAPACITY = 512  # graphs per runtime: a forward and a backward per layer, each a
 IDLE_FLOOR = 4  # captures a runtime may hold that have not replayed yet, at least
 PROBE_EVERY = 16  # a guard that refuses lets every so many refused captures through (addresses may settle)
 RUNTIMES_WITH_GRAPHS = 4  # runtimes of the process that keep graphs (each its own pool), most recently used
-#: On: a graphed call's outputs (out and lse, dq and dK/dV) come from a memory pool of the runtime's
-#: own (``RuntimeGraphs.outputs``) while it holds graphs. The keys hold the outputs' addresses, which
-#: wander when the caller frees the outputs at other points of a step (bench_dist clears its
-#: gradients every step: about half of its calls replay). Off: measured no faster and heavier (2 x
-#: H200, BENCHMARKS.md "Stop 38"). A pool from the first call on ran 83 of bench_dist's 104 calls
-#: from graphs instead of 46-53, at the same speed, but kept a pool per runtime, one per new mask.
-#: From the first graph on (as now), 40-48 calls, and 1.9 GiB (64k tokens) to 5.4 GiB (128k) more
-#: peak reserved memory.
-OUTPUT_POOL = False
 _holders: OrderedDict = OrderedDict()  # id(RuntimeGraphs) -> weakref, the most recently used last
 #: over every runtime of the process; "replays" counts a capture's own first run too
 _totals = {"replays": 0, "captures": 0, "eager": 0, "refused": 0, "capture us": 0}
@@ -180,7 +170,6 @@ class RuntimeGraphs:
     def __init__(self, group, device: torch.device, native: bool, capture: Callable | None = None) -> None:
         self._group, self._device, self._native = group, device, native
         self._pool = None
-        self._out_pool = None  # OUTPUT_POOL's pool, made at the first call that uses it
         self._stream = None
         self._failed: str | None = None
         self._guard = _CaptureGuard()
@@ -199,20 +188,6 @@ class RuntimeGraphs:
             else:  # its first graph: room for its pool
                 self._hold()
 
-    def outputs(self):
-        """Context under which the runtime allocates a graphed call's outputs: with ``OUTPUT_POOL`` on,
-        on CUDA and while the runtime holds graphs, its own memory pool; else the allocator as it is.
-        Why only while it holds graphs: a pool keeps the blocks of the outputs freed into it, and a
-        runtime lives on in the cache after its last call. A new mask every step leaves a runtime a
-        step, none of which captures; at most ``RUNTIMES_WITH_GRAPHS`` runtimes hold graphs, and each
-        pool goes with its runtime's graphs (``_drop``)."""
-        if not OUTPUT_POOL or self._device.type != "cuda" or not len(self._graphs):
-            self._out_pool = None
-            return nullcontext()
-        if self._out_pool is None:
-            self._out_pool = torch.cuda.MemPool()
-        return torch.cuda.use_mem_pool(self._out_pool, device=self._device)
-
     def _hold(self) -> None:
         """Count this runtime among those keeping graphs; the least recently used beyond
         ``RUNTIMES_WITH_GRAPHS`` drop theirs."""
@@ -225,11 +200,11 @@ class RuntimeGraphs:
                 older._drop(f"{RUNTIMES_WITH_GRAPHS} other runtimes used their graphs more recently")
 
     def _drop(self, why: str) -> None:
-        """Free this runtime's graphs and their pools; its calls run eagerly from now on."""
+        """Free this runtime's graphs and their pool; its calls run eagerly from now on."""
         self._failed = why  # keeps the new LaunchGraphs below switched off, as a failed capture does
         self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, enabled=lambda: self._failed is None,
                                                     totals=_totals)  # the old one's graphs die with it
-        self._pool = self._out_pool = None
+        self._pool = None
 
     def _native_state(self) -> tuple[int, int] | None:
         """The group's (native call count, buffer generation), or None (no native calls)."""

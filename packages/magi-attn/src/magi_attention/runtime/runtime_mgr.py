@@ -30,6 +30,12 @@ __all__ = ["DistAttnRuntimeMgr", "init_dist_attn_runtime_key", "init_dist_attn_r
            "get_or_create_mgr", "prefetch_mgr", "check_flag_comb"]
 
 
+#: On: a prefetched key's build also does its runtime's first-call host work (stage plans, native
+#: bindings, mask translations: ``DistAttnRuntimeMgr.prepare_ahead``) on the prefetch thread; off:
+#: the first calc_attn does it, as for a key made at once.
+PREPARE_AHEAD = True
+
+
 def _check_int(fn: str, name: str, v: Any, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, (int,)) and not (
             isinstance(v, torch.Tensor) and v.numel() == 1):
@@ -162,6 +168,13 @@ class DistAttnRuntimeMgr:
                                            key.cp_group, key.flags, self.device, comm_kwargs, group_plans)
         self._position_ids: torch.Tensor | None = None
 
+    def prepare_ahead(self) -> None:
+        """The runtime's first-call host work, done now (``DistAttnRuntime.prepare_ahead``; the
+        QO-comm runtime has none): called on the prefetch thread."""
+        if isinstance(self.runtime, DistAttnRuntime):
+            self.runtime.prepare_ahead(int(self.dispatch_meta.shard_seqlen),
+                                       self.key.num_heads_kv * self.key.head_dim)
+
     def __repr__(self) -> str:
         return (f"DistAttnRuntimeMgr(rank={self.rank}/{self.cp_size}, "
                 f"stages={self.runtime.num_stages}, shard_seqlen={self.dispatch_meta.shard_seqlen})")
@@ -268,4 +281,11 @@ def prefetch_mgr(key: DistAttnRuntimeKey) -> None:
     (runtime/prefetch.py); a key already cached is only refreshed."""
     d = dist_attn_runtime_dict_mgr.dict_for(key.cp_group)
     if d.get(key) is None:
-        d.put(key, build_in_background(lambda: init_dist_attn_runtime_mgr(key)))
+        d.put(key, build_in_background(lambda: _built_ahead(key)))
+
+
+def _built_ahead(key: DistAttnRuntimeKey) -> DistAttnRuntimeMgr:
+    mgr = init_dist_attn_runtime_mgr(key)
+    if PREPARE_AHEAD:
+        mgr.prepare_ahead()
+    return mgr

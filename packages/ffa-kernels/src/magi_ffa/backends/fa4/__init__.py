@@ -58,11 +58,17 @@ def slice_block_mask(inp: FFAInputs) -> SliceBlockMask:
 
 def _translated(inp: FFAInputs, block_size: tuple[int, int]) -> SliceBlockMask:
     hr = range_cache.host_ranges(inp.q_ranges, inp.k_ranges, inp.attn_type_map)
-    sq, sk = inp.q.shape[0], inp.k.shape[0]
+    return _mask_of(hr, inp.q.shape[0], inp.k.shape[0], block_size, inp.q.device)
+
+
+def _mask_of(hr: range_cache.HostRanges, sq: int, sk: int, block_size: tuple[int, int],
+             device: torch.device) -> SliceBlockMask:
+    """The translation of `hr` at these lengths, block size and device, cached by content: a call and
+    ``FA4Backend.prepare_mask`` made ahead of it find the same entry."""
     return _masks.get_or_build(
-        (hr.key, sq, sk, block_size, str(inp.q.device)),
+        (hr.key, sq, sk, block_size, str(device)),
         lambda: build_slice_block_mask(hr.q.numpy(), hr.k.numpy(), hr.types.numpy(), sq, sk, block_size,
-                                       device=inp.q.device))
+                                       device=device))
 
 
 def _rows(t: torch.Tensor, start: int, end: int) -> torch.Tensor:
@@ -100,6 +106,26 @@ class FA4Backend(Backend):
         if inp.q.device.type == "cuda" and _arch(inp.q.device) < 90:
             reasons.append(f"compute capability {_arch(inp.q.device)} (FA4 needs sm90 or newer)")
         return reasons
+
+    def prepare_mask(self, q_ranges, k_ranges, attn_type_map, seqlen_q: int, seqlen_k: int, device) -> bool:
+        """The mask's translation (native form, or block lists and row intervals, of the mask or of its
+        parts) made now and cached, as the first call at these lengths on ``device`` would make it;
+        uploads on the current stream.
+        Nothing on a device FA4 does not run on."""
+        from magi_ffa.backends.fa4.kernel import sparse_block_size
+
+        device = torch.device(device)
+        if device.type not in self.DEVICES:
+            return False
+        if device.type == "cuda" and device.index is None:  # the key names the device as a call's q does
+            device = torch.device("cuda", torch.cuda.current_device())
+        if _arch(device) < 90:
+            return False
+        hr = range_cache.host_ranges(q_ranges, k_ranges, attn_type_map)
+        mask = _mask_of(hr, int(seqlen_q), int(seqlen_k), sparse_block_size(_arch(device)), device)
+        for m in (mask,) if mask.parts is None else (part.mask for part in mask.parts):
+            m.device_tensors  # noqa: B018 - the block lists and intervals a call hands FA4, built lazily
+        return True
 
     @staticmethod
     def _refuse(inp: FFAInputs, max_logits=None) -> None:
