@@ -115,11 +115,21 @@ class Timer:
         self.blocks = blocks
         self.cuda = device.type == "cuda"
 
-    def measure(self, attn, q, k, v, dout) -> tuple[float, float]:
+    def measure(self, attn, q, k, v, dout, heads_first: bool = False) -> tuple[float, float]:
         """(fwd seconds, bwd seconds) of all layers of ``attn(q, k, v) -> out`` (leaves q, k, v):
-        slowest rank's median of ``repeats`` runs."""
-        fwd, leaves = stack_layers(attn, q, k, v, self.layers, self.blocks)
+        slowest rank's median of ``repeats`` runs. ``heads_first``: the tensors are [1, H, S, D]
+        (SDPA's layout, torch's ring) and the blocks see each token's heads as a model's would, through
+        a transpose each way (as a model calling SDPA transposes around it)."""
+        blocks = self.blocks
+        if blocks is not None and heads_first:
+            blocks = ([_tokens_first(b) for b in blocks[0]], blocks[1])
+        fwd, leaves = stack_layers(attn, q, k, v, self.layers, blocks)
         return measure(fwd, leaves, dout, self.device, self.warmup, self.repeats)
+
+
+def _tokens_first(block):
+    """``block`` (over [S, H, D]) applied to a [1, H, S, D] tensor, the result in that layout again."""
+    return lambda x: block(x[0].transpose(0, 1)).transpose(0, 1).unsqueeze(0)
 
 
 # ------------------------------------------------------------------------------------ methods
@@ -395,7 +405,7 @@ def run_ring(kind, q, k, v, do, timer):
             lq, lk, lv = leaf(bq), leaf(bk), leaf(bv)
             return timer.measure(
                 lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, is_causal=causal),
-                lq, lk, lv, bdo)
+                lq, lk, lv, bdo, heads_first=True)
     finally:
         if options is not None:
             options.enable_load_balance = saved

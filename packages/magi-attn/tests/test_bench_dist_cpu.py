@@ -117,3 +117,18 @@ def test_feed_forward_blocks_between_stacked_layers():
     torch.testing.assert_close(out.double(), x, rtol=1e-5, atol=1e-5)
     out.square().sum().backward()
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
+
+
+def test_feed_forward_blocks_on_sdpas_layout():
+    """torch's ring runs on [1, H, S, D]: its blocks see each token's heads through a transpose, and
+    give what the blocks give on [S, H, D] (the ring baseline failed with --ffn-mult before)."""
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    import bench_dist
+    from _common import feed_forward_layers
+
+    blocks, _ = feed_forward_layers(1, 3 * 4, 2, torch.device("cpu"), torch.float64, seed=2)
+    x = torch.randn(7, 3, 4, dtype=torch.float64)
+    got = bench_dist._tokens_first(blocks[0])(x.transpose(0, 1).unsqueeze(0).contiguous())
+    assert got.shape == (1, 3, 7, 4) and torch.equal(got[0].transpose(0, 1), blocks[0](x))

@@ -62,8 +62,9 @@ CASES = [
          env={"MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
     dict(_BASE, name="fa4_native_fresh_masks", mask="varlen_causal", seed=30, degree=2, fresh_masks=2,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
-    # the same with every key prefetched (api.prefetch_flex_key: built on a thread, on this rank's device)
-    dict(_BASE, name="fa4_native_fresh_masks_prefetch", mask="varlen_causal", seed=30, degree=2, fresh_masks=2,
+    # the same with every key prefetched (api.prefetch_flex_key: built on a thread, on this rank's device),
+    # masks of its own (a key the case above made is found cached: nothing would be built)
+    dict(_BASE, name="fa4_native_fresh_masks_prefetch", mask="varlen_causal", seed=35, degree=2, fresh_masks=2,
          prefetch=True, env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
     # the same through the default a2av collectives (added in stop 35, not yet run on a GPU)
     dict(_BASE, name="fa4_a2av_fresh_masks", mask="varlen_causal", seed=40, degree=2, fresh_masks=2,
