@@ -367,3 +367,6 @@ def test_a_mask_prepared_ahead_is_the_one_the_first_call_uses(fake_fa4, monkeypa
     for bad in (-1, 2.0, True, None):
         with pytest.raises(TypeError, match="seqlen_k must be an int >= 0"):
             call.prepare(30, bad, "cpu")
+    for bad in ("nowhere", 3.5, None):
+        with pytest.raises(TypeError, match="FFACall.prepare\\(\\): device must be a torch.device"):
+            call.prepare(30, 30, bad)

@@ -79,6 +79,11 @@ class FFACall:
         for name, value in (("seqlen_q", seqlen_q), ("seqlen_k", seqlen_k)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise FFATypeError(f"FFACall.prepare(): {name} must be an int >= 0, got {value!r}.")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise FFATypeError(f"FFACall.prepare(): device must be a torch.device or a device string, "
+                               f"got {device!r}.") from None
         name = resolve_backend_name(self._backend)
         impl = get_backend(name) if name != "auto" else None
         if impl is None or not impl.is_available():
