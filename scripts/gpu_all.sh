@@ -85,16 +85,18 @@ SRC_PATHS=${FFA_SRC:-$PWD/packages/ffa-kernels/src}:${GRPCOLL_SRC:-$PWD/packages
 export PYTHONPATH=$SRC_PATHS${PYTHONPATH:+:$PYTHONPATH}
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
 
+# TEST_ARGS / TEST_FA4_ARGS are read as shell words, so quotes group: TEST_ARGS="-k 'not fa4'"
+eval "test_args=(${TEST_ARGS:-})" && eval "test_fa4_args=(${TEST_FA4_ARGS:-})" || exit 2
 if has tests; then  # TEST_PKGS picks packages (default: all three with GPU tests); TEST_ARGS adds pytest
   # arguments (e.g. -s, which shows the runtime suite's per-case progress; allow ~4 min for that suite on a
   # fresh machine with FA4, whose kernels compile per case)
   for pkg in ${TEST_PKGS:-ffa-kernels grpcoll magi-attn}; do
-    run "test-$pkg" $PY -m pytest -q -m gpu -p no:cacheprovider ${TEST_ARGS:-} "packages/$pkg/tests"
+    run "test-$pkg" $PY -m pytest -q -m gpu -p no:cacheprovider "${test_args[@]}" "packages/$pkg/tests"
   done
 fi
 if has fa4 || has test-fa4; then
   run smoke-fa4 $PY scripts/fa4_smoke.py
-  run test-fa4 $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests/test_gpu_fa4.py ${TEST_FA4_ARGS:-}
+  run test-fa4 $PY -m pytest -q -m gpu -p no:cacheprovider packages/ffa-kernels/tests/test_gpu_fa4.py "${test_fa4_args[@]}"
 fi
 if has fa4 || has profile-fa4; then
   run profile-fa4 $PY packages/ffa-kernels/benchmarks/profile_fa4.py ${PROFILE_FA4_ARGS:-}
