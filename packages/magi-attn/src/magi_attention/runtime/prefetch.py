@@ -10,9 +10,10 @@ the manager is ready when the step that uses it asks. The solver's calls release
 What runs on the thread: ``runtime_mgr.init_dist_attn_runtime_mgr``, which talks to no other rank,
 then the runtime's first-call host work (``DistAttnRuntime.prepare_ahead``: the stages' comm plans,
 their native bindings and copy tables, the kernel calls' mask translations). The cache entry is
-made at once, on the caller's thread, as a ``Future`` of the manager, so the cp group's LRU sees the
-same sequence of keys on every rank, as it does without prefetching. Whoever looks the key up first
-waits for the build (``ready``), and the cache then holds the manager.
+made at once, on the caller's thread, as the build's ``Future`` (of the manager and its uploads'
+event), so the cp group's LRU sees the same sequence of keys on every rank, as it does without
+prefetching. Whoever looks the key up first waits for the build (``ready``), and the cache then
+holds the manager.
 
 On CUDA that work uploads small index tables. It does so on a stream of the thread's own, which
 first waits (on the GPU, not the host) for the work the caller had queued when it asked: memory an
