@@ -233,9 +233,8 @@ def _run_cast(plan, input, output, group, *, async_op=False, input_lse=None, out
 def _bind_ahead(fn, plan, group, impl, row_bytes) -> bool:
     """``plan.bind_ahead``: the arguments checked, then the implementation's ``bind_ahead``."""
     _check_plan_group(fn, plan, group)
-    if isinstance(row_bytes, (int, str, bytes)) or not hasattr(row_bytes, "__iter__"):
-        raise GrpCollError(f"{fn}(): row_bytes must be a sequence of positive ints; got {row_bytes!r}.")
-    sizes = tuple(row_bytes)
+    iterable = hasattr(row_bytes, "__iter__") and not isinstance(row_bytes, (str, bytes))
+    sizes = tuple(row_bytes) if iterable else (None,)
     if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
         raise GrpCollError(f"{fn}(): row_bytes must be a sequence of positive ints; got {row_bytes!r}.")
     try:

@@ -88,8 +88,8 @@ def prefetch_flex_key(q_ranges, k_ranges, attn_mask_type, total_seqlen_q: int, t
 
     Call it for the next batch's mask while the current step runs: the dispatch choice, the plans
     and the first calls' host work (stage comm plans, native collective bindings, fa4 mask
-    translations) are then ready, or nearly, when that step starts. The arguments are checked now; a failure of
-    the build is raised where the key is first used. ``dispatch`` / ``calc_attn`` with the key, or
+    translations) are then ready, or nearly, when that step starts. The arguments are checked now;
+    a failure of the build is raised where the key is first used. ``dispatch`` / ``calc_attn`` with the key, or
     ``magi_attn_flex_key`` with the same arguments, wait for the build. Every rank of the group must
     prefetch (or create) the same keys in the same order, as with magi_attn_flex_key.
     """

@@ -79,7 +79,7 @@ class DistAttnRuntimeDictManager:
 
     def get_mgr(self, key: Any) -> Any:
         d = self.dict_for(key.cp_group)
-        mgr = resolved(d, key, d.get(key))
+        mgr = resolved(d, key)
         if mgr is None:
             raise KeyNotFoundError(
                 "The dist attn runtime key does not exist! (it was never created in this process "
@@ -103,10 +103,11 @@ class DistAttnRuntimeDictManager:
         self._ranks.clear()
 
 
-def resolved(d: DistAttnRuntimeDict, key: Any, value: Any) -> Any:
-    """``value`` (``d``'s entry for ``key``, or None), a prefetched manager waited for and put in its
-    place (its place in the LRU kept). A failed build leaves the cache, so the next use builds
+def resolved(d: DistAttnRuntimeDict, key: Any) -> Any:
+    """``d``'s manager for ``key`` (None: not cached); a prefetched one is waited for and put in
+    its place (its place in the LRU kept). A failed build leaves the cache, so the next use builds
     again, and raises here."""
+    value = d.get(key)
     if not isinstance(value, Future):  # a manager, or None
         return value
     try:

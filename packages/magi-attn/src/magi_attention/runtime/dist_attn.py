@@ -175,7 +175,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
         of ``row_elems`` elements at the itemsizes the latest calls used; each kernel call's mask
         translation for a local q and k of ``seqlen`` rows. Device data is uploaded on the current
         stream. Talks to no other rank (the bindings come from every rank's plan)."""
-        bind = self.flags.native_grpcoll and self.group_casts is not None and binds_ahead()
+        bind = self.flags.native_grpcoll and binds_ahead()  # plans without every rank's lists decline
         for s in range(self.num_stages):
             cast, reduce = self._stage_plans(s, self.device)
             if bind:

@@ -269,7 +269,7 @@ def init_dist_attn_runtime_mgr(key: DistAttnRuntimeKey,
 def get_or_create_mgr(key: DistAttnRuntimeKey, ref_dispatch_meta: Any = None):
     """Look the key up in its group's LRU; build and insert the manager on a miss."""
     d = dist_attn_runtime_dict_mgr.dict_for(key.cp_group)
-    mgr = resolved(d, key, d.get(key))
+    mgr = resolved(d, key)
     if mgr is None:
         mgr = init_dist_attn_runtime_mgr(key, ref_dispatch_meta)
         d.put(key, mgr)
