@@ -18,7 +18,9 @@ writes each rank's device timeline as CSV and prints its summary (``timeline_sum
 idle time, communication exposed vs under compute). ``--host-timers``
 clocks the functions of every rank's host path (``_host_timers.py``, lighter than cProfile). ``--cat-kv``
 runs the K/V casts on ``cat([k, v])`` (the path for a magi_grpcoll without list casts), for a
-same-run comparison.
+same-run comparison. ``--ffn-mult M`` puts bench_dist's feed-forward block (hidden M x the token width)
+after each layer, and prints the blocks' own device time without attention beside the step's, so a
+trace shows what the blocks cost inside the runtime's step against alone.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import count_delta, launch_counts, stack_layers  # noqa: E402
+from _common import count_delta, feed_forward_layers, launch_counts, stack_layers  # noqa: E402
 from bench_dist import MASKS, build_mask, dispatch_config, doc_law, mask_area  # noqa: E402
 
 
@@ -52,11 +54,15 @@ def main(argv=None) -> int:
     ap.add_argument("--host-timers", action="store_true", help="also clock the functions of the host path "
                     "(_host_timers.py; each rank prints its own table)")
     ap.add_argument("--cat-kv", action="store_true", help="cast cat([k, v]) instead of the list [k, v]")
+    ap.add_argument("--ffn-mult", type=int, default=0, metavar="M", help="a feed-forward block after each "
+                    "layer, as bench_dist's --ffn-mult (0: none)")
     ap.add_argument("--trace", metavar="DIR", help="write each rank's device timeline of the two profiled "
                     "forward+backward passes to DIR/timeline_<mask>_<T>_rank<r>.csv")
     args = ap.parse_args(argv)
     if args.layers < 1:
         raise SystemExit(f"profile_dist: --layers must be >= 1 (got {args.layers})")
+    if args.ffn_mult < 0:
+        raise SystemExit(f"profile_dist: --ffn-mult must be >= 0 (got {args.ffn_mult})")
     if args.cat_kv:
         from magi_attention.runtime import dist_attn
 
@@ -79,7 +85,9 @@ def main(argv=None) -> int:
     lq, lk, lv = (dispatch(x, key).detach().requires_grad_(True) for x in (q, k, v))
     ldo = dispatch(do, key)
     L = args.layers
-    fwd, leaves = stack_layers(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, L)
+    blocks = (feed_forward_layers(L, h * d, args.ffn_mult, torch.device("cuda"), torch.bfloat16, seed=4321 + rank)
+              if args.ffn_mult else None)
+    fwd, leaves = stack_layers(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, L, blocks)
 
     def step():  # grads cleared first, as bench_dist's steps: no accumulation adds in the timeline
         for t in leaves:
@@ -124,6 +132,11 @@ def main(argv=None) -> int:
               f"forward {fwd_ms:.3f} ms, forward+backward {step_ms:.3f} ms; one forward after a sync (as bench_dist "
               f"times it): {alone_ms:.3f} ms", flush=True)
         print(f"launch counts of those steps (rank 0): {count_delta(counts0, launch_counts()) or 'none'}", flush=True)
+    if blocks is not None:
+        alone = blocks_alone_ms(blocks, lq, ldo, n)
+        if rank == 0:
+            print(f"the feed-forward blocks alone (no attention), per layer: forward {alone[0]:.3f} ms, "
+                  f"forward+backward {alone[1]:.3f} ms", flush=True)
     if args.host_timers:
         print_host_timers(fwd, ldo, n, L, rank, world)
     if args.stages and rank == 0:
@@ -200,6 +213,34 @@ def print_host_timers(fwd, ldo, n: int, layers: int, rank: int, world: int) -> N
         if r == rank:
             print(f"rank {rank}:\n" + "\n".join(tables), flush=True)
     dist.barrier()
+
+
+def blocks_alone_ms(blocks, x, dout, n: int) -> tuple[float, float]:
+    """(forward ms, forward+backward ms) per block of ``blocks`` (feed_forward_layers') run back to back
+    on a copy of ``x`` with no attention between them: what the blocks cost when nothing runs beside
+    them."""
+    after, _ = blocks
+    leaf = x.detach().clone().requires_grad_(True)
+
+    def run():
+        y = leaf
+        for block in after:
+            y = block(y)
+        return y
+
+    for _ in range(3):
+        run().backward(dout)
+    torch.cuda.synchronize()
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+    ev[0].record()
+    for _ in range(n):
+        run()
+    ev[1].record()
+    for _ in range(n):
+        run().backward(dout)
+    ev[2].record()
+    torch.cuda.synchronize()
+    return ev[0].elapsed_time(ev[1]) / n / len(after), ev[1].elapsed_time(ev[2]) / n / len(after)
 
 
 def single_forward_ms(fwd, n: int) -> float:

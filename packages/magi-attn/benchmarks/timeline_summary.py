@@ -26,6 +26,7 @@ _KINDS = (  # (substring of the kernel name, kind), first match wins
     ("bwd_postprocess", "attention bwd post"), ("flash_bwd", "attention bwd"), ("ffa_", "attention"),
     ("copy_chunks", "copy kernel"), ("Memcpy", "copy engine"), ("barrier", "barrier"),
     ("reduce_sum", "reduce fold"), ("_reduce_", "reduce fold"), ("merge", "merge"), ("nccl", "nccl"),
+    ("gemm", "matmul"), ("nvjet", "matmul"), ("Gelu", "gelu"), ("gelu", "gelu"),  # --ffn-mult blocks
 )
 
 

@@ -26,6 +26,10 @@ def test_kinds(ts):
     assert ts.kind_of("Memcpy DtoD (Device -> Device)") == "copy engine"
     assert ts.kind_of("_copy_chunks_kernel") == "copy kernel"
     assert ts.kind_of("void at::native::vectorized_elementwise_kernel<8>") == "other"
+    assert ts.kind_of("nvjet_sm90_tst_256x128_64x4_2x1_v_bz_coopA_NNT") == "matmul"
+    assert ts.kind_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert ts.kind_of("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>") == "gelu"
+    assert ts.kind_of("gelu_backward_kernel") == "gelu"
 
 
 def test_exposed_and_overlapped_comm(ts, tmp_path):
