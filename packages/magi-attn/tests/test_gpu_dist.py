@@ -52,6 +52,14 @@ CASES = [
     dict(_BASE, name="fa4_native_cuda_graphs", mask="varlen_causal", seed=11, degree=2, repeat=6,
          graph_replays=2,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
+    # the same with a kept tail (hide tail): its receive buffer made outside the graphs, written by the
+    # forward's graph and read by the backward's; one remote stage (its reduce folds at the wait) and two
+    dict(_BASE, name="fa4_native_hide_tail_cuda_graphs", mask="varlen_causal", seed=13, degree=1, repeat=6,
+         graph_replays=2, env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
+                               "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
+    dict(_BASE, name="fa4_native_hide_tail_two_stages_cuda_graphs", mask="causal", degree=2, repeat=6,
+         graph_replays=2, env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
+                               "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
     # the same through the Triton kernels (passed on 2 x H200 with MAGI_ATTENTION_CUDA_GRAPHS=1, before
     # auto took the Triton kernels in)
     dict(_BASE, name="native_cuda_graphs", mask="varlen_causal", seed=12, degree=2, repeat=6, graph_replays=2,

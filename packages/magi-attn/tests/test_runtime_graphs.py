@@ -19,14 +19,18 @@ class _EagerGraphs:
     """RuntimeGraphs' place in the runtime, running every call eagerly and noting its key."""
 
     def __init__(self):
-        self.kinds = []
+        self.kinds, self.keys = [], []
 
     def run(self, key, launch):
         self.kinds.append(key[0])
+        self.keys.append(key)
         launch()
 
 
-def _graph_path_vs_plain(rank, world, mask):
+def _graph_path_vs_plain(rank, world, mask, hide_tail):
+    import os
+
+    os.environ["MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE"] = "1" if hide_tail else "0"  # the key snapshots it
     from magi_attention.api import DistAttnConfig, OverlapConfig, calc_attn, dispatch, magi_attn_flex_key
     from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
 
@@ -38,6 +42,7 @@ def _graph_path_vs_plain(rank, world, mask):
     key = magi_attn_flex_key(qr, kr, types, T, T, h, h, d, 0, 8, torch.distributed.group.WORLD,
                              DistAttnConfig(overlap_config=overlap))
     runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+    assert runtime.save_tail == hide_tail
     torch.manual_seed(0)
     # bf16: with three or more calls reaching a row, out / dq accumulate in fp32 and are copied
     # into the given outputs at the end; with fewer, they are the given outputs
@@ -56,12 +61,19 @@ def _graph_path_vs_plain(rank, world, mask):
         for got, want in zip(step(), plain):
             assert got.dtype == want.dtype and torch.equal(got, want)
     assert graphs.kinds == ["fwd", "bwd"] * 2, graphs.kinds
+    # a kept tail is made outside the graph and named by both keys: the forward writes it, the
+    # backward reads it (a key without it would replay into, or read, another step's buffer)
+    fwd_key, bwd_key = graphs.keys[-2:]
+    assert len(fwd_key) == 3 + 5 + hide_tail and len(bwd_key) == 3 + 8 + hide_tail, (fwd_key, bwd_key)
+    if hide_tail:
+        assert fwd_key[-1] == bwd_key[-3]  # the same buffer: written by the forward, read by the backward
     return runtime.contributors
 
 
-@pytest.mark.parametrize("mask", ["full", "varlen_causal"])
-def test_the_graph_path_gives_what_the_plain_path_gives(mask):
-    contributors = run_distributed(_graph_path_vs_plain, 2, mask, timeout=180)
+@pytest.mark.parametrize("mask,hide_tail", [("full", False), ("varlen_causal", False), ("full", True),
+                                            ("varlen_causal", True)])
+def test_the_graph_path_gives_what_the_plain_path_gives(mask, hide_tail):
+    contributors = run_distributed(_graph_path_vs_plain, 2, mask, hide_tail, timeout=180)
     # full, three stages: more than two calls reach some rows (accumulated in fp32, then copied into
     # the given outputs); varlen causal, one stage: at most two (the given outputs written directly)
     assert (max(contributors) >= 3) == (mask == "full"), contributors
@@ -175,21 +187,20 @@ def test_graphs_asked_for_where_they_cannot_run_say_why_once(monkeypatch):
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     native = SimpleNamespace(cuda_graphs="1", native_grpcoll=True, fa4_backend=False, sdpa_backend=False)
     a2av = SimpleNamespace(cuda_graphs="1", native_grpcoll=False, fa4_backend=False, sdpa_backend=False)
-    assert graphs.unusable_reason(native, cuda, 2, False) is None
-    assert graphs.unusable_reason(a2av, cuda, 0, False) is None  # no remote stage: nothing to capture but kernels
-    assert "CUDA" in graphs.unusable_reason(native, cpu, 2, False)
-    assert "HIDE_TAIL" in graphs.unusable_reason(native, cuda, 2, True)
-    assert "NATIVE_GRPCOLL" in graphs.unusable_reason(a2av, cuda, 2, False)
+    assert graphs.unusable_reason(native, cuda, 2) is None
+    assert graphs.unusable_reason(a2av, cuda, 0) is None  # no remote stage: nothing to capture but kernels
+    assert "CUDA" in graphs.unusable_reason(native, cpu, 2)
+    assert "NATIVE_GRPCOLL" in graphs.unusable_reason(a2av, cuda, 2)
     monkeypatch.setattr(graphs, "graphs_supported", lambda: False)
-    assert "interface 1.4" in graphs.unusable_reason(native, cuda, 2, False)
-    assert graphs.make_runtime_graphs(SimpleNamespace(cuda_graphs="0"), None, cpu, 2, False) is None
+    assert "interface 1.4" in graphs.unusable_reason(native, cuda, 2)
+    assert graphs.make_runtime_graphs(SimpleNamespace(cuda_graphs="0"), None, cpu, 2) is None
     with pytest.warns(RuntimeWarning, match="MAGI_ATTENTION_CUDA_GRAPHS=1 is ignored here: the runtime runs on cpu"):
-        assert graphs.make_runtime_graphs(native, None, cpu, 2, False) is None
+        assert graphs.make_runtime_graphs(native, None, cpu, 2) is None
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same reason again: no second warning
-        assert graphs.make_runtime_graphs(native, None, cpu, 2, False) is None
+        assert graphs.make_runtime_graphs(native, None, cpu, 2) is None
 
 
 def test_auto_uses_graphs_only_where_checked_on_gpus_and_says_nothing(monkeypatch):
@@ -209,20 +220,19 @@ def test_auto_uses_graphs_only_where_checked_on_gpus_and_says_nothing(monkeypatc
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto never warns
-        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2, False) == ("graphs", True)
-        assert graphs.make_runtime_graphs(flags("auto", True, False), None, cuda, 0, False) == ("graphs", False)
-        assert graphs.make_runtime_graphs(flags("auto", False, True), None, cuda, 2, False) == ("graphs", True)
-        assert graphs.make_runtime_graphs(flags("auto", True, False), None, cuda, 2, False) is None  # a2av
-        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cpu, 2, False) is None
-        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2, True) is None  # kept tail
-        assert graphs.make_runtime_graphs(flags("auto", False, True, sdpa=True), None, cuda, 2, False) is None
+        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2) == ("graphs", True)
+        assert graphs.make_runtime_graphs(flags("auto", True, False), None, cuda, 0) == ("graphs", False)
+        assert graphs.make_runtime_graphs(flags("auto", False, True), None, cuda, 2) == ("graphs", True)
+        assert graphs.make_runtime_graphs(flags("auto", True, False), None, cuda, 2) is None  # a2av
+        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cpu, 2) is None
+        assert graphs.make_runtime_graphs(flags("auto", False, True, sdpa=True), None, cuda, 2) is None
         monkeypatch.setenv("MAGI_ATTENTION_KERNEL_BACKEND", "torch")  # the reference kernels: not checked
-        assert graphs.make_runtime_graphs(flags("auto", False, True), None, cuda, 2, False) is None
-        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2, False) == ("graphs", True)
+        assert graphs.make_runtime_graphs(flags("auto", False, True), None, cuda, 2) is None
+        assert graphs.make_runtime_graphs(flags("auto", True, True), None, cuda, 2) == ("graphs", True)
     # 1 asks for them with any kernels and says why where they cannot run
-    assert graphs.make_runtime_graphs(flags("1", False, True), None, cuda, 2, False) == ("graphs", True)
+    assert graphs.make_runtime_graphs(flags("1", False, True), None, cuda, 2) == ("graphs", True)
     with pytest.warns(RuntimeWarning, match="NATIVE_GRPCOLL"):
-        assert graphs.make_runtime_graphs(flags("1", True, False), None, cuda, 2, False) is None
+        assert graphs.make_runtime_graphs(flags("1", True, False), None, cuda, 2) is None
 
 
 def _layer_launch(state, ran):

@@ -166,8 +166,8 @@ class DistAttnRuntime(_FFARuntimeMixin):
         self._plans: dict[int, tuple[Any, Any]] = {}
         self._host_splits: dict[tuple[int, int], Any] = {}  # (Sq, Sk) -> _split_host's result
         # whole calls replayed from CUDA graphs (graphs.py): the native collectives' launches are
-        # capturable, a2a-v's NCCL calls are not tried; a kept tail outlives its forward
-        self.graphs = _graphs.make_runtime_graphs(flags, cp_group, device, self.num_stages, self.save_tail)
+        # capturable, a2a-v's NCCL calls are not tried
+        self.graphs = _graphs.make_runtime_graphs(flags, cp_group, device, self.num_stages)
 
     def prepare_ahead(self, seqlen: int, row_elems: int) -> None:
         """Do now the host work of this runtime's first calls (on the prefetch thread: prefetch.py):
@@ -223,7 +223,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
 
     def _recv_buffer(self, kv, s: int) -> torch.Tensor:
         """Stage ``s``'s K/V receive buffer [2R, hk, d] (k rows, then v rows), on the current stream."""
-        k = kv[0] if self.cast_lists else kv
+        k = kv[0] if isinstance(kv, (list, tuple)) else kv
         return k.new_empty((2 * int(self.stages[s].num_recv_tokens), *k.shape[1:]))
 
     def _cast_kv(self, kv, s: int, ready: _InputsReady | None = None, buf: torch.Tensor | None = None):
@@ -239,11 +239,14 @@ class DistAttnRuntime(_FFARuntimeMixin):
             work = plan.cast(kv, dst, self.cp_group, async_op=True, **self.comm_kwargs)
         return work, buf
 
-    def _issue_first_casts(self, kv, stages: list[int], works: dict, first_calc_empty: bool):
+    def _issue_first_casts(self, kv, stages: list[int], works: dict, first_calc_empty: bool,
+                           given: dict | None = None):
         """Issue the casts of ``stages`` (those wanted before the first calc) into ``works``; returns
         a function to call right after launching the first calc. On CUDA with ``HOST_STAGE_FIRST``
         (and a first calc that launches anything) the casts are issued by that function, after
-        the calc's launch but waiting only for the inputs; otherwise here, before it."""
+        the calc's launch but waiting only for the inputs; otherwise here, before it. ``given``:
+        receive buffers the caller made, by stage."""
+        given = given or {}
         if HOST_STAGE_FIRST and stages and not first_calc_empty and self.device.type == "cuda":
             ready = _InputsReady(self.device)
             # The receive buffers are allocated now, before the first calc: the casts wait for the
@@ -251,7 +254,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
             # temporaries just freed (the caching allocator reuses blocks in the order of the stream
             # that freed them), which the cast would then overwrite while the calc still uses it (dQ
             # went NaN so inside a CUDA graph capture, where the pool holds nothing else).
-            bufs = {s: self._recv_buffer(kv, s) for s in stages}
+            bufs = {s: given[s] if s in given else self._recv_buffer(kv, s) for s in stages}
 
             def issue_after_first_calc():
                 for s in stages:
@@ -259,7 +262,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
 
             return issue_after_first_calc
         for s in stages:
-            works[s] = self._cast_kv(kv, s)
+            works[s] = self._cast_kv(kv, s, buf=given.get(s))
         return lambda: None
 
     def _reduce_dkv(self, dkv: torch.Tensor, out: torch.Tensor, s: int, fold_at_wait: bool = False):
@@ -279,17 +282,25 @@ class DistAttnRuntime(_FFARuntimeMixin):
             return self._forward(q, k, v, sink, scale, softcap, return_max_logits)
         out = torch.empty((*q.shape[:2], v.shape[-1]), dtype=q.dtype, device=q.device)
         lse = torch.empty(q.shape[:2], dtype=_acc_dtype(q.dtype), device=q.device)
-        key = ("fwd", scale, softcap, *(_graphs.tensor_key(t) for t in (q, k, v, out, lse)))
-        self.graphs.run(key, lambda: self._forward(q, k, v, None, scale, softcap, False, into=(out, lse)))
-        return out, lse, None, None
+        # a kept tail outlives the call (until the backward): its receive buffer is made here, outside
+        # the graph's pool, as the outputs are
+        tail = self._recv_buffer(k, self.num_stages - 1) if self.save_tail else None
+        kept = (out, lse) if tail is None else (out, lse, tail)
+        key = ("fwd", scale, softcap, *(_graphs.tensor_key(t) for t in (q, k, v, *kept)))
+        self.graphs.run(key, lambda: self._forward(q, k, v, None, scale, softcap, False, into=(out, lse),
+                                                   tail_into=tail))
+        return out, lse, None, tail
 
-    def _forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool, into=None):
-        """The forward; ``into``: (out, lse) to leave the results in (returned as they are)."""
+    def _forward(self, q, k, v, sink, scale: float, softcap: float, return_max_logits: bool, into=None,
+                 tail_into=None):
+        """The forward; ``into``: (out, lse) to leave the results in (returned as they are);
+        ``tail_into``: the last stage's receive buffer, when it is kept (hide tail) and made by the caller."""
         D = self.num_stages
         kv = self._kv_source(k, v) if D > 0 else None
         works: dict[int, Any] = {}
+        given = {} if tail_into is None else {D - 1: tail_into}
         after_host = self._issue_first_casts(kv, list(range(D if not self.stage_by_stage else min(D, 1))),
-                                             works, self.host_calc.empty)
+                                             works, self.host_calc.empty, given)
 
         acc = _acc_dtype(q.dtype)
         sq, hq, d = q.shape
@@ -319,7 +330,7 @@ class DistAttnRuntime(_FFARuntimeMixin):
             work, kv_s = works.pop(s)
             work.wait_post_process()
             if self.stage_by_stage and s + 1 < D:
-                works[s + 1] = self._cast_kv(kv, s + 1)
+                works[s + 1] = self._cast_kv(kv, s + 1, buf=given.get(s + 1))
             r = kv_s.shape[0] // 2
             attend(kv_s[:r], kv_s[r:], self.stage_calcs[s])
             if self.save_tail and s == D - 1:
@@ -336,13 +347,14 @@ class DistAttnRuntime(_FFARuntimeMixin):
                  need_dsink: bool):
         """Returns (dq, dk, dv, dsink | None), local to this rank; from a CUDA graph where
         ``self.graphs`` allows (no sink: only dq and dK/dV, allocated here, leave the call)."""
-        if self.graphs is None or sink is not None or tail is not None:
+        if self.graphs is None or sink is not None:
             return self._backward(dout, q, k, v, out, lse, sink, tail, scale, softcap, need_dsink)
         sk = k.shape[0]
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         dkv = torch.empty((2 * sk, *k.shape[1:]), dtype=k.dtype, device=k.device)
-        key = ("bwd", scale, softcap, *(_graphs.tensor_key(t) for t in (dout, q, k, v, out, lse, dq, dkv)))
-        self.graphs.run(key, lambda: self._backward(dout, q, k, v, out, lse, None, None, scale, softcap, False,
+        read = (dout, q, k, v, out, lse) + (() if tail is None else (tail,))
+        key = ("bwd", scale, softcap, *(_graphs.tensor_key(t) for t in (*read, dq, dkv)))
+        self.graphs.run(key, lambda: self._backward(dout, q, k, v, out, lse, None, tail, scale, softcap, False,
                                                     into=(dq, dkv)))
         return dq, dkv[:sk], dkv[sk:], None
 

@@ -7,7 +7,9 @@ host's pace (BENCHMARKS.md). Once captured, a call is one graph launch.
 
 What a graph bakes in, and so what its key holds: the address, shape, strides and dtype of every
 tensor the call reads or writes that is not the runtime's own (the inputs, and the outputs, which
-are allocated before the call, outside the graph), the scalars, and, with the native collectives,
+are allocated before the call, outside the graph; under MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE the kept
+tail too, the last stage's K/V receive buffer, which the forward writes and the backward reads), the
+scalars, and, with the native collectives,
 the parity of the group's native call count and its buffer's generation (a native call writes the
 buffer half its count's parity names; a replay writes the halves it was captured with). The rest
 lives as long as the runtime: its slice tensors and FFACalls (which hold the translated masks), the
@@ -29,8 +31,8 @@ which lets a model whose addresses recur capture all its layers within a few ste
 addresses wander soon stops capturing.
 
 Where: on CUDA, with the native collectives or no remote stage (their launches are capturable; NCCL's
-a2a-v is not tried), for calls whose tensors do not outlive them (no sink, no max_logits, no kept
-tail); by default (``auto``) only with the kernels whose graphs were checked against float64 on GPUs
+a2a-v is not tried), for calls whose other tensors do not outlive them (no sink, no max_logits); by
+default (``auto``) only with the kernels whose graphs were checked against float64 on GPUs
 (FA4 and Triton). A failed capture turns graphs off for the runtime, with one warning; its call runs eagerly.
 
 Memory: each runtime's graphs keep one pool, about one call's temporaries (its stages' K/V receive
@@ -78,12 +80,10 @@ def graphs_supported() -> bool:
     return _compat.offers(_compat.grpcoll, ">=1.4")
 
 
-def unusable_reason(flags, device: torch.device, num_stages: int, keeps_tail: bool) -> str | None:
+def unusable_reason(flags, device: torch.device, num_stages: int) -> str | None:
     """Why a runtime with these flags cannot replay its calls from graphs (None: it can)."""
     if device.type != "cuda":
         return f"the runtime runs on {device.type}, not CUDA"
-    if keeps_tail:
-        return "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE=1 keeps a stage's K/V from the forward to the backward"
     if num_stages and not flags.native_grpcoll:
         return "remote stages need MAGI_ATTENTION_NATIVE_GRPCOLL=1 (a2a-v's NCCL calls are not captured)"
     if not graphs_supported():
@@ -107,13 +107,13 @@ def checked_on_gpus(flags) -> bool:
 _warned: set = set()
 
 
-def make_runtime_graphs(flags, group, device: torch.device, num_stages: int, keeps_tail: bool):
+def make_runtime_graphs(flags, group, device: torch.device, num_stages: int):
     """A runtime's RuntimeGraphs when MAGI_ATTENTION_CUDA_GRAPHS asks for them and they can run, else
     None (with one warning per reason where ``1`` asked for them and they cannot; ``auto`` stays quiet)."""
     mode = flags.cuda_graphs
     if mode == "0" or (mode == "auto" and not checked_on_gpus(flags)):
         return None
-    reason = unusable_reason(flags, device, num_stages, keeps_tail)
+    reason = unusable_reason(flags, device, num_stages)
     if reason is None:
         return RuntimeGraphs(group, device, native=flags.native_grpcoll)
     if mode == "1" and reason not in _warned:
