@@ -60,22 +60,28 @@ fi
 # FA4 unpacked by an earlier call of this warm machine: on the path for every step (a tests-only call
 # would otherwise skip the fa4 cases)
 [ -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && export PYTHONPATH=/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH
-unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first call's, then this call's)
+unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first call's, then this call's);
+  # a marker says it completed: an extraction cut short (part 1 missing on a machine that was not the
+  # one of step fa4-libs) leaves a folder without the libraries, which must not pass for them
+  if ! ls /tmp/fa4-libs-parts/*.part-* >/dev/null 2>&1; then
+    echo "FA4 libraries' first part missing on this machine: run step fa4-libs first"; status=1; return
+  fi
   mkdir -p /tmp/site && cat /tmp/fa4-libs-parts/*.part-* "$@" | $PY -c \
     "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall(sys.argv[1])" /tmp/site \
-    && echo "FA4 libraries unpacked" || status=1
+    && touch /tmp/site/.fa4-libs-unpacked && echo "FA4 libraries unpacked" \
+    || { rm -rf /tmp/site/nvidia_cutlass_dsl; status=1; }
 }
 if has fa4-libs; then  # FA4 arrives in two calls: the first keeps its CUDA libraries' first part on the warm machine
   mkdir -p /tmp/fa4-libs-parts && cp .carry/fa4-libs/*.part-* /tmp/fa4-libs-parts/ && echo "FA4 libraries, part 1 kept" || status=1
 fi
 if has unpack-fa4 || has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4 || has ab-new-mask; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
-  if [ ! -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
+  if [ ! -f /tmp/site/.fa4-libs-unpacked ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
     unpack_fa4_libs .carry/fa4/*.part-*
   fi
   for w in .carry/fa4/*.whl; do $PY -m zipfile -e "$w" /tmp/site || status=1; done
   # nvidia-cutlass-dsl puts its modules on sys.path through a .pth file, which PYTHONPATH does not read
   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
-  [ -d /tmp/site/nvidia_cutlass_dsl/dsl_packages ] || { echo "FA4 libraries missing: run step fa4-libs first"; status=1; }
+  [ -f /tmp/site/.fa4-libs-unpacked ] || { echo "FA4 libraries missing: run step fa4-libs first"; status=1; }
 fi
 # FFA_SRC / GRPCOLL_SRC / MAGI_SRC let a run use another copy of the kernels / collectives / runtime, for an
 # A/B in the same loan: e.g. `git archive <old> packages/ffa-kernels/src packages/grpcoll/src
