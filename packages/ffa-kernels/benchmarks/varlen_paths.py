@@ -16,6 +16,12 @@ of:
     python benchmarks/varlen_paths.py --totals 32768,16384 --out results/h200_varlen_paths
 
 writes <out>.csv and <out>.md (card, date, commit, command, the rows and their ratios).
+
+``--fwd-tiles 128x128,64x128,...`` adds, per total, the forwards of ``varlen_docs`` and
+``batch_same_area`` at each FA4 tile shape given (``tile_mn`` of FA4's entry point; its SM90 kernel
+takes its warp groups from tile_m): does a shape with cheaper q tiles (each one CTA with a fixed
+prologue and epilogue, PERF_NOTES.md) bring the documents closer to causal of the same area? A shape
+FA4 refuses is reported and skipped.
 """
 
 from __future__ import annotations
@@ -103,6 +109,56 @@ def cases(total: int):
     yield "batch_same_area_as_equal", "batch", [_same_area_length(_area(equal))]
 
 
+def parse_tiles(text: str) -> list[tuple[int, int]]:
+    """"128x128,64x128" -> [(128, 128), (64, 128)]: FA4 tile shapes (tile_m, tile_n), multiples of 16."""
+    tiles = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"--fwd-tiles: {item!r} is not MxN (e.g. 128x128)")
+        m, n = int(parts[0]), int(parts[1])
+        if m <= 0 or n <= 0 or m % 16 or n % 16:
+            raise ValueError(f"--fwd-tiles: {item!r} needs positive multiples of 16")
+        tiles.append((m, n))
+    return tiles
+
+
+def fwd_at_tile(lens, heads: int, tile: tuple[int, int], batch: bool) -> float:
+    """Forward ms of FA4 at tile shape ``tile``: the documents ``lens`` through the varlen path, or
+    (``batch``) one causal sequence of ``lens[0]`` through the batch path."""
+    from flash_attn.cute.interface import _flash_attn_fwd
+
+    if batch:
+        q, k, v = (torch.randn(1, lens[0], heads, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        return _time_ms(lambda: _flash_attn_fwd(q, k, v, causal=True, tile_mn=tile))
+    total = sum(lens)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(total, heads, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    return _time_ms(lambda: _flash_attn_fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lens),
+                                            max_seqlen_k=max(lens), causal=True, tile_mn=tile))
+
+
+def tile_rows(total: int, heads: int, tiles, card: str) -> list[dict]:
+    """``--fwd-tiles``' rows for one total: per tile shape, the documents and causal of the same area."""
+    lens = _doc_lengths(total, random.Random(0))
+    same = [_same_area_length(_area(lens))]
+    rows = []
+    for tile in tiles:
+        for name, docs, batch in (("varlen_docs", lens, False), ("batch_same_area", same, True)):
+            case = f"{name}@{tile[0]}x{tile[1]}"
+            try:
+                ms = fwd_at_tile(docs, heads, tile, batch)
+            except Exception as e:  # noqa: BLE001 - a shape FA4 refuses: reported, the sweep goes on
+                print(f"[{total}] {case:26s} refused: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
+                continue
+            flops = 4 * _area(docs) * D * heads
+            rows.append({"card": card, "total": total, "case": case, "documents": len(docs), "tokens": sum(docs),
+                         "area": _area(docs), "fwd_ms": round(ms, 4), "fwd_tflops": round(flops / ms / 1e9, 1),
+                         "bwd_ms": "", "bwd_tflops": ""})
+            print(f"[{total}] {case:26s} fwd {rows[-1]['fwd_tflops']:6.1f} TF/s", flush=True)
+    return rows
+
+
 RATIOS = (("varlen_one_doc", "batch_same_area", "one document: varlen path / batch path"),
           ("varlen_docs", "batch_same_area", "long-tailed documents / causal of the same area"),
           ("varlen_docs_sorted", "varlen_docs", "documents longest first / in their order"),
@@ -115,10 +171,14 @@ def main(argv=None) -> int:
     ap.add_argument("--totals", default="32768,16384")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--out", default="varlen_paths")
+    ap.add_argument("--fwd-tiles", default="", help="FA4 tile shapes MxN, comma-separated: the forwards of "
+                    "varlen_docs and batch_same_area at each (see the module docstring)")
     args = ap.parse_args(argv)
+    tiles = parse_tiles(args.fwd_tiles)
     card = torch.cuda.get_device_name()
     rows = []
     for total in (int(t) for t in args.totals.split(",")):
+        rows += tile_rows(total, args.heads, tiles, card)
         for name, kind, lens in cases(total):
             fwd_ms, bwd_ms = run_varlen(lens, args.heads) if kind == "varlen" else run_batch(len(lens), lens[0], args.heads)
             flops = 4 * _area(lens) * D * args.heads
@@ -144,9 +204,14 @@ def main(argv=None) -> int:
             x, y = by[(total, a)], by[(total, b)]
             lines.append(f"| {total} | {what} | {x['fwd_tflops'] / y['fwd_tflops']:.2f} | "
                          f"{x['bwd_tflops'] / y['bwd_tflops']:.2f} |")
+        for m, n in tiles:  # the documents against causal of the same area, at each tile shape
+            x, y = by.get((total, f"varlen_docs@{m}x{n}")), by.get((total, f"batch_same_area@{m}x{n}"))
+            if x and y:
+                lines.append(f"| {total} | tile {m}x{n}: long-tailed documents / causal of the same area | "
+                             f"{x['fwd_tflops'] / y['fwd_tflops']:.2f} | - |")
     with open(f"{args.out}.md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines[-3 - len(RATIOS) * len(set(r['total'] for r in rows)):]))
+    print("\n".join(lines[lines.index("| total | ratio | fwd | bwd |") - 1:]))
     return 0
 
 

@@ -95,3 +95,13 @@ def test_equal_documents_mask_and_its_varlen_peer_switch():
         with bench_ffa.fa4_variant("ffa_fa4"):
             assert native.BATCHED_DOCUMENTS
     assert native.BATCHED_DOCUMENTS
+
+
+def test_varlen_paths_tile_shapes_parsed_and_bad_ones_named():
+    import varlen_paths
+
+    assert varlen_paths.parse_tiles("128x128, 64X176,") == [(128, 128), (64, 176)]
+    assert varlen_paths.parse_tiles("") == []
+    for bad in ("128", "128x", "axb", "100x128", "0x128", "128x128x64"):
+        with pytest.raises(ValueError, match="--fwd-tiles"):
+            varlen_paths.parse_tiles(bad)
