@@ -163,6 +163,16 @@ def main(argv=None) -> int:
         print_host_breakdown(prof, n_prof * L, f"backward (rank {rank})")
     from torch.profiler import ProfilerActivity, profile
 
+    # the phases above ran other patterns (forwards alone), whose outputs lived at other addresses:
+    # steps again first, so the traced ones replay what they captured instead of capturing anew
+    counts0 = launch_counts()
+    for _ in range(4):
+        step()
+    torch.cuda.synchronize()
+    if rank == 0:
+        print(f"launch counts of the steps before the traced ones (rank 0): "
+              f"{count_delta(counts0, launch_counts()) or 'none'}", flush=True)
+    counts0 = launch_counts()
     dist.barrier()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as tp:
         for _ in range(2):  # each after a sync and a barrier, as bench_dist times a step
@@ -171,6 +181,8 @@ def main(argv=None) -> int:
             step()
         torch.cuda.synchronize()
     if rank == 0:
+        print(f"launch counts of the traced steps (rank 0): {count_delta(counts0, launch_counts()) or 'none'}",
+              flush=True)
         print(tp.key_averages().table(sort_by="cuda_time_total", row_limit=18), flush=True)
     if args.trace:
         from timeline_summary import read_timeline, summarize
