@@ -9,9 +9,9 @@ What a graph bakes in, and so what its key holds: the address, shape, strides an
 tensor the call reads or writes that is not the runtime's own (the inputs, and the outputs, which
 are allocated before the call, outside the graph; under MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE the kept
 tail too, the last stage's K/V receive buffer, which the forward writes and the backward reads), the
-scalars, and, with the native collectives,
-the parity of the group's native call count and its buffer's generation (a native call writes the
-buffer half its count's parity names; a replay writes the halves it was captured with). The rest
+scalars, and, with the native collectives, the parity of the group's native call count and its
+buffer's generation (a native call writes the buffer half its count's parity names; a replay writes
+the halves it was captured with). The rest
 lives as long as the runtime: its slice tensors and FFACalls (which hold the translated masks), the
 collectives' plans and the graphs' one memory pool. That pool is shared by all of the runtime's
 graphs: a call frees every temporary by its end, and the graphs replay one after another on one
