@@ -109,6 +109,16 @@ def cases(total: int):
     yield "batch_same_area_as_equal", "batch", [_same_area_length(_area(equal))]
 
 
+def _row(card: str, total: int, case: str, lens, heads: int, fwd_ms: float, bwd_ms: float | None = None) -> dict:
+    """One result row: TFLOP/s from the documents' causal area (backward 2.5x the forward's FLOPs);
+    no backward columns when only the forward ran."""
+    flops = 4 * _area(lens) * D * heads
+    bwd = ({"bwd_ms": "", "bwd_tflops": ""} if bwd_ms is None else
+           {"bwd_ms": round(bwd_ms, 4), "bwd_tflops": round(2.5 * flops / bwd_ms / 1e9, 1)})
+    return {"card": card, "total": total, "case": case, "documents": len(lens), "tokens": sum(lens),
+            "area": _area(lens), "fwd_ms": round(fwd_ms, 4), "fwd_tflops": round(flops / fwd_ms / 1e9, 1), **bwd}
+
+
 def parse_tiles(text: str) -> list[tuple[int, int]]:
     """"128x128,64x128" -> [(128, 128), (64, 128)]: FA4 tile shapes (tile_m, tile_n), multiples of 16."""
     tiles = []
@@ -151,10 +161,7 @@ def tile_rows(total: int, heads: int, tiles, card: str) -> list[dict]:
             except Exception as e:  # noqa: BLE001 - a shape FA4 refuses: reported, the sweep goes on
                 print(f"[{total}] {case:26s} refused: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
                 continue
-            flops = 4 * _area(docs) * D * heads
-            rows.append({"card": card, "total": total, "case": case, "documents": len(docs), "tokens": sum(docs),
-                         "area": _area(docs), "fwd_ms": round(ms, 4), "fwd_tflops": round(flops / ms / 1e9, 1),
-                         "bwd_ms": "", "bwd_tflops": ""})
+            rows.append(_row(card, total, case, docs, heads, ms))
             print(f"[{total}] {case:26s} fwd {rows[-1]['fwd_tflops']:6.1f} TF/s", flush=True)
     return rows
 
@@ -181,10 +188,7 @@ def main(argv=None) -> int:
         rows += tile_rows(total, args.heads, tiles, card)
         for name, kind, lens in cases(total):
             fwd_ms, bwd_ms = run_varlen(lens, args.heads) if kind == "varlen" else run_batch(len(lens), lens[0], args.heads)
-            flops = 4 * _area(lens) * D * args.heads
-            rows.append({"card": card, "total": total, "case": name, "documents": len(lens), "tokens": sum(lens),
-                         "area": _area(lens), "fwd_ms": round(fwd_ms, 4), "fwd_tflops": round(flops / fwd_ms / 1e9, 1),
-                         "bwd_ms": round(bwd_ms, 4), "bwd_tflops": round(2.5 * flops / bwd_ms / 1e9, 1)})
+            rows.append(_row(card, total, name, lens, args.heads, fwd_ms, bwd_ms))
             r = rows[-1]
             print(f"[{total}] {name:26s} docs {len(lens):3d} fwd {r['fwd_tflops']:6.1f} TF/s bwd {r['bwd_tflops']:6.1f} TF/s",
                   flush=True)

@@ -105,3 +105,15 @@ def test_varlen_paths_tile_shapes_parsed_and_bad_ones_named():
     for bad in ("128", "128x", "axb", "100x128", "0x128", "128x128x64"):
         with pytest.raises(ValueError, match="--fwd-tiles"):
             varlen_paths.parse_tiles(bad)
+
+
+def test_varlen_paths_rows_count_the_causal_area():
+    import varlen_paths
+
+    r = varlen_paths._row("Card", 8, "docs", [3, 5], heads=2, fwd_ms=1e-6, bwd_ms=2e-6)
+    area = 3 * 4 // 2 + 5 * 6 // 2  # 21 cells
+    assert r["area"] == area and r["tokens"] == 8 and r["documents"] == 2
+    assert r["fwd_tflops"] == 21.5  # 4 * 21 * 128 * 2 FLOPs in 1e-6 ms
+    assert r["bwd_ms"] == 0.0 and r["bwd_tflops"] == 26.9  # 2.5x the FLOPs in twice the time
+    fwd_only = varlen_paths._row("Card", 8, "docs", [3, 5], heads=2, fwd_ms=1e-6)
+    assert fwd_only["bwd_ms"] == "" and fwd_only["bwd_tflops"] == "" and list(fwd_only) == list(r)
