@@ -11,11 +11,10 @@ are allocated before the call, outside the graph; under MAGI_ATTENTION_BWD_HIDE_
 tail too, the last stage's K/V receive buffer, which the forward writes and the backward reads), the
 scalars, and, with the native collectives, the parity of the group's native call count and its
 buffer's generation (a native call writes the buffer half its count's parity names; a replay writes
-the halves it was captured with). The rest
-lives as long as the runtime: its slice tensors and FFACalls (which hold the translated masks), the
-collectives' plans and the graphs' one memory pool. That pool is shared by all of the runtime's
-graphs: a call frees every temporary by its end, and the graphs replay one after another on one
-stream.
+the halves it was captured with). The rest lives as long as the runtime: its slice tensors and
+FFACalls (which hold the translated masks), the collectives' plans and the graphs' one memory pool.
+That pool is shared by all of the runtime's graphs: a call frees every temporary by its end, and the
+graphs replay one after another on one stream.
 
 When: a key is captured on its second sighting, so every cache a call fills (compiled kernels, masks,
 plans, copy tables) was filled by an eager call first, and replayed from its third
