@@ -217,3 +217,65 @@ def test_fa4_decomposed_masks_vs_float64(name, mode, monkeypatch):
         lowp = _dense_lowp(q, k, v, dout, qr_t, kr_t, tm_t, softcap)
         for key in ("out", "lse", "dq", "dk", "dv"):
             assert_close_to_ref(key, got[key], lowp[key], ref[key])
+
+
+def _long_tailed_documents(total: int, seed: int) -> list[list[int]]:
+    """Document bounds [[a, b], ...] covering `total` rows: many short documents, a few long."""
+    import random
+
+    rng, bounds, a = random.Random(seed), [], 0
+    while a < total:
+        n = min(total - a, max(32, int(rng.paretovariate(1.1) * 200)))
+        bounds.append([a, a + n])
+        a += n
+    return bounds
+
+
+# varlen forwards with many more q tiles than SMs (each persistent CTA runs many), and the documents
+# with rows that see nothing (seqused_q) and fewer rows than keys: (mask, head dim)
+PERSISTENT = {
+    "long_tailed_causal_d128": ((lambda b: (b, b, [1] * len(b)))(_long_tailed_documents(8192, 1)), 128),
+    "long_tailed_full_d64": ((lambda b: (b, b, [0] * len(b)))(_long_tailed_documents(8192, 2)), 64),
+    "causal_docs_fewer_rows": (DOCUMENTS["causal_docs_fewer_rows"], 128),
+    "full_docs_with_gaps": (DOCUMENTS["full_docs_with_gaps"], 128),
+}
+
+
+@pytest.mark.parametrize("name", list(PERSISTENT))
+def test_fa4_persistent_forward_is_fa4s_bit_for_bit(name, monkeypatch):
+    """MAGI_FFA_FA4_PERSISTENT_FWD=1 (persistent.py): the forward's out and lse are FA4's own kernel's,
+    bit for bit (each q tile's math is unchanged: only which CTA runs it and where O is staged), and
+    within tolerance of float64, gradients included; then replayed, still bit for bit."""
+    from magi_ffa.backends.fa4 import persistent, replay
+
+    (qr, kr, tm), d = PERSISTENT[name]
+    total, hq, hk = 8192 if name.startswith("long") else 4096, 8, 2
+    q, k, v, dout = _inputs(total, hq, hk, d, torch.bfloat16, seed=17)
+    qr_t, kr_t = (torch.tensor(x, dtype=torch.int32, device="cuda").reshape(-1, 2) for x in (qr, kr))
+    tm_t = torch.tensor(tm, dtype=torch.int32, device="cuda")
+    monkeypatch.setenv(persistent.ENV, "0")
+    fa4s = _run("fa4", torch.bfloat16, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    monkeypatch.setenv(persistent.ENV, "1")
+    before = persistent.stats()
+    replay.clear()
+    for call in range(replay.record_at() + 1):  # compiles, ..., records, replays
+        got = _run("fa4", torch.bfloat16, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+        for key in ("out", "lse"):
+            assert torch.equal(got[key], fa4s[key]), f"{key} differs from FA4's kernel at call {call + 1}"
+    after = persistent.stats()
+    assert after["fallbacks"] == before["fallbacks"] and after["calls"] > before["calls"], after
+    assert replay.stats()["replayed"] >= 1, replay.stats()
+    ref = _run("torch", torch.float64, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    lowp = _dense_lowp(q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
+    for key in ("out", "lse", "dq", "dk", "dv"):
+        assert_close_to_ref(key, got[key], lowp[key], ref[key])
+
+
+def test_fa4_persistent_patch_applies_to_the_installed_fa4():
+    """The edits of persistent.py find each anchor once in the installed FA4's Hopper forward."""
+    import importlib
+    import inspect
+
+    from magi_ffa.backends.fa4 import persistent
+
+    persistent.patch_source(inspect.getsource(importlib.import_module("flash_attn.cute.flash_fwd_sm90")))
