@@ -10,9 +10,8 @@
 #                                     new-mask-fa4 (a new mask every step: new_mask_cost.py's phases and host
 #                                     syncs, and bench_dist --fresh-masks against the same mask every step) and
 #                                     ab-new-mask (the same new-mask runs, this tree against AB_OLD, a folder from
-#                                     scripts/ab_archive.sh carried with the call: order new, old, new) and
-#                                     ab-persistent (bench_dist's 4-layer varlen runs with the persistent varlen
-#                                     forward, MAGI_FFA_FA4_PERSISTENT_FWD, 1, 0, 1, 0); see scripts/pack_fa4_wheels.sh)
+#                                     scripts/ab_archive.sh carried with the call: order new, old, new); see
+#                                     scripts/pack_fa4_wheels.sh)
 # Results (logs, CSV, markdown tables) go to $OUT (or ./gpu-out); set GIT_COMMIT=<hash> in the command (the
 # machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
@@ -75,7 +74,7 @@ unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first
 if has fa4-libs; then  # FA4 arrives in two calls: the first keeps its CUDA libraries' first part on the warm machine
   mkdir -p /tmp/fa4-libs-parts && cp .carry/fa4-libs/*.part-* /tmp/fa4-libs-parts/ && echo "FA4 libraries, part 1 kept" || status=1
 fi
-if has unpack-fa4 || has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4 || has ab-new-mask || has ab-persistent; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
+if has unpack-fa4 || has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4 || has ab-new-mask; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
   if [ ! -f /tmp/site/.fa4-libs-unpacked ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
     unpack_fa4_libs .carry/fa4/*.part-*
   fi
@@ -173,15 +172,6 @@ if has ab-new-mask && [ "$NGPU" -ge 2 ]; then  # new-mask-fa4's runs, this tree 
   else
     echo "ab-new-mask: AB_OLD must name a folder made by scripts/ab_archive.sh, carried with the call"; status=1
   fi
-fi
-if has ab-persistent && [ "$NGPU" -ge 2 ]; then  # the persistent varlen forward (MAGI_FFA_FA4_PERSISTENT_FWD) on / off
-  i=0
-  for v in 1 0 1 0; do  # run i with the switch at v: ab-persistent-<i>-<v>.log
-    i=$((i + 1)); export MAGI_FFA_FA4_PERSISTENT_FWD=$v
-    varlen_layers "ab-persistent-$i-$v" "$OUT/ab_persistent_${i}_$v"
-  done
-  unset MAGI_FFA_FA4_PERSISTENT_FWD
-  grep -h "TFLOP\|launch counts" "$OUT"/ab-persistent-*.log > "$OUT/ab_persistent_summary.txt"
 fi
 if has bench-qo && [ "$NGPU" -ge 2 ]; then
   run bench-qo $PY -m torch.distributed.run --standalone --nproc-per-node 2 \

@@ -22,11 +22,6 @@ writes <out>.csv and <out>.md (card, date, commit, command, the rows and their r
 takes its warp groups from tile_m): does a shape with cheaper q tiles (each one CTA with a fixed
 prologue and epilogue, PERF_NOTES.md) bring the documents closer to causal of the same area? A shape
 FA4 refuses is reported and skipped.
-
-``--persistent`` adds, per total, the varlen forwards of the long-tailed documents and of the
-documents of one length with the fa4 backend's persistent kernel and with FA4's own, taking turns
-(``magi_ffa.backends.fa4.persistent``: each CTA runs many q tiles, so the per-tile prologue and
-epilogue overlap the next tile's loads).
 """
 
 from __future__ import annotations
@@ -138,31 +133,19 @@ def parse_tiles(text: str) -> list[tuple[int, int]]:
     return tiles
 
 
-def fwd_ms(lens, heads: int, batch: bool, tile: tuple[int, int] | None = None, persistent: bool = False) -> float:
-    """Forward ms of FA4: the documents ``lens`` through the varlen path, or (``batch``) one causal
-    sequence of ``lens[0]`` through the batch path; at tile shape ``tile`` (None: FA4's choice), with
-    the fa4 backend's persistent varlen kernel (magi_ffa.backends.fa4.persistent) or FA4's own."""
-    import contextlib
-
-    from flash_attn.cute import interface
-    from magi_ffa.backends.fa4 import persistent as persistent_fwd
-
-    def kernel():
-        return persistent_fwd.forward_kernel(interface) if persistent else contextlib.nullcontext()
+def fwd_at_tile(lens, heads: int, tile: tuple[int, int], batch: bool) -> float:
+    """Forward ms of FA4 at tile shape ``tile``: the documents ``lens`` through the varlen path, or
+    (``batch``) one causal sequence of ``lens[0]`` through the batch path."""
+    from flash_attn.cute.interface import _flash_attn_fwd
 
     if batch:
         q, k, v = (torch.randn(1, lens[0], heads, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        kw = {}
-    else:
-        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-        q, k, v = (torch.randn(sum(lens), heads, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        kw = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lens), max_seqlen_k=max(lens))
-
-    def call():
-        with kernel():
-            interface._flash_attn_fwd(q, k, v, causal=True, tile_mn=tile, **kw)
-
-    return _time_ms(call)
+        return _time_ms(lambda: _flash_attn_fwd(q, k, v, causal=True, tile_mn=tile))
+    total = sum(lens)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(total, heads, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    return _time_ms(lambda: _flash_attn_fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lens),
+                                            max_seqlen_k=max(lens), causal=True, tile_mn=tile))
 
 
 def tile_rows(total: int, heads: int, tiles, card: str) -> list[dict]:
@@ -174,7 +157,7 @@ def tile_rows(total: int, heads: int, tiles, card: str) -> list[dict]:
         for name, docs, batch in (("varlen_docs", lens, False), ("batch_same_area", same, True)):
             case = f"{name}@{tile[0]}x{tile[1]}"
             try:
-                ms = fwd_ms(docs, heads, batch, tile)
+                ms = fwd_at_tile(docs, heads, tile, batch)
             except Exception as e:  # noqa: BLE001 - a shape FA4 refuses: reported, the sweep goes on
                 print(f"[{total}] {case:26s} refused: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
                 continue
@@ -182,30 +165,6 @@ def tile_rows(total: int, heads: int, tiles, card: str) -> list[dict]:
             print(f"[{total}] {case:26s} fwd {rows[-1]['fwd_tflops']:6.1f} TF/s", flush=True)
     return rows
 
-
-def persistent_rows(total: int, heads: int, card: str, repeats: int = 2) -> list[dict]:
-    """``--persistent``'s rows for one total: the forwards of the long-tailed documents and of the
-    documents of one length through the varlen path, FA4's kernel and the persistent one taking turns
-    (``repeats`` rounds; the rows of a case are its rounds' median)."""
-    lens = _doc_lengths(total, random.Random(0))
-    equal = [EQUAL_DOCUMENT] * (total // EQUAL_DOCUMENT)
-    times: dict = {}
-    for _ in range(repeats):
-        for name, docs in (("varlen_docs", lens), ("varlen_equal", equal)):
-            for persistent in (False, True):
-                times.setdefault((name, docs is lens, persistent), []).append(fwd_ms(docs, heads, False, None, persistent))
-    rows = []
-    for (name, long_tailed, persistent), ms in times.items():
-        case = f"{name}{'_persistent' if persistent else '_fa4'}"
-        rows.append(_row(card, total, case, lens if long_tailed else equal, heads, statistics.median(ms)))
-        print(f"[{total}] {case:26s} fwd {rows[-1]['fwd_tflops']:6.1f} TF/s ({len(ms)} rounds)", flush=True)
-    return rows
-
-
-PERSISTENT_RATIOS = (("varlen_docs_persistent", "varlen_docs_fa4", "long-tailed documents: persistent / FA4's kernel"),
-                     ("varlen_docs_persistent", "batch_same_area",
-                      "long-tailed documents, persistent / causal of the same area"),
-                     ("varlen_equal_persistent", "varlen_equal_fa4", "documents of one length: persistent / FA4's kernel"))
 
 RATIOS = (("varlen_one_doc", "batch_same_area", "one document: varlen path / batch path"),
           ("varlen_docs", "batch_same_area", "long-tailed documents / causal of the same area"),
@@ -221,16 +180,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="varlen_paths")
     ap.add_argument("--fwd-tiles", default="", help="FA4 tile shapes MxN, comma-separated: the forwards of "
                     "varlen_docs and batch_same_area at each (see the module docstring)")
-    ap.add_argument("--persistent", action="store_true", help="the varlen forwards with the fa4 backend's "
-                    "persistent kernel against FA4's, taking turns (magi_ffa.backends.fa4.persistent)")
     args = ap.parse_args(argv)
     tiles = parse_tiles(args.fwd_tiles)
     card = torch.cuda.get_device_name()
     rows = []
     for total in (int(t) for t in args.totals.split(",")):
         rows += tile_rows(total, args.heads, tiles, card)
-        if args.persistent:
-            rows += persistent_rows(total, args.heads, card)
         for name, kind, lens in cases(total):
             fwd_ms, bwd_ms = run_varlen(lens, args.heads) if kind == "varlen" else run_batch(len(lens), lens[0], args.heads)
             rows.append(_row(card, total, name, lens, args.heads, fwd_ms, bwd_ms))
@@ -258,8 +213,6 @@ def main(argv=None) -> int:
             if x and y:
                 lines.append(f"| {total} | tile {m}x{n}: long-tailed documents / causal of the same area | "
                              f"{x['fwd_tflops'] / y['fwd_tflops']:.2f} | - |")
-        for a, b, what in PERSISTENT_RATIOS if args.persistent else ():
-            lines.append(f"| {total} | {what} | {by[(total, a)]['fwd_tflops'] / by[(total, b)]['fwd_tflops']:.2f} | - |")
     with open(f"{args.out}.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines[lines.index("| total | ratio | fwd | bwd |") - 1:]))

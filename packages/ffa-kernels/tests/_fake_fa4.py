@@ -145,10 +145,6 @@ class _JITCache:
         return key in self.cache
 
 
-class FlashAttentionForwardSm90:
-    """The name of FA4's Hopper forward kernel class, which persistent.py swaps during a call."""
-
-
 class AuxData(NamedTuple):
     tensors: tuple | list | None = None
     scalars: tuple | None = None
@@ -350,8 +346,7 @@ def install(monkeypatch) -> None:
 
     module("flash_attn")
     module("flash_attn.cute")
-    module("flash_attn.cute.interface", _flash_attn_fwd=_flash_attn_fwd, _flash_attn_bwd=_flash_attn_bwd,
-           FlashAttentionForwardSm90=FlashAttentionForwardSm90)
+    module("flash_attn.cute.interface", _flash_attn_fwd=_flash_attn_fwd, _flash_attn_bwd=_flash_attn_bwd)
     module("flash_attn.cute.block_sparsity", BlockSparseTensorsTorch=BlockSparseTensorsTorch)
     module("flash_attn.cute.utils", scalar_to_ssa=lambda x, dtype: x, AuxData=AuxData)
     module("cutlass", range_constexpr=range, Int32=torch.int32)
@@ -386,6 +381,6 @@ def install_backend_on_cpu(monkeypatch, block_size: tuple[int, int] | None = (4,
     fa4_backend.clear_mask_cache()
     monkeypatch.setattr(FA4Backend, "DEVICES", FA4Backend.DEVICES | {"cpu"})
     monkeypatch.setattr(FA4Backend, "DTYPES", FA4Backend.DTYPES | {torch.float32, torch.float64})
-    monkeypatch.setattr(kernel, "device_arch", lambda device: 90)
+    monkeypatch.setattr(fa4_backend, "_arch", lambda device: 90)
     if block_size is not None:
         monkeypatch.setattr(kernel, "sparse_block_size", lambda arch: block_size)

@@ -231,11 +231,6 @@ _SWITCHES_BY_MODULE = {
                             "a prefetched key's build also does its runtime's first-call host work (1) "
                             "or leaves it to the first call (0)"),
     },
-    ("magi_attention.runtime.graphs", "whole-call graphs"): {
-        "--graph-eager-in-pool": ("EAGER_IN_POOL", "eager in pool",
-                                  "once a runtime holds graphs, its eager calls take their temporaries "
-                                  "from the graphs' pool (1) or from the common pool (0)"),
-    },
     ("magi_attention.runtime.dist_attn", "runtime"): {
         "--split-host-backward": ("SPLIT_HOST_BACKWARD", "split host backward",
                                   "the backward's host stage as two calls, the block no dK/dV reduce "

@@ -52,11 +52,6 @@ CASES = [
     dict(_BASE, name="fa4_native_cuda_graphs", mask="varlen_causal", seed=11, degree=2, repeat=6,
          graph_replays=2,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
-    # the same with eager calls' temporaries in the graphs' pool (graphs.EAGER_IN_POOL, off by default;
-    # added in stop 40, not yet run on a GPU)
-    dict(_BASE, name="fa4_native_cuda_graphs_eager_in_pool", mask="varlen_causal", seed=14, degree=2, repeat=6,
-         graph_replays=2, switches={"magi_attention.runtime.graphs:EAGER_IN_POOL": True},
-         env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
     # the same with a kept tail (hide tail): its receive buffer made outside the graphs, written by the
     # forward's graph and read by the backward's; one remote stage (its reduce folds at the wait) and two
     dict(_BASE, name="fa4_native_hide_tail_cuda_graphs", mask="varlen_causal", seed=13, degree=1, repeat=6,

@@ -157,65 +157,6 @@ def test_captured_on_the_second_sighting_replayed_after_with_the_native_count_mo
     assert after["captures"] - before["captures"] == 3 and after["eager"] - before["eager"] == 1
 
 
-class _FakeMemPool:
-    """torch.cuda.MemPool's part: an id to capture into."""
-
-    def __init__(self):
-        self.id = (id(self), 0)
-
-
-@pytest.mark.parametrize("eager_in_pool", [False, True])
-def test_eager_calls_take_their_temporaries_from_the_graphs_pool_where_asked(cuda_faked, monkeypatch,
-                                                                          eager_in_pool):
-    from magi_attention.runtime import graphs
-
-    monkeypatch.setattr(graphs, "EAGER_IN_POOL", eager_in_pool)
-    entered = []  # the pools the eager launches ran under
-    active = []  # the pool in use while a launch runs (None: the common pool)
-
-    @contextlib.contextmanager
-    def use_mem_pool(pool, device=None):
-        entered.append(pool)
-        active.append(pool)
-        try:
-            yield
-        finally:
-            active.pop()
-
-    captured_into = []
-    real_begin = _FakeGraph.capture_begin
-
-    def capture_begin(self, pool=None, capture_error_mode=None):
-        captured_into.append(pool)
-        real_begin(self, pool, capture_error_mode)
-
-    monkeypatch.setattr(torch.cuda, "MemPool", _FakeMemPool)
-    monkeypatch.setattr(torch.cuda, "use_mem_pool", use_mem_pool)
-    monkeypatch.setattr(_FakeGraph, "capture_begin", capture_begin)
-    runs = []  # per launch: (capturing, the pool it allocated from)
-
-    def launch():
-        runs.append((_FakeGraph.capturing, active[-1] if active else None))
-
-    rg = graphs.RuntimeGraphs(group=None, device=torch.device("cpu"), native=False)
-    rg.run(("fwd", 0), launch)  # no graph yet: eager in the common pool
-    rg.run(("fwd", 0), launch)  # captured: into the graphs' pool
-    rg.run(("bwd", 0), launch)  # a new key of a runtime with graphs: eager
-    assert len(_FakeGraph.made) == 1 and runs[0] == (False, None) and runs[1][0] is True
-    if eager_in_pool:
-        pool = rg._mem_pool
-        assert isinstance(pool, _FakeMemPool) and captured_into == [pool.id]
-        assert runs[2] == (False, pool) and entered == [pool]  # the capture itself is not wrapped
-    else:
-        assert rg._mem_pool is None and runs[2] == (False, None) and not entered
-    rg.run(("bwd", 0), launch)  # its second sighting: captured, into the same pool, not under use_mem_pool
-    assert len(_FakeGraph.made) == 2 and runs[3] == (True, None)
-    assert captured_into[-1] == captured_into[0] and len(entered) == eager_in_pool
-    rg._drop("test")  # graphs dropped: the pool goes with them, eager calls use the common pool again
-    rg.run(("bwd", 1), launch)
-    assert runs[-1] == (False, None) and rg._mem_pool is None
-
-
 def test_a_failed_capture_runs_the_call_eagerly_and_turns_graphs_off(cuda_faked):
     from magi_attention.runtime import graphs
 

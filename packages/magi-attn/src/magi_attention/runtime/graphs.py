@@ -40,8 +40,7 @@ buffers and the kernels' scratch). A runtime lives as long as its key stays in t
 own runtime, could pile pools up. Only the ``RUNTIMES_WITH_GRAPHS`` runtimes that used their graphs
 most recently keep them; an older one drops its graphs (and so its pool) and runs eagerly from then
 on, rather than capturing again, which would cost more host time than it saves when several masks
-take turns. With ``EAGER_IN_POOL`` the pool also serves the eager calls' temporaries, allocated on the
-compute stream (the captures' are on a side stream): about one more call's worth.
+take turns.
 """
 
 from __future__ import annotations
@@ -64,16 +63,6 @@ CAPACITY = 512  # graphs per runtime: a forward and a backward per layer, each a
 IDLE_FLOOR = 4  # captures a runtime may hold that have not replayed yet, at least
 PROBE_EVERY = 16  # a guard that refuses lets every so many refused captures through (addresses may settle)
 RUNTIMES_WITH_GRAPHS = 4  # runtimes of the process that keep graphs (each its own pool), most recently used
-#: On: once a runtime holds graphs, its calls that still run eagerly take their temporaries from the
-#: graphs' pool too (``torch.cuda.use_mem_pool``), not from the caching allocator's common pool.
-#: Why (a hypothesis, not yet measured on a GPU): a key holds the addresses of the call's outputs,
-#: which the common pool hands out. Today an eager call's temporaries pass through that pool and
-#: a replayed call's do not, so each layer that turns from eager to captured moves the addresses
-#: the later layers' outputs get, and their keys are new again; bench_dist's 4-layer steps ran
-#: about half their calls eagerly after 13 steps (BENCHMARKS.md, stop 37). With the temporaries
-#: kept out of the common pool whatever the mode, it sees the same allocations step after step
-#: once the first graph exists. Off by default until an A/B (``bench_dist --graph-eager-in-pool``).
-EAGER_IN_POOL = False
 _holders: OrderedDict = OrderedDict()  # id(RuntimeGraphs) -> weakref, the most recently used last
 #: over every runtime of the process; "replays" counts a capture's own first run too
 _totals = {"replays": 0, "captures": 0, "eager": 0, "refused": 0, "capture us": 0}
@@ -179,8 +168,7 @@ class RuntimeGraphs:
 
     def __init__(self, group, device: torch.device, native: bool, capture: Callable | None = None) -> None:
         self._group, self._device, self._native = group, device, native
-        self._pool = None  # the captures' pool (its id)
-        self._mem_pool = None  # that pool as a torch.cuda.MemPool, where EAGER_IN_POOL made it so
+        self._pool = None
         self._stream = None
         self._failed: str | None = None
         self._guard = _CaptureGuard()
@@ -191,29 +179,13 @@ class RuntimeGraphs:
         """``launch()`` (which writes only tensors described in ``key``), eagerly or from a graph."""
         state = self._native_state()
         where = None if state is None else (state[0] % 2, state[1])
-        self._graphs.run((key, where), self._in_pool(launch), family=key)
+        self._graphs.run((key, where), launch, family=key)
         if len(self._graphs):  # used now: the last runtime to lose its graphs
             ref = _holders.get(id(self))
             if ref is not None and ref() is self:
                 _holders.move_to_end(id(self))
             else:  # its first graph: room for its pool
                 self._hold()
-
-    def _in_pool(self, launch: Callable[[], None]) -> Callable[[], None]:
-        """``launch``, run with its allocations in the graphs' pool where ``EAGER_IN_POOL`` asks for it
-        and that pool exists (a capture's allocations go there anyway)."""
-        pool = self._mem_pool if EAGER_IN_POOL else None
-        if pool is None:
-            return launch
-
-        def eager_in_pool():
-            if torch.cuda.is_current_stream_capturing():
-                launch()
-                return
-            with torch.cuda.use_mem_pool(pool, device=self._device):
-                launch()
-
-        return eager_in_pool
 
     def _hold(self) -> None:
         """Count this runtime among those keeping graphs; the least recently used beyond
@@ -231,7 +203,7 @@ class RuntimeGraphs:
         self._failed = why  # keeps the new LaunchGraphs below switched off, as a failed capture does
         self._graphs = _compat.grpcoll.LaunchGraphs(capacity=CAPACITY, enabled=lambda: self._failed is None,
                                                     totals=_totals)  # the old one's graphs die with it
-        self._pool = self._mem_pool = None
+        self._pool = None
 
     def _native_state(self) -> tuple[int, int] | None:
         """The group's (native call count, buffer generation), or None (no native calls)."""
@@ -250,8 +222,7 @@ class RuntimeGraphs:
         started = time.perf_counter()
         before = self._native_calls()
         if self._pool is None or not len(self._graphs):  # a pool dies with its last graph
-            self._mem_pool = torch.cuda.MemPool() if EAGER_IN_POOL else None
-            self._pool = self._mem_pool.id if EAGER_IN_POOL else torch.cuda.graph_pool_handle()
+            self._pool = torch.cuda.graph_pool_handle()
         if self._stream is None:
             self._stream = torch.cuda.Stream(device=self._device)
         current = torch.cuda.current_stream(self._device)

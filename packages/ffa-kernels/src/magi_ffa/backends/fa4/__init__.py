@@ -16,12 +16,13 @@ works with this backend too.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from magi_ffa import range_cache
 from magi_ffa.backends.base import Backend, FFAInputs
 from magi_ffa.backends.fa4 import decompose
-from magi_ffa.backends.fa4 import kernel as fa4_kernel
 from magi_ffa.backends.fa4.block_sparse import SliceBlockMask, build_slice_block_mask
 from magi_ffa.lru import LRUCache
 from magi_ffa.merge import correct_attn_out_lse
@@ -39,11 +40,19 @@ def clear_mask_cache() -> None:
     replay.clear()
 
 
+@functools.cache
+def _arch(device: torch.device) -> int:
+    """10 * major + minor compute capability (cached: it is asked on every call)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def slice_block_mask(inp: FFAInputs) -> SliceBlockMask:
     """The translated mask of `inp`'s slices at the block size of `inp`'s GPU, cached by content
     (one host copy of the ranges)."""
+    from magi_ffa.backends.fa4.kernel import sparse_block_size
 
-    block_size = fa4_kernel.sparse_block_size(fa4_kernel.device_arch(inp.q.device))
+    block_size = sparse_block_size(_arch(inp.q.device))
     return inp.memoised(("fa4 mask", block_size), lambda: _translated(inp, block_size))  # once per signature
 
 
@@ -88,12 +97,14 @@ class FA4Backend(Backend):
     ACCUMULATES_NAMED = True  # FA4 writes the other gradients; the named ones get one add pass
 
     def require(self) -> None:
-        fa4_kernel.import_fa4()
+        from magi_ffa.backends.fa4.kernel import import_fa4
+
+        import_fa4()
 
     def not_supported_reasons(self, inp: FFAInputs) -> list[str]:
         reasons = super().not_supported_reasons(inp)
-        if inp.q.device.type == "cuda" and fa4_kernel.device_arch(inp.q.device) < 90:
-            reasons.append(f"compute capability {fa4_kernel.device_arch(inp.q.device)} (FA4 needs sm90 or newer)")
+        if inp.q.device.type == "cuda" and _arch(inp.q.device) < 90:
+            reasons.append(f"compute capability {_arch(inp.q.device)} (FA4 needs sm90 or newer)")
         return reasons
 
     def prepare_mask(self, q_ranges, k_ranges, attn_type_map, seqlen_q: int, seqlen_k: int, device) -> bool:
@@ -101,16 +112,17 @@ class FA4Backend(Backend):
         parts) made now and cached, as the first call at these lengths on ``device`` would make it;
         uploads on the current stream.
         Nothing on a device FA4 does not run on."""
+        from magi_ffa.backends.fa4.kernel import sparse_block_size
+
         device = torch.device(device)
         if device.type not in self.DEVICES:
             return False
         if device.type == "cuda" and device.index is None:  # the key names the device as a call's q does
             device = torch.device("cuda", torch.cuda.current_device())
-        if fa4_kernel.device_arch(device) < 90:
+        if _arch(device) < 90:
             return False
         hr = range_cache.host_ranges(q_ranges, k_ranges, attn_type_map)
-        block_size = fa4_kernel.sparse_block_size(fa4_kernel.device_arch(device))
-        mask = _mask_of(hr, int(seqlen_q), int(seqlen_k), block_size, device)
+        mask = _mask_of(hr, int(seqlen_q), int(seqlen_k), sparse_block_size(_arch(device)), device)
         for m in (mask,) if mask.parts is None else (part.mask for part in mask.parts):
             m.device_tensors  # noqa: B018 - the block lists and intervals a call hands FA4, built lazily
         return True
@@ -125,6 +137,8 @@ class FA4Backend(Backend):
                                       "supported; use the triton backend.")
 
     def forward(self, inp, out, lse, max_logits, *, fresh=False):
+        from magi_ffa.backends.fa4.kernel import fa4_forward
+
         self._refuse(inp, max_logits)
         if inp.num_slices == 0:
             if fresh:
@@ -140,7 +154,7 @@ class FA4Backend(Backend):
             (a, b), (c, d) = part.q, part.k
             out_p, lse_p = _rows(out, a, b), _rows(lse, a, b)
             direct = fresh and out.dtype == inp.q.dtype  # FA4 writes the caller's buffer itself
-            o, l_ = fa4_kernel.fa4_forward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), part.mask,
+            o, l_ = fa4_forward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), part.mask,
                                 inp.softmax_scale, inp.softcap, out=out_p if direct else None)
             self._store(out_p if direct else o, l_, part.mask, out_p, lse_p, fresh, direct)
             fresh = False
@@ -165,6 +179,7 @@ class FA4Backend(Backend):
             correct_attn_out_lse(out, lse, o, l_, inplace=True)
 
     def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False, accumulate=frozenset()):
+        from magi_ffa.backends.fa4.kernel import fa4_backward
         from magi_ffa.backends.triton.merge import add_into_, zero_rows_
 
         self._refuse(inp)
@@ -179,7 +194,7 @@ class FA4Backend(Backend):
             (a, b), (c, d) = part.q, part.k
             bufs = (_rows(dq, a, b), _rows(dk, c, d), _rows(dv, c, d))
             direct = [w and t.dtype == inp.q.dtype for w, t in zip(writes, bufs)]  # FA4 writes them itself
-            grads = fa4_kernel.fa4_backward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), _rows(out, a, b),
+            grads = fa4_backward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), _rows(out, a, b),
                                  _rows(dout, a, b), _rows(lse, a, b), part.mask, inp.softmax_scale, inp.softcap,
                                  grads=tuple(t if x else None for t, x in zip(bufs, direct)))
             unwritten = part.mask.skipped_rows("bwd")  # dq rows FA4 did not compute: they get nothing

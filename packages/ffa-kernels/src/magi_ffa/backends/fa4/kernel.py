@@ -11,16 +11,15 @@ length (native.py); varlen calls drop B.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 
 import torch
 
-from magi_ffa.backends.fa4 import persistent, replay
+from magi_ffa.backends.fa4 import replay
 from magi_ffa.backends.fa4.block_sparse import BlockLists, SliceBlockMask
 
-__all__ = ["FA4_REQUIREMENT", "device_arch", "fa4_backward", "fa4_forward", "import_fa4", "sparse_block_size"]
+__all__ = ["FA4_REQUIREMENT", "fa4_backward", "fa4_forward", "import_fa4", "sparse_block_size"]
 
 FA4_REQUIREMENT = "flash-attn-4>=4.0.0b36"
 _INSTALL_HINT = f"install it with `pip install magi-ffa-kernels[fa4]` ({FA4_REQUIREMENT})"
@@ -42,13 +41,6 @@ def import_fa4():
             raise ImportError(f"flash_attn.cute.interface has no {name}: this FA4 release is not the "
                               f"interface the fa4 backend was written for; {_INSTALL_HINT}")
     return mods
-
-
-@functools.cache
-def device_arch(device: torch.device) -> int:
-    """10 * major + minor compute capability (cached: it is asked on every call)."""
-    major, minor = torch.cuda.get_device_capability(device)
-    return 10 * major + minor
 
 
 def sparse_block_size(arch: int) -> tuple[int, int]:
@@ -177,16 +169,14 @@ def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: fl
     """
     iface = import_fa4()[0]
     to_fa4, from_fa4 = _layout(mask)
-    persistent_fwd = persistent.applies(mask.native, q.shape[-1], device_arch(q.device))
 
     def call(q_, k_, v_, out_):
-        with persistent.forward_kernel(iface, replay.watched) if persistent_fwd else contextlib.nullcontext():
-            o, lse, *_ = iface._flash_attn_fwd(
-                q_, k_, v_, softmax_scale=softmax_scale, softcap=softcap or None, return_lse=True, out=out_,
-                **_mask_args(mask, "fwd"))
+        o, lse, *_ = iface._flash_attn_fwd(
+            q_, k_, v_, softmax_scale=softmax_scale, softcap=softcap or None, return_lse=True, out=out_,
+            **_mask_args(mask, "fwd"))
         return o, lse
 
-    o, lse = replay.launch(("fwd", softmax_scale, softcap, persistent_fwd), mask, call,
+    o, lse = replay.launch(("fwd", softmax_scale, softcap), mask, call,
                            (to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out)), written=(3,),
                            constants=mask.device_tensors, module=iface, computed=_computed(mask, "fwd"))
     return from_fa4(o), _lse_from_fa4(lse)

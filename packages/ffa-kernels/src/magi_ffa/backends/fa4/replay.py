@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["clear", "launch", "stats", "watched"]
+__all__ = ["clear", "launch", "stats"]
 
 ENV = "MAGI_FFA_FA4_LAUNCH_REPLAY"
 RECORD_AT_ENV = "MAGI_FFA_FA4_RECORD_AT"
@@ -273,18 +273,12 @@ class _WatchedCache:
         return getattr(self._inner, name)
 
 
-def watched(cache):
-    """`cache` (a compile cache of FA4's kind) such that the launches of a call being recorded are
-    seen; for a cache swapped in for FA4's own during a call (persistent.py)."""
-    return cache if isinstance(cache, _WatchedCache) else _WatchedCache(cache)
-
-
 def _watch_compile_caches(module) -> None:
     """Wrap the compile cache of every entry point of FA4's interface module (once)."""
     for obj in list(vars(module).values()):
         cache = getattr(obj, "compile_cache", None)
-        if cache is not None:
-            obj.compile_cache = watched(cache)
+        if cache is not None and not isinstance(cache, _WatchedCache):
+            obj.compile_cache = _WatchedCache(cache)
 
 
 # ---------------------------------------------------------------------------------------------
