@@ -9,8 +9,7 @@ and on the varlen masks. The impls ffa_fa4_noreplay, ffa_fa4_nodecomp, ffa_fa4_d
 ffa_fa4_nobatch are the fa4 backend with FA4's launch replay off (MAGI_FFA_FA4_LAUNCH_REPLAY=0), with
 decomposed masks off (MAGI_FFA_FA4_DECOMPOSE=0), with them on in both directions (=all), and with
 documents of one length run varlen instead of as a batch (native.BATCHED_DOCUMENTS): its own peers,
-one switch each; ffa_fa4_tile176 runs the native forwards at FA4 tile 128 x 176
-(MAGI_FFA_FA4_FWD_TILE).
+one switch each.
 
     python benchmarks/bench_ffa.py --out results/ffa_h100 [--quick]
     python benchmarks/bench_ffa.py --sweep results/sweep   # tile configs of the Triton kernels
@@ -40,13 +39,11 @@ from magi_ffa.testing import shared_question_slices
 
 REPLAY_ENV = "MAGI_FFA_FA4_LAUNCH_REPLAY"  # magi_ffa.backends.fa4.replay.ENV (read here without importing FA4)
 DECOMPOSE_ENV = "MAGI_FFA_FA4_DECOMPOSE"  # magi_ffa.backends.fa4.decompose.ENV
-FWD_TILE_ENV = "MAGI_FFA_FA4_FWD_TILE"  # magi_ffa.backends.fa4.kernel.FWD_TILE_ENV
 #: the fa4 backend's same-run peers: impl -> (the environment it runs under, the module switch it
 #: flips as (module, attribute, value), or None)
 FA4_VARIANTS = {"ffa_fa4": ({}, None), "ffa_fa4_noreplay": ({REPLAY_ENV: "0"}, None),
                 "ffa_fa4_nodecomp": ({DECOMPOSE_ENV: "0"}, None), "ffa_fa4_decomp_all": ({DECOMPOSE_ENV: "all"}, None),
-                "ffa_fa4_nobatch": ({}, ("magi_ffa.backends.fa4.native", "BATCHED_DOCUMENTS", False)),
-                "ffa_fa4_tile176": ({FWD_TILE_ENV: "128x176"}, None)}
+                "ffa_fa4_nobatch": ({}, ("magi_ffa.backends.fa4.native", "BATCHED_DOCUMENTS", False))}
 
 D = 128
 MASKS = ["full", "causal", "varlen_full", "varlen_causal", "swa_1k", "swa_4k", "block_causal",

@@ -188,61 +188,6 @@ def test_block_aligned_masks_run_without_the_mask_function(fake_fa4, monkeypatch
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("value,tile", [(None, None), ("auto", None), ("128x176", (128, 176)), (" 64X128 ", (64, 128))])
-def test_forward_tile_from_the_environment(monkeypatch, value, tile):
-    if value is None:
-        monkeypatch.delenv(kernel.FWD_TILE_ENV, raising=False)
-    else:
-        monkeypatch.setenv(kernel.FWD_TILE_ENV, value)
-    assert kernel.forward_tile() == tile
-
-
-@pytest.mark.parametrize("value", ["128", "128x100", "0x128", "axb", "128x128x1"])
-def test_a_bad_forward_tile_is_named(monkeypatch, value):
-    monkeypatch.setenv(kernel.FWD_TILE_ENV, value)
-    with pytest.raises(ValueError, match=kernel.FWD_TILE_ENV):
-        kernel.forward_tile()
-
-
-def test_the_forward_tile_reaches_native_forwards_only(fake_fa4, monkeypatch):
-    """MAGI_FFA_FA4_FWD_TILE goes to FA4's forward as tile_mn where FA4 masks itself, not with block
-    lists (their blocks fix the tile); the result stays the mask's."""
-    tiles = []
-    real_fwd = sys.modules["flash_attn.cute.interface"]._flash_attn_fwd
-
-    def spy(*a, **kw):
-        tiles.append(kw.get("tile_mn"))
-        return real_fwd(*a, **kw)
-
-    monkeypatch.setattr(sys.modules["flash_attn.cute.interface"], "_flash_attn_fwd", spy)
-    monkeypatch.setenv(replay.ENV, "0")
-    g = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(33, 2, 64, generator=g, dtype=torch.float64) for _ in range(3))
-    documents = varlen_slices([10, 3, 20], 1)
-    lists = ([[0, 20], [5, 33]], [[3, 9], [0, 33]], [0, 1])
-    for value, (qr, kr, ts), want in (("128x176", documents, (128, 176)), ("auto", documents, None),
-                                      ("128x176", lists, None)):
-        monkeypatch.setenv(kernel.FWD_TILE_ENV, value)
-        out, _ = flex_flash_attn_func(q, k, v, qr, kr, ts, backend="fa4")
-        assert tiles[-1] == want, (value, tiles)
-        torch.testing.assert_close(out, ref_attn_dense(q, k, v, qr, kr, ts)[0], atol=1e-10, rtol=1e-10)
-
-
-def test_a_call_recorded_under_one_tile_is_not_replayed_under_another(fake_fa4, monkeypatch):
-    monkeypatch.delenv(replay.ENV, raising=False)
-    monkeypatch.setenv(replay.RECORD_AT_ENV, "2")
-    g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(33, 2, 64, generator=g, dtype=torch.float64) for _ in range(3))
-    monkeypatch.setenv(kernel.FWD_TILE_ENV, "128x176")
-    for _ in range(3):  # compiled, recorded, replayed
-        flex_flash_attn_func(q, k, v, *varlen_slices([10, 3, 20], 1), backend="fa4")
-    assert replay.stats()["replayed"] == 1
-    monkeypatch.setenv(kernel.FWD_TILE_ENV, "auto")
-    out, _ = flex_flash_attn_func(q, k, v, *varlen_slices([10, 3, 20], 1), backend="fa4")
-    assert replay.stats()["replayed"] == 1  # a new key: FA4's own path
-    torch.testing.assert_close(out, ref_attn_dense(q, k, v, *varlen_slices([10, 3, 20], 1))[0], atol=1e-10, rtol=1e-10)
-
-
 @pytest.mark.parametrize("api", ["flex_flash_attn_func", "ffa_forward/backward"])
 def test_half_precision_buffers(fake_fa4, api):
     """fp16 inputs: flex_flash_attn_func's buffers have q's dtype and FA4 writes them itself;

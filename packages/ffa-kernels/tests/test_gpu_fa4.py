@@ -217,22 +217,3 @@ def test_fa4_decomposed_masks_vs_float64(name, mode, monkeypatch):
         lowp = _dense_lowp(q, k, v, dout, qr_t, kr_t, tm_t, softcap)
         for key in ("out", "lse", "dq", "dk", "dv"):
             assert_close_to_ref(key, got[key], lowp[key], ref[key])
-
-
-@pytest.mark.parametrize("family", ["full", "causal", "varlen_causal", "sliding_window", "causal_docs_fewer_rows"])
-def test_fa4_forward_tile_128x176_vs_float64(family, monkeypatch):
-    """MAGI_FFA_FA4_FWD_TILE=128x176 (kernel.forward_tile; FA4's own Hopper choice at head dim 128 is
-    128 x 128): the native forwards at that tile, within tolerance of float64, gradients included."""
-    from magi_ffa.backends.fa4 import kernel
-
-    monkeypatch.setenv(kernel.FWD_TILE_ENV, "128x176")
-    total, hq, hk, d = 4096, 8, 2, 128
-    q, k, v, dout = _inputs(total, hq, hk, d, torch.bfloat16, seed=21)
-    qr, kr, tm = DOCUMENTS[family] if family in DOCUMENTS else mask_family(family, total, seed=22)
-    qr_t, kr_t = (torch.tensor(x, dtype=torch.int32, device="cuda").reshape(-1, 2) for x in (qr, kr))
-    tm_t = torch.tensor(tm, dtype=torch.int32, device="cuda")
-    got = _run("fa4", torch.bfloat16, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
-    ref = _run("torch", torch.float64, q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
-    lowp = _dense_lowp(q, k, v, dout, qr_t, kr_t, tm_t, 0.0)
-    for key in ("out", "lse", "dq", "dk", "dv"):
-        assert_close_to_ref(key, got[key], lowp[key], ref[key])

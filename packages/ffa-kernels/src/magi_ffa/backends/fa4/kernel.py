@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 
 import torch
 
 from magi_ffa.backends.fa4 import replay
 from magi_ffa.backends.fa4.block_sparse import BlockLists, SliceBlockMask
 
-__all__ = ["FA4_REQUIREMENT", "FWD_TILE_ENV", "fa4_backward", "fa4_forward", "forward_tile", "import_fa4",
-           "sparse_block_size"]
+__all__ = ["FA4_REQUIREMENT", "fa4_backward", "fa4_forward", "import_fa4", "sparse_block_size"]
 
 FA4_REQUIREMENT = "flash-attn-4>=4.0.0b36"
-FWD_TILE_ENV = "MAGI_FFA_FA4_FWD_TILE"
 _INSTALL_HINT = f"install it with `pip install magi-ffa-kernels[fa4]` ({FA4_REQUIREMENT})"
 
 
@@ -151,20 +148,6 @@ def _lse_for_fa4(lse: torch.Tensor, mask: SliceBlockMask) -> torch.Tensor:
     return fa4[0] if _varlen(mask) else fa4
 
 
-def forward_tile() -> tuple[int, int] | None:
-    """The (q rows, keys) tile of the forwards FA4 masks itself (native.py), from ``FWD_TILE_ENV``:
-    "MxN", or "auto" (the default: FA4's own choice). For A/B runs of FA4's tile shapes (128 x 128
-    at head dim 128 on Hopper); FA4 refuses a shape its kernel cannot run."""
-    value = os.environ.get(FWD_TILE_ENV, "auto").strip().lower()
-    if value == "auto":
-        return None
-    parts = value.split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 and int(p) % 16 == 0 for p in parts):
-        raise ValueError(f"{FWD_TILE_ENV}={value!r}: expected 'auto' or MxN with M, N positive multiples "
-                         f"of 16 (e.g. 128x176)")
-    return int(parts[0]), int(parts[1])
-
-
 def _computed(mask: SliceBlockMask, direction: str):
     """What a call computes, for the launch replay's check: all of its results, except the rows FA4
     skips (documents without keys, native.py) of the forward's out / lse and the backward's dq
@@ -186,15 +169,14 @@ def fa4_forward(q, k, v, mask: SliceBlockMask, softmax_scale: float, softcap: fl
     """
     iface = import_fa4()[0]
     to_fa4, from_fa4 = _layout(mask)
-    tile = forward_tile() if mask.native is not None else None  # block lists fix the tile to their blocks
 
     def call(q_, k_, v_, out_):
         o, lse, *_ = iface._flash_attn_fwd(
             q_, k_, v_, softmax_scale=softmax_scale, softcap=softcap or None, return_lse=True, out=out_,
-            **_mask_args(mask, "fwd"), **({} if tile is None else {"tile_mn": tile}))
+            **_mask_args(mask, "fwd"))
         return o, lse
 
-    o, lse = replay.launch(("fwd", softmax_scale, softcap, tile), mask, call,
+    o, lse = replay.launch(("fwd", softmax_scale, softcap), mask, call,
                            (to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out)), written=(3,),
                            constants=mask.device_tensors, module=iface, computed=_computed(mask, "fwd"))
     return from_fa4(o), _lse_from_fa4(lse)
