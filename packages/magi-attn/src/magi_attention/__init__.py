@@ -8,6 +8,7 @@ import logging as _logging
 
 from magi_attention import (  # noqa: E402
     _compat,  # noqa: F401  (interface check first)
+    comm,
     config,
     env,
     functional,
@@ -35,7 +36,7 @@ from magi_attention.env import (  # noqa: E402
 _logging.getLogger("magi_attention").addHandler(_logging.NullHandler())
 
 __all__ = [
-    "INTERFACE_VERSION", "__version__", "config", "env", "functional",
+    "INTERFACE_VERSION", "__version__", "comm", "config", "env", "functional",
     "init_dist_attn_runtime_key", "init_dist_attn_runtime_mgr",
     "is_sanity_check_enable", "is_flatten_head_groups_enable", "is_sdpa_backend_enable",
     "is_fa4_backend_enable", "is_cuda_device_max_connections_one",

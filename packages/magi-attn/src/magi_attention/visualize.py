@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from magi_attention import _compat
+from magi_attention.common.mask import slice_visibility
 from magi_attention.common.ranges import mask_type_codes, naive_ranges
 from magi_attention.errors import MagiAttentionError
 
@@ -57,18 +58,6 @@ def _check_total(total_seqlen: int, ranges, fn: str) -> int:
     return total_seqlen
 
 
-def _slice_cells(lq: int, lk: int, t: int) -> np.ndarray:
-    """Boolean [lq, lk] visibility of one slice (contracts.md mask rules)."""
-    i = np.arange(lq)[:, None]
-    j = np.arange(lk)[None, :]
-    vis = np.ones((lq, lk), dtype=bool)
-    if t in (CAUSAL, BI_CAUSAL):
-        vis &= j <= i + lk - lq
-    if t in (INV_CAUSAL, BI_CAUSAL):
-        vis &= j >= i
-    return vis
-
-
 def dense_mask(q_ranges, k_ranges, mask_types, total_seqlen: int) -> np.ndarray:
     """Type code + 1 of each visible cell (0 = masked), int8 [T, T].
 
@@ -81,7 +70,7 @@ def dense_mask(q_ranges, k_ranges, mask_types, total_seqlen: int) -> np.ndarray:
     for (qs, qe), (ks, ke), t in zip(qr, kr, types):
         if qe > qs and ke > ks:
             block = out[qs:qe, ks:ke]
-            block[_slice_cells(qe - qs, ke - ks, t)] = t + 1
+            block[slice_visibility(qe - qs, ke - ks, t)] = t + 1
     return out
 
 
@@ -133,7 +122,7 @@ def stage_map(rank_plan, total_seqlen: int) -> np.ndarray:
         for (qs, qe), (ks, ke), t in zip(calc.q_ranges, calc.k_ranges, calc.mask_types):
             if qe <= qs or ke <= ks:
                 continue
-            rows, cols = np.nonzero(_slice_cells(qe - qs, ke - ks, int(t)))
+            rows, cols = np.nonzero(slice_visibility(qe - qs, ke - ks, int(t)))
             out[q_glob[qs + rows], k_glob[ks + cols]] = stage
     return out
 

@@ -1,16 +1,16 @@
-"""Mask geometry types (re-exported from magi_solver) and small tensor helpers.
+"""Mask geometry types (re-exported from magi_solver), the dense AttnMask and small tensor helpers.
 
 The geometry classes live in the torch-free C++ solver; ``ranges_to_tensor`` adds the one
 torch-facing conversion, and ``AttnRanges.to_tensor`` is attached to the C++ class when the
-binding allows it.
+binding allows it. ``AttnMask`` (mask.py) is torch's: a dense CPU tensor of a mask, for checks.
 """
 
 from __future__ import annotations
 
 from magi_attention.common import enum
+from magi_attention.common.mask import AttnMask
 from magi_attention.common.ranges import (
     AttnForwardMeta,
-    AttnMask,
     AttnMaskType,
     AttnRange,
     AttnRanges,

@@ -15,7 +15,7 @@ import torch
 from magi_attention import _compat
 from magi_attention.errors import MagiAttentionError
 
-__all__ = ["AttnRange", "AttnRanges", "AttnMaskType", "AttnMask", "AttnRectangle",
+__all__ = ["AttnRange", "AttnRanges", "AttnMaskType", "AttnRectangle",
            "AttnRectangles", "RangeError", "AttnForwardMeta", "ranges_to_tensor",
            "naive_ranges", "mask_type_code", "mask_type_codes", "MASK_NAME_TO_CODE",
            "make_attn_ranges", "make_mask_types"]
@@ -43,7 +43,6 @@ AttnRanges = _from(_compat.solver, "AttnRanges")
 AttnMaskType = _from(_compat.solver, "AttnMaskType")
 AttnRectangle = _from(_compat.solver, "AttnRectangle")
 AttnRectangles = _from(_compat.solver, "AttnRectangles")
-AttnMask = getattr(_compat.solver, "AttnMask", None) or _missing("magi_solver", "AttnMask")
 RangeError = getattr(_compat.solver, "RangeError", None) or type("RangeError", (ValueError,), {})
 AttnForwardMeta = _from(_compat.ffa, "AttnForwardMeta")
 

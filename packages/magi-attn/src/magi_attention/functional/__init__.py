@@ -25,7 +25,20 @@ correct_attn_lse_with_sink = _ffa("correct_attn_lse_with_sink")
 correct_attn_out_with_sink = _ffa("correct_attn_out_with_sink")
 correct_attn_out_lse_with_sink = _ffa("correct_attn_out_lse_with_sink")
 
-__all__ = ["flex_flash_attn_func", "dist_attn_func", "dispatch_func", "undispatch_func",
+
+
+def ffa_fa4_func(q, k, v, q_ranges, k_ranges, attn_type_map=None, *, softmax_scale=None, softcap=0.0,
+                 reuse_attn_arg=False):
+    """(out, lse): ``flex_flash_attn_func`` on the fa4 backend (Flash-Attention 4), with no sink, the
+    anchor's benchmarking entry point. ``reuse_attn_arg`` is accepted and has no effect: the backend
+    keeps each mask's translation itself. Raises the backend's error naming what is missing where FA4
+    is not installed or the device cannot run it."""
+    out, meta = flex_flash_attn_func(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale=softmax_scale,
+                                     softcap=softcap, backend="fa4")
+    return out, meta.lse
+
+
+__all__ = ["flex_flash_attn_func", "ffa_fa4_func", "dist_attn_func", "dispatch_func", "undispatch_func",
            "correct_attn_lse", "correct_attn_out", "correct_attn_out_lse",
            "correct_attn_lse_with_sink", "correct_attn_out_with_sink",
            "correct_attn_out_lse_with_sink"]
