@@ -46,6 +46,7 @@ LAYOUT = {
                                              "init_dist_attn_runtime_key", "init_dist_attn_runtime_mgr",
                                              "check_flag_comb"],
     "magi_attention.comm.primitive.grpcoll": ["group_cast", "group_reduce", "GrpCollConfig"],
+    "magi_attention.utils": ["setup_dist_env", "clearup_dist_env"],
 }
 
 
@@ -96,3 +97,53 @@ def test_ffa_fa4_func_is_the_fa4_backend(monkeypatch):
     ref_out, ref_lse, _ = ref_attn_dense(q, k, v, qr, kr, types, softcap=5.0)
     torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
+
+
+def _single_rank_env(monkeypatch, **extra):
+    from magi_attention.testing import free_port
+
+    for name in ("LOCAL_RANK", "NNODES", "NPROC_PER_NODE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), **extra}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_setup_dist_env_from_torchruns_environment(monkeypatch):
+    """The anchor quickstart's set-up: the default group from the environment (gloo here), the
+    rank's device, one seed on every rank; then torn down."""
+    import torch.distributed as dist
+    from magi_attention.utils import clearup_dist_env, setup_dist_env
+
+    assert not dist.is_initialized()
+    _single_rank_env(monkeypatch)
+    try:
+        got = setup_dist_env(backend="gloo", seed=7)
+        first = torch.randn(4)
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        assert got == (0, 0, 1, 1, 1, dist.group.WORLD, torch.device("cpu"), 7)
+        assert setup_dist_env(backend="gloo", seed=7)[:5] == (0, 0, 1, 1, 1)  # an initialised group is kept
+        assert torch.equal(torch.randn(4), first)  # seeded again, the same stream
+    finally:
+        clearup_dist_env()
+    assert not dist.is_initialized()
+    clearup_dist_env()  # nothing to tear down: no error
+
+
+@pytest.mark.parametrize("unset,extra,match", [("RANK", {}, "RANK is not set"),
+                                               (None, {"WORLD_SIZE": "x"}, "WORLD_SIZE='x'"),
+                                               (None, {"NNODES": "3", "WORLD_SIZE": "1"}, "NNODES=3")])
+def test_setup_dist_env_names_what_is_wrong(monkeypatch, unset, extra, match):
+    import torch.distributed as dist
+    from magi_attention.errors import MagiAttentionError
+    from magi_attention.utils import clearup_dist_env, setup_dist_env
+
+    _single_rank_env(monkeypatch, **extra)
+    if unset:
+        monkeypatch.delenv(unset)
+    try:
+        with pytest.raises(MagiAttentionError, match=match):
+            setup_dist_env(backend="gloo")
+    finally:
+        clearup_dist_env()
+    assert not dist.is_initialized()
