@@ -228,17 +228,13 @@ class AttnMask(nn.Module):
                 row += _TEXT_CELLS[2 if block.all() else int(block.any())]
             lines.append(row)
         if save_path is not None:
-            import matplotlib
+            from magi_attention.visualize import _figure  # matplotlib's, no pyplot state touched
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(6, 6 * sq / max(sk, 1)))
-            ax.imshow(m, cmap="Blues", interpolation="nearest", vmin=0, vmax=1)
+            ax = _figure(1, 1).subplots()
+            ax.imshow(m, cmap="Blues", interpolation="nearest", vmin=0, vmax=1, aspect="auto")
             ax.set_xlabel("key")
             ax.set_ylabel("query")
-            fig.savefig(save_path, bbox_inches="tight")
-            plt.close(fig)
+            ax.figure.savefig(save_path)
         return "\n".join(lines)
 
     def extra_repr(self) -> str:
