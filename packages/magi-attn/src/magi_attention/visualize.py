@@ -23,26 +23,16 @@ from typing import Any
 import numpy as np
 
 from magi_attention import _compat
-from magi_attention.common.mask import slice_visibility
-from magi_attention.common.ranges import mask_type_codes, naive_ranges
+from magi_attention.common.mask import FULL, slice_visibility
+from magi_attention.common.ranges import checked_slices
 from magi_attention.errors import MagiAttentionError
 
 __all__ = ["dense_mask", "plan_mask", "stage_map", "rank_map", "render_mask", "render_key",
            "parse_slices", "main"]
 
-FULL, CAUSAL, INV_CAUSAL, BI_CAUSAL = 0, 1, 2, 3
 TYPE_NAMES = ("full", "causal", "inv_causal", "bi_causal")
 MAX_SEQLEN = 16384  # a dense T x T picture above this is too large to be useful
 _TYPE_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
-
-
-def _check_slices(q_ranges, k_ranges, mask_types, fn: str):
-    qr = list(naive_ranges(q_ranges, fn=fn, arg="q_ranges"))
-    kr = list(naive_ranges(k_ranges, fn=fn, arg="k_ranges"))
-    if len(qr) != len(kr):
-        raise MagiAttentionError(f"{fn}(): q_ranges has {len(qr)} ranges but k_ranges has "
-                                 f"{len(kr)}; each slice needs one of each")
-    return qr, kr, list(mask_type_codes(mask_types, len(qr), fn=fn))
 
 
 def _check_total(total_seqlen: int, ranges, fn: str) -> int:
@@ -64,7 +54,7 @@ def dense_mask(q_ranges, k_ranges, mask_types, total_seqlen: int) -> np.ndarray:
     A cell covered by two slices keeps the later slice's type; ``slice_count`` semantics (a cell
     listed twice counts twice) do not matter for a picture.
     """
-    qr, kr, types = _check_slices(q_ranges, k_ranges, mask_types, "dense_mask")
+    qr, kr, types = checked_slices(q_ranges, k_ranges, mask_types, fn="dense_mask")
     total = _check_total(total_seqlen, qr + kr, "dense_mask")
     out = np.zeros((total, total), dtype=np.int8)
     for (qs, qe), (ks, ke), t in zip(qr, kr, types):
@@ -84,7 +74,7 @@ def plan_mask(q_ranges, k_ranges, mask_types, total_seqlen: int, cp_size: int, c
         ``chunk_size * cp_size``.
     """
     fn = "plan_mask"
-    qr, kr, types = _check_slices(q_ranges, k_ranges, mask_types, fn)
+    qr, kr, types = checked_slices(q_ranges, k_ranges, mask_types, fn=fn)
     total = _check_total(total_seqlen, qr + kr, fn)
     for name, v in (("cp_size", cp_size), ("chunk_size", chunk_size), ("degree", degree),
                     ("min_chunk_size", min_chunk_size)):
@@ -196,7 +186,7 @@ def render_mask(q_ranges, k_ranges, mask_types, total_seqlen: int, *, cp_size: i
         The matplotlib Figure (no pyplot state is touched).
     """
     fn = "render_mask"
-    qr, kr, types = _check_slices(q_ranges, k_ranges, mask_types, fn)
+    qr, kr, types = checked_slices(q_ranges, k_ranges, mask_types, fn=fn)
     total = _check_total(total_seqlen, qr + kr, fn)
     if cp_size > 1 or _solved is not None:
         if chunk_size is None and _solved is None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from magi_attention.common.ranges import AttnMaskType, AttnRanges, mask_type_codes, naive_ranges
+from magi_attention.common.ranges import AttnMaskType, AttnRanges, checked_slices, naive_ranges
 from magi_attention.errors import MagiAttentionError
 
 __all__ = ["AttnMask", "slice_visibility"]
@@ -89,12 +89,7 @@ class AttnMask(nn.Module):
         (start, end) pairs or [N, 2] tensors; AttnMaskType, its name or 0..3, or one type for all).
         The totals default to the last range ends."""
         fn = "AttnMask.from_ranges"
-        qr = naive_ranges(q_ranges, fn=fn, arg="q_ranges")
-        kr = naive_ranges(k_ranges, fn=fn, arg="k_ranges")
-        if len(qr) != len(kr):
-            raise MagiAttentionError(f"{fn}(): q_ranges has {len(qr)} ranges but k_ranges has {len(kr)}; "
-                                     "each slice needs one of each")
-        types = mask_type_codes(attn_mask_type, len(qr), fn=fn)
+        qr, kr, types = checked_slices(q_ranges, k_ranges, attn_mask_type, fn=fn)
         sq = _length(total_seqlen_q, "total_seqlen_q", max((e for _, e in qr), default=0))
         sk = _length(total_seqlen_k, "total_seqlen_k", max((e for _, e in kr), default=0))
         for arg, ranges, size in (("q_ranges", qr, sq), ("k_ranges", kr, sk)):

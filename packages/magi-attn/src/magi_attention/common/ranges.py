@@ -17,7 +17,7 @@ from magi_attention.errors import MagiAttentionError
 
 __all__ = ["AttnRange", "AttnRanges", "AttnMaskType", "AttnRectangle",
            "AttnRectangles", "RangeError", "AttnForwardMeta", "ranges_to_tensor",
-           "naive_ranges", "mask_type_code", "mask_type_codes", "MASK_NAME_TO_CODE",
+           "naive_ranges", "checked_slices", "mask_type_code", "mask_type_codes", "MASK_NAME_TO_CODE",
            "make_attn_ranges", "make_mask_types"]
 
 
@@ -108,6 +108,18 @@ def naive_ranges(ranges: Any, *, fn: str = "naive_ranges",
                                      "0 <= start <= end")
         out.append((s, e))
     return tuple(out)
+
+
+def checked_slices(q_ranges: Any, k_ranges: Any, mask_types: Any, *,
+                   fn: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[int]]:
+    """(q ranges, k ranges, type codes) of a slice mask given in any accepted spelling, as lists;
+    MagiAttentionError naming ``fn`` and the argument when they do not make one slice each."""
+    qr = list(naive_ranges(q_ranges, fn=fn, arg="q_ranges"))
+    kr = list(naive_ranges(k_ranges, fn=fn, arg="k_ranges"))
+    if len(qr) != len(kr):
+        raise MagiAttentionError(f"{fn}(): q_ranges has {len(qr)} ranges but k_ranges has "
+                                 f"{len(kr)}; each slice needs one of each")
+    return qr, kr, list(mask_type_codes(mask_types, len(qr), fn=fn))
 
 
 def ranges_to_tensor(ranges: Any, device: Any = "cpu") -> torch.Tensor:
