@@ -49,8 +49,10 @@ def pin_cpus() -> list[int]:
 
 
 def measure(fwd, leaves, dout, device: torch.device, warmup: int,
-            repeats: int) -> tuple[float, float]:
-    """(fwd s, bwd s): slowest rank's median of ``repeats`` runs after ``warmup``.
+            repeats: int, over_ranks: str = "max"):
+    """(fwd s, bwd s): slowest rank's median of ``repeats`` runs after ``warmup``; with
+    ``over_ranks="each"``, (fwd s per rank, bwd s per rank), each rank's median (for a peer whose ranks
+    run unequal work on purpose).
 
     Each run clears the leaves' grads and starts after a device sync and a barrier; CUDA runs are
     timed with events, CPU runs with perf_counter.
@@ -84,6 +86,12 @@ def measure(fwd, leaves, dout, device: torch.device, warmup: int,
             tb.append(b)
     med = torch.tensor([statistics.median(tf), statistics.median(tb)], dtype=torch.float64,
                        device=device)
+    if over_ranks == "each":
+        every = [torch.empty_like(med) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, med)
+        return tuple(float(m[0]) for m in every), tuple(float(m[1]) for m in every)
+    if over_ranks != "max":
+        raise ValueError(f"measure(): over_ranks must be 'max' or 'each' (got {over_ranks!r})")
     dist.all_reduce(med, op=dist.ReduceOp.MAX)
     return float(med[0]), float(med[1])
 

@@ -15,6 +15,12 @@ length T it times forward and backward of
 - ``ffa_single``: single-device flex_flash_attn_func on a sequence of length T/cp with the
   analogous mask (same mask kind; varlen: same document-length law; sliding window: same
   absolute window), run on every rank at once (each on its own device);
+- ``ffa_rank``: single-device flex_flash_attn_func on exactly the work magi gives this rank: its
+  dispatched rows against the global K/V, the global slices cut to those rows (``rank_work_mask``),
+  one call, no communication; timed on every rank at once and averaged over the ranks, so the ranks'
+  imbalance counts against magi (each rank's times are printed);
+- ``ffa_global``: single-device flex_flash_attn_func on the whole mask (strong scaling: what one
+  GPU does alone with the same documents);
 - ``ring``: torch's ``context_parallel`` ring attention over SDPA (full and causal only, CUDA only);
 - ``ulysses``: all-to-all of heads, single-device FFA over the whole sequence with the global mask
   on the local heads, all-to-all back (needs hq and hk divisible by the world size).
@@ -22,7 +28,12 @@ length T it times forward and backward of
 FLOPs come from the exact mask area: forward 4 * area * d * hq, backward 2.5x that, times
 ``--layers`` (calls stacked per step as in a model: each layer's output is the next one's query,
 each layer has its own K/V). TFLOP/s per GPU = FLOPs / world_size / time, where time is the slowest rank's median.
-Scaling efficiency = magi TFLOP/s per GPU / ffa_single TFLOP/s. On CUDA, each method's peak
+Scaling efficiency = magi TFLOP/s per GPU / a single-device peer's TFLOP/s: ``efficiency`` against
+ffa_single, ``efficiency_rank`` against ffa_rank (the same per-GPU work, cell for cell: what the
+runtime's splitting, communication, merging and imbalance cost), ``efficiency_global`` against
+ffa_global. Why three: ffa_single's mask is another draw of the law, whose documents are long for
+its length (at 64k its area per token is 1.7x the rank's share), so its rate says how fast denser work
+runs, not what the runtime costs. On CUDA, each method's peak
 reserved memory on rank 0 (CSV ``peak_reserved_gib``; the caching allocator's, graph pools included)
 is logged with its times.
 Results: CSV, a markdown table (card, date, git commit, command, world size) and, when matplotlib
@@ -58,7 +69,13 @@ from _common import (
 )
 
 MASKS = ("full", "causal", "varlen_causal", "sliding_window")
-METHODS = ("magi", "ffa_single", "ring", "ulysses")
+METHODS = ("magi", "ffa_single", "ffa_rank", "ffa_global", "ring", "ulysses")
+#: the CSV note of each single-device peer's rows
+PEER_NOTES = {"ffa_single": "single device, T={Tl}",
+              "ffa_rank": "single device, each rank's own cells of the T={T} mask, mean over ranks",
+              "ffa_global": "single device, the whole T={T} mask"}
+#: single-device peers -> the CSV column of magi's efficiency against each
+PEER_EFFICIENCY = {"ffa_single": "efficiency", "ffa_rank": "efficiency_rank", "ffa_global": "efficiency_global"}
 BWD_FACTOR = 2.5
 
 
@@ -115,16 +132,18 @@ class Timer:
         self.blocks = blocks
         self.cuda = device.type == "cuda"
 
-    def measure(self, attn, q, k, v, dout, heads_first: bool = False) -> tuple[float, float]:
+    def measure(self, attn, q, k, v, dout, heads_first: bool = False,
+                over_ranks: str = "max"):
         """(fwd seconds, bwd seconds) of all layers of ``attn(q, k, v) -> out`` (leaves q, k, v):
-        slowest rank's median of ``repeats`` runs. ``heads_first``: the tensors are [1, H, S, D]
-        (SDPA's layout, torch's ring) and the blocks see each token's heads as a model's would, through
-        a transpose each way (as a model calling SDPA transposes around it)."""
+        slowest rank's median of ``repeats`` runs (``over_ranks="each"``: every rank's, per direction).
+        ``heads_first``: the tensors are [1, H, S, D] (SDPA's layout, torch's ring) and the blocks see
+        each token's heads as a model's would, through a transpose each way (as a model calling SDPA
+        transposes around it)."""
         blocks = self.blocks
         if blocks is not None and heads_first:
             blocks = ([_tokens_first(b) for b in blocks[0]], blocks[1])
         fwd, leaves = stack_layers(attn, q, k, v, self.layers, blocks)
-        return measure(fwd, leaves, dout, self.device, self.warmup, self.repeats)
+        return measure(fwd, leaves, dout, self.device, self.warmup, self.repeats, over_ranks)
 
 
 def _tokens_first(block):
@@ -138,29 +157,13 @@ def run_magi(cfg, mask, q, k, v, do, timer, mask_of_step=None):
     (``--fresh-masks``: ``build_mask`` of ``mask`` short of its ``order_seed``) each step makes the key
     of ``mask_of_step(order_seed=step + 1)`` and dispatches the inputs with it, inside the timed
     forward."""
-    from magi_attention.api import (
-        DistAttnConfig,
-        OverlapConfig,
-        calc_attn,
-        compute_pad_size,
-        dispatch,
-        magi_attn_flex_key,
-        prefetch_flex_key,
-    )
+    from magi_attention.api import calc_attn, dispatch
 
-    T, world = q.shape[0], dist.get_world_size()
-    qr, kr, tm = mask
-    pad = compute_pad_size(T, world, cfg.chunk_size)
-    dcfg = DistAttnConfig(dispatch_config=dispatch_config(cfg.dispatch_alg),
-                          **({"overlap_config": OverlapConfig(degree=cfg.degree)} if cfg.degree else {}))
-
-    def make_key(qr, kr, tm, prefetch=False):
-        return (prefetch_flex_key if prefetch else magi_attn_flex_key)(
-            qr, kr, tm, T, T, q.shape[1], k.shape[1], q.shape[2], pad, cfg.chunk_size, dist.group.WORLD, dcfg)
-
+    make_key = functools.partial(_magi_key, cfg, q, k)
     if mask_of_step is not None:
         return _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer)
-    key = make_key(qr, kr, tm)
+    T = q.shape[0]
+    key = make_key(*mask)
     lq, lk, lv = (leaf(dispatch(x, key)) for x in (q, k, v))
     ldo = dispatch(do, key)
     if cfg.dispatch_alg.startswith("cost_aware") and dist.get_rank() == 0:
@@ -170,6 +173,25 @@ def run_magi(cfg, mask, q, k, v, do, timer, mask_of_step=None):
         print(f"  {cfg.dispatch_alg} dispatch at T={T}: chunk {meta.chunk_size}, rank 0 holds "
               f"{len(meta.partitions[0])} chunks", flush=True)
     return timer.measure(lambda q_, k_, v_: calc_attn(q_, k_, v_, key)[0], lq, lk, lv, ldo)
+
+
+def _magi_key(cfg, q, k, qr, kr, tm, prefetch=False):
+    """magi's key of the mask (qr, kr, tm) over q's length, with the run's dispatch and overlap
+    settings (``prefetch``: api.prefetch_flex_key's, built on a background thread)."""
+    from magi_attention.api import (
+        DistAttnConfig,
+        OverlapConfig,
+        compute_pad_size,
+        magi_attn_flex_key,
+        prefetch_flex_key,
+    )
+
+    T, world = q.shape[0], dist.get_world_size()
+    pad = compute_pad_size(T, world, cfg.chunk_size)
+    dcfg = DistAttnConfig(dispatch_config=dispatch_config(cfg.dispatch_alg),
+                          **({"overlap_config": OverlapConfig(degree=cfg.degree)} if cfg.degree else {}))
+    return (prefetch_flex_key if prefetch else magi_attn_flex_key)(
+        qr, kr, tm, T, T, q.shape[1], k.shape[1], q.shape[2], pad, cfg.chunk_size, dist.group.WORLD, dcfg)
 
 
 def _run_magi_fresh(cfg, make_key, mask_of_step, q, k, v, do, timer):
@@ -333,6 +355,49 @@ def run_ffa_single(mask, q, k, v, do, timer):
                          lq, lk, lv, do)
 
 
+def rank_work_mask(mask, positions) -> tuple[list, list, list]:
+    """(q_ranges, k_ranges, types) of the cells a rank computes in magi's calc_attn, as one call:
+    the global slices of ``mask`` cut to the rows the rank holds (``positions``: each local row's
+    global position, as api.get_position_ids gives them), q ranges renumbered to local rows, k ranges
+    kept global. The cuts are exact (magi_solver's rectangles), so the ranks' areas sum to the mask's.
+    """
+    from magi_solver import AttnRectangles
+
+    pos = np.asarray(positions, dtype=np.int64)
+    if len(np.unique(pos)) != len(pos):
+        raise ValueError("rank_work_mask(): positions repeat (a padded dispatch); pad-free lengths only")
+    rects = AttnRectangles.from_ranges(*mask)
+    cuts = np.flatnonzero(np.diff(pos) != 1) + 1  # runs of consecutive global rows
+    qs, ks, ts = [], [], []
+    for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(pos)]])):
+        g0 = int(pos[lo])
+        run = rects.cut_q(g0)[1].cut_q(g0 + int(hi - lo))[0]
+        for qr, kr, t in run.to_slices():
+            qs.append((qr.start - g0 + int(lo), qr.end - g0 + int(lo)))
+            ks.append((kr.start, kr.end))
+            ts.append(t.to_int_type())
+    return qs, ks, ts
+
+
+def run_ffa_rank(cfg, mask, q, k, v, do, timer):
+    """(fwd s, bwd s) of this rank's magi work (``rank_work_mask``) as one single-device call per
+    layer on the global K/V, averaged over the ranks; rank 0 prints each rank's times, whose spread is
+    the dispatch's imbalance in kernel time."""
+    from magi_attention.api import flex_flash_attn_func, get_position_ids
+
+    key = _magi_key(cfg, q, k, *mask)
+    pos = get_position_ids(key).to(q.device)
+    qr, kr, tm = _ranges(rank_work_mask(mask, pos.cpu().tolist()), q.device)
+
+    lq, lk, lv = leaf(q[pos]), leaf(k), leaf(v)
+    tf, tb = timer.measure(lambda q_, k_, v_: flex_flash_attn_func(q_, k_, v_, qr, kr, tm)[0],
+                           lq, lk, lv, do[pos].contiguous(), over_ranks="each")
+    if dist.get_rank() == 0:
+        each = ", ".join(f"rank {r} {f * 1e3:.2f} / {b * 1e3:.2f}" for r, (f, b) in enumerate(zip(tf, tb)))
+        print(f"[bench_dist]   ffa_rank ms per step (fwd / bwd): {each}", flush=True)
+    return sum(tf) / len(tf), sum(tb) / len(tb)
+
+
 class _AllToAll(torch.autograd.Function):
     """Equal-split all_to_all_single over dim 0; its gradient is the same exchange."""
 
@@ -470,7 +535,8 @@ def card_name(device: torch.device) -> str:
 
 
 FIELDS = ["mask", "total_seqlen", "world_size", "method", "direction", "time_ms",
-          "tflops_per_gpu", "efficiency", "area", "peak_reserved_gib", "note"]
+          "tflops_per_gpu", "efficiency", "efficiency_rank", "efficiency_global", "area",
+          "peak_reserved_gib", "note"]
 
 
 def write_outputs(out_dir: Path, rows: list[dict], skipped: list[str], header: dict) -> None:
@@ -485,25 +551,30 @@ def write_outputs(out_dir: Path, rows: list[dict], skipped: list[str], header: d
               "slowest rank's median time",
               "- ffa_single: one device, sequence T/world, analogous mask (same kind; varlen: same "
               "document-length law; sliding window: same absolute window)",
-              "- efficiency = magi TFLOP/s per GPU / ffa_single TFLOP/s", ""]
+              "- ffa_rank: one device, exactly the cells magi gives each rank, as one call on the global "
+              "K/V (no communication); the ranks' mean time",
+              "- ffa_global: one device, the whole mask",
+              "- efficiency = magi TFLOP/s per GPU / ffa_single TFLOP/s; efficiency_rank against ffa_rank "
+              "(the runtime's own cost: splitting, communication, merging, imbalance); efficiency_global "
+              "against ffa_global (strong scaling)", ""]
+    cols = list(PEER_EFFICIENCY.values())
     for kind in MASKS:
         mrows = [r for r in rows if r["mask"] == kind]
         if not mrows:
             continue
         lines += [f"## {kind}", "",
-                  "| T | direction | " + " | ".join(METHODS) + " | efficiency |",
-                  "|---|---|" + "---|" * (len(METHODS) + 1)]
+                  "| T | direction | " + " | ".join(METHODS + tuple(cols)) + " |",
+                  "|---|---|" + "---|" * (len(METHODS) + len(cols))]
         for T in sorted({r["total_seqlen"] for r in mrows}):
             for direction in ("fwd", "bwd"):
-                cells = []
-                eff = ""
+                cells, effs = [], [""] * len(cols)
                 for m in METHODS:
                     r = next((x for x in mrows if x["total_seqlen"] == T and x["method"] == m
                               and x["direction"] == direction), None)
                     cells.append(f"{r['tflops_per_gpu']:.4g}" if r else "-")
-                    if r and m == "magi" and r["efficiency"] != "":
-                        eff = f"{r['efficiency']:.3f}"
-                lines.append(f"| {T} | {direction} | " + " | ".join(cells) + f" | {eff} |")
+                    if r and m == "magi":
+                        effs = [f"{r[c]:.3f}" if r[c] != "" else "" for c in cols]
+                lines.append(f"| {T} | {direction} | " + " | ".join(cells + effs) + " |")
         lines.append("")
     if skipped:
         lines += ["## skipped and notes", ""] + [f"- {s}" for s in skipped] + [""]
@@ -715,6 +786,10 @@ def main(argv=None) -> int:
                     elif m == "ffa_single":
                         tf, tb = run_ffa_single(local_mask, q[:Tl], k[:Tl], v[:Tl], do[:Tl],
                                                 timer)
+                    elif m == "ffa_rank":
+                        tf, tb = run_ffa_rank(a, mask, q, k, v, do, timer)
+                    elif m == "ffa_global":
+                        tf, tb = run_ffa_single(mask, q, k, v, do, timer)
                     elif m == "ulysses":
                         tf, tb = run_ulysses(mask, q, k, v, do, timer)
                     else:
@@ -724,7 +799,9 @@ def main(argv=None) -> int:
                     skipped.append(msg)
                     log(msg)
                     continue
-                fl = (local_flops if m == "ffa_single" else flops / world) * a.layers
+                # per GPU: ffa_single's own mask; ffa_global the whole mask on one device; the rest
+                # (ffa_rank included: its ranks' cells sum to the mask's) share the mask's FLOPs
+                fl = {"ffa_single": local_flops, "ffa_global": flops}.get(m, flops / world) * a.layers
                 peak = torch.cuda.max_memory_reserved() / 2**30 if cuda else ""
                 res[m] = (fl / tf / 1e12, BWD_FACTOR * fl / tb / 1e12, tf, tb, peak)
                 log(f"{kind:14s} T={T:7d} {m:10s} fwd {tf * 1e3:9.2f} ms {res[m][0]:8.2f} "
@@ -737,16 +814,17 @@ def main(argv=None) -> int:
                     torch.cuda.empty_cache()
             for m, (f_tf, b_tf, tf, tb, peak) in res.items():
                 for direction, tfl, t in (("fwd", f_tf, tf), ("bwd", b_tf, tb)):
-                    eff = ""
-                    if m == "magi" and "ffa_single" in res:
-                        base = res["ffa_single"][0 if direction == "fwd" else 1]
-                        eff = tfl / base if base > 0 else math.nan
+                    effs = {col: "" for col in PEER_EFFICIENCY.values()}
+                    for peer, col in PEER_EFFICIENCY.items():
+                        if m == "magi" and peer in res:
+                            base = res[peer][0 if direction == "fwd" else 1]
+                            effs[col] = tfl / base if base > 0 else math.nan
                     rows.append({"mask": kind, "total_seqlen": T, "world_size": world,
                                  "method": m, "direction": direction, "time_ms": t * 1e3,
-                                 "tflops_per_gpu": tfl, "efficiency": eff,
+                                 "tflops_per_gpu": tfl, **effs,
                                  "area": area if m != "ffa_single" else mask_area(*local_mask),
                                  "peak_reserved_gib": f"{peak:.2f}" if peak != "" else "",
-                                 "note": "" if m != "ffa_single" else f"single device, T={Tl}"})
+                                 "note": PEER_NOTES.get(m, "").format(Tl=Tl, T=T)})
         del q, k, v, do
         if cuda:
             torch.cuda.empty_cache()

@@ -35,14 +35,14 @@ def test_bench_dist_cpu_world4(tmp_path):
     assert {r["mask"] for r in rows} == masks
     assert all(r["world_size"] == str(WORLD) for r in rows)
     for mask in masks:
-        for method in ("magi", "ffa_single", "ulysses"):  # hq = hk = 4 divides the world size
+        for method in ("magi", "ffa_single", "ffa_rank", "ffa_global", "ulysses"):  # hq = hk = 4 divides world
             got = {r["direction"]: r for r in rows if r["mask"] == mask and r["method"] == method}
             assert set(got) == {"fwd", "bwd"}, (mask, method, log[-2000:])
             for r in got.values():
                 assert float(r["time_ms"]) > 0 and float(r["tflops_per_gpu"]) > 0, r
                 assert int(r["area"]) > 0, r
         magi = [r for r in rows if r["mask"] == mask and r["method"] == "magi"]
-        assert all(float(r["efficiency"]) > 0 for r in magi)
+        assert all(float(r[c]) > 0 for r in magi for c in ("efficiency", "efficiency_rank", "efficiency_global"))
     # ring attention has no CPU kernels: skipped with the reason printed and recorded
     assert not any(r["method"] == "ring" for r in rows)
     assert "skip ring full" in log and "needs CUDA" in log
@@ -132,3 +132,51 @@ def test_feed_forward_blocks_on_sdpas_layout():
     x = torch.randn(7, 3, 4, dtype=torch.float64)
     got = bench_dist._tokens_first(blocks[0])(x.transpose(0, 1).unsqueeze(0).contiguous())
     assert got.shape == (1, 3, 7, 4) and torch.equal(got[0].transpose(0, 1), blocks[0](x))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_work_mask_cuts_the_mask_into_the_ranks_cells(seed):
+    """bench_dist.rank_work_mask (the ffa_rank peer's mask): for chunks dealt to ranks in a random
+    order, each rank's slices over (local rows x global keys) are exactly the global mask's rows at
+    its positions, on random overlapping-free slices of all four types with empty rows, and the
+    ranks' areas sum to the mask's."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH.parent))
+    import bench_dist
+    from magi_attention.common import AttnMask
+
+    rng = np.random.default_rng(seed)
+    T, chunk, world = 96, 8, 3
+    qs, ks, ts = [], [], []
+    bounds = np.sort(rng.choice(np.arange(1, T), size=7, replace=False)).tolist()
+    for lo, hi in zip([0] + bounds, bounds + [T]):  # row bands, each with one slice on random keys
+        if rng.random() < 0.2:
+            continue  # rows no slice covers
+        k0 = int(rng.integers(0, T - 1))
+        k1 = int(rng.integers(k0 + 1, T + 1))
+        qs.append((lo, hi))
+        ks.append((k0, k1))
+        ts.append(int(rng.integers(0, 4)))
+    whole = AttnMask.from_ranges(qs, ks, ts, T, T).mask_tensor.numpy().astype(bool)
+    order = rng.permutation(T // chunk)
+    areas = 0
+    for r in range(world):
+        mine = sorted(order[r::world])
+        if r == 1:
+            mine = mine[::-1]  # a rank's chunks need not be in global order
+        pos = [c * chunk + i for c in mine for i in range(chunk)]
+        own = bench_dist.rank_work_mask((qs, ks, ts), pos)
+        got = (AttnMask.from_ranges(*own, len(pos), T).mask_tensor.numpy().astype(bool)
+               if own[0] else np.zeros((len(pos), T), dtype=bool))
+        np.testing.assert_array_equal(got, whole[pos], err_msg=f"rank {r}")
+        areas += bench_dist.mask_area(*own)
+    assert areas == bench_dist.mask_area(qs, ks, ts) == whole.sum() > 0
+
+
+def test_rank_work_mask_refuses_padded_positions():
+    sys.path.insert(0, str(BENCH.parent))
+    import bench_dist
+
+    with pytest.raises(ValueError, match="positions repeat"):
+        bench_dist.rank_work_mask(([(0, 8)], [(0, 8)], [1]), [0, 1, 2, 3, 3, 3])
