@@ -16,8 +16,9 @@ length T it times forward and backward of
   analogous mask (same mask kind; varlen: same document-length law; sliding window: same
   absolute window), run on every rank at once (each on its own device);
 - ``ffa_rank``: single-device flex_flash_attn_func on exactly the work magi gives this rank: its
-  dispatched rows against the global K/V, the global slices cut to those rows (``rank_work_mask``),
-  one call, no communication; timed on every rank at once and averaged over the ranks, so the ranks'
+  dispatched rows against the global K/V (varlen: each document piece against a copy of its keys,
+  ``keys_of_their_own``), the global slices cut to those rows (``rank_work_mask``), one call, no
+  communication; timed on every rank at once and averaged over the ranks, so the ranks'
   imbalance counts against magi (each rank's times are printed);
 - ``ffa_global``: single-device flex_flash_attn_func on the whole mask (strong scaling: what one
   GPU does alone with the same documents);
@@ -379,21 +380,48 @@ def rank_work_mask(mask, positions) -> tuple[list, list, list]:
     return qs, ks, ts
 
 
-def run_ffa_rank(cfg, mask, q, k, v, do, timer):
+def keys_of_their_own(mask) -> tuple[tuple[list, list, list], np.ndarray]:
+    """(``mask`` with every slice reading a copy of its keys of its own, the key rows of the copies):
+    K[rows] with the returned slices has the cells of K with ``mask``. Why: a rank holding two chunks
+    of one document has two pieces whose keys overlap (both start at the document's start), which FA4
+    cannot run as varlen documents, so one call on the global K/V falls back to the mask function;
+    with copies (made once, untimed, as magi's dispatch is) the pieces are documents back to back."""
+    qs, ks, ts = mask
+    order = sorted(range(len(qs)), key=lambda i: (qs[i][0], ks[i][0]))
+    rows, own, cursor = [], [], 0
+    for i in order:
+        start, end = ks[i]
+        rows.append(np.arange(start, end, dtype=np.int64))
+        own.append((cursor, cursor + end - start))
+        cursor += end - start
+    packed = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return ([qs[i] for i in order], own, [ts[i] for i in order]), packed
+
+
+def run_ffa_rank(cfg, kind, mask, q, k, v, do, timer):
     """(fwd s, bwd s) of this rank's magi work (``rank_work_mask``) as one single-device call per
-    layer on the global K/V, averaged over the ranks; rank 0 prints each rank's times, whose spread is
-    the dispatch's imbalance in kernel time."""
+    layer, averaged over the ranks; rank 0 prints each rank's times, whose spread is the dispatch's
+    imbalance in kernel time. Varlen masks run on ``keys_of_their_own`` copies of the keys (FA4's
+    documents); the others on the global K/V (their pieces' tiles are whole, FA4's block-sparse path)."""
     from magi_attention.api import flex_flash_attn_func, get_position_ids
+    from magi_attention.meta.dispatch_choice import slice_tiles
 
     key = _magi_key(cfg, q, k, *mask)
     pos = get_position_ids(key).to(q.device)
-    qr, kr, tm = _ranges(rank_work_mask(mask, pos.cpu().tolist()), q.device)
-
+    own = rank_work_mask(mask, pos.cpu().tolist())
+    tiles = [None] * dist.get_world_size()  # the dispatch's tile model counts these (meta.dispatch_choice)
+    dist.all_gather_object(tiles, slice_tiles(*own))
+    if kind.startswith("varlen"):
+        own, rows = keys_of_their_own(own)
+        rows = torch.as_tensor(rows, device=q.device)
+        k, v = k[rows], v[rows]
+    qr, kr, tm = _ranges(own, q.device)
     lq, lk, lv = leaf(q[pos]), leaf(k), leaf(v)
     tf, tb = timer.measure(lambda q_, k_, v_: flex_flash_attn_func(q_, k_, v_, qr, kr, tm)[0],
                            lq, lk, lv, do[pos].contiguous(), over_ranks="each")
     if dist.get_rank() == 0:
-        each = ", ".join(f"rank {r} {f * 1e3:.2f} / {b * 1e3:.2f}" for r, (f, b) in enumerate(zip(tf, tb)))
+        each = ", ".join(f"rank {r} {f * 1e3:.2f} / {b * 1e3:.2f} ({n} tiles, {m} q tiles)"
+                         for r, (f, b, (n, m)) in enumerate(zip(tf, tb, tiles)))
         print(f"[bench_dist]   ffa_rank ms per step (fwd / bwd): {each}", flush=True)
     return sum(tf) / len(tf), sum(tb) / len(tb)
 
@@ -787,7 +815,7 @@ def main(argv=None) -> int:
                         tf, tb = run_ffa_single(local_mask, q[:Tl], k[:Tl], v[:Tl], do[:Tl],
                                                 timer)
                     elif m == "ffa_rank":
-                        tf, tb = run_ffa_rank(a, mask, q, k, v, do, timer)
+                        tf, tb = run_ffa_rank(a, kind, mask, q, k, v, do, timer)
                     elif m == "ffa_global":
                         tf, tb = run_ffa_single(mask, q, k, v, do, timer)
                     elif m == "ulysses":

@@ -174,6 +174,28 @@ def test_rank_work_mask_cuts_the_mask_into_the_ranks_cells(seed):
     assert areas == bench_dist.mask_area(qs, ks, ts) == whole.sum() > 0
 
 
+def test_keys_of_their_own_keep_the_cells():
+    """bench_dist.keys_of_their_own: pieces of one document held by one rank (overlapping key ranges)
+    read copies of their keys; gathering the copies' columns back gives the original cells, each once,
+    and the copies' ranges follow one another in row order (FA4 varlen documents)."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH.parent))
+    import bench_dist
+    from magi_attention.common import AttnMask
+
+    # a rank's rows: two chunks of one document (keys 0..40), then a piece of the next document
+    mask = ([(8, 16), (0, 8), (16, 20)], [(0, 40), (0, 16), (40, 52)], [1, 1, 1])
+    (qs, ks, ts), rows = bench_dist.keys_of_their_own(mask)
+    assert qs == [(0, 8), (8, 16), (16, 20)] and ks == [(0, 16), (16, 56), (56, 68)]
+    assert rows.tolist() == list(range(16)) + list(range(40)) + list(range(40, 52))
+    packed = AttnMask.from_ranges(qs, ks, ts, 20, len(rows)).mask_tensor.numpy()
+    back = np.zeros((20, 52), dtype=np.int64)
+    np.add.at(back.T, rows, packed.T)
+    np.testing.assert_array_equal(back, AttnMask.from_ranges(*mask, 20, 52).mask_tensor.numpy())
+    assert bench_dist.mask_area(qs, ks, ts) == bench_dist.mask_area(*mask) == back.sum()
+
+
 def test_rank_work_mask_refuses_padded_positions():
     sys.path.insert(0, str(BENCH.parent))
     import bench_dist
