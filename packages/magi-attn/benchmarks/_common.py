@@ -48,6 +48,12 @@ def pin_cpus() -> list[int]:
     return mine
 
 
+#: print rank 0's time of every step, warm-ups included, with what the host shortcuts did in it
+#: (``launch_counts``): a median that a capture or an eager call fell into shows there
+#: (bench_dist ``--step-times``)
+STEP_TIMES = False
+
+
 def measure(fwd, leaves, dout, device: torch.device, warmup: int,
             repeats: int, over_ranks: str = "max"):
     """(fwd s, bwd s): slowest rank's median of ``repeats`` runs after ``warmup``; with
@@ -60,6 +66,7 @@ def measure(fwd, leaves, dout, device: torch.device, warmup: int,
     cuda = device.type == "cuda"
     tf, tb = [], []
     for i in range(warmup + repeats):
+        counts = launch_counts() if STEP_TIMES else None
         for t in leaves:
             t.grad = None
         if cuda:
@@ -81,6 +88,10 @@ def measure(fwd, leaves, dout, device: torch.device, warmup: int,
             out.backward(dout)
             f, b = t1 - t0, time.perf_counter() - t1
         del out
+        if STEP_TIMES and dist.get_rank() == 0:
+            used = [c for c in count_delta(counts, launch_counts()).split(", ") if c and not c.endswith(" 0")]
+            print(f"  step {i} ({'timed' if i >= warmup else 'warm-up'}): fwd {f * 1e3:.2f} ms, bwd {b * 1e3:.2f} ms; "
+                  f"{', '.join(used) or 'no shortcuts'}", flush=True)
         if i >= warmup:
             tf.append(f)
             tb.append(b)

@@ -54,6 +54,7 @@ import sys
 import time
 from pathlib import Path
 
+import _common
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -671,6 +672,9 @@ def parse_args(argv=None):
                    help="after each layer's attention, a residual feed-forward block over the local tokens "
                         "(hq*d -> M*hq*d -> hq*d, _common.feed_forward_layers): GPU work between the calls, as "
                         "a model has; TFLOP/s still count attention FLOPs only (default 0: none)")
+    p.add_argument("--step-times", action="store_true",
+                   help="print rank 0's time of every step (warm-ups included) and what the host shortcuts "
+                        "(FA4 replay, graphs) did in it")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--comm-stream-priority", type=int, default=None,
@@ -740,6 +744,7 @@ def main(argv=None) -> int:
 
         native.COMM_STREAM_PRIORITY = a.comm_stream_priority
     _set_library_switches(a)
+    _common.STEP_TIMES = a.step_times
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")

@@ -71,12 +71,14 @@ def test_bench_dist_fresh_masks_make_a_key_every_step(tmp_path):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(BENCH),
            "--device", "cpu", "--quick", "--masks", "varlen_causal", "causal", "--methods", "magi", "ffa_single",
-           "--warmup", "1", "--repeats", "3", "--fresh-masks", "--prefetch-keys", "--pin-cpus", "--ffn-mult", "2", "--out",
+           "--warmup", "1", "--repeats", "3", "--fresh-masks", "--prefetch-keys", "--pin-cpus", "--ffn-mult", "2", "--step-times", "--out",
            str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert log.count("fresh masks: 4 keys in 4 steps") == 1, log[-2000:]  # varlen only; causal has one mask
+    # --step-times: every step of every magi and ffa_single measurement (1 warm-up + 3 timed), on rank 0
+    assert log.count("(warm-up): fwd") == 4 and log.count("(timed): fwd") == 12, log[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "bench_dist.csv")))
     magi = [r for r in rows if r["method"] == "magi"]
     assert {(r["mask"], r["direction"]) for r in magi} == {(m, d) for m in ("varlen_causal", "causal")
