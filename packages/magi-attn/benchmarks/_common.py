@@ -65,8 +65,9 @@ def measure(fwd, leaves, dout, device: torch.device, warmup: int,
     """
     cuda = device.type == "cuda"
     tf, tb = [], []
+    log_steps = STEP_TIMES and dist.get_rank() == 0
     for i in range(warmup + repeats):
-        counts = launch_counts() if STEP_TIMES else None
+        counts = launch_counts() if log_steps else None
         for t in leaves:
             t.grad = None
         if cuda:
@@ -88,7 +89,7 @@ def measure(fwd, leaves, dout, device: torch.device, warmup: int,
             out.backward(dout)
             f, b = t1 - t0, time.perf_counter() - t1
         del out
-        if STEP_TIMES and dist.get_rank() == 0:
+        if log_steps:
             used = [c for c in count_delta(counts, launch_counts()).split(", ") if c and not c.endswith(" 0")]
             print(f"  step {i} ({'timed' if i >= warmup else 'warm-up'}): fwd {f * 1e3:.2f} ms, bwd {b * 1e3:.2f} ms; "
                   f"{', '.join(used) or 'no shortcuts'}", flush=True)

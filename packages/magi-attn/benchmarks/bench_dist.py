@@ -564,8 +564,7 @@ def card_name(device: torch.device) -> str:
 
 
 FIELDS = ["mask", "total_seqlen", "world_size", "method", "direction", "time_ms",
-          "tflops_per_gpu", "efficiency", "efficiency_rank", "efficiency_global", "area",
-          "peak_reserved_gib", "note"]
+          "tflops_per_gpu", *PEER_EFFICIENCY.values(), "area", "peak_reserved_gib", "note"]
 
 
 def write_outputs(out_dir: Path, rows: list[dict], skipped: list[str], header: dict) -> None:
