@@ -254,6 +254,9 @@ _SWITCHES_BY_MODULE = {
         "--prepare-ahead": ("PREPARE_AHEAD", "prepare ahead",
                             "a prefetched key's build also does its runtime's first-call host work (1) "
                             "or leaves it to the first call (0)"),
+        "--qo-key-chunk-grid": ("QO_KEY_CHUNK_GRID", "QO comm on the key's chunk grid",
+                                "under MAGI_ATTENTION_QO_COMM=1 the dynamic solver cuts the mask on the key's "
+                                "chunk grid (1) or on the dispatch's chunks (0)"),
     },
     ("magi_attention.runtime.dist_attn", "runtime"): {
         "--split-host-backward": ("SPLIT_HOST_BACKWARD", "split host backward",

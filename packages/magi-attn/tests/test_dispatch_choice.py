@@ -181,6 +181,22 @@ def test_rotated_sequential_with_one_chunk_per_rank_is_sequential():
     assert [list(p) for p in one.partitions] == [[0]]
 
 
+@pytest.mark.parametrize("cp", [2, 3])
+def test_a_refined_dispatch_keeps_every_token_where_it_was(cp):
+    """refined_dispatch_meta: chunks cut finer, each token on the same rank at the same local place."""
+    docs = [[0, 40 * cp], [40 * cp, 70 * cp], [70 * cp, 96 * cp]]  # min_heap scatters their chunks
+    meta = _compat.solver.make_dispatch_meta(docs, docs, [1, 1, 1], 96 * cp, 24, cp, "min_heap")
+    assert any(list(p) != list(range(p[0], p[0] + len(p))) for p in meta.partitions)
+    fine = dispatch_choice.refined_dispatch_meta(meta, 8)
+    assert fine.chunk_size == 8 and fine.num_chunks == 12 * cp
+    for r in range(cp):
+        assert np.array_equal(fine.position_ids(r), meta.position_ids(r)), r
+    assert sum(fine.__getstate__()[5]) == sum(meta.__getstate__()[5])  # the chunk areas split, not lost
+    assert dispatch_choice.refined_dispatch_meta(meta, 24) is meta
+    with pytest.raises(MagiAttentionError, match="chunk_size=16 must divide"):
+        dispatch_choice.refined_dispatch_meta(meta, 16)
+
+
 # ------------------------------------------------------------------------------------ the tile model
 def _dense_tiles(q, k, t, tile):
     """(tiles, q tiles) of one slice counted on its dense mask, tiled from the slice's own start."""

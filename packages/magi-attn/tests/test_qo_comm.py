@@ -71,7 +71,7 @@ def run_qo_cases(cases, group=None):
         magi_attn_flex_key,
         undispatch,
     )
-    from magi_attention.config import SequentialDispatchAlg
+    from magi_attention.config import CostAwareDispatchAlg, SequentialDispatchAlg
     from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
     from magi_attention.runtime.qo_comm import QOCommRuntime
     from magi_ffa.testing import ref_attn_dense
@@ -94,14 +94,20 @@ def run_qo_cases(cases, group=None):
             sink = torch.randn(2, hq, dtype=torch.float64) if case.get("sink") else None
             softcap = case.get("softcap", 0.0)
             want_ml = case.get("max_logits", True)
-            cfg = (DistAttnConfig(dispatch_config=DispatchConfig(alg=SequentialDispatchAlg()))
-                   if case.get("sequential") else DistAttnConfig())
+            if case.get("coarse"):  # a dispatch on chunks coarser than the key's: the QO grid is the key's
+                alg = CostAwareDispatchAlg(candidates=("sequential",), chunk_factors=(case["coarse"],))
+            else:
+                alg = SequentialDispatchAlg() if case.get("sequential") else None
+            cfg = DistAttnConfig(dispatch_config=DispatchConfig(alg=alg)) if alg else DistAttnConfig()
             assert not cfg.overlap_config.enable, "QO comm must force overlap off"
             key = magi_attn_flex_key(qr, kr, tm, T, T, hq, hk, d, compute_pad_size(T, world, chunk),
                                      chunk, group, cfg)
             assert key.is_qo_comm_enable
-            rt = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+            mgr = dist_attn_runtime_dict_mgr.get_mgr(key)
+            rt = mgr.runtime
             assert isinstance(rt, QOCommRuntime), type(rt)
+            if case.get("coarse") and world in (2, 4):  # 96 tokens: chunks of 24 divide at 2 and 4 ranks
+                assert mgr.dispatch_meta.chunk_size == chunk * case["coarse"], mgr.dispatch_meta
             stats = _check_stats(rt, rank, world, group, _mask_area(qr, kr, tm), case)
 
             xs = [t.detach().to(dtype).clone().requires_grad_() for t in (q, k, v)]
@@ -185,6 +191,9 @@ def qo_cases(world: int) -> list[dict]:
         dict(base, name="mha-odd-pad", mask="random", seed=7, hq=2, hk=2, T=83, sink=True),
         dict(base, name="causal-seq-bf16-wire", mask="causal", sequential=True,
              dtype=torch.bfloat16),  # partial out / dq / dkv travel in bf16 (comm_dtype)
+        # one document of 60 tokens on dispatch chunks of 24: the solver works on the key's chunks of
+        # 8 (runtime_mgr.QO_KEY_CHUNK_GRID), so parts of that document may run on another rank
+        dict(base, name="varlen-causal-coarse", mask="varlen_causal", cu=[0, 60, 72, 96], coarse=3),
     ]
     return cases[::2] if world in (1, 3) else cases
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from magi_attention import _compat
 from magi_attention.config import CostAwareDispatchAlg, DispatchAlg
+from magi_attention.errors import MagiAttentionError
 
 __all__ = ["planned_time", "planned_work", "rotated_sequential", "slice_tiles", "solve_dispatch"]
 
@@ -218,6 +219,27 @@ def rotated_sequential(meta: Any, shift: int) -> Any:
     turned = type(meta).__new__(type(meta))
     turned.__setstate__((*state[:6], parts))
     return turned
+
+
+def refined_dispatch_meta(meta: Any, chunk_size: int) -> Any:
+    """``meta`` with each chunk cut into chunks of ``chunk_size`` tokens, owned as before: the same
+    dispatch (every token on the same rank, at the same local position) on a finer grid. Why: the
+    dynamic solver (QO comm) moves grid cells between ranks, and a coarse dispatch chunk (the cost-aware
+    choice's chunk factors) would leave it only whole documents to move. ``meta`` itself when its chunks
+    are not coarser."""
+    total, cs, n, cp, max_valid, areas, parts = meta.__getstate__()  # magi_solver's pickle state
+    if chunk_size <= 0 or cs % chunk_size:
+        raise MagiAttentionError(f"refined_dispatch_meta(): chunk_size={chunk_size} must divide the "
+                                 f"dispatch's chunk size {cs}")
+    f = cs // chunk_size
+    if f == 1:
+        return meta
+    # chunk_areas split evenly: only a solver statistic, the grid is built from the mask itself
+    fine_areas = [a // f + (1 if t < a % f else 0) for a in areas for t in range(f)]
+    fine = type(meta).__new__(type(meta))
+    fine.__setstate__((total, chunk_size, n * f, cp, max_valid, fine_areas,
+                       [[c * f + t for c in p for t in range(f)] for p in parts]))
+    return fine
 
 
 def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: int, chunk_size: int,

@@ -18,7 +18,7 @@ from magi_attention.config import CostAwareDispatchAlg, DistAttnConfig
 from magi_attention.env import check_flag_comb
 from magi_attention.errors import MagiAttentionError
 from magi_attention.functional.dispatch import ChunkLayout, dispatch_func, undispatch_func
-from magi_attention.meta.dispatch_choice import solve_dispatch
+from magi_attention.meta.dispatch_choice import refined_dispatch_meta, solve_dispatch
 from magi_attention.meta.key import DistAttnRuntimeKey, resolve_cp_group
 from magi_attention.runtime._common import plans_take_group_lists
 from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr, resolved
@@ -34,6 +34,11 @@ __all__ = ["DistAttnRuntimeMgr", "init_dist_attn_runtime_key", "init_dist_attn_r
 #: bindings, mask translations: ``DistAttnRuntimeMgr.prepare_ahead``) on the prefetch thread; off:
 #: the first calc_attn does it, as for a key made at once.
 PREPARE_AHEAD = True
+
+#: On: under MAGI_ATTENTION_QO_COMM the dynamic solver cuts the mask on the key's chunk grid even where
+#: the cost-aware dispatch picked coarser chunks (``refined_dispatch_meta``), so it can hand one part
+#: of a long document to another rank; off: on the dispatch's own chunks.
+QO_KEY_CHUNK_GRID = True
 
 
 def _check_int(fn: str, name: str, v: Any, lo: int) -> int:
@@ -255,8 +260,10 @@ def init_dist_attn_runtime_mgr(key: DistAttnRuntimeKey,
         dispatch_meta = ref_dispatch_meta
     rank = dist.get_rank(key.cp_group)
     if key.flags.qo_comm:  # deterministic on every rank: no broadcast of the solution
+        grid = (refined_dispatch_meta(dispatch_meta, key.chunk_size)
+                if QO_KEY_CHUNK_GRID and cp_size > 1 else dispatch_meta)
         plan = _compat.make_dynamic_plan(
-            qr, kr, types, dispatch_meta, alg="binary_greedy", num_heads_q=key.num_heads_q,
+            qr, kr, types, grid, alg="binary_greedy", num_heads_q=key.num_heads_q,
             num_heads_kv=key.num_heads_kv, flatten_head_groups=key.flags.flatten_head_groups,
             ranks=[rank])
     else:  # every rank's plan where the native binding can use them (plans_take_group_lists)
