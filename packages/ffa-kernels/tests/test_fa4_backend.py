@@ -174,7 +174,7 @@ def test_block_aligned_masks_run_without_the_mask_function(fake_fa4, monkeypatch
     k, v = (torch.randn(32, 1, 64, generator=g, dtype=torch.float64) for _ in range(2))
     dout = torch.randn(16, 2, 64, generator=g, dtype=torch.float64)
     aligned = ([[0, 8], [8, 16], [4, 8]], [[8, 16], [0, 24], [24, 32]], [0, 0, 0])  # staircase-like
-    partial = ([[0, 8], [8, 16]], [[8, 13], [0, 24]], [0, 0])
+    partial = ([[0, 8], [0, 8], [8, 16]], [[8, 13], [16, 19], [0, 24]], [0, 0, 0])  # two key runs a row
     for (qr, kr, ts), masked in ((aligned, False), (partial, True)):
         rows_before = fake_fa4["mask_rows"]
         leaves = [x.clone().requires_grad_() for x in (q, k, v)]

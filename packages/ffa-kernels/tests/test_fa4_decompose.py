@@ -21,10 +21,11 @@ CASES = [
     ("partial-cover-empty-rows", ([[0, 6], [10, 22]], [[0, 6], [0, 5]], [1, 0]), 22, 8, 2),
     # inverse causal over a square is a window (left 0) for FA4
     ("inverse-causal-and-full", ([[0, 10], [10, 20]], [[0, 10], [0, 10]], [2, 0]), 20, 10, 2),
-    # full and causal on the same cells: the union is not a sum, one masked call
-    ("overlapping-parts", ([[0, 12], [0, 12]], [[0, 12], [0, 7]], [1, 0]), 12, 12, None),
-    # one type only
-    ("one-type", ([[0, 6], [6, 14]], [[0, 3], [2, 14]], [0, 0]), 14, 14, None),
+    # full and causal on the same cells: the union is not a sum; its rows' ranges differ row by row
+    # (10 runs of one row), more than MAX_ROW_LAYERS: one masked call
+    ("overlapping-parts", ([[0, 12], [0, 12]], [[0, 12], [0, 2]], [1, 0]), 12, 12, None),
+    # one type only: two runs of rows whose key ranges overlap, so two row layers
+    ("one-type-row-layers", ([[0, 6], [6, 14]], [[0, 3], [2, 14]], [0, 0]), 14, 14, 2),
     # the full part has two key runs per row: no native form
     ("part-not-native", ([[0, 10], [0, 10], [10, 16]], [[0, 3], [6, 9], [0, 16]], [0, 0, 1]), 16, 16, None),
 ]
@@ -51,6 +52,35 @@ def test_which_masks_split(name, slices, sq, sk, n_parts):
         (a, b), (c, d) = p.q, p.k
         total[a:b, c:d] += p.mask.cell_mask(q_idx[: b - a], k_idx[:, : d - c]).long()
     assert torch.equal(total, mask.cell_mask(q_idx, k_idx).long())
+
+
+# a context-parallel remote stage: two documents' chunks against their earlier keys (each chunk sees
+# every remote key before it: a staircase), rows of a third chunk seeing nothing; 3 row layers
+STAIRCASE = ([[0, 4], [4, 8], [8, 12], [12, 16], [19, 23], [23, 27]],
+             [[0, 8], [0, 12], [0, 16], [16, 20], [20, 23], [20, 27]], [0] * 6)
+
+
+def test_a_staircase_splits_into_row_layers_of_native_documents():
+    mask = build_slice_block_mask(*STAIRCASE, 27, 27, block_size=(4, 8))
+    assert mask.native is None and mask.parts_kind == "rows" and len(mask.parts) == 3
+    q_idx, k_idx = torch.arange(27)[:, None], torch.arange(27)[None, :]
+    rows = torch.zeros(27, dtype=torch.int64)
+    total = torch.zeros(27, 27, dtype=torch.int64)
+    for p in mask.parts:
+        assert p.mask.native is not None and not p.mask.native.causal  # documents, or one rectangle
+        (a, b), (c, d) = p.q, p.k
+        cells = p.mask.cell_mask(q_idx[: b - a], k_idx[:, : d - c]).long()
+        total[a:b, c:d] += cells
+        rows[a:b] += cells.any(1).long()
+    assert torch.equal(total, mask.cell_mask(q_idx, k_idx).long())  # every cell once
+    assert rows.max() == 1  # each row computed by one layer
+
+
+def test_row_layers_beyond_the_limit_keep_one_masked_call(monkeypatch):
+    monkeypatch.setattr(decompose, "MAX_ROW_LAYERS", 2)
+    assert build_slice_block_mask(*STAIRCASE, 27, 27, block_size=(4, 8)).parts is None
+    monkeypatch.setattr(decompose, "MAX_ROW_LAYERS", 3)
+    assert len(build_slice_block_mask(*STAIRCASE, 27, 27, block_size=(4, 8)).parts) == 3
 
 
 def _inputs(sq, sk, seed=3):
@@ -139,3 +169,33 @@ def test_full_rectangles_are_native_whatever_their_shape():
     lo, hi = np.zeros((1, 7), np.int32), np.full((1, 7), 3, np.int32)
     found = recognise_native(lo, hi, 7, 3)
     assert found is not None and not found.causal and not found.varlen and found.window_left is None
+
+
+@pytest.mark.parametrize("mode,calls", [("0", 1), ("bwd", 3), ("all", 3)])
+@pytest.mark.parametrize("fresh", [True, False], ids=["one-call", "accumulating"])
+def test_row_layers_match_float64_reference(fake_fa4, monkeypatch, mode, calls, fresh):
+    """A staircase's row layers run in both directions unless decomposition is off, fresh (the user's
+    call) and accumulated after another stage (the runtime's: fp64 accumulators, rows seen before)."""
+    monkeypatch.setenv(decompose.ENV, mode)
+    q, k, v, dout = _inputs(27, 28, seed=5)
+    first = ([[0, 27]], [[27, 28]], [0])  # a stage before: every row sees a key the staircase does not
+    slices = STAIRCASE if fresh else tuple(a + b for a, b in zip(first, STAIRCASE))
+    out = lse = None
+    if not fresh:
+        out, lse, _ = ffa_forward(q, k, v, *first, softmax_scale=0.3, backend="fa4")
+    out, lse, _ = ffa_forward(q, k, v, *STAIRCASE, softmax_scale=0.3, out=out, lse=lse, backend="fa4")
+    ref = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref_out, ref_lse, _ = ref_attn_dense(*ref, *slices, softmax_scale=0.3)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6)
+    seen = torch.isfinite(ref_lse)
+    assert torch.equal(seen, torch.isfinite(lse))  # rows 16-18 see nothing when the staircase is alone
+    torch.testing.assert_close(lse[seen], ref_lse[seen], atol=1e-6, rtol=1e-6)
+    grads = None
+    for stage in ([first] if not fresh else []) + [STAIRCASE]:
+        grads = ffa_backward(dout, q, k, v, out, lse, *stage, softmax_scale=0.3,
+                             **(dict(zip(("dq", "dk", "dv"), grads)) if grads else {}), backend="fa4")
+    for a, b in zip(grads, torch.autograd.grad(ref_out, ref, dout)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    stage_calls = 0 if fresh else 1
+    assert (fake_fa4["fwd"], fake_fa4["bwd"]) == (calls + stage_calls, calls + stage_calls)
+    assert (fake_fa4["mask_rows"] == 0) is (mode != "0")

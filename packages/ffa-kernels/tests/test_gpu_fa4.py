@@ -193,6 +193,9 @@ def _replayed_vs_float64(qr, kr, tm):
 DECOMPOSED = {
     "shared_question": shared_question_slices(512, [700, 1300, 333, 1251]),
     "partial_cover_empty_rows": ([[0, 1500], [2000, 4096]], [[0, 1500], [0, 1100]], [1, 0]),
+    # a staircase (a runtime remote stage of chunked documents): three row layers of native documents
+    "staircase_row_layers": ([[0, 1024], [1024, 2048], [2048, 3000], [3000, 4096]],
+                             [[0, 1500], [0, 2600], [0, 3100], [3100, 4096]], [0, 0, 0, 0]),
 }
 
 

@@ -3,7 +3,8 @@
 The slices become per-row key intervals (``block_sparse``, built once per mask and cached). Masks
 FA4 expresses itself (full, causal, sliding window, varlen documents: ``native``) run on FA4's own
 masking; any other runs on block lists plus an interval mask function for partial tiles (``kernel``),
-unless it is a sum of native masks (``decompose``: one call per part, by default in the backward).
+unless it is a sum of native masks (``decompose``: one call per part; parts by slice type by default
+in the backward only, row layers of a staircase in both directions).
 A single call (``fresh``) lets FA4 write the caller's buffers directly; the distributed runtime's
 stages are lse-merged into its accumulators like every backend's. Opt-in only (``backend="fa4"``
 or ``MAGI_ATTENTION_FA4_BACKEND=1``), never picked by auto selection.
@@ -80,7 +81,7 @@ def _call_parts(inp: FFAInputs, direction: str) -> tuple[decompose.MaskPart, ...
     """The FA4 calls that run `inp`'s mask in `direction` ("fwd" / "bwd"): its native parts where
     the mask is their sum and decomposition is on for that direction, else the whole mask as one."""
     mask = slice_block_mask(inp)
-    if mask.parts is not None and decompose.enabled(direction):
+    if mask.parts is not None and decompose.enabled(direction, mask.parts_kind):
         return mask.parts
     return (decompose.MaskPart((0, inp.q.shape[0]), (0, inp.k.shape[0]), mask),)
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from magi_ffa.backends.fa4.decompose import decompose as decompose_mask
+from magi_ffa.backends.fa4.decompose import row_layers
 from magi_ffa.backends.fa4.native import NativeMask, recognise_native
 from magi_ffa.transfer import to_device
 
@@ -147,6 +148,7 @@ class SliceBlockMask:
     seeing_rows: torch.Tensor | None = None  # int32 [n]: the other rows, when there are empty ones
     native: NativeMask | None = None  # set when FA4's own masking expresses the mask (native.py)
     parts: tuple | None = None  # decompose.MaskPart per native part, when the mask is their sum
+    parts_kind: str | None = None  # how ``parts`` split it: "types" (by slice type) or "rows" (row layers)
 
     @property
     def num_intervals(self) -> int:
@@ -282,8 +284,11 @@ def build_slice_block_mask(q_ranges, k_ranges, attn_type_map, seqlen_q: int, seq
                           native=recognise_native(lo_np, hi_np, seqlen_q, seqlen_k, device))
     if decompose and mask.native is None and mask.has_partial:
         visible = np.maximum(hi_np.astype(np.int64) - lo_np, 0).sum(0)
-        parts = decompose_mask(q_ranges, k_ranges, attn_type_map, visible, functools.partial(
-            build_slice_block_mask, block_size=block_size, device=device, decompose=False))
+        build = functools.partial(build_slice_block_mask, block_size=block_size, device=device, decompose=False)
+        parts, kind = decompose_mask(q_ranges, k_ranges, attn_type_map, visible, build), "types"
+        if parts is None:
+            parts, kind = row_layers(lo_np, hi_np, build, min_mean_rows=max(1, bm // 2)), "rows"
         # the builder completes its own new mask (keeping the tile classes it computed)
         object.__setattr__(mask, "parts", parts)
+        object.__setattr__(mask, "parts_kind", kind if parts is not None else None)
     return mask

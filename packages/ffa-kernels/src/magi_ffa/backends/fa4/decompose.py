@@ -12,6 +12,15 @@ mask FA4 expresses itself (native.py), and no cell may be visible in two parts (
 union is what the whole mask computes; disjoint parts make the union a sum). Anything else keeps
 the single masked call. A part is a sub-problem on contiguous row and key views of the inputs, so
 the calls need no copies; only the gradients of the parts after the first are added.
+
+A second split, by rows (``row_layers``): a mask whose rows each see one key range, the same for a
+run of rows, but whose runs' ranges overlap (a staircase: a context-parallel remote stage of a
+document cut into chunks, where each chunk sees all the document's remote keys before it). FA4's
+varlen documents need key ranges that neither overlap nor go backwards, so such a mask took the mask
+function: a 32k varlen causal mask dispatched on chunks of 1024 ran its runtime forward 2x slower
+than the same cells as native documents (2 x H200). Here each run joins the first layer whose keys
+end where it starts or before, so every layer is native documents; the layers' rows are disjoint, so
+their results need no merge beyond placing each row, and their gradients add as any parts' do.
 """
 
 from __future__ import annotations
@@ -21,17 +30,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ENV", "MaskPart", "decompose", "enabled"]
+__all__ = ["ENV", "MAX_ROW_LAYERS", "MaskPart", "decompose", "enabled", "row_layers"]
 
 ENV = "MAGI_FFA_FA4_DECOMPOSE"
 _MODES = {"0": (), "off": (), "bwd": ("bwd",), "1": ("fwd", "bwd"), "all": ("fwd", "bwd")}
 
 
-def enabled(direction: str) -> bool:
-    """Whether ``direction`` ("fwd" / "bwd") runs decomposed masks as parts (env ``ENV``)."""
+#: the most native calls ``row_layers`` makes of one mask; a mask needing more keeps the masked call
+MAX_ROW_LAYERS = 8
+
+
+def enabled(direction: str, kind: str = "types") -> bool:
+    """Whether ``direction`` ("fwd" / "bwd") runs decomposed masks of ``kind`` as parts (env ``ENV``):
+    parts by slice type ("types") in the directions the mode names; row layers ("rows") in both
+    unless the mode is off. Why both: a row layer's forward writes its own rows, no merge of overlapping
+    results, so it beats the masked call forward too (the type parts' forward merges whole rows)."""
     mode = os.environ.get(ENV, "bwd").strip().lower()
     if mode not in _MODES:
         raise ValueError(f"{ENV}={mode!r}: expected one of {sorted(_MODES)}")
+    if kind == "rows":
+        return bool(_MODES[mode])
     return direction in _MODES[mode]
 
 
@@ -75,4 +93,50 @@ def decompose(q_ranges, k_ranges, types, visible_per_row: np.ndarray, build) -> 
         counted[qs:qe] += np.maximum(sub.hi_host[0].astype(np.int64) - sub.lo_host[0], 0)  # its keys per row
     if not np.array_equal(counted, visible_per_row):
         return None
+    return tuple(sorted(parts, key=lambda p: -(p.covers[0] * p.covers[1])))
+
+
+def row_layers(lo: np.ndarray, hi: np.ndarray, build, min_mean_rows: int = 1) -> tuple[MaskPart, ...] | None:
+    """The mask of row intervals ``lo`` / ``hi`` [1, Sq] (one key range per row) as native layers of
+    whole runs (see the module docstring), largest first, or None: more than one interval per row,
+    runs shorter than ``min_mean_rows`` on average (ranges that change row by row, a causal or window
+    edge: one call per few rows would cost more than the mask function), a single layer (then the
+    mask was native or has another cause), more than ``MAX_ROW_LAYERS`` layers, or a layer FA4 does
+    not run natively. ``build(q_ranges, k_ranges, types, sq, sk)`` translates a layer's full slices
+    (one per run) in its bounding rows and keys."""
+    if lo.shape[0] != 1:
+        return None
+    lo, hi = lo[0].astype(np.int64), hi[0].astype(np.int64)
+    sees = hi > lo
+    new_run = np.ones(lo.shape[0], dtype=bool)
+    new_run[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1]) | (sees[1:] != sees[:-1])
+    starts = np.flatnonzero(new_run)
+    ends = np.append(starts[1:], lo.shape[0])
+    keep = sees[starts]
+    starts, ends = starts[keep], ends[keep]
+    ks, ke = lo[starts], hi[starts]
+    if len(starts) < 2 or (ends - starts).sum() < min_mean_rows * len(starts):
+        return None
+    layer_end: list[int] = []  # each layer's last key end, runs placed in row order (first fit)
+    layer_of = np.empty(len(starts), dtype=np.int64)
+    for i, (a, b) in enumerate(zip(ks.tolist(), ke.tolist())):
+        slot = next((j for j, end in enumerate(layer_end) if end <= a), len(layer_end))
+        if slot == len(layer_end):
+            if slot == MAX_ROW_LAYERS:
+                return None
+            layer_end.append(b)
+        layer_end[slot] = b
+        layer_of[i] = slot
+    if len(layer_end) < 2:
+        return None
+    parts = []
+    for j in range(len(layer_end)):
+        sel = layer_of == j
+        q = np.stack([starts[sel], ends[sel]], 1)
+        k = np.stack([ks[sel], ke[sel]], 1)
+        qs, qe, k0, k1 = int(q[0, 0]), int(q[-1, 1]), int(k[:, 0].min()), int(k[:, 1].max())
+        sub = build(q - qs, k - k0, np.zeros(len(q), dtype=np.int64), qe - qs, k1 - k0)
+        if sub.native is None:
+            return None
+        parts.append(MaskPart((qs, qe), (k0, k1), sub))
     return tuple(sorted(parts, key=lambda p: -(p.covers[0] * p.covers[1])))
