@@ -22,7 +22,7 @@ CASES = [
     # inverse causal over a square is a window (left 0) for FA4
     ("inverse-causal-and-full", ([[0, 10], [10, 20]], [[0, 10], [0, 10]], [2, 0]), 20, 10, 2),
     # full and causal on the same cells: the union is not a sum; its rows' ranges differ row by row
-    # (10 runs of one row), more than MAX_ROW_LAYERS: one masked call
+    # (10 runs of one row), more than the row layers' limit: one masked call
     ("overlapping-parts", ([[0, 12], [0, 12]], [[0, 12], [0, 2]], [1, 0]), 12, 12, None),
     # one type only: two runs of rows whose key ranges overlap, so two row layers
     ("one-type-row-layers", ([[0, 6], [6, 14]], [[0, 3], [2, 14]], [0, 0]), 14, 14, 2),
@@ -77,10 +77,14 @@ def test_a_staircase_splits_into_row_layers_of_native_documents():
 
 
 def test_row_layers_beyond_the_limit_keep_one_masked_call(monkeypatch):
-    monkeypatch.setattr(decompose, "MAX_ROW_LAYERS", 2)
-    assert build_slice_block_mask(*STAIRCASE, 27, 27, block_size=(4, 8)).parts is None
-    monkeypatch.setattr(decompose, "MAX_ROW_LAYERS", 3)
-    assert len(build_slice_block_mask(*STAIRCASE, 27, 27, block_size=(4, 8)).parts) == 3
+    for limit, parts in (("2", None), ("0", None), ("3", 3), ("", 3)):
+        monkeypatch.setenv(decompose.MAX_ROW_LAYERS_ENV, limit)
+        mask = build_slice_block_mask(*STAIRCASE, 27, 27, block_size=(4, 8))
+        assert (None if mask.parts is None else len(mask.parts)) == parts, limit
+    for bad in ("-1", "many"):
+        monkeypatch.setenv(decompose.MAX_ROW_LAYERS_ENV, bad)
+        with pytest.raises(ValueError, match=decompose.MAX_ROW_LAYERS_ENV):
+            build_slice_block_mask(*STAIRCASE, 27, 27, block_size=(4, 8))
 
 
 def _inputs(sq, sk, seed=3):

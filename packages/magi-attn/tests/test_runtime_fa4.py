@@ -21,6 +21,8 @@ def _cases() -> list[dict]:
     base = dict(hq=4, hk=2, d=64, T=96, chunk=8, max_logits=False, tol=2e-6)
     return [
         dict(base, name="causal-deg2", mask="causal", degree=2),
+        # min_heap deals the last document's chunks to both ranks: one remote stage is a staircase,
+        # run as row layers of native documents (magi_ffa's decompose.row_layers)
         dict(base, name="varlen-causal-deg3", mask="varlen_causal", cu=[0, 33, 40, 96], degree=3),
         dict(base, name="sliding-window", mask="sliding_window", cu=[0, 50, 96], window=(7, 3), degree=2),
         # the turned sequential split: one rank's host stage is two pieces, documents with one window,

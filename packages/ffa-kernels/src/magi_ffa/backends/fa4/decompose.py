@@ -30,14 +30,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ENV", "MAX_ROW_LAYERS", "MaskPart", "decompose", "enabled", "row_layers"]
+__all__ = ["ENV", "MAX_ROW_LAYERS_ENV", "MaskPart", "decompose", "enabled", "max_row_layers", "row_layers"]
 
 ENV = "MAGI_FFA_FA4_DECOMPOSE"
 _MODES = {"0": (), "off": (), "bwd": ("bwd",), "1": ("fwd", "bwd"), "all": ("fwd", "bwd")}
 
 
-#: the most native calls ``row_layers`` makes of one mask; a mask needing more keeps the masked call
-MAX_ROW_LAYERS = 8
+#: the environment variable naming the most native calls ``row_layers`` makes of one mask (a mask
+#: needing more keeps the masked call; 0: no row layers), read when a mask is first translated
+MAX_ROW_LAYERS_ENV = "MAGI_FFA_FA4_MAX_ROW_LAYERS"
+DEFAULT_MAX_ROW_LAYERS = 8
+
+
+def max_row_layers() -> int:
+    """``MAX_ROW_LAYERS_ENV``'s value (default ``DEFAULT_MAX_ROW_LAYERS``)."""
+    raw = os.environ.get(MAX_ROW_LAYERS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ROW_LAYERS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{MAX_ROW_LAYERS_ENV}={raw!r}: expected a whole number >= 0 (0: no row layers)")
+    return value
 
 
 def enabled(direction: str, kind: str = "types") -> bool:
@@ -101,7 +117,7 @@ def row_layers(lo: np.ndarray, hi: np.ndarray, build, min_mean_rows: int = 1) ->
     whole runs (see the module docstring), largest first, or None: more than one interval per row,
     runs shorter than ``min_mean_rows`` on average (ranges that change row by row, a causal or window
     edge: one call per few rows would cost more than the mask function), a single layer (then the
-    mask was native or has another cause), more than ``MAX_ROW_LAYERS`` layers, or a layer FA4 does
+    mask was native or has another cause), more than ``max_row_layers()`` layers, or a layer FA4 does
     not run natively. ``build(q_ranges, k_ranges, types, sq, sk)`` translates a layer's full slices
     (one per run) in its bounding rows and keys."""
     if lo.shape[0] != 1:
@@ -115,14 +131,15 @@ def row_layers(lo: np.ndarray, hi: np.ndarray, build, min_mean_rows: int = 1) ->
     keep = sees[starts]
     starts, ends = starts[keep], ends[keep]
     ks, ke = lo[starts], hi[starts]
-    if len(starts) < 2 or (ends - starts).sum() < min_mean_rows * len(starts):
+    limit = max_row_layers()
+    if len(starts) < 2 or limit < 2 or (ends - starts).sum() < min_mean_rows * len(starts):
         return None
     layer_end: list[int] = []  # each layer's last key end, runs placed in row order (first fit)
     layer_of = np.empty(len(starts), dtype=np.int64)
     for i, (a, b) in enumerate(zip(ks.tolist(), ke.tolist())):
         slot = next((j for j, end in enumerate(layer_end) if end <= a), len(layer_end))
         if slot == len(layer_end):
-            if slot == MAX_ROW_LAYERS:
+            if slot == limit:
                 return None
             layer_end.append(b)
         layer_end[slot] = b
