@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from magi_ffa.env import int_from_env
+
 __all__ = ["ENV", "MAX_ROW_LAYERS_ENV", "MaskPart", "decompose", "enabled", "max_row_layers", "row_layers"]
 
 ENV = "MAGI_FFA_FA4_DECOMPOSE"
@@ -44,16 +46,7 @@ DEFAULT_MAX_ROW_LAYERS = 8
 
 def max_row_layers() -> int:
     """``MAX_ROW_LAYERS_ENV``'s value (default ``DEFAULT_MAX_ROW_LAYERS``)."""
-    raw = os.environ.get(MAX_ROW_LAYERS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_ROW_LAYERS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(f"{MAX_ROW_LAYERS_ENV}={raw!r}: expected a whole number >= 0 (0: no row layers)")
-    return value
+    return int_from_env(MAX_ROW_LAYERS_ENV, DEFAULT_MAX_ROW_LAYERS, 0, "the most row layers; 0: none")
 
 
 def enabled(direction: str, kind: str = "types") -> bool:

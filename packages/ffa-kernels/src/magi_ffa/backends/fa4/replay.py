@@ -51,6 +51,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.overrides import TorchFunctionMode
 
+from magi_ffa.env import int_from_env
+
 __all__ = ["clear", "launch", "stats"]
 
 ENV = "MAGI_FFA_FA4_LAUNCH_REPLAY"
@@ -88,16 +90,7 @@ def enabled() -> bool:
 def record_at() -> int:
     """The call of a key that is recorded (``MAGI_FFA_FA4_RECORD_AT``, default ``RECORD_AT``; at least 2:
     the first call compiles FA4's kernels, which a recording must not see)."""
-    raw = os.environ.get(RECORD_AT_ENV, "").strip()
-    if not raw:
-        return RECORD_AT
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValueError(f"{RECORD_AT_ENV}={raw!r} is not an integer") from None
-    if n < 2:
-        raise ValueError(f"{RECORD_AT_ENV}={raw!r}: the call to record must be 2 or later")
-    return n
+    return int_from_env(RECORD_AT_ENV, RECORD_AT, 2, "the call to record, 2 or later")
 
 
 # ---------------------------------------------------------------------------------------------
