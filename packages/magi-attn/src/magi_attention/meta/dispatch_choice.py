@@ -215,10 +215,15 @@ def rotated_sequential(meta: Any, shift: int) -> Any:
         a = (shift + r * m) % n
         return [*range(a + m - n), *range(a, n)] if a + m > n else list(range(a, a + m))
 
-    parts = [held(r) for r in range(cp)]
-    turned = type(meta).__new__(type(meta))
-    turned.__setstate__((*state[:6], parts))
-    return turned
+    return _meta_of_state(meta, (*state[:6], [held(r) for r in range(cp)]))
+
+
+def _meta_of_state(meta: Any, state: tuple) -> Any:
+    """A new dispatch meta of ``meta``'s class from magi_solver's pickle state ``(total_seqlen,
+    chunk_size, num_chunks, cp_size, max_valid_ids, chunk_areas, partitions)``: the solver checks it."""
+    made = type(meta).__new__(type(meta))
+    made.__setstate__(state)
+    return made
 
 
 def refined_dispatch_meta(meta: Any, chunk_size: int) -> Any:
@@ -236,10 +241,8 @@ def refined_dispatch_meta(meta: Any, chunk_size: int) -> Any:
         return meta
     # chunk_areas split evenly: only a solver statistic, the grid is built from the mask itself
     fine_areas = [a // f + (1 if t < a % f else 0) for a in areas for t in range(f)]
-    fine = type(meta).__new__(type(meta))
-    fine.__setstate__((total, chunk_size, n * f, cp, max_valid, fine_areas,
-                       [[c * f + t for c in p for t in range(f)] for p in parts]))
-    return fine
+    return _meta_of_state(meta, (total, chunk_size, n * f, cp, max_valid, fine_areas,
+                                 [[c * f + t for c in p for t in range(f)] for p in parts]))
 
 
 def solve_dispatch(alg: DispatchAlg, q_ranges, k_ranges, types, total_seqlen: int, chunk_size: int,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from magi_ffa.backends.fa4.native import row_runs
 from magi_ffa.env import int_from_env
 
 __all__ = ["ENV", "MAX_ROW_LAYERS_ENV", "MaskPart", "decompose", "enabled", "max_row_layers", "row_layers"]
@@ -115,15 +116,8 @@ def row_layers(lo: np.ndarray, hi: np.ndarray, build, min_mean_rows: int = 1) ->
     (one per run) in its bounding rows and keys."""
     if lo.shape[0] != 1:
         return None
-    lo, hi = lo[0].astype(np.int64), hi[0].astype(np.int64)
-    sees = hi > lo
-    new_run = np.ones(lo.shape[0], dtype=bool)
-    new_run[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1]) | (sees[1:] != sees[:-1])
-    starts = np.flatnonzero(new_run)
-    ends = np.append(starts[1:], lo.shape[0])
-    keep = sees[starts]
-    starts, ends = starts[keep], ends[keep]
-    ks, ke = lo[starts], hi[starts]
+    starts, ends, ks, ke, sees = row_runs(lo[0].astype(np.int64), hi[0].astype(np.int64), causal=False)
+    starts, ends, ks, ke = starts[sees], ends[sees], ks[sees], ke[sees]
     limit = max_row_layers()
     if len(starts) < 2 or limit < 2 or (ends - starts).sum() < min_mean_rows * len(starts):
         return None
@@ -131,11 +125,12 @@ def row_layers(lo: np.ndarray, hi: np.ndarray, build, min_mean_rows: int = 1) ->
     layer_of = np.empty(len(starts), dtype=np.int64)
     for i, (a, b) in enumerate(zip(ks.tolist(), ke.tolist())):
         slot = next((j for j, end in enumerate(layer_end) if end <= a), len(layer_end))
+        if slot == limit:
+            return None
         if slot == len(layer_end):
-            if slot == limit:
-                return None
             layer_end.append(b)
-        layer_end[slot] = b
+        else:
+            layer_end[slot] = b
         layer_of[i] = slot
     if len(layer_end) < 2:
         return None

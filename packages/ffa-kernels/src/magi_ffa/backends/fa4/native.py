@@ -149,9 +149,10 @@ BATCHED_DOCUMENTS = True
 MIN_ROWS_PER_DOCUMENT = 16
 
 
-def _runs(lo: np.ndarray, hi: np.ndarray, causal: bool):
+def row_runs(lo: np.ndarray, hi: np.ndarray, causal: bool):
     """Maximal runs of rows one document expresses: (q start, q end, k start, k end, sees keys) per
-    run, or None when the key ranges of the runs that see keys overlap or go backwards.
+    run, whether or not their key ranges overlap (``decompose.row_layers`` places overlapping ones in
+    layers).
 
     Full: consecutive rows with the same interval. Causal (bottom-right aligned): the same start and
     an end one further each row. Rows that see nothing form runs of their own.
@@ -162,8 +163,13 @@ def _runs(lo: np.ndarray, hi: np.ndarray, causal: bool):
     joins = (empty[1:] & empty[:-1]) | (~empty[1:] & ~empty[:-1] & (lo[1:] == lo[:-1]) & step)
     qs = np.flatnonzero(np.concatenate([[True], ~joins]))
     qe = np.append(qs[1:], n)
-    sees = ~empty[qs]
-    ks, ke = lo[qs], hi[qe - 1]
+    return qs, qe, lo[qs], hi[qe - 1], ~empty[qs]
+
+
+def _runs(lo: np.ndarray, hi: np.ndarray, causal: bool):
+    """``row_runs``, or None when the key ranges of the runs that see keys overlap or go backwards
+    (one call of FA4 varlen documents cannot run them)."""
+    qs, qe, ks, ke, sees = row_runs(lo, hi, causal)
     if (ks[sees][1:] < ke[sees][:-1]).any():
         return None
     return qs, qe, ks, ke, sees
