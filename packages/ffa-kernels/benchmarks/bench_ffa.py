@@ -146,19 +146,21 @@ def mask_area(qr, kr, tm) -> int:
 # ---------------------------------------------------------------------------------------------
 # runners: each returns (fwd_fn, bwd_fn) or raises when not applicable
 # ---------------------------------------------------------------------------------------------
-def timed_median(fn, warm_calls: int = 3, min_repeats: int = 10) -> float:
-    """Median ms of `fn` by ``triton.testing.do_bench``, after `warm_calls` untimed calls and with
-    at least `min_repeats` timed ones.
+def timed_median(fn, warm_calls: int | None = None, min_repeats: int = 10) -> float:
+    """Median ms of `fn` by ``triton.testing.do_bench``, after `warm_calls` untimed calls (default: as
+    many as the fa4 backend's launch replay takes to record a key, ``replay.record_at()``, 8) and with
+    about `min_repeats` timed ones.
 
-    Why: do_bench sizes its warm-up and repeats from its first few calls (25 / 100 ms by default). A
-    30-60 ms call (32k full backward) then gets 1-3 timed repeats, and where those first calls are
-    a wrapper's one-time work (the fa4 backend records and checks its launches on the second and
-    third call of a mask) that work lands in the median: ffa_fa4's full 32k backward read 370 TFLOP/s
+    Why: do_bench makes one call, then sizes its warm-up and repeats from five more (25 / 100 ms by
+    default), so a 30-60 ms call (32k full backward) gets one warm-up call and 1-3 timed repeats. On a
+    key do_bench calls first, the first timed repeat is the key's 8th call: the replay's recording, which
+    runs the call's kernels a second time for its check. ffa_fa4's full 32k backward read 370 TFLOP/s
     where its kernels ran at 616.
     """
     import triton
+    from magi_ffa.backends.fa4.replay import record_at
 
-    for _ in range(warm_calls):
+    for _ in range(record_at() if warm_calls is None else warm_calls):
         fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
