@@ -5,7 +5,7 @@
 #                                     first carries .carry/fa4-libs and runs fa4-libs, the next ones carry
 #                                     .carry/fa4 and run fa4 (tests, profile) or test-fa4 (tests only), unpack-fa4
 #                                     (only puts FA4 in place, e.g. before `tests`), bench-fa4,
-#                                     varlen-paths (FA4's varlen vs batch kernels) and/or bench-dist-fa4 (the
+#                                     varlen-paths (FA4's varlen vs batch kernels), autograd-host (the backward's host time under autograd) and/or bench-dist-fa4 (the
 #                                     runtime on the fa4 backend, >= 2 GPUs), profile-dist-fa4 and
 #                                     new-mask-fa4 (a new mask every step: new_mask_cost.py's phases and host
 #                                     syncs, and bench_dist --fresh-masks against the same mask every step) and
@@ -16,7 +16,7 @@
 # machine's copy of the tree may carry a stale .git, and the tables record the commit). The machine has torch/triton/cmake/pybind11
 # but no registry: our packages are installed editable without dependencies; test tools travel as wheels in
 # .whl/ (see README "GPU runs"). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are left as set).
-# STEP_TIMEOUT=<seconds> bounds every step. Extra arguments per step: TEST_PKGS, TEST_ARGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, BENCH_FA4_ARGS,
+# STEP_TIMEOUT=<seconds> bounds every step. Extra arguments per step: TEST_PKGS, TEST_ARGS, TEST_FA4_ARGS (pytest, e.g. -k replayed), PROFILE_FA4_ARGS, AUTOGRAD_HOST_ARGS, BENCH_FA4_ARGS,
 # BENCH_FFA_ARGS, VARLEN_PATHS_ARGS, BENCH_GRPCOLL_ARGS, BENCH_DIST_ARGS, PROFILE_DIST_MASKS / PROFILE_DIST_ARGS, BENCH_QO_ARGS,
 # NEW_MASK_SEQLENS (new-mask-fa4 and ab-new-mask, default 32768 65536), AB_OLD and AB_ARGS (ab-new-mask: the old
 # sources' folder; arguments both of its scripts take, e.g. --pin-cpus).
@@ -74,7 +74,7 @@ unpack_fa4_libs() {  # the tar.xz of FA4's CUDA libraries, from its parts (first
 if has fa4-libs; then  # FA4 arrives in two calls: the first keeps its CUDA libraries' first part on the warm machine
   mkdir -p /tmp/fa4-libs-parts && cp .carry/fa4-libs/*.part-* /tmp/fa4-libs-parts/ && echo "FA4 libraries, part 1 kept" || status=1
 fi
-if has unpack-fa4 || has fa4 || has test-fa4 || has profile-fa4 || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4 || has ab-new-mask; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
+if has unpack-fa4 || has fa4 || has test-fa4 || has profile-fa4 || has autograd-host || has bench-fa4 || has varlen-paths || has bench-dist-fa4 || has profile-dist-fa4 || has new-mask-fa4 || has ab-new-mask; then  # then the rest; a wheel is a zip of site-packages: unpacking installs it
   if [ ! -f /tmp/site/.fa4-libs-unpacked ] && ls .carry/fa4/*.part-* >/dev/null 2>&1; then
     unpack_fa4_libs .carry/fa4/*.part-*
   fi
@@ -106,6 +106,9 @@ if has fa4 || has test-fa4; then
 fi
 if has fa4 || has profile-fa4; then
   run profile-fa4 $PY packages/ffa-kernels/benchmarks/profile_fa4.py ${PROFILE_FA4_ARGS:-}
+fi
+if has autograd-host; then  # the fa4 backward's host time under torch's autograd engine, split (issue #7)
+  run autograd-host $PY packages/ffa-kernels/benchmarks/autograd_host.py ${AUTOGRAD_HOST_ARGS:-}
 fi
 if has bench-fa4; then
   run bench-fa4 $PY packages/ffa-kernels/benchmarks/bench_ffa.py --totals 16384 --heads 16/16 \
