@@ -105,6 +105,9 @@ CASES = [
     (dict(ref_block_size=(100, 64)), FFAInputError, r"ref_block_size=\(100, 64\) is invalid"),
     (dict(ref_block_size=(128, 64), swap_ab=True), FFAInputError, r"invalid with swap_ab=True"),
     (dict(sm_margin=-1), FFAInputError, r"sm_margin must be an int >= 0"),
+    # values equal to the defaults but of the wrong type: the all-defaults early return compares by identity
+    (dict(sm_margin=False), FFAInputError, r"sm_margin must be an int >= 0"),
+    (dict(deterministic=0), FFATypeError, r"deterministic must be a bool"),
     (dict(max_seqlen_q=1.5), FFAInputError, r"max_seqlen_q must be None or an int"),
     (dict(return_max_logits=1), FFATypeError, r"return_max_logits must be a bool"),
     (dict(backend="cudnn"), FFAInputError, r"backend='cudnn' is not a kernel backend"),

@@ -43,14 +43,19 @@ range_cache.on_clear(_prepared.clear)  # the memo trusts range tensors by identi
 
 
 def _prepared_key(fn, q, k, v, raw, softmax_scale, softcap):
-    """The memo key of a call whose ranges are tensors on q's device, or None (not memoised)."""
-    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or checks.is_compiling():
+    """The memo key of a call whose ranges are tensors on q's device, or None (not memoised). Plain
+    tests, no generators: this runs on every call."""
+    tensor, scalar = torch.Tensor, (float, int, type(None))
+    if not (isinstance(q, tensor) and isinstance(k, tensor) and isinstance(v, tensor)) or checks.is_compiling():
         return None
-    if not all(isinstance(x, (float, int, type(None))) for x in (softmax_scale, softcap)):
+    if not (isinstance(softmax_scale, scalar) and isinstance(softcap, scalar)):
         return None
-    if not all(x is None or (isinstance(x, torch.Tensor) and x.device == q.device) for x in raw):
-        return None
-    return (fn, *(id(x) for x in raw), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device,
+    device = q.device
+    for x in raw:
+        if x is not None and not (isinstance(x, tensor) and x.device == device):
+            return None
+    qr, kr, tm = raw
+    return (fn, id(qr), id(kr), id(tm), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, device,
             k.device, v.device, softmax_scale, softcap)
 
 

@@ -66,6 +66,8 @@ def run_forward(
     fresh: bool = False,
 ) -> None:
     """Run `backend.forward` under no_grad (buffers merged in place, or written when fresh)."""
+    if not torch.is_grad_enabled():  # an autograd backward or forward already runs without grad
+        return backend.forward(inp, out, lse, max_logits, fresh=fresh)
     with torch.no_grad():
         backend.forward(inp, out, lse, max_logits, fresh=fresh)
 
@@ -73,6 +75,8 @@ def run_forward(
 def run_backward(backend: Backend, inp: FFAInputs, dout, out, lse, delta, dq, dk, dv, *, fresh: bool = False,
                  accumulate: frozenset[str] = frozenset()) -> None:
     extra = {"accumulate": accumulate} if accumulate else {}  # only ACCUMULATES_NAMED backends take it
+    if not torch.is_grad_enabled():  # torch's autograd engine runs backwards without grad
+        return backend.backward(inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh, **extra)
     with torch.no_grad():
         backend.backward(inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh, **extra)
 
@@ -253,16 +257,20 @@ def _can_run_eagerly(*tensors) -> bool:
     functorch_on = getattr(torch._C, "_are_functorch_transforms_active", None)
     if n_modes is None or functorch_on is None or n_modes() > 0 or functorch_on():
         return False
-    return all(t is None or type(t) in _PLAIN for t in tensors)
+    for t in tensors:
+        if t is not None and type(t) not in _PLAIN:
+            return False
+    return True
 
 
 class _EagerFFA(torch.autograd.Function):
     """ffa_fwd_op's autograd without the torch.library dispatch layers (same bodies, same saved
-    tensors, same backward)."""
+    tensors, same backward). The tensors come one by one, the other arguments as one tuple: apply's
+    per-argument work is host time on every call."""
 
     @staticmethod
-    def forward(ctx, *inputs_and_memo):
-        *inputs, memo = inputs_and_memo
+    def forward(ctx, q, k, v, q_ranges, k_ranges, attn_type_map, sink, params, memo):
+        inputs = (q, k, v, q_ranges, k_ranges, attn_type_map, sink, *params)
         output = _fwd_body(*inputs, memo)
         _setup_context(ctx, inputs, output)
         ctx.memo = memo
@@ -272,7 +280,8 @@ class _EagerFFA(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlse, dmax):
-        return (*_backward(ctx, dout, dlse, dmax), None)
+        dq, dk, dv, _, _, _, dsink, *_ = _backward(ctx, dout, dlse, dmax)
+        return dq, dk, dv, None, None, None, dsink, None, None
 
 
 def ffa_attention(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
@@ -282,5 +291,5 @@ def ffa_attention(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout,
     args = (q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
             deterministic, return_max_logits, backend)
     if _can_run_eagerly(q, k, v, q_ranges, k_ranges, attn_type_map, sink):
-        return _EagerFFA.apply(*args, memo)
+        return _EagerFFA.apply(*args[:7], args[7:], memo)
     return ffa_fwd_op(*args)

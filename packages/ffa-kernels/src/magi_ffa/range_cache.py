@@ -115,10 +115,15 @@ def _make(q: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> HostRanges:
 def _stamps(srcs) -> tuple | None:
     """Per tensor (version, data_ptr, shape, dtype, device), None for an absent (None) entry; None
     when identity can't be trusted (inference tensors have no version counter)."""
-    if any(t is not None and t.is_inference() for t in srcs):
-        return None
-    return tuple(None if t is None else (t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device)
-                 for t in srcs)
+    stamps = []
+    for t in srcs:  # a loop, not generators: this runs on every call of a memoised signature
+        if t is None:
+            stamps.append(None)
+        elif t.is_inference():
+            return None
+        else:
+            stamps.append((t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device))
+    return tuple(stamps)
 
 
 def identity(srcs) -> tuple | None:
@@ -141,8 +146,12 @@ def identity(srcs) -> tuple | None:
 def still_identical(record: tuple, srcs) -> bool:
     """Whether `srcs` are the very objects `record` was made of, unchanged since (touches no data)."""
     refs, stamps = record
-    return (identity_enabled() and all(t is None if r is None else r() is t for r, t in zip(refs, srcs))
-            and _stamps(srcs) == stamps)
+    if not identity_enabled():
+        return False
+    for r, t in zip(refs, srcs):
+        if (t is not None) if r is None else (r() is not t):
+            return False
+    return _stamps(srcs) == stamps
 
 
 def _store(key, record, hr: HostRanges) -> None:

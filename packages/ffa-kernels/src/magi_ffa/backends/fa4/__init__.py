@@ -197,7 +197,7 @@ class FA4Backend(Backend):
             direct = [w and t.dtype == inp.q.dtype for w, t in zip(writes, bufs)]  # FA4 writes them itself
             grads = fa4_backward(_rows(inp.q, a, b), _rows(inp.k, c, d), _rows(inp.v, c, d), _rows(out, a, b),
                                  _rows(dout, a, b), _rows(lse, a, b), part.mask, inp.softmax_scale, inp.softcap,
-                                 grads=tuple(t if x else None for t, x in zip(bufs, direct)))
+                                 grads=[t if x else None for t, x in zip(bufs, direct)])
             unwritten = part.mask.skipped_rows("bwd")  # dq rows FA4 did not compute: they get nothing
             for acc, g, w, x, skip in zip(bufs, grads, writes, direct, (unwritten, None, None)):
                 if not x:

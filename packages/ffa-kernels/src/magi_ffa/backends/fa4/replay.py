@@ -455,7 +455,7 @@ def launch(key: tuple, owner, call: Callable, inputs: Sequence[torch.Tensor | No
     if not enabled() or module is None or (inputs and inputs[0] is not None and inputs[0].is_cuda
                                             and torch.cuda.is_current_stream_capturing()):
         return call(*inputs)
-    full_key = (id(owner), key, tuple(_signature(t) for t in inputs))
+    full_key = (id(owner), key, tuple([_signature(t) for t in inputs]))
     with _lock:
         entry = _tapes.get(full_key)
         if entry is not None:
