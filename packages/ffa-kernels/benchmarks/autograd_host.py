@@ -30,16 +30,13 @@ import statistics
 import time
 
 import torch
-from bench_ffa import build_mask
+from bench_ffa import build_mask, fa4_runner, warm_up
 
 N = 40
 
 
 def _host_us(fn, repeats: int) -> float:
-    from magi_ffa.backends.fa4.replay import record_at
-
-    for _ in range(record_at() + 2):  # compiled, recorded, replayed
-        fn()
+    warm_up(fn, extra=2)  # compiled, recorded, replayed
     torch.cuda.synchronize()
     runs = []
     for _ in range(repeats):
@@ -122,8 +119,6 @@ def measure(mask_name: str, total: int, heads: int, repeats: int, profile: bool)
     res["bwd null_autograd"] = _host_us(lambda: torch.autograd.grad(o_null, leaves, dout, retain_graph=True),
                                         repeats)
     try:
-        from bench_ffa import fa4_runner
-
         _, fa4_bwd = fa4_runner(mask_name, *leaves, dout, qr)
         res["bwd fa4_autograd"] = _host_us(fa4_bwd, repeats)
     except (NotImplementedError, ImportError):  # a mask FA4 cannot express; no FA4 autograd entry point

@@ -144,12 +144,21 @@ def mask_area(qr, kr, tm) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# runners: each returns (fwd_fn, bwd_fn) or raises when not applicable
+# timing
 # ---------------------------------------------------------------------------------------------
-def timed_median(fn, warm_calls: int | None = None, min_repeats: int = 10) -> float:
-    """Median ms of `fn` by ``triton.testing.do_bench``, after `warm_calls` untimed calls (default: as
-    many as the fa4 backend's launch replay takes to record a key, ``replay.record_at()``, 8) and with
-    about `min_repeats` timed ones.
+def warm_up(fn, extra: int = 0) -> None:
+    """Untimed calls of `fn` until the fa4 backend's launch replay has recorded its key
+    (``replay.record_at()`` calls, 8 by default), then `extra` more. Any timing of an ffa_fa4 call
+    starts after these: a timed call that is the recording runs the call's kernels twice."""
+    from magi_ffa.backends.fa4.replay import record_at
+
+    for _ in range(record_at() + extra):
+        fn()
+
+
+def timed_median(fn, min_repeats: int = 10) -> float:
+    """Median ms of `fn` by ``triton.testing.do_bench``, after ``warm_up`` and with about `min_repeats`
+    timed repeats.
 
     Why: do_bench makes one call, then sizes its warm-up and repeats from five more (25 / 100 ms by
     default), so a 30-60 ms call (32k full backward) gets one warm-up call and 1-3 timed repeats. On a
@@ -158,10 +167,8 @@ def timed_median(fn, warm_calls: int | None = None, min_repeats: int = 10) -> fl
     where its kernels ran at 616.
     """
     import triton
-    from magi_ffa.backends.fa4.replay import record_at
 
-    for _ in range(record_at() if warm_calls is None else warm_calls):
-        fn()
+    warm_up(fn)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -173,6 +180,9 @@ def timed_median(fn, warm_calls: int | None = None, min_repeats: int = 10) -> fl
                                    quantiles=[0.5])
 
 
+# ---------------------------------------------------------------------------------------------
+# runners: each returns (fwd_fn, bwd_fn) or raises when not applicable
+# ---------------------------------------------------------------------------------------------
 def ffa_runner(q, k, v, dout, qr, kr, tm, backend="triton"):
     from magi_ffa import flex_flash_attn_func
 

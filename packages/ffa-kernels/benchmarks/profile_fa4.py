@@ -22,7 +22,7 @@ import time
 
 import torch
 import triton.testing
-from bench_ffa import build_mask, mask_area
+from bench_ffa import build_mask, mask_area, warm_up
 from torch.profiler import ProfilerActivity, profile
 
 N = 20
@@ -39,10 +39,7 @@ def _gpu_ms(fn) -> float:
 
 
 def _host_ms(fn) -> float:
-    from magi_ffa.backends.fa4.replay import record_at
-
-    for _ in range(record_at() + 1):  # warm: FA4 compiled, the key recorded for replay and replayed once
-        fn()
+    warm_up(fn, extra=1)  # FA4 compiled, the key recorded for replay and replayed once
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(N):
