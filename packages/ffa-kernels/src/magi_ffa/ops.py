@@ -9,14 +9,14 @@ Why two entry points: the custom op's dispatch and its autograd wrapper cost ~0.
 time per call, longer than a short kernel (a 1k sliding window at 16k tokens runs ~0.3 ms on an
 H200); ``ffa_attention`` takes the plain autograd.Function when nothing traces (no compile, no
 dispatch mode such as FakeTensorMode, no functorch transform, plain tensors) and the op otherwise.
-Both run the same ``_fwd_impl`` / ``_bwd_impl``.
+Both run the same bodies (``_fwd_body`` / ``_bwd_body``).
 
   magi_ffa::ffa_fwd(q, k, v, q_ranges, k_ranges, attn_type_map, sink, ...) -> (out, lse, max_logits)
   magi_ffa::ffa_bwd(dout, q, k, v, out, lse, ..., sink, ...) -> (dq, dk, dv, dsink)
 
-out has q's dtype; lse and max_logits are fp32 (fp64 for fp64 inputs); max_logits is left
-unset unless requested (flex_flash_attn_func then returns None for it); dsink is empty [0] without a
-sink.
+out has q's dtype; lse and max_logits are fp32 (fp64 for fp64 inputs); the op's max_logits is left
+unset unless requested and its dsink is empty [0] without a sink (the eager path gets None for both,
+and makes no buffer for them; flex_flash_attn_func returns None for an unrequested max_logits).
 
 Each op is the only contributor to its buffers, so a backend with SUPPORTS_FRESH gets empty
 buffers in the output dtype and writes them whole (``fresh=True``): no zero-fill, no read-merge,
@@ -98,13 +98,17 @@ def _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, 
 
 def _fwd_impl(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
               deterministic, return_max_logits, backend):
-    return _fwd_body(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
-                     deterministic, return_max_logits, backend, None)
+    out, lse, max_logits = _fwd_body(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale,
+                                     softcap, deterministic, return_max_logits, backend, None)
+    if max_logits is None:  # the schema's Tensor, left unset as documented
+        max_logits = torch.empty((q.shape[1],), dtype=lse.dtype, device=q.device)
+    return out, lse, max_logits
 
 
 def _fwd_body(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale, softcap,
               deterministic, return_max_logits, backend, memo):
-    """The forward op's body; `memo` (FFAInputs.memo) is given on the eager path only."""
+    """The forward op's body; `memo` (FFAInputs.memo) is given on the eager path only. max_logits is
+    None unless requested (no buffer made per call for it)."""
     inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic, memo)
     impl = select_backend(inp, backend)
     sq, hq, d = q.shape
@@ -113,10 +117,8 @@ def _fwd_body(q, k, v, q_ranges, k_ranges, attn_type_map, sink, sink_layout, sof
     # written whole by the kernel when fresh: in q's dtype unless the sink still has to merge in
     out_dtype = q.dtype if fresh and sink is None else adt
     out, lse = result_buffers((sq, hq, d), out_dtype, adt, q.device, written_whole=fresh)
-    max_logits = torch.empty((hq,), dtype=adt, device=q.device)  # no fill pass unless requested
-    if return_max_logits:
-        max_logits.fill_(float("-inf"))
-    run_forward(impl, inp, out, lse, max_logits if return_max_logits else None, fresh=fresh)
+    max_logits = torch.full((hq,), float("-inf"), dtype=adt, device=q.device) if return_max_logits else None
+    run_forward(impl, inp, out, lse, max_logits, fresh=fresh)
     if sink is not None:
         apply_sink(out, lse, sink.detach(), sink_layout)
     return out.to(q.dtype), lse, max_logits
@@ -153,13 +155,15 @@ def _(
 
 def _bwd_impl(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale,
               softcap, deterministic, backend):
-    return _bwd_body(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout,
-                     softmax_scale, softcap, deterministic, backend, None)
+    dq, dk, dv, dsink = _bwd_body(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout,
+                                  softmax_scale, softcap, deterministic, backend, None)
+    return dq, dk, dv, (q.new_empty((0,), dtype=torch.float32) if dsink is None else dsink)  # the schema's Tensor
 
 
 def _bwd_body(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, sink_layout, softmax_scale,
               softcap, deterministic, backend, memo):
-    """The backward op's body; `memo` as in _fwd_body."""
+    """The backward op's body; `memo` as in _fwd_body. dsink is None without a sink (the eager path
+    drops it; the op gives its schema an empty tensor)."""
     inp = _inputs(q, k, v, q_ranges, k_ranges, attn_type_map, softmax_scale, softcap, deterministic, memo)
     impl = select_backend(inp, backend)
     adt = acc_dtype(q.dtype)
@@ -171,11 +175,10 @@ def _bwd_body(dout, q, k, v, out, lse, q_ranges, k_ranges, attn_type_map, sink, 
     dv = alloc(v.shape, dtype=gdt, device=q.device)
     delta = rowsum_out_dout(out, dout) if impl.USES_DELTA else None
     run_backward(impl, inp, dout, out, lse, delta, dq, dk, dv, fresh=fresh)
-    if sink is not None:
-        dsink = sink_backward(sink, lse, out, dout, sink_layout)
-    else:
-        dsink = q.new_empty((0,), dtype=torch.float32)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsink
+    dsink = None if sink is None else sink_backward(sink, lse, out, dout, sink_layout)
+    if not fresh:  # fp32 accumulators; fresh ones are in the input dtype already
+        dq, dk, dv = dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    return dq, dk, dv, dsink
 
 
 ffa_bwd_op = torch.library.custom_op(

@@ -179,13 +179,37 @@ class FA4Backend(Backend):
         else:
             correct_attn_out_lse(out, lse, o, l_, inplace=True)
 
+    @staticmethod
+    def _one_call_backward(inp, dout, out, lse, dq, dk, dv, part) -> bool:
+        """The common backward, one FA4 call writing the caller's gradients whole (one part covering
+        every row and key, buffers in the input dtype), without the general loop's per-part
+        bookkeeping: host time on every call. False (nothing done) for any other case."""
+        if part.q != (0, inp.q.shape[0]) or part.k != (0, inp.k.shape[0]):
+            return False
+        dt = inp.q.dtype
+        if dq.dtype != dt or dk.dtype != dt or dv.dtype != dt:
+            return False
+        from magi_ffa.backends.fa4.kernel import fa4_backward
+
+        fa4_backward(inp.q, inp.k, inp.v, out, dout, lse, part.mask, inp.softmax_scale, inp.softcap,
+                     grads=(dq, dk, dv))
+        unwritten = part.mask.skipped_rows("bwd")  # dq rows FA4 did not compute: they get nothing
+        if unwritten is not None:
+            from magi_ffa.backends.triton.merge import zero_rows_
+
+            zero_rows_(dq, unwritten)
+        return True
+
     def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False, accumulate=frozenset()):
         from magi_ffa.backends.fa4.kernel import fa4_backward
         from magi_ffa.backends.triton.merge import add_into_, zero_rows_
 
         self._refuse(inp)
-        writes = [fresh and n not in accumulate for n in ("dq", "dk", "dv")]  # written whole, or added into
         parts = _call_parts(inp, "bwd") if inp.num_slices else ()
+        if fresh and not accumulate and len(parts) == 1 and self._one_call_backward(inp, dout, out, lse, dq, dk, dv,
+                                                                                     parts[0]):
+            return
+        writes = [fresh and n not in accumulate for n in ("dq", "dk", "dv")]  # written whole, or added into
         if any(writes) and (not parts or parts[0].covers != (inp.q.shape[0], inp.k.shape[0])):
             for g, w in zip((dq, dk, dv), writes):  # cells no call writes are 0
                 if w:

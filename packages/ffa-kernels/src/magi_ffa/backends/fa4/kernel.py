@@ -143,7 +143,8 @@ def _lse_for_fa4(lse: torch.Tensor, mask: SliceBlockMask) -> torch.Tensor:
             _last_lse[:] = (lse, lse._version, copies)
     fa4 = copies.get(b)
     if fa4 is None:
-        src = lse.unflatten(0, (b, -1)).permute(0, 2, 1)
+        # unsqueeze for B = 1: a C++ method, where unflatten is a Python wrapper (host time per call)
+        src = (lse.unsqueeze(0) if b == 1 else lse.unflatten(0, (b, -1))).permute(0, 2, 1)
         inf = float("inf")
         fa4 = copies[b] = torch.nan_to_num(src, nan=float("nan"), posinf=inf, neginf=inf,
                                            out=lse.new_empty(src.shape))
@@ -199,7 +200,9 @@ def fa4_backward(q, k, v, out, dout, lse, mask: SliceBlockMask, softmax_scale: f
             q_, k_, v_, out_, dout_, lse_, softmax_scale=softmax_scale, softcap=softcap,
             dq=dq_, dk=dk_, dv=dv_, **_mask_args(mask, "bwd"))[:3])
 
-    inputs = [to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out.to(q.dtype)), to_fa4(dout.to(q.dtype)), lse_fa4,
+    dt = q.dtype  # out / dout in q's dtype (the runtime's fp32 accumulators are not); .to() costs even as a no-op
+    out, dout = (out if out.dtype == dt else out.to(dt)), (dout if dout.dtype == dt else dout.to(dt))
+    inputs = [to_fa4(q), to_fa4(k), to_fa4(v), to_fa4(out), to_fa4(dout), lse_fa4,
               to_fa4(dq), to_fa4(dk), to_fa4(dv)]  # no generators: host time on every call
     g_q, g_k, g_v = replay.launch(("bwd", softmax_scale, softcap), mask, call, inputs, written=(6, 7, 8),
                                   constants=mask.device_tensors, module=iface, computed=_computed(mask, "bwd"))

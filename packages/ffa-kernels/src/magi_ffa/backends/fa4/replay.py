@@ -296,12 +296,23 @@ def _varies(tpl) -> bool:
     return tpl[0] in ("in", "new") or (tpl[0] == "seq" and any(_varies(t) for t in tpl[2]))
 
 
+_FROM_INPUT, _FROM_SLOT, _BUILT = 0, 1, 2
+
+
+def _hole(pos: int, tpl) -> tuple:
+    """(pos, source, what) for one argument built per replay: an input or a buffer as it is (the
+    common case, read in place by _Tape.run), else a template _build makes."""
+    if tpl[0] in ("in", "new") and tpl[2]:  # the tensor itself, not a view of it
+        return pos, _FROM_INPUT if tpl[0] == "in" else _FROM_SLOT, tpl[1]
+    return pos, _BUILT, tpl
+
+
 def _split_args(tpl) -> tuple[list, tuple]:
     """A launch's argument list made once (everything fixed built now) and the positions that are
     built per replay: the replay then touches only the tensors that change."""
     _, _, items = tpl
     fixed = [None if _varies(t) else _build(t, (), ()) for t in items]
-    return fixed, tuple((i, t) for i, t in enumerate(items) if _varies(t))
+    return fixed, tuple(_hole(i, t) for i, t in enumerate(items) if _varies(t))
 
 
 class _Tape:
@@ -320,14 +331,21 @@ class _Tape:
         self.owner = owner  # keeps the mask (and so its tensors and its id) alive with the key
 
     def run(self, inputs):
+        """The recorded steps on this call's inputs. Host time on every replayed call: the holes'
+        common case (an input or buffer as it is) is read here, without a call of _build."""
         slots: list = [None] * self.n_new
         for step in self.steps:
             kind = step[0]
             if kind == "launch":
                 _, fn, fixed, holes = step
                 args = fixed.copy()
-                for i, tpl in holes:
-                    args[i] = _build(tpl, inputs, slots)
+                for pos, source, what in holes:
+                    if source == _FROM_INPUT:
+                        args[pos] = inputs[what]
+                    elif source == _FROM_SLOT:
+                        args[pos] = slots[what]
+                    else:
+                        args[pos] = _build(what, inputs, slots)
                 fn(*args)
             elif kind == "alloc":
                 _, i, shape, stride, dtype, device, zero = step
@@ -342,7 +360,8 @@ def _signature(t: torch.Tensor | None):
     if t is None:
         return None
     # requires_grad too: FA4 reads it (its MLA and sparse-KV paths choose kernels by it)
-    return (tuple(t.shape), t.stride(), t.dtype, t.device, t.data_ptr() % 16, t.requires_grad)
+    # t.shape as it is: torch.Size is a tuple (same hash, same equality), no copy per call
+    return (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16, t.requires_grad)
 
 
 def _remember(key, value) -> None:
