@@ -253,6 +253,13 @@ def run_cases(cases, group=None, rank_label=""):
             assert pad == 0, f"{case['name']}: the position check assumes no padding"
             positions = dispatch(torch.arange(T, dtype=torch.float64)[:, None], key)[:, 0]
             assert torch.equal(get_position_ids(key).long(), positions.long())
+        if "runtime" in case:  # the runtime class the case is about (e.g. QO comm's) was built
+            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+            runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+            assert type(runtime).__name__ == case["runtime"], f"{case['name']}: ran {type(runtime).__name__}"
+            if world > 1 and hasattr(runtime, "plan_stats"):  # and its remote stage is not empty
+                assert sum(runtime.plan_stats["per_rank_comm"]) > 0, f"{case['name']}: {runtime.plan_stats}"
         if "cast_lists" in case:
             from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
 

@@ -182,6 +182,11 @@ def _run_one(case: dict, device: torch.device) -> dict:
         assert took == case["host_split"], f"{case['name']}: {took} of {world} ranks split the host stage's backward"
     replays = graphs.stats()["replays"] - replays_before
     assert replays >= case.get("graph_replays", 0), f"{case['name']}: {replays} whole-call graph replays"
+    if "runtime" in case:  # the runtime class the case is about (e.g. QO comm's) was built
+        from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+        ran = type(dist_attn_runtime_dict_mgr.get_mgr(key).runtime).__name__
+        assert ran == case["runtime"], f"{case['name']}: ran {ran}"
     return errs
 
 

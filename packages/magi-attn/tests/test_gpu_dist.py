@@ -87,6 +87,13 @@ CASES = [
     dict(_BASE, name="native_host_split", mask="varlen_causal", seed=53, degree=1, dispatch="cost_aware",
          host_split=2, switches={"magi_attention.runtime.dist_attn:SPLIT_HOST_BACKWARD": True},
          env={"MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
+    # QO comm (the dynamic solver's plan: q, out and lse travel too) on the fa4 backend, a2av and native
+    # collectives (its partial out/lse merged by the owner through grpcoll's lse reduce)
+    dict(_BASE, name="fa4_qo_comm", mask="varlen_causal", seed=61, degree=1, runtime="QOCommRuntime",
+         env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_QO_COMM": "1"}),
+    dict(_BASE, name="fa4_native_qo_comm", mask="varlen_causal", seed=62, degree=1,
+         runtime="QOCommRuntime",
+         env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_QO_COMM": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1"}),
     # the same repetitions without them (the yardstick of the cases above)
     dict(_BASE, name="fa4_native_repeated", mask="varlen_causal", seed=11, degree=2, repeat=6,
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",

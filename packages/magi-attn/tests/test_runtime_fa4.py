@@ -33,6 +33,12 @@ def _cases() -> list[dict]:
         dict(base, name="random-sink-softcap", mask="random", seed=3, sink=True, softcap=5.0, degree=2, T=90),
         dict(base, name="hide-tail", mask="varlen_causal", cu=[0, 40, 96], degree=3,
              env={"MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"}),
+        # QO comm (the dynamic solver): partial out/lse of rows computed on a rank that owns neither
+        # their q nor their k, merged by the owner; dq and dK/dV reduced back
+        dict(base, name="qo-comm", mask="varlen_causal", cu=[0, 33, 40, 96], runtime="QOCommRuntime",
+             env={"MAGI_ATTENTION_QO_COMM": "1"}),
+        dict(base, name="qo-comm-sink-softcap", mask="random", seed=5, sink=True, softcap=5.0, T=90,
+             runtime="QOCommRuntime", env={"MAGI_ATTENTION_QO_COMM": "1"}),
         # fp16: out/dq kept in fp16 with two contributors (host + one stage), in fp32 with more;
         # errors against the float64 reference of the same fp16 inputs are fp16 roundings
         dict(base, name="fp16-two-contributors", mask="causal", degree=1, dtype="float16", tol=1e-2),

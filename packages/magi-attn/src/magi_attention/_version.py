@@ -4,5 +4,5 @@ INTERFACE_VERSION is "major.minor": the minor part grows when the public API gai
 the major part when it changes incompatibly. Packages that depend on this one pin it.
 """
 
-__version__ = "0.1.10"
+__version__ = "0.1.11"
 INTERFACE_VERSION = "1.2"

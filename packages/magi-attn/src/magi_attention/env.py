@@ -266,8 +266,7 @@ def check_flag_comb(flags: EnvFlags | None = None) -> EnvFlags:
                           (f.fwd_high_precision_reduce,
                            "MAGI_ATTENTION_FORWARD_HIGH_PRECISION_REDUCE=1"),
                           (f.bwd_high_precision_reduce,
-                           "MAGI_ATTENTION_BACKWARD_HIGH_PRECISION_REDUCE=1"),
-                          (f.qo_comm, "MAGI_ATTENTION_QO_COMM=1")):
+                           "MAGI_ATTENTION_BACKWARD_HIGH_PRECISION_REDUCE=1")):
             if bad:
                 conflicts.append(f"MAGI_ATTENTION_FA4_BACKEND=1 with {name}")
     if f.bwd_hide_tail_reduce and f.qo_comm:
