@@ -17,7 +17,12 @@ them), median of --repeats runs:
 plus cProfile of ops._backward on the engine's thread (--profile), and the forward's rows impl and
 autograd for reference.
 
-    python benchmarks/autograd_host.py [--masks varlen_causal,block_sparse_10] [--total 8192]
+    python benchmarks/autograd_host.py [--masks varlen_causal,block_sparse_10] [--total 8192] [--pin-main-thread CPU]
+
+Where the threads run decides much of it (PERF_NOTES "Thread placement"): the whole process on one core
+(``taskset -c N``) halved the backward's host time, two cores did not. ``--pin-main-thread`` pins only the main
+thread and so the engine's device thread it starts, leaving the others free; the last line lists every
+thread's CPUs.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import cProfile
+import os
 import pstats
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from bench_ffa import build_mask, fa4_runner, warm_up
@@ -140,7 +147,14 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--pin-main-thread", type=int, default=None, metavar="CPU",
+                    help="pin the main thread to one CPU before the first backward: torch's autograd engine "
+                         "starts its device thread then and it inherits the pin; threads started before "
+                         "(CUDA's own) keep every CPU (taskset pins them all)")
     a = ap.parse_args()
+    if a.pin_main_thread is not None:
+        torch.cuda.init()
+        os.sched_setaffinity(0, {a.pin_main_thread})  # Linux: 0 is the calling thread, not the process
     print(f"{torch.cuda.get_device_name()}, total {a.total}, heads {a.heads}, d 128, bf16, fa4 backend; "
           f"host µs per call, median of {a.repeats} x {N} back-to-back calls")
     rows = {m: measure(m, a.total, a.heads, a.repeats, a.profile) for m in a.masks.split(",")}
@@ -149,6 +163,19 @@ def main() -> None:
     print("|---|" + "---|" * len(cols))
     for m, r in rows.items():
         print(f"| {m} | " + " | ".join(f"{r[c]:.0f}" if c in r else "–" for c in cols) + " |")
+    print("threads (name: CPUs allowed): " + "; ".join(_thread_cpus()))
+
+
+def _thread_cpus() -> list[str]:
+    """Each thread of this process with the CPUs it may run on (Linux /proc): where the pin went."""
+    out = []
+    for task in sorted(Path("/proc/self/task").iterdir(), key=lambda p: int(p.name)):
+        try:
+            fields = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines() if ":" in line)
+        except OSError:  # the thread ended meanwhile
+            continue
+        out.append(f"{fields.get('Name', '?').strip()}: {fields.get('Cpus_allowed_list', '?').strip()}")
+    return out
 
 
 if __name__ == "__main__":

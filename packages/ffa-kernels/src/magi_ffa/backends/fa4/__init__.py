@@ -201,14 +201,14 @@ class FA4Backend(Backend):
         return True
 
     def backward(self, inp, dout, out, lse, delta, dq, dk, dv, *, fresh=False, accumulate=frozenset()):
-        from magi_ffa.backends.fa4.kernel import fa4_backward
-        from magi_ffa.backends.triton.merge import add_into_, zero_rows_
-
         self._refuse(inp)
         parts = _call_parts(inp, "bwd") if inp.num_slices else ()
         if fresh and not accumulate and len(parts) == 1 and self._one_call_backward(inp, dout, out, lse, dq, dk, dv,
                                                                                      parts[0]):
             return
+        from magi_ffa.backends.fa4.kernel import fa4_backward
+        from magi_ffa.backends.triton.merge import add_into_, zero_rows_
+
         writes = [fresh and n not in accumulate for n in ("dq", "dk", "dv")]  # written whole, or added into
         if any(writes) and (not parts or parts[0].covers != (inp.q.shape[0], inp.k.shape[0])):
             for g, w in zip((dq, dk, dv), writes):  # cells no call writes are 0
