@@ -32,27 +32,17 @@ import concurrent.futures
 import cProfile
 import os
 import pstats
-import statistics
 import time
 from pathlib import Path
 
 import torch
-from bench_ffa import build_mask, fa4_runner, warm_up
+from bench_ffa import build_mask, fa4_runner, host_ms_per_call
 
 N = 40
 
 
 def _host_us(fn, repeats: int) -> float:
-    warm_up(fn, extra=2)  # compiled, recorded, replayed
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(N):
-            fn()
-        runs.append((time.perf_counter() - t) * 1e6 / N)
-        torch.cuda.synchronize()
-    return statistics.median(runs)
+    return host_ms_per_call(fn, N, repeats, extra_warm=2) * 1e3  # compiled, recorded, replayed
 
 
 class _Null(torch.autograd.Function):

@@ -31,8 +31,10 @@ import importlib
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
+import time
 
 import torch
 from magi_ffa.testing import shared_question_slices
@@ -154,6 +156,22 @@ def warm_up(fn, extra: int = 0) -> None:
 
     for _ in range(record_at() + extra):
         fn()
+
+
+def host_ms_per_call(fn, calls: int, repeats: int = 1, extra_warm: int = 1) -> float:
+    """Host ms per call of `fn`: the median over `repeats` runs of `calls` back-to-back calls (no sync
+    between them, one after each run), after ``warm_up`` with `extra_warm` more calls. Where the host
+    outruns the GPU this is the call's host path alone (profile_fa4, autograd_host)."""
+    warm_up(fn, extra=extra_warm)
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        runs.append((time.perf_counter() - t) * 1e3 / calls)
+        torch.cuda.synchronize()
+    return statistics.median(runs)
 
 
 def timed_median(fn, min_repeats: int = 10) -> float:
@@ -419,7 +437,6 @@ def _probe_one(mask: str, total: int) -> None:
     import cProfile
     import io
     import pstats
-    import time
 
     import triton
     from magi_ffa import api, ffa_forward

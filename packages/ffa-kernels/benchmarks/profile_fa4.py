@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import torch
 import triton.testing
-from bench_ffa import build_mask, mask_area, warm_up
+from bench_ffa import build_mask, host_ms_per_call, mask_area
 from torch.profiler import ProfilerActivity, profile
 
 N = 20
@@ -36,17 +35,6 @@ def _gpu_ms(fn) -> float:
             fn()
         torch.cuda.synchronize()
     return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / N
-
-
-def _host_ms(fn) -> float:
-    warm_up(fn, extra=1)  # FA4 compiled, the key recorded for replay and replayed once
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(N):
-        fn()
-    host = (time.perf_counter() - t) * 1e3 / N
-    torch.cuda.synchronize()
-    return host
 
 
 def _host_profile(fn) -> None:
@@ -123,7 +111,7 @@ def main() -> None:
         for name, fns in _variants(mname, q, k, v, dout, qr, kr, tm):
             for pname, fn, mult in (("fwd", fns[0], 1.0), ("bwd", fns[1], 2.5)):
                 try:
-                    host, gpu = _host_ms(fn), _gpu_ms(fn)
+                    host, gpu = host_ms_per_call(fn, N), _gpu_ms(fn)  # warmed past the replay's recording
                     bench = triton.testing.do_bench(fn, quantiles=[0.5])
                     tf = mult * 4 * area * 128 * a.heads / bench / 1e9
                     print(f"{mname:14} {name:12} {pname:4} {host:7.3f} {gpu:7.3f} {bench:7.3f} {tf:6.0f}")

@@ -48,12 +48,25 @@ def case_mask(case):
     raise ValueError(kind)
 
 
+def runtime_of(key):
+    """The runtime ``key``'s calls run on (this rank's, from the runtime cache)."""
+    from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+
+    return dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+
+
+def check_runtime_class(key, case: dict):
+    """``key``'s runtime, asserted to be of the class ``case["runtime"]`` names (the runtime the case is
+    about, e.g. QO comm's, was built)."""
+    runtime = runtime_of(key)
+    assert type(runtime).__name__ == case["runtime"], f"{case['name']}: ran {type(runtime).__name__}"
+    return runtime
+
+
 def ranks_that_split_host(key, group=None, device=None) -> int:
     """How many ranks of ``group`` split their backward's host stage for ``key`` (runtime/host_split.py);
     every rank of the group calls it (an all_reduce)."""
-    from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
-
-    took = torch.tensor([float(bool(dist_attn_runtime_dict_mgr.get_mgr(key).runtime.host_split_rows))], device=device)
+    took = torch.tensor([float(bool(runtime_of(key).host_split_rows))], device=device)
     dist.all_reduce(took, group=group)
     return int(took.item())
 
@@ -235,9 +248,7 @@ def run_cases(cases, group=None, rank_label=""):
             assert not lk.is_contiguous()
         order = None
         if case.get("launch_order"):  # the first calc launched before the casts it does not need
-            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
-
-            runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+            runtime = runtime_of(key)
             order = _LaunchOrderSpy(runtime) if not runtime.host_calc.empty else None
         want_ml = case.get("max_logits", True)  # the fa4 backend refuses max_logits
         lout, meta = calc_attn(lq, lk, lv, key, sink=sink, softcap=softcap,
@@ -253,22 +264,15 @@ def run_cases(cases, group=None, rank_label=""):
             assert pad == 0, f"{case['name']}: the position check assumes no padding"
             positions = dispatch(torch.arange(T, dtype=torch.float64)[:, None], key)[:, 0]
             assert torch.equal(get_position_ids(key).long(), positions.long())
-        if "runtime" in case:  # the runtime class the case is about (e.g. QO comm's) was built
-            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
-
-            runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
-            assert type(runtime).__name__ == case["runtime"], f"{case['name']}: ran {type(runtime).__name__}"
+        if "runtime" in case:
+            runtime = check_runtime_class(key, case)
             if world > 1 and hasattr(runtime, "plan_stats"):  # and its remote stage is not empty
                 assert sum(runtime.plan_stats["per_rank_comm"]) > 0, f"{case['name']}: {runtime.plan_stats}"
         if "cast_lists" in case:
-            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
-
-            runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+            runtime = runtime_of(key)
             assert runtime.cast_lists == case["cast_lists"], f"{case['name']}: K/V cast path not taken"
         if "bound_calls" in case and world > 1:
-            from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
-
-            runtime = dist_attn_runtime_dict_mgr.get_mgr(key).runtime
+            runtime = runtime_of(key)
             calcs = [c for c in (runtime.host_calc, *runtime.stage_calcs) if not c.empty]
             assert calcs and all(bool(c.bound) == case["bound_calls"] for c in calcs), \
                 f"{case['name']}: kernel call path not taken"

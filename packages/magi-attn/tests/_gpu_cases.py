@@ -182,11 +182,10 @@ def _run_one(case: dict, device: torch.device) -> dict:
         assert took == case["host_split"], f"{case['name']}: {took} of {world} ranks split the host stage's backward"
     replays = graphs.stats()["replays"] - replays_before
     assert replays >= case.get("graph_replays", 0), f"{case['name']}: {replays} whole-call graph replays"
-    if "runtime" in case:  # the runtime class the case is about (e.g. QO comm's) was built
-        from magi_attention.runtime.cache import dist_attn_runtime_dict_mgr
+    if "runtime" in case:
+        from _dist_cases import check_runtime_class
 
-        ran = type(dist_attn_runtime_dict_mgr.get_mgr(key).runtime).__name__
-        assert ran == case["runtime"], f"{case['name']}: ran {ran}"
+        check_runtime_class(key, case)
     return errs
 
 
