@@ -17,12 +17,12 @@ them), median of --repeats runs:
 plus cProfile of ops._backward on the engine's thread (--profile), and the forward's rows impl and
 autograd for reference.
 
-    python benchmarks/autograd_host.py [--masks varlen_causal,block_sparse_10] [--total 8192] [--pin-main-thread CPU]
+    python benchmarks/autograd_host.py [--masks varlen_causal,block_sparse_10] [--total 8192] [--pin-host-threads CPU]
 
 Where the threads run decides much of it (PERF_NOTES "Thread placement"): the whole process on one core
-(``taskset -c N``) halved the backward's host time, two cores did not. ``--pin-main-thread`` pins only the main
-thread and so the engine's device thread it starts, leaving the others free; the last line lists every
-thread's CPUs.
+(``taskset -c N``) halved the backward's host time, two cores did not. ``--pin-host-threads`` pins only the
+main thread and the engine's device thread (bench_ffa.host_threads_pinned), leaving the others free; the last
+line lists every thread's CPUs as the measurement left them.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import cProfile
-import os
 import pstats
 import time
 from pathlib import Path
 
 import torch
-from bench_ffa import build_mask, fa4_runner, host_ms_per_call
+from bench_ffa import build_mask, fa4_runner, host_ms_per_call, host_threads_pinned
 
 N = 40
 
@@ -137,23 +136,23 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--pin-main-thread", type=int, default=None, metavar="CPU",
-                    help="pin the main thread to one CPU before the first backward: torch's autograd engine "
-                         "starts its device thread then and it inherits the pin; threads started before "
-                         "(CUDA's own) keep every CPU (taskset pins them all)")
+    ap.add_argument("--pin-host-threads", type=int, default=None, metavar="CPU",
+                    help="measure with the main thread and torch's autograd device thread on this CPU alone; "
+                         "the other threads (CUDA's own, the pool's) keep every CPU (taskset pins them all)")
     a = ap.parse_args()
-    if a.pin_main_thread is not None:
-        torch.cuda.init()
-        os.sched_setaffinity(0, {a.pin_main_thread})  # Linux: 0 is the calling thread, not the process
     print(f"{torch.cuda.get_device_name()}, total {a.total}, heads {a.heads}, d 128, bf16, fa4 backend; "
-          f"host µs per call, median of {a.repeats} x {N} back-to-back calls")
-    rows = {m: measure(m, a.total, a.heads, a.repeats, a.profile) for m in a.masks.split(",")}
+          f"host µs per call, median of {a.repeats} x {N} back-to-back calls"
+          + (f"; host threads on CPU {a.pin_host_threads}" if a.pin_host_threads is not None else ""))
+    torch.cuda.init()
+    with host_threads_pinned(a.pin_host_threads):
+        rows = {m: measure(m, a.total, a.heads, a.repeats, a.profile) for m in a.masks.split(",")}
+        threads = _thread_cpus()
     cols = sorted({c for r in rows.values() for c in r}, key=lambda c: (not c.startswith("fwd"), c))
     print("| mask | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for m, r in rows.items():
         print(f"| {m} | " + " | ".join(f"{r[c]:.0f}" if c in r else "–" for c in cols) + " |")
-    print("threads (name: CPUs allowed): " + "; ".join(_thread_cpus()))
+    print("threads while measuring (name: CPUs allowed): " + "; ".join(threads))
 
 
 def _thread_cpus() -> list[str]:

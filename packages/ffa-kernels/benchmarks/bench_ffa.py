@@ -14,6 +14,7 @@ one switch each.
     python benchmarks/bench_ffa.py --out results/ffa_h100 [--quick]
     python benchmarks/bench_ffa.py --sweep results/sweep   # tile configs of the Triton kernels
     python benchmarks/bench_ffa.py --probe                  # where a call's host time goes
+    python benchmarks/bench_ffa.py --out ... --pin-host-threads 2   # time with the host threads on CPU 2
 
 writes <out>.csv and <out>.md (card, date, commit, command, then one row per case).
 --sweep times each candidate config of each pass on the backend directly (16k, full and
@@ -34,7 +35,9 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import torch
 from magi_ffa.testing import shared_question_slices
@@ -172,6 +175,49 @@ def host_ms_per_call(fn, calls: int, repeats: int = 1, extra_warm: int = 1) -> f
         runs.append((time.perf_counter() - t) * 1e3 / calls)
         torch.cuda.synchronize()
     return statistics.median(runs)
+
+
+#: torch's autograd engine names its per-device threads so (Engine::thread_init, "pt_autograd_<device>")
+AUTOGRAD_THREAD_PREFIX = "pt_autograd_"
+
+
+def autograd_device_threads() -> list[int]:
+    """Native ids of torch's autograd device threads in this process (Linux /proc). The first CUDA
+    backward starts one per device; each later backward hands its work to it and waits."""
+    ids = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if (task / "comm").read_text().startswith(AUTOGRAD_THREAD_PREFIX):
+                ids.append(int(task.name))
+        except OSError:  # the thread ended meanwhile
+            continue
+    return ids
+
+
+@contextlib.contextmanager
+def host_threads_pinned(cpu: int | None):
+    """Inside: the calling thread and torch's autograd device threads run on `cpu` alone (an engine
+    thread started inside inherits the pin); on exit, all of them get the caller's CPUs back. None: a
+    no-op.
+
+    Why: a CUDA backward hands work from the caller to the engine's device thread and back, and on two
+    cores every hand-off wakes one; on one core the backward's host time halved (PERF_NOTES, "Thread
+    placement"). Only these threads: FlexAttention's compile workers, CUDA's own threads and the rest
+    keep every CPU, where ``taskset`` would pin them all. Make the first calls (compiles) outside.
+    """
+    if cpu is None:
+        yield
+        return
+    caller = threading.get_native_id()
+    before = os.sched_getaffinity(caller)
+    for tid in (caller, *autograd_device_threads()):
+        os.sched_setaffinity(tid, {cpu})  # Linux: a thread id pins that thread alone
+    try:
+        yield
+    finally:
+        for tid in (caller, *autograd_device_threads()):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, before)
 
 
 def timed_median(fn, min_repeats: int = 10) -> float:
@@ -500,6 +546,9 @@ def main(argv=None) -> int:
     ap.add_argument("--masks", default=",".join(MASKS))
     ap.add_argument("--totals", default="8192,16384,32768,65536")
     ap.add_argument("--impls", default="ffa_triton,sdpa_cudnn,sdpa_flash,flex")
+    ap.add_argument("--pin-host-threads", type=int, default=None, metavar="CPU",
+                    help="time every impl with the main thread and torch's autograd device threads on this "
+                         "CPU alone (host_threads_pinned); compiles and first calls run unpinned")
     args = ap.parse_args(argv)
     if args.plot:  # no GPU needed
         with open(args.plot, newline="") as f:
@@ -556,10 +605,16 @@ def main(argv=None) -> int:
                                 fwd, bwd = fa4_runner(mname, qm, km, vm, dm, qr)
                             else:
                                 raise ValueError(f"bench_ffa: unknown impl {impl!r}")
-                            tf = timed_median(fwd)
+                            timed_bwd = total <= 32768
+                            if args.pin_host_threads is not None:  # compiles and the engine's start unpinned
+                                fwd()
+                                if timed_bwd:
+                                    bwd()
+                            with host_threads_pinned(args.pin_host_threads):
+                                tf = timed_median(fwd)
+                                tb = timed_median(bwd) if timed_bwd else None
                             row.update(fwd_ms=round(tf, 4), fwd_tflops=round(fl_fwd / tf / 1e9, 1))
-                            if total <= 32768:
-                                tb = timed_median(bwd)
+                            if tb is not None:
                                 row.update(bwd_ms=round(tb, 4), bwd_tflops=round(2.5 * fl_fwd / tb / 1e9, 1))
                     except Exception as exc:  # noqa: BLE001 - a refusal is a result ("n/a")
                         row["note"] = f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else "n/a"

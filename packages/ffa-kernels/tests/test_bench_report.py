@@ -117,3 +117,44 @@ def test_varlen_paths_rows_count_the_causal_area():
     assert r["bwd_ms"] == 0.0 and r["bwd_tflops"] == 26.9  # 2.5x the FLOPs in twice the time
     fwd_only = varlen_paths._row("Card", 8, "docs", [3, 5], heads=2, fwd_ms=1e-6)
     assert fwd_only["bwd_ms"] == "" and fwd_only["bwd_tflops"] == "" and list(fwd_only) == list(r)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity") or not Path("/proc/self/task").is_dir(),
+                    reason="Linux thread affinities")
+def test_host_threads_pinned_moves_the_caller_and_the_autograd_threads_and_gives_them_back():
+    import os
+    import threading
+
+    everywhere = os.sched_getaffinity(0)
+    cpu = max(everywhere)
+    ready, done = threading.Event(), threading.Event()
+    tid = {}
+
+    def engine_like():  # renamed as torch's autograd engine names its device thread
+        tid["engine"] = threading.get_native_id()
+        Path(f"/proc/self/task/{tid['engine']}/comm").write_text("pt_autograd_0")
+        ready.set()
+        done.wait(30)
+
+    def bystander():
+        tid["other"] = threading.get_native_id()
+        done.wait(30)
+
+    threads = [threading.Thread(target=f) for f in (engine_like, bystander)]
+    for t in threads:
+        t.start()
+    ready.wait(30)
+    try:
+        assert tid["engine"] in bench_ffa.autograd_device_threads()
+        with bench_ffa.host_threads_pinned(None):
+            assert os.sched_getaffinity(0) == everywhere
+        with bench_ffa.host_threads_pinned(cpu):
+            assert os.sched_getaffinity(0) == {cpu}
+            assert os.sched_getaffinity(tid["engine"]) == {cpu}
+            assert os.sched_getaffinity(tid["other"]) == everywhere  # not an autograd thread: left alone
+        assert os.sched_getaffinity(0) == everywhere
+        assert os.sched_getaffinity(tid["engine"]) == everywhere
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
