@@ -341,20 +341,39 @@ def _timed(fn, n: int = 20, queued: int = 10) -> float:
 
 
 def _fa4_form(q, k, calc) -> str:
-    """How FA4 runs one call's slices: its own causal/window/varlen masking, or block lists."""
+    """How FA4 runs one call's slices (``fa4_mask_form`` of the mask the backend translates them to)."""
     from magi_ffa.backends.base import FFAInputs
     from magi_ffa.backends.fa4 import slice_block_mask
 
-    m = slice_block_mask(FFAInputs(q=q, k=k, v=k, q_ranges=calc.q_ranges, k_ranges=calc.k_ranges,
-                                   attn_type_map=calc.types, softmax_scale=1.0, softcap=0.0,
-                                   deterministic=False))
-    n = m.native
-    if n is None:
-        return f"block lists{' + mask fn' if m.has_partial else ''}"
+    return fa4_mask_form(slice_block_mask(FFAInputs(q=q, k=k, v=k, q_ranges=calc.q_ranges, k_ranges=calc.k_ranges,
+                                                    attn_type_map=calc.types, softmax_scale=1.0, softcap=0.0,
+                                                    deterministic=False)))
+
+
+def fa4_mask_form(mask) -> str:
+    """A translated mask's FA4 form: its own causal/window/varlen masking, block lists, or native parts
+    (decompose.py: row layers, or parts by slice type) in the directions that run them. Why the parts:
+    a staircase remote stage is "block lists + mask fn" as one call but runs as native row layers."""
+    from magi_ffa.backends.fa4 import decompose
+
+    one_call = _native_form(mask.native) if mask.native is not None else \
+        f"block lists{' + mask fn' if mask.has_partial else ''}"
+    dirs = [d for d in ("fwd", "bwd") if mask.parts is not None and decompose.enabled(d, mask.parts_kind)]
+    if not dirs:
+        return one_call
+    kind = {"rows": "row layers", "types": "parts by slice type"}[mask.parts_kind]
+    parts = "; ".join(f"{p.covers[0]} x {p.covers[1]} {_native_form(p.mask.native)}" for p in mask.parts)
+    rest = "" if len(dirs) == 2 else f", {'bwd' if dirs == ['fwd'] else 'fwd'} {one_call}"
+    return f"{'+'.join(dirs)} {len(mask.parts)} {kind} ({parts}){rest}"
+
+
+def _native_form(n) -> str:
     if n.varlen:
         return (f"varlen {'causal' if n.causal else 'full'} {n.cu_seqlens_q.numel() - 1} docs "
                 f"(max q {n.max_seqlen_q}, max k {n.max_seqlen_k})")
-    return "causal" if n.causal else f"window ({n.window_left}, {n.window_right})"
+    own = ("causal" if n.causal else "full" if n.window_left is None and n.window_right is None
+           else f"window ({n.window_left}, {n.window_right})")
+    return own if n.batch == 1 else f"batch of {n.batch} {own} docs"
 
 
 def _largest_slice_and_rest(calc):

@@ -69,3 +69,20 @@ def test_host_timers_clock_the_path_and_put_every_function_back():
     finally:
         timers.uninstall()
     assert (magi_ffa.ffa_forward, inspect.getattr_static(FA4Backend, "_store")) == originals
+
+
+def test_fa4_form_names_the_native_parts_a_staircase_runs_as():
+    from magi_ffa.backends.fa4.block_sparse import build_slice_block_mask
+
+    def form(q, k, t, sq, sk):
+        return profile_dist.fa4_mask_form(build_slice_block_mask(q, k, t, sq, sk))
+
+    # documents of one length: FA4's batch layout; of two lengths: its own varlen masking; one call each
+    assert form([[0, 256], [256, 512]], [[0, 256], [256, 512]], [1, 1], 512, 512) == "batch of 2 causal docs"
+    assert form([[0, 200], [200, 512]], [[0, 200], [200, 512]], [1, 1], 512, 512).startswith("varlen causal 2 docs")
+    # a staircase off the block grid (each chunk sees every key before it, as a remote stage of a document cut
+    # into chunks): one call would need the mask function; it runs as two native row layers both ways
+    stair = form([[0, 200], [200, 456]], [[0, 200], [0, 456]], [0, 0], 512, 512)
+    assert stair == "fwd+bwd 2 row layers (256 x 456 full; 200 x 200 full)", stair
+    # two overlapping slices of different types: one masked call
+    assert form([[0, 300], [100, 400]], [[0, 300], [50, 350]], [0, 1], 512, 512) == "block lists + mask fn"
