@@ -45,6 +45,8 @@ def _nccl_job(rank, world, port, impl):
 
     if impl == "native-kernel-copies":  # casts through the chunk-copy kernel, not the copy engines
         native.COPY_ENGINE_CASTS, impl = False, "native"
+    if impl == "native-copy-engine-reduce":  # fold-at-wait reduces push through the copy engines
+        native.COPY_ENGINE_REDUCE_PUSHES, impl = True, "native"
     if impl == "native-held-tensors":  # tensors held by the works until the wait, not record_stream
         native.RECORD_STREAMS, impl = False, "native"
     folds_here = impl.startswith("native")  # fold_at_wait reduces run natively (FOLD_AT_WAIT) ...
@@ -109,8 +111,8 @@ def _nccl_job(rank, world, port, impl):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("impl", ["a2av", "native", "native-kernel-copies", "native-held-tensors",
-                                  "native-fold-as-a2av"])
+@pytest.mark.parametrize("impl", ["a2av", "native", "native-kernel-copies", "native-copy-engine-reduce",
+                                  "native-held-tensors", "native-fold-as-a2av"])
 def test_nccl_impl_matches_reference(impl):
     _spawn_two(_nccl_job, impl)
 

@@ -241,6 +241,9 @@ _SWITCHES_BY_MODULE = {
                                   "native reduces asked to fold at the wait (the hidden tail's, under "
                                   "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE) push every row and fold at the wait (1) "
                                   "or run as a2av (0)"),
+        "--comm-copy-engine-reduce": ("COPY_ENGINE_REDUCE_PUSHES", "copy engine reduce pushes",
+                                      "native reduces folding at the wait push through the copy engines (1) "
+                                      "or the chunk-copy kernel (0)"),
     },
     ("magi_ffa.backends.fa4.native", "ffa kernel backend"): {
         "--fa4-batched-documents": ("BATCHED_DOCUMENTS", "batched documents",

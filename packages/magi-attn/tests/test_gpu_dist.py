@@ -46,6 +46,12 @@ CASES = [
          env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
               "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"},
          switches={"magi_grpcoll.impl.native:FOLD_AT_WAIT": True}),
+    # the same with that reduce's pushes through the copy engines
+    dict(_BASE, name="fa4_native_hide_tail_copy_engine_reduce", mask="varlen_causal", seed=10, degree=1,
+         env={"MAGI_ATTENTION_FA4_BACKEND": "1", "MAGI_ATTENTION_NATIVE_GRPCOLL": "1",
+              "MAGI_ATTENTION_BWD_HIDE_TAIL_REDUCE": "1"},
+         switches={"magi_grpcoll.impl.native:FOLD_AT_WAIT": True,
+                   "magi_grpcoll.impl.native:COPY_ENGINE_REDUCE_PUSHES": True}),
     # whole calls from CUDA graphs, as MAGI_ATTENTION_CUDA_GRAPHS=auto (the default) turns them on:
     # captured once a repetition's tensors come back at the addresses of an earlier one
     # (the second repetition at the earliest), replayed after

@@ -14,6 +14,8 @@ the user input in place (no pre-gather) and moves runs of rows in one launch:
   rest is copied into the sender's own stage region, in the same launch. After the barrier one
   float32 fold per rank reads every contribution where it lives (its own input, its receive region,
   a peer's stage over NVLink), so the sum runs while the bytes cross NVLink (``reduce_binding``).
+  A reduce that folds at the wait pushes every row and folds from local memory; its pushes can go
+  through the copy engines too (``COPY_ENGINE_REDUCE_PUSHES``, off by default).
 
 Ordering costs one device-side barrier per call (symmetric-memory signal pads, after the writes:
 every peer's rows have landed or are staged). The buffer is split in two halves used alternately: a
@@ -292,6 +294,12 @@ RECORD_STREAMS = True
 #: float64); with hide tail at 64k it kept the backward at the default's speed where the a2av form
 #: lost 3-4% (BENCHMARKS.md "Native fold-at-wait").
 FOLD_AT_WAIT = True
+#: A reduce folding at the wait pushes its rows through the copy engines (one cudaMemcpyAsync per run
+#: into the owner's receive region, as the casts do: ``copy_runs``) instead of the chunk-copy kernel.
+#: Why: with every row pushed there is nothing staged for the fold to pull, and the push runs beside
+#: the caller's kernels (the host stage, under the runtime's hidden tail reduce), where the kernel
+#: takes SMs from them. Off until a same-run A/B says otherwise (BENCHMARKS.md "Stop 47").
+COPY_ENGINE_REDUCE_PUSHES = False
 
 
 def _comm_stream(device):
@@ -582,11 +590,21 @@ class NativeImpl(GrpCollImpl):
         rbs = [row_bytes(s) for s in srcs]
         sizes = [n * rb for rb in rbs for n in b.regions]  # receive, stage (, lse receive, stage)
         buf, hdl, peer_bufs, offs, half_off, gen = self._regions(group, input.device, sizes)
-        tables = [b.table("send", rb) for rb in rbs]  # never made inside a capture
+        engines = fold_at_wait and COPY_ENGINE_REDUCE_PUSHES
+        send_runs = b.runs("send") if engines else None
+        tables = None if engines else [b.table("send", rb) for rb in rbs]  # never made inside a capture
 
         def send():
-            for s, table, (recv_off, stage_off) in zip(srcs, tables, (offs[:2], offs[2:])):
-                copy_chunks(s, table, out=buf[stage_off:], peer_bufs_addr=peer_bufs, dst_offset_bytes=recv_off)
+            if engines:  # whole runs through the copy engines: into peers' receive regions (or a stage)
+                peers = {who for *_, who in send_runs if who >= 0}
+                n_recv, n_stage = b.regions
+                for s, rb, (recv_off, stage_off) in zip(srcs, rbs, (offs[:2], offs[2:])):
+                    views = {p: hdl.get_buffer(p, (n_recv, rb), torch.uint8, recv_off) for p in peers}
+                    stage = buf[stage_off:stage_off + n_stage * rb].view(n_stage, rb)
+                    copy_runs(_byte_rows(s), send_runs, out=stage, peer_views=views)
+            else:
+                for s, table, (recv_off, stage_off) in zip(srcs, tables, (offs[:2], offs[2:])):
+                    copy_chunks(s, table, out=buf[stage_off:], peer_bufs_addr=peer_bufs, dst_offset_bytes=recv_off)
             hdl.barrier(channel=0)  # every push has landed, every peer's stage is written
 
         def fold(out, out_lse):
@@ -597,7 +615,8 @@ class NativeImpl(GrpCollImpl):
                               received_lse_addr=base + offs[2] if lse else 0,
                               peer_lse_offset_bytes=offs[3] if lse else 0)
 
-        sent = ("reduce", gen, fold_at_wait, x.data_ptr(), x.dtype, *rbs, *((input_lse.data_ptr(),) if lse else ()))
+        sent = ("reduce", gen, fold_at_wait, engines, x.data_ptr(), x.dtype, *rbs,
+                *((input_lse.data_ptr(),) if lse else ()))
 
         def fold_key(out, out_lse):
             return (sent, reduce_op, bool(acc_reduce), out.data_ptr(), out.dtype, row_bytes(out),
