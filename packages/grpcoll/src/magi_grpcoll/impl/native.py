@@ -298,7 +298,8 @@ FOLD_AT_WAIT = True
 #: into the owner's receive region, as the casts do: ``copy_runs``) instead of the chunk-copy kernel.
 #: Why: with every row pushed there is nothing staged for the fold to pull, and the push runs beside
 #: the caller's kernels (the host stage, under the runtime's hidden tail reduce), where the kernel
-#: takes SMs from them. Off until a same-run A/B says otherwise (BENCHMARKS.md "Stop 47").
+#: takes SMs from them. Measured once (causal 64k, 2 x H200, hidden tail: backward 1.7% faster than the
+#: kernel's pushes, BENCHMARKS.md "Stop 47"); off until the runtime's float64 case has run with it on a GPU.
 COPY_ENGINE_REDUCE_PUSHES = False
 
 
