@@ -210,6 +210,8 @@ def host_threads_pinned(cpu: int | None):
         return
     caller = threading.get_native_id()
     before = os.sched_getaffinity(caller)
+    if cpu not in before:
+        raise ValueError(f"host_threads_pinned(): cpu {cpu} is not one this thread may run on ({sorted(before)})")
     for tid in (caller, *autograd_device_threads()):
         os.sched_setaffinity(tid, {cpu})  # Linux: a thread id pins that thread alone
     try:

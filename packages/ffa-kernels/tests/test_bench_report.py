@@ -154,6 +154,10 @@ def test_host_threads_pinned_moves_the_caller_and_the_autograd_threads_and_gives
             assert os.sched_getaffinity(tid["other"]) == everywhere  # not an autograd thread: left alone
         assert os.sched_getaffinity(0) == everywhere
         assert os.sched_getaffinity(tid["engine"]) == everywhere
+        with pytest.raises(ValueError, match=r"cpu 100000 is not one this thread may run on"):
+            with bench_ffa.host_threads_pinned(100_000):
+                pass
+        assert os.sched_getaffinity(0) == everywhere
     finally:
         done.set()
         for t in threads:
