@@ -39,6 +39,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import count_delta, feed_forward_layers, launch_counts, stack_layers  # noqa: E402
 from bench_dist import MASKS, build_mask, dispatch_config, doc_law, mask_area  # noqa: E402
 
+#: forward+backward steps under torch.profiler (the kernel table and the --trace timelines)
+TRACED_STEPS = 2
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -175,7 +178,7 @@ def main(argv=None) -> int:
     counts0 = launch_counts()
     dist.barrier()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as tp:
-        for _ in range(2):  # each after a sync and a barrier, as bench_dist times a step
+        for _ in range(TRACED_STEPS):  # each after a sync and a barrier, as bench_dist times a step
             torch.cuda.synchronize()
             dist.barrier()
             step()
@@ -185,14 +188,13 @@ def main(argv=None) -> int:
               flush=True)
         print(tp.key_averages().table(sort_by="cuda_time_total", row_limit=18), flush=True)
     if args.trace:
-        from timeline_summary import read_timeline, summarize
+        from timeline_summary import read_timeline, report_lines, summarize
 
         path = os.path.join(args.trace, f"timeline_{args.mask}_{T}_rank{rank}.csv")
         write_timeline(tp, path)
-        s = summarize(read_timeline(path))
-        print(f"rank {rank} timeline ({path}): {s['span_us']:.0f} us, compute idle {s['compute_idle_us']:.0f} us "
-              f"({s['compute_host_wait_us']:.0f} us waiting for the host), "
-              f"communication {s['comm_us']:.0f} us of which {s['comm_exposed_us']:.0f} us exposed", flush=True)
+        # the kinds per layer in the log itself: the CSVs are large and may not travel back
+        print("\n".join(report_lines(summarize(read_timeline(path)), f"rank {rank} timeline ({path})",
+                                      per=TRACED_STEPS * L, unit="layer")), flush=True)
     del out
     dist.barrier()
     dist.destroy_process_group()

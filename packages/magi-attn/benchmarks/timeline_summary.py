@@ -19,7 +19,7 @@ import csv
 import sys
 from collections import defaultdict
 
-__all__ = ["kind_of", "read_timeline", "summarize"]
+__all__ = ["kind_of", "read_timeline", "report_lines", "summarize"]
 
 _KINDS = (  # (substring of the kernel name, kind), first match wins
     ("flash_fwd", "attention fwd"), ("bwd_preprocess", "attention bwd pre"),
@@ -27,6 +27,7 @@ _KINDS = (  # (substring of the kernel name, kind), first match wins
     ("copy_chunks", "copy kernel"), ("Memcpy", "copy engine"), ("barrier", "barrier"),
     ("reduce_sum", "reduce fold"), ("_reduce_", "reduce fold"), ("merge", "merge"), ("nccl", "nccl"),
     ("gemm", "matmul"), ("nvjet", "matmul"), ("Gelu", "gelu"), ("gelu", "gelu"),  # --ffn-mult blocks
+    ("elementwise", "elementwise"),  # torch's adds, fills and copies (e.g. the fa4 parts' dK/dV sums)
 )
 
 
@@ -101,17 +102,24 @@ def summarize(rows: list[tuple]) -> dict:
             "comm_exposed_us": exposed}
 
 
+def report_lines(s: dict, label: str, per: int = 1, unit: str = "") -> list[str]:
+    """A summary as text: one line of totals, then each kernel kind's busy time, busiest first, divided
+    by ``per`` (e.g. the traced layers) and named ``unit`` ("layer": "us per layer")."""
+    each = f" per {unit}" if unit else ""
+    lines = [f"{label}: {s['span_us']:.0f} us on the device, compute stream {s['compute_stream']} idle "
+             f"{s['compute_idle_us']:.0f} us ({s['compute_host_wait_us']:.0f} us waiting for the host); "
+             f"communication {s['comm_us']:.0f} us, of which {s['comm_exposed_us']:.0f} us with no compute "
+             f"kernel beside it; busy time by kernel kind{each}:"]
+    lines += [f"    {kind:<20} {us / per:>10.1f} us" for kind, us in sorted(s["busy_us"].items(), key=lambda kv: -kv[1])]
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", nargs="+", help="timeline CSVs written by profile_dist.py --trace")
     args = ap.parse_args(argv)
     for path in args.csv:
-        s = summarize(read_timeline(path))
-        print(f"{path}: {s['span_us']:.0f} us on the device, compute stream {s['compute_stream']} idle "
-              f"{s['compute_idle_us']:.0f} us ({s['compute_host_wait_us']:.0f} us waiting for the host); communication {s['comm_us']:.0f} us, of which "
-              f"{s['comm_exposed_us']:.0f} us with no compute kernel beside it")
-        for kind, us in sorted(s["busy_us"].items(), key=lambda kv: -kv[1]):
-            print(f"    {kind:<20} {us:>10.0f} us")
+        print("\n".join(report_lines(summarize(read_timeline(path)), path)))
     return 0
 
 

@@ -25,7 +25,8 @@ def test_kinds(ts):
     assert ts.kind_of("ffa_bwd_dq_kernel") == "attention"
     assert ts.kind_of("Memcpy DtoD (Device -> Device)") == "copy engine"
     assert ts.kind_of("_copy_chunks_kernel") == "copy kernel"
-    assert ts.kind_of("void at::native::vectorized_elementwise_kernel<8>") == "other"
+    assert ts.kind_of("void at::native::vectorized_elementwise_kernel<8>") == "elementwise"
+    assert ts.kind_of("something_else") == "other"
     assert ts.kind_of("nvjet_sm90_tst_256x128_64x4_2x1_v_bz_coopA_NNT") == "matmul"
     assert ts.kind_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
     assert ts.kind_of("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>") == "gelu"
@@ -49,6 +50,12 @@ def test_exposed_and_overlapped_comm(ts, tmp_path):
     assert s["compute_idle_us"] == pytest.approx(100.0)
     assert s["busy_us"] == pytest.approx({"attention fwd": 200.0, "copy kernel": 120.0, "barrier": 60.0})
     assert ts.summarize([])["comm_us"] == 0.0
+    # as text, per unit of work (e.g. layers): the kinds busiest first, each divided
+    lines = ts.report_lines(s, "rank 0", per=2, unit="layer")
+    assert lines[0].startswith("rank 0: 300 us on the device, compute stream 7 idle 100 us")
+    assert "of which 100 us with no compute kernel beside it; busy time by kernel kind per layer:" in lines[0]
+    assert [ln.split()[0] for ln in lines[1:]] == ["attention", "copy", "barrier"]
+    assert lines[1].endswith("100.0 us") and lines[2].endswith("60.0 us") and lines[3].endswith("30.0 us")
 
 
 def test_compute_idle_split_by_host_launch(ts, tmp_path):
