@@ -82,3 +82,24 @@ def test_a_held_group_refuses_its_next_call_until_released(monkeypatch):
     bufs.release(group)
     _, _, _, off1, _ = bufs.half(group, 100, "cpu")
     assert off1 != off0  # the refused call took no half: the next one alternates as usual
+
+
+def test_copy_engine_pushes_land_in_each_peers_region_and_the_local_rows_in_out():
+    """The copy-engine push shared by casts and fold-at-wait reduces, on CPU tensors: each run goes to
+    its peer's region (rows of the source's byte size, at the region's byte offset), or to ``out``."""
+    src = torch.arange(5 * 3, dtype=torch.float32).view(5, 3)  # 12-byte rows
+    peer_bufs = {1: torch.zeros(64, dtype=torch.uint8), 2: torch.zeros(64, dtype=torch.uint8)}
+
+    class Handle:
+        def get_buffer(self, peer, shape, dtype, offset):
+            n = shape[0] * shape[1]
+            return peer_bufs[peer][offset:offset + n].view(dtype).view(shape)
+
+    out = torch.zeros(2, 12, dtype=torch.uint8)
+    runs = [(0, 1, 2, 1), (2, 0, 1, 2), (3, 0, 2, -1)]  # (src row, dst row, rows, peer or -1: local)
+    native._push_by_copy_engines(Handle(), src, runs, out, region_rows=3, region_off=16)
+    as_rows = lambda b: b.view(torch.float32).view(-1, 3)  # noqa: E731
+    assert torch.equal(as_rows(peer_bufs[1][16 + 12:16 + 36]), src[0:2])
+    assert torch.equal(as_rows(peer_bufs[2][16:16 + 12]), src[2:3])
+    assert torch.equal(as_rows(out.flatten()), src[3:5])
+    assert not peer_bufs[1][:16 + 12].any() and not peer_bufs[2][16 + 12:].any()  # nothing else written

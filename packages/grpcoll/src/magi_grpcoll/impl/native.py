@@ -190,6 +190,16 @@ def _byte_rows(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8).view(t.shape[0], row_bytes(t))
 
 
+def _push_by_copy_engines(hdl, src: torch.Tensor, runs, local_out: torch.Tensor, region_rows: int,
+                          region_off: int) -> None:
+    """Copy the ``runs`` of ``src`` through the copy engines (``copy_runs``): a peer's runs into its
+    region of ``region_rows`` rows at byte ``region_off`` of its buffer, the local ones into
+    ``local_out`` (byte rows). What a cast's push and a fold-at-wait reduce's send share."""
+    rb = row_bytes(src)
+    views = {p: hdl.get_buffer(p, (region_rows, rb), torch.uint8, region_off) for p in {w for *_, w in runs if w >= 0}}
+    copy_runs(_byte_rows(src), runs, out=local_out, peer_views=views)
+
+
 def _plan_send_layout(plan):
     """send_rows (input rows in a2a send order) and the destination rank of each, int64 host tensors."""
     rows = host_of(plan.send_rows) if plan.send_rows is not None else torch.arange(plan.input_len)
@@ -549,10 +559,8 @@ class NativeImpl(GrpCollImpl):
 
         def launch():  # runs eagerly or into a capture; a replay skips it
             if engines:
-                peers = {who for *_, who in push_runs if who >= 0}
-                for (src, dst), off, rb in zip(pairs, offs, rbs):
-                    views = {p: hdl.get_buffer(p, (cap, rb), torch.uint8, off) for p in peers}
-                    copy_runs(_byte_rows(src), push_runs, out=_byte_rows(dst), peer_views=views)
+                for (src, dst), off in zip(pairs, offs):
+                    _push_by_copy_engines(hdl, src, push_runs, _byte_rows(dst), cap, off)
             else:
                 for (src, dst), off, (push, _) in zip(pairs, offs, tables):
                     copy_chunks(src, push, out=dst, peer_bufs_addr=peer_bufs, dst_offset_bytes=off)
@@ -597,12 +605,10 @@ class NativeImpl(GrpCollImpl):
 
         def send():
             if engines:  # whole runs through the copy engines: into peers' receive regions (or a stage)
-                peers = {who for *_, who in send_runs if who >= 0}
                 n_recv, n_stage = b.regions
                 for s, rb, (recv_off, stage_off) in zip(srcs, rbs, (offs[:2], offs[2:])):
-                    views = {p: hdl.get_buffer(p, (n_recv, rb), torch.uint8, recv_off) for p in peers}
                     stage = buf[stage_off:stage_off + n_stage * rb].view(n_stage, rb)
-                    copy_runs(_byte_rows(s), send_runs, out=stage, peer_views=views)
+                    _push_by_copy_engines(hdl, s, send_runs, stage, n_recv, recv_off)
             else:
                 for s, table, (recv_off, stage_off) in zip(srcs, tables, (offs[:2], offs[2:])):
                     copy_chunks(s, table, out=buf[stage_off:], peer_bufs_addr=peer_bufs, dst_offset_bytes=recv_off)
